@@ -1,0 +1,51 @@
+//! One error type for the whole library.
+//!
+//! Notebooks lose every variable on a panic, so anything a user can get wrong (a config value, a
+//! file, a shape) surfaces here as a message that names the culprit instead.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in sslab.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is missing, unknown or out of range; `key` is its dotted path.
+    #[error("config: {key}: {msg}")]
+    Config { key: String, msg: String },
+    /// A data file or folder is unreadable or malformed.
+    #[error("data file {path}: {msg}")]
+    Data { path: PathBuf, msg: String },
+    /// A tensor had the wrong shape or dtype for the call.
+    #[error("shape: {0}")]
+    Shape(String),
+    /// Training produced a non-finite loss; the step was not applied.
+    #[error("non-finite loss at step {step}: {loss} (the step was not applied; lower the learning rate or check the data)")]
+    NonFinite { step: usize, loss: f32 },
+    /// A general invalid argument (unknown preset, empty dataset, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// An error raised inside candle.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// Plain I/O without a more specific file context.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result alias used throughout sslab.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn config(key: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Weighted kNN (InstDisc style, as in the MoCo CIFAR demo and lightly): L2-normalise the
+//! features, take the k most similar bank features, weight each by `exp(sim/t)`, sum the weights
+//! per class, predict the argmax (methods.md §5).
+
+use crate::augment::{normalize, resized_crop, Interpolation, TwoViewRecipe};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::methods::Method;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Accuracy of a kNN evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KnnResult {
+    /// Top-1 accuracy in percent.
+    pub top1: f64,
+    /// Top-5 accuracy in percent (of the weighted class scores).
+    pub top5: f64,
+    pub k: usize,
+    pub t: f64,
+    /// Number of bank (train) and query (test) samples.
+    pub bank: usize,
+    pub queries: usize,
+}
+
+/// Evaluation-mode features of a whole dataset, L2-normalised, as an `(n, d)` tensor. Images
+/// are resized to the recipe's view size and normalised with its constants (no augmentation).
+pub fn extract_features(
+    method: &dyn Method,
+    data: &dyn Dataset,
+    recipe: &TwoViewRecipe,
+    batch: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let size = recipe.a.size;
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + batch).min(data.len());
+        let mut buf = Vec::with_capacity((end - start) * 3 * size * size);
+        for i in start..end {
+            let img = data.image(i);
+            let mut f = resized_crop(
+                img,
+                (0, 0, img.width, img.height),
+                size,
+                size,
+                Interpolation::Bilinear,
+            );
+            normalize(&mut f, recipe.a.mean, recipe.a.std);
+            buf.extend(f.to_chw());
+        }
+        let x = Tensor::from_vec(buf, (end - start, 3, size, size), device)?;
+        // Detach: the weights are variables, so without it every chunk would keep its whole
+        // forward graph (all activations) alive until the end of the extraction.
+        let f = method.features(&x)?.detach();
+        let n = f.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        chunks.push(f.broadcast_div(&n)?);
+        start = end;
+    }
+    if chunks.is_empty() {
+        return Err(Error::Invalid(format!("dataset {} is empty", data.name())));
+    }
+    Ok(Tensor::cat(&chunks, 0)?)
+}
+
+/// Predicts class scores of every query from the bank; returns per query the classes ranked by
+/// weighted vote.
+pub fn knn_predict(
+    bank: &Tensor,
+    bank_labels: &[usize],
+    queries: &Tensor,
+    classes: usize,
+    k: usize,
+    t: f64,
+) -> Result<Vec<Vec<usize>>> {
+    let n = bank.dim(0)?;
+    if n != bank_labels.len() {
+        return Err(Error::Shape(format!(
+            "{n} bank features but {} labels",
+            bank_labels.len()
+        )));
+    }
+    let k = k.min(n);
+    let mut out = Vec::with_capacity(queries.dim(0)?);
+    let bank_t = bank.t()?;
+    let q_total = queries.dim(0)?;
+    let chunk = 256;
+    let mut s = 0;
+    while s < q_total {
+        let e = (s + chunk).min(q_total);
+        let sim = queries
+            .narrow(0, s, e - s)?
+            .matmul(&bank_t)?
+            .to_vec2::<f32>()?;
+        for row in sim {
+            let mut idx: Vec<usize> = (0..n).collect();
+            if k < n {
+                idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+            }
+            let mut score = vec![0f64; classes];
+            for &j in &idx[..k] {
+                score[bank_labels[j]] += (row[j] as f64 / t).exp();
+            }
+            let mut ranked: Vec<usize> = (0..classes).collect();
+            ranked.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
+            out.push(ranked);
+        }
+        s = e;
+    }
+    Ok(out)
+}
+
+/// Scores `test` against a bank built from `train`.
+pub(crate) fn knn_eval(
+    method: &dyn Method,
+    train: &dyn Dataset,
+    test: &dyn Dataset,
+    recipe: &TwoViewRecipe,
+    batch: usize,
+    k: usize,
+    t: f64,
+    device: &Device,
+) -> Result<KnnResult> {
+    let bank = extract_features(method, train, recipe, batch, device)?;
+    let q = extract_features(method, test, recipe, batch, device)?;
+    let labels: Vec<usize> = (0..train.len()).map(|i| train.label(i)).collect();
+    let classes = train.num_classes().max(test.num_classes());
+    let ranked = knn_predict(&bank, &labels, &q, classes, k, t)?;
+    let (mut top1, mut top5) = (0usize, 0usize);
+    for (i, r) in ranked.iter().enumerate() {
+        let y = test.label(i);
+        top1 += usize::from(r[0] == y);
+        top5 += usize::from(r.iter().take(5).any(|&c| c == y));
+    }
+    let m = test.len() as f64;
+    Ok(KnnResult {
+        top1: 100.0 * top1 as f64 / m,
+        top5: 100.0 * top5 as f64 / m,
+        k,
+        t,
+        bank: train.len(),
+        queries: test.len(),
+    })
+}

@@ -1,0 +1,46 @@
+//! sslab: a self-supervised learning lab on candle.
+//!
+//! Train and take apart SSL methods step by step from notebooks and the `sslab` REPL. The one
+//! entry point is [`train::Run`]:
+//!
+//! ```no_run
+//! use sslab::prelude::*;
+//! let mut run = Run::new(RunConfig::preset("barlow-twins/tiny")?)?;
+//! let before = run.knn()?;
+//! run.train(100)?;
+//! println!("kNN {:.1}% -> {:.1}%", before.top1, run.knn()?.top1);
+//! # Ok::<(), sslab::Error>(())
+//! ```
+//!
+//! Module map: `augment` (views with known geometry), `data` (datasets, loader), `models`
+//! (ResNet, MLP heads, BatchNorm), `objectives` (losses), `methods` (one per SSL method),
+//! `optim` (SGD, LARS, AdamW, LAMB, schedules), `eval` (kNN), `train` (`Run`, configs).
+
+pub mod augment;
+pub mod data;
+mod error;
+pub mod eval;
+pub mod methods;
+pub mod models;
+pub mod objectives;
+pub mod optim;
+pub mod train;
+
+pub use error::{Error, Result};
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// What a notebook or script needs in one `use`.
+pub mod prelude {
+    pub use crate::data::Dataset;
+    pub use crate::eval::KnnResult;
+    pub use crate::methods::Method;
+    pub use crate::train::{Run, RunConfig, StepReport, TrainSummary};
+    pub use crate::{Error, Result};
+}

@@ -1,0 +1,108 @@
+//! Barlow Twins (Zbontar et al. 2021; methods.md §3): a ResNet, a bias-free projector with BN +
+//! ReLU on its hidden layers, and the cross-correlation loss. Both views share every weight; no
+//! momentum encoder, predictor or stop-gradient.
+
+use super::{ForwardOutput, Method};
+use crate::error::{Error, Result};
+use crate::models::{LastBn, Mlp, MlpSpec, ParamBuilder, ParamStore, ResNet, ResNetConfig};
+use crate::objectives::barlow_twins_loss;
+use candle_core::{Device, Tensor};
+
+/// Architecture and loss settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BarlowTwinsSpec {
+    pub backbone: ResNetConfig,
+    /// Projector widths after the backbone, e.g. `[8192, 8192, 8192]` in the paper.
+    pub projector: Vec<usize>,
+    /// Weight λ of the off-diagonal term.
+    pub lambda: f64,
+    /// Multiplies the whole loss (solo-learn's `scale_loss`; 1 in the current official code).
+    pub scale_loss: f64,
+}
+
+/// The Barlow Twins model.
+pub struct BarlowTwins {
+    backbone: ResNet,
+    projector: Mlp,
+    lambda: f64,
+    scale_loss: f64,
+    params: ParamStore,
+}
+
+impl BarlowTwins {
+    /// Builds the model with weights drawn from `seed` on `device`.
+    pub fn new(spec: &BarlowTwinsSpec, seed: u64, device: &Device) -> Result<Self> {
+        if spec.projector.is_empty() {
+            return Err(Error::config(
+                "barlow_twins.projector",
+                "needs at least one width",
+            ));
+        }
+        let mut b = ParamBuilder::new(seed, device);
+        let backbone = ResNet::new(&mut b, "backbone", &spec.backbone)?;
+        let mut dims = vec![backbone.out_dim()];
+        dims.extend(&spec.projector);
+        let projector = Mlp::new(
+            &mut b,
+            "projector",
+            &MlpSpec {
+                dims,
+                bias: false,
+                hidden_bn: true,
+                last_bn: LastBn::None,
+            },
+        )?;
+        Ok(BarlowTwins {
+            backbone,
+            projector,
+            lambda: spec.lambda,
+            scale_loss: spec.scale_loss,
+            params: b.finish(),
+        })
+    }
+
+    /// The embedding z of a batch of images (training mode).
+    pub fn embed(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.backbone.forward_t(x, true)?.pooled;
+        self.projector.forward_t(&h, true)
+    }
+
+    /// Changes λ (meaningful mid-run).
+    pub fn set_lambda(&mut self, lambda: f64) {
+        self.lambda = lambda;
+    }
+}
+
+impl Method for BarlowTwins {
+    fn name(&self) -> &'static str {
+        "barlow-twins"
+    }
+
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    fn forward_train(&self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
+        // Each view goes through the network on its own, so BN statistics are per view.
+        let za = self.embed(view_a)?;
+        let zb = self.embed(view_b)?;
+        let out = barlow_twins_loss(&za, &zb, self.lambda)?;
+        let loss = if self.scale_loss != 1.0 {
+            (out.loss * self.scale_loss)?
+        } else {
+            out.loss
+        };
+        Ok(ForwardOutput {
+            loss,
+            parts: vec![
+                ("on_diag".to_string(), out.on_diag),
+                ("off_diag".to_string(), out.off_diag),
+            ],
+            cross_correlation: Some(out.c),
+        })
+    }
+
+    fn features(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.backbone.forward_t(images, false)?.pooled)
+    }
+}

@@ -1,0 +1,171 @@
+//! BatchNorm with PyTorch's conventions, written from tensor ops so every path has a gradient.
+//!
+//! Training mode normalises with the batch mean and the *biased* variance (eps 1e-5) and updates
+//! the running statistics as `running = (1 − 0.1)·running + 0.1·batch`, where the running
+//! variance takes the *unbiased* batch variance. Evaluation mode uses the running statistics.
+//! `affine = false` gives the non-affine BN of Barlow Twins' loss normaliser and MoCo v3's last
+//! projector layer.
+
+use super::cpu_ops::{BatchNormOp, BnStats};
+use super::params::{Init, ParamBuilder, ParamKind};
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor, Var};
+use std::sync::{Arc, Mutex};
+
+/// Batch normalisation over the channel axis (dim 1) of `(n, c)` or `(n, c, h, w)` input.
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    pub weight: Option<Var>,
+    pub bias: Option<Var>,
+    pub running_mean: Var,
+    pub running_var: Var,
+    pub eps: f64,
+    pub momentum: f64,
+    pub channels: usize,
+}
+
+impl BatchNorm {
+    /// A BatchNorm over `c` channels; `gamma0` is the initial scale (0 for zero-init residuals).
+    pub fn new(
+        b: &mut ParamBuilder,
+        name: &str,
+        c: usize,
+        affine: bool,
+        gamma0: f32,
+    ) -> Result<Self> {
+        let (weight, bias) = if affine {
+            (
+                Some(b.var(
+                    &format!("{name}.weight"),
+                    &[c],
+                    Init::Const(gamma0),
+                    ParamKind::Norm,
+                )?),
+                Some(b.var(
+                    &format!("{name}.bias"),
+                    &[c],
+                    Init::Const(0.0),
+                    ParamKind::Norm,
+                )?),
+            )
+        } else {
+            (None, None)
+        };
+        let running_mean = b.var(
+            &format!("{name}.running_mean"),
+            &[c],
+            Init::Const(0.0),
+            ParamKind::Buffer,
+        )?;
+        let running_var = b.var(
+            &format!("{name}.running_var"),
+            &[c],
+            Init::Const(1.0),
+            ParamKind::Buffer,
+        )?;
+        Ok(BatchNorm {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            eps: 1e-5,
+            momentum: 0.1,
+            channels: c,
+        })
+    }
+
+    /// Shape that broadcasts a per-channel vector against `x`.
+    fn channel_shape(&self, x: &Tensor) -> Result<Vec<usize>> {
+        let dims = x.dims();
+        if dims.len() < 2 || dims[1] != self.channels {
+            return Err(Error::Shape(format!(
+                "BatchNorm over {} channels got input of shape {:?}",
+                self.channels, dims
+            )));
+        }
+        let mut s = vec![1; dims.len()];
+        s[1] = self.channels;
+        Ok(s)
+    }
+
+    /// Normalises `x`; in training mode also updates the running statistics.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let cs = self.channel_shape(x)?;
+        let (mean, var) = if train {
+            let dims = x.dims();
+            let count: usize = dims
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 1)
+                .map(|(_, d)| d)
+                .product();
+            if count < 2 {
+                return Err(Error::Shape(format!(
+                    "BatchNorm in training mode needs more than one value per channel, got input {dims:?}"
+                )));
+            }
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                return self.forward_train_cpu(x, &cs, count);
+            }
+            let reduce: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
+            let mean = x.mean_keepdim(reduce.as_slice())?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim(reduce.as_slice())?;
+            // Running statistics: detached, unbiased variance.
+            let m = self.momentum;
+            let bm = mean.detach().flatten_all()?;
+            let bv = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?;
+            self.running_mean
+                .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?)?;
+            self.running_var
+                .set(&((self.running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?)?;
+            let y = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            return self.affine(y, &cs);
+        } else {
+            (
+                self.running_mean.as_tensor().reshape(cs.as_slice())?,
+                self.running_var.as_tensor().reshape(cs.as_slice())?,
+            )
+        };
+        let y = x
+            .broadcast_sub(&mean)?
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        self.affine(y, &cs)
+    }
+
+    /// Training mode through the fused CPU kernel (same maths, explicit backward).
+    fn forward_train_cpu(&self, x: &Tensor, cs: &[usize], count: usize) -> Result<Tensor> {
+        let stats = Arc::new(Mutex::new(BnStats::default()));
+        let xhat = x.contiguous()?.apply_op1(BatchNormOp {
+            eps: self.eps,
+            stats: stats.clone(),
+        })?;
+        let (mean, var) = {
+            let st = stats
+                .lock()
+                .map_err(|_| Error::Invalid("batchnorm statistics lock poisoned".into()))?;
+            (st.mean.clone(), st.var.clone())
+        };
+        let dev = x.device();
+        let m = self.momentum;
+        let unbias = count as f64 / (count - 1) as f64;
+        let bm = Tensor::from_vec(mean, self.channels, dev)?;
+        let bv = (Tensor::from_vec(var, self.channels, dev)? * unbias)?;
+        self.running_mean
+            .set(&((self.running_mean.as_tensor().detach() * (1.0 - m))? + (bm * m)?)?)?;
+        self.running_var
+            .set(&((self.running_var.as_tensor().detach() * (1.0 - m))? + (bv * m)?)?)?;
+        self.affine(xhat, cs)
+    }
+
+    fn affine(&self, y: Tensor, cs: &[usize]) -> Result<Tensor> {
+        let y = match &self.weight {
+            Some(w) => y.broadcast_mul(&w.as_tensor().reshape(cs)?)?,
+            None => y,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(&b.as_tensor().reshape(cs)?)?,
+            None => y,
+        })
+    }
+}

@@ -1,0 +1,19 @@
+//! Models: ResNet-18/34/50 (ImageNet and CIFAR stems), MLP heads, BatchNorm with PyTorch's
+//! conventions, and the named parameter store every model registers into.
+//!
+//! Parameters are initialised on the host from a seeded generator and then moved to the device,
+//! so the same seed gives the same network on the CPU and on CUDA (candle cannot seed its CPU
+//! generator).
+
+mod batchnorm;
+mod cpu_ops;
+mod layers;
+mod mlp;
+mod params;
+mod resnet;
+
+pub use batchnorm::BatchNorm;
+pub use layers::{Conv2d, Linear};
+pub use mlp::{LastBn, Mlp, MlpSpec};
+pub use params::{Init, Param, ParamBuilder, ParamKind, ParamStore};
+pub use resnet::{Depth, ResNet, ResNetConfig, ResNetOutput, Stem};

@@ -1,0 +1,194 @@
+//! ResNet-18/34/50 in torchvision's layout (v1.5: the stride of a bottleneck sits on its 3×3
+//! conv), with the ImageNet stem (7×7/2 conv + 3×3/2 max-pool) or the CIFAR stem (3×3/1 conv,
+//! no max-pool), an optional width multiplier for CPU-sized models, and `zero_init_residual`.
+//! The forward pass returns the last feature map (for dense methods) and its global average.
+
+use super::batchnorm::BatchNorm;
+use super::layers::Conv2d;
+use super::params::ParamBuilder;
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+
+/// Network depth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Depth {
+    #[serde(rename = "resnet18")]
+    R18,
+    #[serde(rename = "resnet34")]
+    R34,
+    #[serde(rename = "resnet50")]
+    R50,
+}
+
+/// First layers of the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// 7×7 stride-2 conv, BN, ReLU, 3×3 stride-2 max-pool (224-px images).
+    Imagenet,
+    /// 3×3 stride-1 conv, BN, ReLU, no max-pool (32-px images).
+    Cifar,
+}
+
+/// What to build.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResNetConfig {
+    pub depth: Depth,
+    pub stem: Stem,
+    /// Channels of the first stage (64 in the papers); later stages double it.
+    pub width: usize,
+    /// Start the last BN of every residual block at γ = 0 (MoCo v3, Barlow Twins).
+    pub zero_init_residual: bool,
+}
+
+/// Output of a forward pass.
+#[derive(Clone, Debug)]
+pub struct ResNetOutput {
+    /// Last stage's feature map, `(n, c, h, w)`.
+    pub feature_map: Tensor,
+    /// Global average of the map, `(n, c)`: the "representation".
+    pub pooled: Tensor,
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    convs: Vec<(Conv2d, BatchNorm)>,
+    downsample: Option<(Conv2d, BatchNorm)>,
+}
+
+impl Block {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, (conv, bn)) in self.convs.iter().enumerate() {
+            h = bn.forward_t(&conv.forward(&h)?, train)?;
+            if i < last {
+                h = h.relu()?;
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
+            None => x.clone(),
+        };
+        Ok((h + shortcut)?.relu()?)
+    }
+}
+
+/// A ResNet backbone without its classifier.
+#[derive(Clone, Debug)]
+pub struct ResNet {
+    stem: (Conv2d, BatchNorm),
+    maxpool: bool,
+    blocks: Vec<Block>,
+    out_dim: usize,
+}
+
+impl ResNet {
+    /// Builds the network under the name prefix `name`.
+    pub fn new(b: &mut ParamBuilder, name: &str, cfg: &ResNetConfig) -> Result<Self> {
+        if cfg.width == 0 {
+            return Err(Error::config("model.width", "must be positive"));
+        }
+        let (counts, bottleneck): ([usize; 4], bool) = match cfg.depth {
+            Depth::R18 => ([2, 2, 2, 2], false),
+            Depth::R34 => ([3, 4, 6, 3], false),
+            Depth::R50 => ([3, 4, 6, 3], true),
+        };
+        let expansion = if bottleneck { 4 } else { 1 };
+        let w = cfg.width;
+        let stem = match cfg.stem {
+            Stem::Imagenet => Conv2d::new(b, &format!("{name}.conv1"), 3, w, 7, 2, 3)?,
+            Stem::Cifar => Conv2d::new(b, &format!("{name}.conv1"), 3, w, 3, 1, 1)?,
+        };
+        let stem_bn = BatchNorm::new(b, &format!("{name}.bn1"), w, true, 1.0)?;
+        let gamma_last = if cfg.zero_init_residual { 0.0 } else { 1.0 };
+        let mut blocks = Vec::new();
+        let mut inp = w;
+        for (stage, &count) in counts.iter().enumerate() {
+            let planes = w << stage;
+            for i in 0..count {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let p = format!("{name}.layer{}.{i}", stage + 1);
+                let out = planes * expansion;
+                let mut convs = Vec::new();
+                if bottleneck {
+                    let specs = [
+                        (inp, planes, 1, 1, 0),
+                        (planes, planes, 3, stride, 1),
+                        (planes, out, 1, 1, 0),
+                    ];
+                    for (j, (ci, co, k, s, pad)) in specs.into_iter().enumerate() {
+                        let conv =
+                            Conv2d::new(b, &format!("{p}.conv{}", j + 1), ci, co, k, s, pad)?;
+                        let g = if j == 2 { gamma_last } else { 1.0 };
+                        convs.push((
+                            conv,
+                            BatchNorm::new(b, &format!("{p}.bn{}", j + 1), co, true, g)?,
+                        ));
+                    }
+                } else {
+                    let specs = [(inp, planes, stride), (planes, planes, 1)];
+                    for (j, (ci, co, s)) in specs.into_iter().enumerate() {
+                        let conv = Conv2d::new(b, &format!("{p}.conv{}", j + 1), ci, co, 3, s, 1)?;
+                        let g = if j == 1 { gamma_last } else { 1.0 };
+                        convs.push((
+                            conv,
+                            BatchNorm::new(b, &format!("{p}.bn{}", j + 1), co, true, g)?,
+                        ));
+                    }
+                }
+                let downsample = if stride != 1 || inp != out {
+                    Some((
+                        Conv2d::new(b, &format!("{p}.downsample.0"), inp, out, 1, stride, 0)?,
+                        BatchNorm::new(b, &format!("{p}.downsample.1"), out, true, 1.0)?,
+                    ))
+                } else {
+                    None
+                };
+                blocks.push(Block { convs, downsample });
+                inp = out;
+            }
+        }
+        Ok(ResNet {
+            stem: (stem, stem_bn),
+            maxpool: cfg.stem == Stem::Imagenet,
+            blocks,
+            out_dim: inp,
+        })
+    }
+
+    /// Width of the pooled representation (512·width/64 for ResNet-18/34, 2048·width/64 for 50).
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// Runs the network on NCHW images.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<ResNetOutput> {
+        if x.rank() != 4 || x.dim(1)? != 3 {
+            return Err(Error::Shape(format!(
+                "ResNet expects (n, 3, h, w) images, got {:?}",
+                x.dims()
+            )));
+        }
+        let mut h = self
+            .stem
+            .1
+            .forward_t(&self.stem.0.forward(x)?, train)?
+            .relu()?;
+        if self.maxpool {
+            // 3×3/2 max-pool with padding 1: replicating the edge is equivalent to -inf padding.
+            h = h
+                .pad_with_same(2, 1, 1)?
+                .pad_with_same(3, 1, 1)?
+                .max_pool2d_with_stride(3, 2)?;
+        }
+        for b in &self.blocks {
+            h = b.forward_t(&h, train)?;
+        }
+        let pooled = h.mean((2, 3))?;
+        Ok(ResNetOutput {
+            feature_map: h,
+            pooled,
+        })
+    }
+}

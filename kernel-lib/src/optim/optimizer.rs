@@ -1,0 +1,231 @@
+//! The optimisers. Updates run as tensor ops on the parameters' device; the LARS/LAMB trust
+//! ratios are computed on the device too (no host round trip per tensor).
+
+use crate::error::{Error, Result};
+use crate::models::ParamStore;
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+/// Which update rule, with its own hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimKind {
+    /// PyTorch SGD: `g += wd·p; buf = μ·buf + g; p -= lr·(nesterov ? g + μ·buf : buf)`.
+    Sgd { momentum: f64, nesterov: bool },
+    /// LARS as in the MoCo v3 and Barlow Twins code (methods.md §0.6): for adapted tensors
+    /// `g += wd·p; g *= η‖p‖/‖g‖` (ratio 1 if a norm is 0), then `μ = m·μ + g; p -= lr·μ`.
+    /// No epsilon, no clipping.
+    Lars { momentum: f64, eta: f64 },
+    /// PyTorch AdamW (decoupled decay `p -= lr·wd·p`, bias-corrected moments).
+    AdamW { beta1: f64, beta2: f64, eps: f64 },
+    /// LAMB (You et al. 2020): the AdamW direction `r = m̂/(√v̂+ε) + wd·p`, scaled by the trust
+    /// ratio ‖p‖/‖r‖ for adapted tensors.
+    Lamb { beta1: f64, beta2: f64, eps: f64 },
+}
+
+/// Settings of one parameter group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupSettings {
+    /// Learning rate multiplier relative to the scheduled rate.
+    pub lr_mult: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Whether LARS/LAMB apply the trust ratio to this group.
+    pub adapt: bool,
+}
+
+/// Saved optimiser state: the step count and per-parameter buffers by name.
+#[derive(Clone, Debug)]
+pub struct OptimizerState {
+    pub step: usize,
+    pub buffers: Vec<(String, Tensor)>,
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    group: usize,
+    state: Vec<Tensor>,
+}
+
+/// An optimiser over the trainable tensors of a [`ParamStore`].
+pub struct Optimizer {
+    kind: OptimKind,
+    groups: [GroupSettings; 2],
+    slots: Vec<Slot>,
+    step: usize,
+}
+
+fn norm(t: &Tensor) -> Result<Tensor> {
+    Ok(t.sqr()?.sum_all()?.sqrt()?)
+}
+
+/// `num/den` where both are positive, else 1 (a scalar tensor).
+fn trust_ratio(num: &Tensor, den: &Tensor, scale: f64) -> Result<Tensor> {
+    let ok = (num.gt(0.0)? * den.gt(0.0)?)?;
+    let ratio = ((num * scale)? / den)?;
+    Ok(ok.where_cond(&ratio, &num.ones_like()?)?)
+}
+
+impl Optimizer {
+    /// Builds an optimiser over `params`; `multi_dim` applies to ≥2-D tensors and `one_dim` to
+    /// 1-D tensors (biases, norm γ/β).
+    pub fn new(
+        kind: OptimKind,
+        params: &ParamStore,
+        multi_dim: GroupSettings,
+        one_dim: GroupSettings,
+    ) -> Result<Self> {
+        let slots = params
+            .trainable()
+            .map(|p| {
+                let zeros = p.var.zeros_like()?;
+                let n_state = match kind {
+                    OptimKind::Sgd { .. } | OptimKind::Lars { .. } => 1,
+                    OptimKind::AdamW { .. } | OptimKind::Lamb { .. } => 2,
+                };
+                Ok(Slot {
+                    name: p.name.clone(),
+                    var: p.var.clone(),
+                    group: usize::from(p.var.rank() <= 1),
+                    state: vec![zeros; n_state],
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Optimizer {
+            kind,
+            groups: [multi_dim, one_dim],
+            slots,
+            step: 0,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.step
+    }
+
+    /// The update rule.
+    pub fn kind(&self) -> OptimKind {
+        self.kind
+    }
+
+    /// Applies one update with scheduled learning rate `lr` (each group multiplies it by its
+    /// `lr_mult`). Tensors without a gradient are left alone, as PyTorch does.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
+            let gs = self.groups[slot.group];
+            let lr = lr * gs.lr_mult;
+            let p = slot.var.as_tensor().detach();
+            let g = g.detach();
+            let new_p = match self.kind {
+                OptimKind::Sgd { momentum, nesterov } => {
+                    let g = if gs.weight_decay != 0.0 {
+                        (g + (&p * gs.weight_decay)?)?
+                    } else {
+                        g
+                    };
+                    let buf = ((&slot.state[0] * momentum)? + &g)?;
+                    let d = if nesterov {
+                        (g + (&buf * momentum)?)?
+                    } else {
+                        buf.clone()
+                    };
+                    slot.state[0] = buf;
+                    (p - (d * lr)?)?
+                }
+                OptimKind::Lars { momentum, eta } => {
+                    let g = if gs.adapt {
+                        let g = if gs.weight_decay != 0.0 {
+                            (g + (&p * gs.weight_decay)?)?
+                        } else {
+                            g
+                        };
+                        let q = trust_ratio(&norm(&p)?, &norm(&g)?, eta)?;
+                        g.broadcast_mul(&q)?
+                    } else {
+                        g
+                    };
+                    let mu = ((&slot.state[0] * momentum)? + g)?;
+                    slot.state[0] = mu.clone();
+                    (p - (mu * lr)?)?
+                }
+                OptimKind::AdamW { beta1, beta2, eps } | OptimKind::Lamb { beta1, beta2, eps } => {
+                    let m = ((&slot.state[0] * beta1)? + (&g * (1.0 - beta1))?)?;
+                    let v = ((&slot.state[1] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                    let mhat = (&m / (1.0 - beta1.powi(t)))?;
+                    let vhat = (&v / (1.0 - beta2.powi(t)))?;
+                    slot.state[0] = m;
+                    slot.state[1] = v;
+                    let dir = (mhat / (vhat.sqrt()? + eps)?)?;
+                    if matches!(self.kind, OptimKind::AdamW { .. }) {
+                        let p = if gs.weight_decay != 0.0 {
+                            (&p * (1.0 - lr * gs.weight_decay))?
+                        } else {
+                            p
+                        };
+                        (p - (dir * lr)?)?
+                    } else {
+                        let r = if gs.weight_decay != 0.0 {
+                            (dir + (&p * gs.weight_decay)?)?
+                        } else {
+                            dir
+                        };
+                        let r = if gs.adapt {
+                            let q = trust_ratio(&norm(&p)?, &norm(&r)?, 1.0)?;
+                            r.broadcast_mul(&q)?
+                        } else {
+                            r
+                        };
+                        (p - (r * lr)?)?
+                    }
+                }
+            };
+            slot.var.set(&new_p)?;
+        }
+        Ok(())
+    }
+
+    /// The state for a checkpoint.
+    pub fn state(&self) -> OptimizerState {
+        let mut buffers = Vec::new();
+        for s in &self.slots {
+            for (i, t) in s.state.iter().enumerate() {
+                buffers.push((format!("{}#{i}", s.name), t.clone()));
+            }
+        }
+        OptimizerState {
+            step: self.step,
+            buffers,
+        }
+    }
+
+    /// Restores a state saved by [`Optimizer::state`] for the same parameters.
+    pub fn load_state(&mut self, st: &OptimizerState) -> Result<()> {
+        for s in &mut self.slots {
+            for i in 0..s.state.len() {
+                let key = format!("{}#{i}", s.name);
+                let t = st
+                    .buffers
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, t)| t)
+                    .ok_or_else(|| Error::Invalid(format!("optimizer state lacks '{key}'")))?;
+                if t.dims() != s.state[i].dims() {
+                    return Err(Error::Shape(format!(
+                        "optimizer state '{key}' has shape {:?}, parameter needs {:?}",
+                        t.dims(),
+                        s.state[i].dims()
+                    )));
+                }
+                s.state[i] = t.to_device(s.var.device())?;
+            }
+        }
+        self.step = st.step;
+        Ok(())
+    }
+}

@@ -1,0 +1,451 @@
+//! Run configuration: serde + TOML, every field defaulted, unknown keys and out-of-range values
+//! rejected with a message naming the key. A file may start from a preset (`preset = "..."`) and
+//! override any field; `RunConfig::set("optim.lr", "0.1")` does the same for one key.
+
+use crate::data::ShapesConfig;
+use crate::error::{Error, Result};
+use crate::models::{Depth, Stem};
+use serde::{Deserialize, Serialize};
+
+/// Everything a run needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Method name: `barlow-twins`.
+    pub method: String,
+    /// The preset this config started from (informational; set by `preset()`).
+    pub preset: String,
+    /// Seed of weights, data order and augmentations.
+    pub seed: u64,
+    /// `auto` (CUDA when built and present, else CPU), `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub augment: AugmentConfig,
+    pub barlow_twins: BarlowTwinsConfig,
+    pub optim: OptimConfig,
+    pub train: TrainConfig,
+    pub eval: EvalConfig,
+}
+
+/// Where the images come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// `shapes`, `cifar10:PATH`, `cifar100:PATH`, `mnist:PATH`, `fashion-mnist:PATH`, `folder:PATH`.
+    pub source: String,
+    /// Size, split lengths and seed of the built-in shapes.
+    pub shapes: ShapesConfig,
+}
+
+/// The backbone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// `resnet18`, `resnet34` or `resnet50`.
+    pub arch: Depth,
+    /// `imagenet` or `cifar`.
+    pub stem: Stem,
+    /// First-stage channels (64 in the papers).
+    pub width: usize,
+    pub zero_init_residual: bool,
+}
+
+/// The two-view augmentation recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// One of `TwoViewRecipe::NAMES`.
+    pub recipe: String,
+    /// View side in pixels.
+    pub size: usize,
+    /// Lower bound of the crop area fraction; unset = the recipe's own.
+    pub scale_min: Option<f32>,
+}
+
+/// Barlow Twins' head and loss.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BarlowTwinsConfig {
+    /// Projector widths after the backbone.
+    pub projector: Vec<usize>,
+    pub lambda: f64,
+    pub scale_loss: f64,
+}
+
+/// Optimiser and learning-rate schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// `sgd`, `lars`, `adamw` or `lamb`.
+    pub kind: String,
+    /// Base learning rate of ≥2-D tensors.
+    pub lr: f64,
+    /// Base learning rate of 1-D tensors (biases, BN); unset = `lr`.
+    pub lr_1d: Option<f64>,
+    /// Multiply the base rates by batch/256 (linear scaling rule).
+    pub scale_lr_with_batch: bool,
+    pub weight_decay: f64,
+    /// Exclude 1-D tensors from weight decay and trust-ratio adaptation.
+    pub exclude_1d: bool,
+    /// SGD/LARS momentum.
+    pub momentum: f64,
+    pub nesterov: bool,
+    /// LARS trust coefficient η.
+    pub eta: f64,
+    /// Adam-family β₁, β₂, ε.
+    pub betas: (f64, f64),
+    pub eps: f64,
+    /// Linear warmup length in epochs (fractional allowed).
+    pub warmup_epochs: f64,
+    /// Cosine end point as a fraction of the base rate.
+    pub final_lr_frac: f64,
+}
+
+/// Budget and batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub batch_size: usize,
+    /// Length of the run in epochs (used when `steps` is 0).
+    pub epochs: f64,
+    /// Length of the run in steps; 0 = from `epochs`.
+    pub steps: usize,
+    /// Print a progress line every this many steps during `train`.
+    pub log_every: usize,
+}
+
+/// Evaluation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    pub knn_k: usize,
+    pub knn_t: f64,
+    /// Images per forward pass when extracting features.
+    pub batch_size: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        super::presets::barlow_twins_tiny()
+    }
+}
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            source: "shapes".into(),
+            shapes: ShapesConfig::default(),
+        }
+    }
+}
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            arch: Depth::R18,
+            stem: Stem::Cifar,
+            width: 64,
+            zero_init_residual: true,
+        }
+    }
+}
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            recipe: "byol-cifar".into(),
+            size: 32,
+            scale_min: None,
+        }
+    }
+}
+impl Default for BarlowTwinsConfig {
+    fn default() -> Self {
+        BarlowTwinsConfig {
+            projector: vec![8192, 8192, 8192],
+            lambda: 0.0051,
+            scale_loss: 1.0,
+        }
+    }
+}
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            kind: "lars".into(),
+            lr: 0.2,
+            lr_1d: Some(0.0048),
+            scale_lr_with_batch: true,
+            weight_decay: 1.5e-6,
+            exclude_1d: true,
+            momentum: 0.9,
+            nesterov: false,
+            eta: 0.001,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            warmup_epochs: 10.0,
+            final_lr_frac: 0.001,
+        }
+    }
+}
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 2048,
+            epochs: 1000.0,
+            steps: 0,
+            log_every: 10,
+        }
+    }
+}
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            knn_k: 200,
+            knn_t: 0.1,
+            batch_size: 256,
+        }
+    }
+}
+
+/// Merges `over` into `base`, key by key, recursing into tables.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn check(ok: bool, key: &str, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(key, msg()))
+    }
+}
+
+impl RunConfig {
+    /// Methods sslab can train.
+    pub const METHODS: &'static [&'static str] = &["barlow-twins"];
+
+    /// A named preset (see [`super::presets::PRESETS`]); `barlow-twins` alone means its default.
+    pub fn preset(name: &str) -> Result<Self> {
+        super::presets::preset(name)
+    }
+
+    /// Parses a TOML config. With `preset = "NAME"` the file overrides that preset; without, it
+    /// overrides the defaults (the `barlow-twins/tiny` preset).
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let over: toml::Value = toml::from_str(text)
+            .map_err(|e| Error::config("<toml>", e.to_string().trim().replace('\n', " ")))?;
+        let base = match over.get("preset").and_then(|v| v.as_str()) {
+            Some(p) => Self::preset(p)?,
+            None => Self::default(),
+        };
+        base.with_overrides(over)
+    }
+
+    /// Reads a TOML config file.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let p = path.as_ref();
+        let text = std::fs::read_to_string(p).map_err(|e| Error::data(p, e.to_string()))?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            Error::Config { key, msg } => Error::Config {
+                key: format!("{}: {key}", p.display()),
+                msg,
+            },
+            other => other,
+        })
+    }
+
+    fn with_overrides(&self, over: toml::Value) -> Result<Self> {
+        let mut base = toml::Value::try_from(self)
+            .map_err(|e| Error::Invalid(format!("cannot serialise config: {e}")))?;
+        merge(&mut base, over);
+        let cfg: RunConfig = base
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config("<config>", e.message().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Sets one dotted key from a TOML value literal (`"0.1"`, `"[512, 512]"`, `"\"sgd\""`;
+    /// bare words are taken as strings), then re-validates.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        let mut over = parsed;
+        for part in key.split('.').rev() {
+            if part.is_empty() {
+                return Err(Error::config(key, "empty key segment"));
+            }
+            let mut t = toml::Table::new();
+            t.insert(part.to_string(), over);
+            over = toml::Value::Table(t);
+        }
+        let new = self.with_overrides(over).map_err(|e| match e {
+            Error::Config { msg, .. } => Error::config(key, msg),
+            other => other,
+        })?;
+        *self = new;
+        Ok(())
+    }
+
+    /// Checks ranges and names; the error names the offending key.
+    pub fn validate(&self) -> Result<()> {
+        check(
+            Self::METHODS.contains(&self.method.as_str()),
+            "method",
+            || {
+                format!(
+                    "unknown method '{}'; known: {}",
+                    self.method,
+                    Self::METHODS.join(", ")
+                )
+            },
+        )?;
+        check(
+            self.device == "auto" || self.device == "cpu" || self.device.starts_with("cuda"),
+            "device",
+            || format!("'{}' is not auto, cpu, cuda or cuda:N", self.device),
+        )?;
+        crate::data::DataSource::parse(&self.data.source, self.data.shapes)?;
+        let s = &self.data.shapes;
+        check(matches!(s.size, 16..=256), "data.shapes.size", || {
+            format!("must be in 16..=256, got {}", s.size)
+        })?;
+        check(s.train >= 10 && s.test >= 10, "data.shapes", || {
+            format!(
+                "train and test need at least 10 images, got {} and {}",
+                s.train, s.test
+            )
+        })?;
+        check(
+            self.model.width > 0 && self.model.width <= 1024,
+            "model.width",
+            || format!("must be in 1..=1024, got {}", self.model.width),
+        )?;
+        check(
+            crate::augment::TwoViewRecipe::NAMES.contains(&self.augment.recipe.as_str()),
+            "augment.recipe",
+            || {
+                format!(
+                    "unknown recipe '{}'; known: {}",
+                    self.augment.recipe,
+                    crate::augment::TwoViewRecipe::NAMES.join(", ")
+                )
+            },
+        )?;
+        check(matches!(self.augment.size, 8..=512), "augment.size", || {
+            format!("must be in 8..=512, got {}", self.augment.size)
+        })?;
+        if let Some(m) = self.augment.scale_min {
+            check(m > 0.0 && m <= 1.0, "augment.scale_min", || {
+                format!("must be in (0, 1], got {m}")
+            })?;
+        }
+        let bt = &self.barlow_twins;
+        check(
+            !bt.projector.is_empty() && !bt.projector.contains(&0),
+            "barlow_twins.projector",
+            || format!("needs one or more positive widths, got {:?}", bt.projector),
+        )?;
+        check(
+            bt.lambda.is_finite() && bt.lambda >= 0.0,
+            "barlow_twins.lambda",
+            || format!("must be ≥ 0, got {}", bt.lambda),
+        )?;
+        check(
+            bt.scale_loss.is_finite() && bt.scale_loss > 0.0,
+            "barlow_twins.scale_loss",
+            || format!("must be > 0, got {}", bt.scale_loss),
+        )?;
+        let o = &self.optim;
+        check(
+            ["sgd", "lars", "adamw", "lamb"].contains(&o.kind.as_str()),
+            "optim.kind",
+            || {
+                format!(
+                    "unknown optimizer '{}'; known: sgd, lars, adamw, lamb",
+                    o.kind
+                )
+            },
+        )?;
+        check(o.lr.is_finite() && o.lr > 0.0, "optim.lr", || {
+            format!("must be > 0, got {}", o.lr)
+        })?;
+        if let Some(l) = o.lr_1d {
+            check(l.is_finite() && l >= 0.0, "optim.lr_1d", || {
+                format!("must be ≥ 0, got {l}")
+            })?;
+        }
+        check(
+            o.weight_decay.is_finite() && o.weight_decay >= 0.0,
+            "optim.weight_decay",
+            || format!("must be ≥ 0, got {}", o.weight_decay),
+        )?;
+        check((0.0..1.0).contains(&o.momentum), "optim.momentum", || {
+            format!("must be in [0, 1), got {}", o.momentum)
+        })?;
+        check(o.eta.is_finite() && o.eta > 0.0, "optim.eta", || {
+            format!("must be > 0, got {}", o.eta)
+        })?;
+        check(
+            (0.0..1.0).contains(&o.betas.0) && (0.0..1.0).contains(&o.betas.1),
+            "optim.betas",
+            || format!("both must be in [0, 1), got {:?}", o.betas),
+        )?;
+        check(o.eps > 0.0, "optim.eps", || {
+            format!("must be > 0, got {}", o.eps)
+        })?;
+        check(
+            o.warmup_epochs.is_finite() && o.warmup_epochs >= 0.0,
+            "optim.warmup_epochs",
+            || format!("must be ≥ 0, got {}", o.warmup_epochs),
+        )?;
+        check(
+            (0.0..=1.0).contains(&o.final_lr_frac),
+            "optim.final_lr_frac",
+            || format!("must be in [0, 1], got {}", o.final_lr_frac),
+        )?;
+        let t = &self.train;
+        check(t.batch_size >= 2, "train.batch_size", || {
+            format!(
+                "must be ≥ 2 (BatchNorm and the loss need a batch), got {}",
+                t.batch_size
+            )
+        })?;
+        check(
+            t.steps > 0 || (t.epochs.is_finite() && t.epochs > 0.0),
+            "train.epochs",
+            || {
+                format!(
+                    "set train.steps or a positive train.epochs, got {}",
+                    t.epochs
+                )
+            },
+        )?;
+        check(t.log_every > 0, "train.log_every", || "must be ≥ 1".into())?;
+        let e = &self.eval;
+        check(e.knn_k > 0, "eval.knn_k", || "must be ≥ 1".into())?;
+        check(e.knn_t.is_finite() && e.knn_t > 0.0, "eval.knn_t", || {
+            format!("must be > 0, got {}", e.knn_t)
+        })?;
+        check(e.batch_size > 0, "eval.batch_size", || "must be ≥ 1".into())?;
+        Ok(())
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self)
+            .map_err(|e| Error::Invalid(format!("cannot serialise config: {e}")))
+    }
+}

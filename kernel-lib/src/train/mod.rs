@@ -1,0 +1,15 @@
+//! `Run`: the interactive handle notebooks and the REPL share (step, train n, evaluate), its
+//! configuration and presets, and the per-step history.
+
+mod config;
+mod device;
+mod presets;
+mod run;
+
+pub use config::{
+    AugmentConfig, BarlowTwinsConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig,
+    TrainConfig,
+};
+pub use device::select_device;
+pub use presets::PRESETS;
+pub use run::{Run, StepReport, TrainSummary};

@@ -1,0 +1,362 @@
+//! The `Run` handle: one training run, stepped interactively.
+
+use super::config::RunConfig;
+use super::device::{device_name, select_device};
+use crate::augment::TwoViewRecipe;
+use crate::data::{DataSource, Dataset, Loader};
+use crate::error::{Error, Result};
+use crate::eval::{knn_eval, KnnResult};
+use crate::methods::{BarlowTwins, BarlowTwinsSpec, Method};
+use crate::models::ResNetConfig;
+use crate::optim::{GroupSettings, LrSchedule, OptimKind, Optimizer};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What one optimisation step did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// 1-based index of the step within the run.
+    pub step: usize,
+    pub loss: f32,
+    /// Named parts of the loss (before λ and scale factors).
+    pub parts: Vec<(String, f32)>,
+    /// Learning rate of ≥2-D tensors at this step.
+    pub lr: f64,
+    /// Wall time of forward + backward + update.
+    pub seconds: f64,
+    /// Augmented views processed per second (2 per image).
+    pub images_per_sec: f64,
+}
+
+impl fmt::Display for StepReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step {:>5}  loss {:>10.4}", self.step, self.loss)?;
+        for (k, v) in &self.parts {
+            write!(f, "  {k} {v:.4}")?;
+        }
+        write!(
+            f,
+            "  lr {:.4e}  {:.2}s  {:.1} img/s",
+            self.lr, self.seconds, self.images_per_sec
+        )
+    }
+}
+
+/// What a call to [`Run::train`] did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub first_loss: f32,
+    pub last_loss: f32,
+    pub seconds: f64,
+    pub images_per_sec: f64,
+}
+
+impl fmt::Display for TrainSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} steps in {:.1}s ({:.1} img/s), loss {:.4} -> {:.4}",
+            self.steps, self.seconds, self.images_per_sec, self.first_loss, self.last_loss
+        )
+    }
+}
+
+/// One training run: method, optimiser, data stream and history.
+///
+/// ```no_run
+/// use sslab::prelude::*;
+/// let mut run = Run::new(RunConfig::preset("barlow-twins/tiny")?)?;
+/// println!("{}", run.step()?);
+/// run.train(20)?;
+/// println!("kNN top-1 {:.1}%", run.knn()?.top1);
+/// # Ok::<(), sslab::Error>(())
+/// ```
+pub struct Run {
+    config: RunConfig,
+    device: Device,
+    method: Box<dyn Method>,
+    optimizer: Optimizer,
+    schedule: LrSchedule,
+    lr_scale: f64,
+    recipe: TwoViewRecipe,
+    train_data: Arc<dyn Dataset>,
+    test_data: Arc<dyn Dataset>,
+    loader: Loader,
+    total_steps: usize,
+    history: Vec<StepReport>,
+    knn_history: Vec<(usize, KnnResult)>,
+    last_cross_correlation: Option<Tensor>,
+}
+
+impl Run {
+    /// Builds everything a config describes: device, data, model, optimiser, loader.
+    pub fn new(config: RunConfig) -> Result<Self> {
+        config.validate()?;
+        let device = select_device(&config.device)?;
+        let source = DataSource::parse(&config.data.source, config.data.shapes)?;
+        let (train_data, test_data) = source.load()?;
+        Self::with_data(config, device, train_data, test_data)
+    }
+
+    /// Like [`Run::new`] with datasets supplied by the caller (any [`Dataset`]).
+    pub fn with_data(
+        config: RunConfig,
+        device: Device,
+        train_data: Arc<dyn Dataset>,
+        test_data: Arc<dyn Dataset>,
+    ) -> Result<Self> {
+        config.validate()?;
+        if train_data.is_empty() || test_data.is_empty() {
+            return Err(Error::Invalid(
+                "train and test splits must not be empty".into(),
+            ));
+        }
+        let recipe = TwoViewRecipe::named(
+            &config.augment.recipe,
+            config.augment.size,
+            config.augment.scale_min,
+        )
+        .ok_or_else(|| {
+            Error::config(
+                "augment.recipe",
+                format!("unknown recipe '{}'", config.augment.recipe),
+            )
+        })?;
+        let batch = config.train.batch_size;
+        let steps_per_epoch = train_data.len() / batch.max(1);
+        let total_steps = if config.train.steps > 0 {
+            config.train.steps
+        } else {
+            ((config.train.epochs * steps_per_epoch as f64).round() as usize).max(1)
+        };
+        let warmup = ((config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize)
+            .min(total_steps);
+        let method: Box<dyn Method> = match config.method.as_str() {
+            "barlow-twins" => Box::new(BarlowTwins::new(
+                &BarlowTwinsSpec {
+                    backbone: ResNetConfig {
+                        depth: config.model.arch,
+                        stem: config.model.stem,
+                        width: config.model.width,
+                        zero_init_residual: config.model.zero_init_residual,
+                    },
+                    projector: config.barlow_twins.projector.clone(),
+                    lambda: config.barlow_twins.lambda,
+                    scale_loss: config.barlow_twins.scale_loss,
+                },
+                config.seed,
+                &device,
+            )?),
+            m => return Err(Error::config("method", format!("unknown method '{m}'"))),
+        };
+        let o = &config.optim;
+        let kind = match o.kind.as_str() {
+            "sgd" => OptimKind::Sgd {
+                momentum: o.momentum,
+                nesterov: o.nesterov,
+            },
+            "lars" => OptimKind::Lars {
+                momentum: o.momentum,
+                eta: o.eta,
+            },
+            "adamw" => OptimKind::AdamW {
+                beta1: o.betas.0,
+                beta2: o.betas.1,
+                eps: o.eps,
+            },
+            "lamb" => OptimKind::Lamb {
+                beta1: o.betas.0,
+                beta2: o.betas.1,
+                eps: o.eps,
+            },
+            k => {
+                return Err(Error::config(
+                    "optim.kind",
+                    format!("unknown optimizer '{k}'"),
+                ))
+            }
+        };
+        let multi = GroupSettings {
+            lr_mult: o.lr,
+            weight_decay: o.weight_decay,
+            adapt: true,
+        };
+        let one = GroupSettings {
+            lr_mult: o.lr_1d.unwrap_or(o.lr),
+            weight_decay: if o.exclude_1d { 0.0 } else { o.weight_decay },
+            adapt: !o.exclude_1d,
+        };
+        let optimizer = Optimizer::new(kind, method.params(), multi, one)?;
+        let schedule = LrSchedule::WarmupCosine {
+            warmup,
+            total: total_steps,
+            final_frac: o.final_lr_frac,
+        };
+        let lr_scale = if o.scale_lr_with_batch {
+            batch as f64 / 256.0
+        } else {
+            1.0
+        };
+        let loader = Loader::new(train_data.clone(), recipe.clone(), batch, config.seed, 0)?;
+        Ok(Run {
+            config,
+            device,
+            method,
+            optimizer,
+            schedule,
+            lr_scale,
+            recipe,
+            train_data,
+            test_data,
+            loader,
+            total_steps,
+            history: Vec::new(),
+            knn_history: Vec::new(),
+            last_cross_correlation: None,
+        })
+    }
+
+    /// Learning rate of ≥2-D tensors at 0-based step `s`.
+    pub fn lr_at(&self, s: usize) -> f64 {
+        self.schedule.factor(s) * self.lr_scale * self.config.optim.lr
+    }
+
+    /// One optimisation step. A non-finite loss returns an error and leaves the weights as they
+    /// were.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let s = self.history.len();
+        let batch = self.loader.next_batch()?;
+        let n = batch.indices.len();
+        let size = batch.size;
+        let t0 = Instant::now();
+        let a = Tensor::from_vec(batch.a, (n, 3, size, size), &self.device)?;
+        let b = Tensor::from_vec(batch.b, (n, 3, size, size), &self.device)?;
+        let out = self.method.forward_train(&a, &b)?;
+        let loss = out.loss.to_scalar::<f32>()?;
+        if !loss.is_finite() {
+            return Err(Error::NonFinite { step: s + 1, loss });
+        }
+        let grads = out.loss.backward()?;
+        let factor = self.schedule.factor(s) * self.lr_scale;
+        self.optimizer.step(&grads, factor)?;
+        self.method.after_step(s + 1, self.total_steps)?;
+        let parts = out
+            .parts
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), t.to_scalar::<f32>()?)))
+            .collect::<Result<Vec<_>>>()?;
+        // Detached, or the matrix would keep this step's whole graph alive.
+        self.last_cross_correlation = out.cross_correlation.map(|c| c.detach());
+        let seconds = t0.elapsed().as_secs_f64();
+        let report = StepReport {
+            step: s + 1,
+            loss,
+            parts,
+            lr: factor * self.config.optim.lr,
+            seconds,
+            images_per_sec: 2.0 * n as f64 / seconds.max(1e-9),
+        };
+        self.history.push(report.clone());
+        Ok(report)
+    }
+
+    /// `n` steps with a progress line every `train.log_every` steps (plain text, so it streams
+    /// into notebooks). Stops at the first error; completed steps are kept.
+    pub fn train(&mut self, n: usize) -> Result<TrainSummary> {
+        let t0 = Instant::now();
+        let first = self.history.len();
+        let mut out = std::io::stdout();
+        for i in 0..n {
+            let r = self.step()?;
+            if (i + 1) % self.config.train.log_every == 0 || i + 1 == n {
+                let _ = writeln!(out, "{r}  [{}/{}]", r.step, self.total_steps);
+                let _ = out.flush();
+            }
+        }
+        let done = &self.history[first..];
+        let secs = t0.elapsed().as_secs_f64();
+        let views: f64 = 2.0 * (self.config.train.batch_size * done.len()) as f64;
+        Ok(TrainSummary {
+            steps: done.len(),
+            first_loss: done.first().map(|r| r.loss).unwrap_or(f32::NAN),
+            last_loss: done.last().map(|r| r.loss).unwrap_or(f32::NAN),
+            seconds: secs,
+            images_per_sec: views / secs.max(1e-9),
+        })
+    }
+
+    /// Weighted kNN (k, t from `eval`) of evaluation-mode backbone features: train split as the
+    /// bank, scored on the test split.
+    pub fn knn(&mut self) -> Result<KnnResult> {
+        let r = knn_eval(
+            self.method.as_ref(),
+            self.train_data.as_ref(),
+            self.test_data.as_ref(),
+            &self.recipe,
+            self.config.eval.batch_size,
+            self.config.eval.knn_k,
+            self.config.eval.knn_t,
+            &self.device,
+        )?;
+        self.knn_history.push((self.history.len(), r.clone()));
+        Ok(r)
+    }
+
+    /// The configuration the run was built from.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+    /// Every step so far.
+    pub fn history(&self) -> &[StepReport] {
+        &self.history
+    }
+    /// kNN results so far, with the step each was taken at.
+    pub fn knn_history(&self) -> &[(usize, KnnResult)] {
+        &self.knn_history
+    }
+    /// Steps taken.
+    pub fn steps_done(&self) -> usize {
+        self.history.len()
+    }
+    /// Length of the schedule in steps.
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+    /// The device tensors live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// `cpu` or `cuda`.
+    pub fn device_name(&self) -> String {
+        device_name(&self.device)
+    }
+    /// The method being trained.
+    pub fn method(&self) -> &dyn Method {
+        self.method.as_ref()
+    }
+    /// The optimiser.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+    /// The two-view recipe.
+    pub fn recipe(&self) -> &TwoViewRecipe {
+        &self.recipe
+    }
+    /// Training split.
+    pub fn train_data(&self) -> &Arc<dyn Dataset> {
+        &self.train_data
+    }
+    /// Test split.
+    pub fn test_data(&self) -> &Arc<dyn Dataset> {
+        &self.test_data
+    }
+    /// The cross-correlation matrix of the last step (methods that have one).
+    pub fn last_cross_correlation(&self) -> Option<&Tensor> {
+        self.last_cross_correlation.as_ref()
+    }
+}

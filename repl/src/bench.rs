@@ -1,0 +1,66 @@
+//! `sslab bench`: fixed, documented training-step workloads.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use sslab::train::{Run, RunConfig};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Workload: barlow-twins = a full training step (CIFAR ResNet-18 + 2048-2048-2048
+    /// projector, 32 px, 64 images × 2 views, forward + backward + LARS update).
+    workload: String,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// ResNet width (64 = the real ResNet-18).
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    /// Device: auto, cpu, cuda.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.workload != "barlow-twins" {
+        bail!("unknown workload '{}'; known: barlow-twins", a.workload);
+    }
+    let mut cfg = RunConfig::preset("barlow-twins/cifar")?;
+    cfg.data.source = "shapes".into();
+    cfg.data.shapes.train = a.batch.max(10);
+    cfg.data.shapes.test = 10;
+    cfg.model.width = a.width;
+    cfg.train.batch_size = a.batch;
+    cfg.train.steps = a.steps + 1;
+    cfg.optim.warmup_epochs = 0.0;
+    cfg.device = a.device.clone();
+    cfg.validate()?;
+    let mut run = Run::new(cfg)?;
+    let warm = run.step()?;
+    println!("warm-up: {warm}");
+    let mut times = Vec::new();
+    for _ in 0..a.steps {
+        let r = run.step()?;
+        println!("{r}");
+        times.push(r.seconds);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let views = 2.0 * a.batch as f64;
+    println!(
+        "barlow-twins step | device {} | ResNet-18 (CIFAR stem, width {}) + 2048-2048-2048 projector | {} images x 2 views, 32 px",
+        run.device_name(),
+        a.width,
+        a.batch
+    );
+    println!(
+        "median step {:.3} s | {:.1} images/s (views) | {:.1} samples/s | peak RSS {:.2} GB",
+        median,
+        views / median,
+        a.batch as f64 / median,
+        sslab::peak_rss_bytes().unwrap_or(0) as f64 / 1e9
+    );
+    Ok(())
+}
