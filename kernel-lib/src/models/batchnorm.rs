@@ -88,8 +88,19 @@ impl BatchNorm {
         Ok(s)
     }
 
-    /// Normalises `x`; in training mode also updates the running statistics.
+    /// Normalises `x`; in training mode also updates the running statistics. On the CPU the
+    /// training path runs the fused kernel; elsewhere [`BatchNorm::forward_t_generic`].
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, true)
+    }
+
+    /// The device-independent path built from candle tensor ops (used off the CPU, and by the
+    /// tests that check the fused kernel against it).
+    pub fn forward_t_generic(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, false)
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
         let cs = self.channel_shape(x)?;
         let (mean, var) = if train {
             let dims = x.dims();
@@ -104,7 +115,7 @@ impl BatchNorm {
                     "BatchNorm in training mode needs more than one value per channel, got input {dims:?}"
                 )));
             }
-            if x.device().is_cpu() && x.dtype() == DType::F32 {
+            if fused && x.device().is_cpu() && x.dtype() == DType::F32 {
                 return self.forward_train_cpu(x, &cs, count);
             }
             let reduce: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();

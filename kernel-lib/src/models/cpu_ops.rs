@@ -75,12 +75,23 @@ impl ConvGeom {
     }
 }
 
+/// Output columns `ox` whose input column `ox·s − p + kx` lies inside `0..w`.
+fn valid_cols(g: &ConvGeom, kx: usize) -> (usize, usize) {
+    let off = kx as isize - g.pad as isize; // ix = ox·s + off
+    let s = g.stride as isize;
+    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+    let hi = ((g.w as isize - off + s - 1) / s).clamp(0, g.wo as isize);
+    (lo.min(hi) as usize, hi as usize)
+}
+
 fn im2col(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
     let (k, s, p, hw) = (g.k, g.stride, g.pad as isize, g.hw_out());
     for c in 0..g.c {
         let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..k {
             for kx in 0..k {
+                let (lo, hi) = valid_cols(g, kx);
+                let off = kx as isize - p;
                 let row = &mut cols[((c * k + ky) * k + kx) * hw..][..hw];
                 for oy in 0..g.ho {
                     let iy = (oy * s) as isize - p + ky as isize;
@@ -90,13 +101,18 @@ fn im2col(g: &ConvGeom, x: &[f32], cols: &mut [f32]) {
                         continue;
                     }
                     let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * s) as isize - p + kx as isize;
-                        *d = if ix < 0 || ix >= g.w as isize {
-                            0.0
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if lo < hi {
+                        let start = (lo as isize * s as isize + off) as usize;
+                        if s == 1 {
+                            dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
                         } else {
-                            src[ix as usize]
-                        };
+                            for (d, v) in dst[lo..hi].iter_mut().zip(src[start..].iter().step_by(s))
+                            {
+                                *d = *v;
+                            }
+                        }
                     }
                 }
             }
@@ -111,6 +127,11 @@ fn col2im(g: &ConvGeom, cols: &[f32], dx: &mut [f32]) {
         let xc = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..k {
             for kx in 0..k {
+                let (lo, hi) = valid_cols(g, kx);
+                if lo >= hi {
+                    continue;
+                }
+                let start = (lo as isize * s as isize + kx as isize - p) as usize;
                 let row = &cols[((c * k + ky) * k + kx) * hw..][..hw];
                 for oy in 0..g.ho {
                     let iy = (oy * s) as isize - p + ky as isize;
@@ -118,11 +139,9 @@ fn col2im(g: &ConvGeom, cols: &[f32], dx: &mut [f32]) {
                         continue;
                     }
                     let dst = &mut xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (ox, v) in row[oy * g.wo..(oy + 1) * g.wo].iter().enumerate() {
-                        let ix = (ox * s) as isize - p + kx as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            dst[ix as usize] += v;
-                        }
+                    let src = &row[oy * g.wo + lo..oy * g.wo + hi];
+                    for (d, v) in dst[start..].iter_mut().step_by(s).zip(src) {
+                        *d += v;
                     }
                 }
             }

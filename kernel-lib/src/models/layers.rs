@@ -84,7 +84,8 @@ impl Conv2d {
         })
     }
 
-    /// Applies the convolution to NCHW input.
+    /// Applies the convolution to NCHW input (on the CPU through sslab's im2col + GEMM kernel,
+    /// elsewhere through candle's `conv2d`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.as_tensor();
         if x.device().is_cpu() && x.dtype() == DType::F32 {

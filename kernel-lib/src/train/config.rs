@@ -81,7 +81,8 @@ pub struct OptimConfig {
     pub kind: String,
     /// Base learning rate of ≥2-D tensors.
     pub lr: f64,
-    /// Base learning rate of 1-D tensors (biases, BN); unset = `lr`.
+    /// Base learning rate of 1-D tensors (biases, BN); unset = `lr`. (TOML has no null: to
+    /// undo a preset's value, set it equal to `lr`.)
     pub lr_1d: Option<f64>,
     /// Multiply the base rates by batch/256 (linear scaling rule).
     pub scale_lr_with_batch: bool,
@@ -171,7 +172,7 @@ impl Default for OptimConfig {
         OptimConfig {
             kind: "lars".into(),
             lr: 0.2,
-            lr_1d: Some(0.0048),
+            lr_1d: None,
             scale_lr_with_batch: true,
             weight_decay: 1.5e-6,
             exclude_1d: true,

@@ -59,7 +59,10 @@ pub fn barlow_twins_imagenet() -> RunConfig {
             scale_min: None,
         },
         barlow_twins: BarlowTwinsConfig::default(),
-        optim: OptimConfig::default(),
+        optim: OptimConfig {
+            lr_1d: Some(0.0048),
+            ..OptimConfig::default()
+        },
         train: TrainConfig::default(),
         eval: EvalConfig::default(),
     }

@@ -1,0 +1,329 @@
+//! Models: the CPU conv and BN kernels against candle's own ops (values and gradients), ResNet
+//! shapes, and gradient flow to every trainable tensor.
+
+use candle_core::{Device, Tensor, Var};
+use sslab::methods::{BarlowTwins, BarlowTwinsSpec, Method};
+use sslab::models::{BatchNorm, Conv2d, Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn conv_kernel_matches_candle_values_and_gradients() {
+    let dev = Device::Cpu;
+    // (batch, in, out, size, kernel, stride, pad)
+    let cases = [
+        (2, 3, 4, 8, 3, 1, 1),
+        (3, 4, 6, 9, 3, 2, 1),
+        (1, 5, 3, 7, 1, 1, 0),
+        (2, 4, 8, 8, 1, 2, 0),
+        (2, 3, 8, 16, 7, 2, 3),
+        (1, 2, 2, 5, 3, 1, 0),
+        (4, 8, 8, 4, 3, 1, 1),
+    ];
+    for (n, c, o, s, k, stride, pad) in cases {
+        let mut pb = ParamBuilder::new(1, &dev);
+        let conv = Conv2d::new(&mut pb, "c", c, o, k, stride, pad).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, s, s), &dev).unwrap()).unwrap();
+        let ours = conv.forward(x.as_tensor()).unwrap();
+        let theirs = x
+            .as_tensor()
+            .conv2d(conv.weight.as_tensor(), pad, stride, 1, 1)
+            .unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        let tol = 1e-4 * (1.0 + max_abs(&theirs));
+        assert!(
+            max_abs_diff(&ours, &theirs) < tol,
+            "forward {:?}",
+            (n, c, o, s, k, stride, pad)
+        );
+        // Gradients of a non-trivial scalar: Σ y ⊙ r for a fixed random r.
+        let r = Tensor::randn(0f32, 1.0, theirs.dims(), &dev).unwrap();
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for t in [x.as_tensor(), conv.weight.as_tensor()] {
+            let (a, b) = (g1.get(t).unwrap(), g2.get(t).unwrap());
+            let tol = 1e-4 * (1.0 + max_abs(b));
+            assert!(
+                max_abs_diff(a, b) < tol,
+                "gradient {:?}: {}",
+                (n, c, o, s, k, stride, pad),
+                max_abs_diff(a, b)
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_batchnorm_matches_generic_values_gradients_and_running_stats() {
+    let dev = Device::Cpu;
+    for shape in [vec![8usize, 3, 5, 5], vec![16, 6], vec![2, 4, 3, 7]] {
+        let c = shape[1];
+        let build = || {
+            let mut pb = ParamBuilder::new(3, &dev);
+            let bn = BatchNorm::new(&mut pb, "bn", c, true, 1.0).unwrap();
+            bn.weight
+                .as_ref()
+                .unwrap()
+                .set(&Tensor::randn(1f32, 0.3, c, &dev).unwrap())
+                .unwrap();
+            bn.bias
+                .as_ref()
+                .unwrap()
+                .set(&Tensor::randn(0f32, 0.3, c, &dev).unwrap())
+                .unwrap();
+            bn
+        };
+        let (fused, generic) = (build(), build());
+        generic
+            .weight
+            .as_ref()
+            .unwrap()
+            .set(fused.weight.as_ref().unwrap().as_tensor())
+            .unwrap();
+        generic
+            .bias
+            .as_ref()
+            .unwrap()
+            .set(fused.bias.as_ref().unwrap().as_tensor())
+            .unwrap();
+        let xt = (Tensor::randn(0f32, 2.0, shape.as_slice(), &dev).unwrap() + 1.5).unwrap();
+        let x = Var::from_tensor(&xt).unwrap();
+        let y1 = fused.forward_t(x.as_tensor(), true).unwrap();
+        let y2 = generic.forward_t_generic(x.as_tensor(), true).unwrap();
+        assert!(max_abs_diff(&y1, &y2) < 1e-4, "{shape:?}");
+        let r = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev).unwrap();
+        let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(
+            max_abs_diff(
+                g1.get(x.as_tensor()).unwrap(),
+                g2.get(x.as_tensor()).unwrap()
+            ) < 1e-4
+        );
+        for (a, b) in [
+            (&fused.weight, &generic.weight),
+            (&fused.bias, &generic.bias),
+        ] {
+            let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+            assert!(
+                max_abs_diff(
+                    g1.get(a.as_tensor()).unwrap(),
+                    g2.get(b.as_tensor()).unwrap()
+                ) < 1e-3
+            );
+        }
+        assert!(
+            max_abs_diff(
+                fused.running_mean.as_tensor(),
+                generic.running_mean.as_tensor()
+            ) < 1e-5
+        );
+        assert!(
+            max_abs_diff(
+                fused.running_var.as_tensor(),
+                generic.running_var.as_tensor()
+            ) < 1e-4
+        );
+        // PyTorch convention: running_mean = 0.1·batch mean; running_var = 0.9 + 0.1·unbiased var.
+        let rm = fused.running_mean.as_tensor().to_vec1::<f32>().unwrap();
+        let dims: Vec<usize> = (0..shape.len()).filter(|&d| d != 1).collect();
+        let bm = xt
+            .mean_keepdim(dims.as_slice())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (a, b) in rm.iter().zip(&bm) {
+            assert!((a - 0.1 * b).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn batchnorm_eval_uses_running_statistics() {
+    let dev = Device::Cpu;
+    let mut pb = ParamBuilder::new(0, &dev);
+    let bn = BatchNorm::new(&mut pb, "bn", 2, false, 1.0).unwrap();
+    bn.running_mean
+        .set(&Tensor::new(&[1f32, -1.0], &dev).unwrap())
+        .unwrap();
+    bn.running_var
+        .set(&Tensor::new(&[4f32, 0.25], &dev).unwrap())
+        .unwrap();
+    let x = Tensor::new(&[[3f32, 0.0]], &dev).unwrap();
+    let y = bn.forward_t(&x, false).unwrap().to_vec2::<f32>().unwrap();
+    assert!(
+        (y[0][0] - 1.0).abs() < 1e-4 && (y[0][1] - 2.0).abs() < 1e-3,
+        "{y:?}"
+    );
+}
+
+#[test]
+fn resnet_shapes_for_each_depth_and_stem() {
+    let dev = Device::Cpu;
+    for (depth, stem, size, out, grid) in [
+        (Depth::R18, Stem::Cifar, 32, 64, 4),
+        (Depth::R34, Stem::Cifar, 16, 64, 2),
+        (Depth::R50, Stem::Imagenet, 64, 256, 2),
+    ] {
+        let mut pb = ParamBuilder::new(0, &dev);
+        let net = ResNet::new(
+            &mut pb,
+            "r",
+            &ResNetConfig {
+                depth,
+                stem,
+                width: 8,
+                zero_init_residual: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(net.out_dim(), out);
+        let x = Tensor::randn(0f32, 1.0, (2, 3, size, size), &dev).unwrap();
+        let o = net.forward_t(&x, true).unwrap();
+        assert_eq!(o.pooled.dims(), &[2, out]);
+        assert_eq!(o.feature_map.dims(), &[2, out, grid, grid]);
+        let names: Vec<&str> = pb.store.params.iter().map(|p| p.name.as_str()).collect();
+        assert!(names.contains(&"r.layer1.0.conv1.weight"));
+        assert!(names.contains(&"r.layer4.0.downsample.1.running_var"));
+    }
+    let mut pb = ParamBuilder::new(0, &dev);
+    let net = ResNet::new(
+        &mut pb,
+        "r",
+        &ResNetConfig {
+            depth: Depth::R18,
+            stem: Stem::Cifar,
+            width: 4,
+            zero_init_residual: true,
+        },
+    )
+    .unwrap();
+    assert!(net
+        .forward_t(
+            &Tensor::zeros((2, 1, 8, 8), candle_core::DType::F32, &dev).unwrap(),
+            true
+        )
+        .is_err());
+}
+
+#[test]
+fn zero_init_residual_zeroes_the_last_bn_of_each_block() {
+    let dev = Device::Cpu;
+    let mut pb = ParamBuilder::new(0, &dev);
+    ResNet::new(
+        &mut pb,
+        "r",
+        &ResNetConfig {
+            depth: Depth::R50,
+            stem: Stem::Imagenet,
+            width: 4,
+            zero_init_residual: true,
+        },
+    )
+    .unwrap();
+    let s = pb.finish();
+    let g = |n: &str| {
+        s.get(n)
+            .unwrap()
+            .var
+            .as_tensor()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(g("r.layer2.1.bn3.weight"), 0.0);
+    assert!(g("r.layer2.1.bn2.weight") > 0.0);
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_gradient() {
+    let dev = Device::Cpu;
+    let spec = BarlowTwinsSpec {
+        // zero_init_residual would zero the gradient of the residual branches' inner layers at
+        // init; the check is about graph connectivity, so start from γ = 1.
+        backbone: ResNetConfig {
+            depth: Depth::R18,
+            stem: Stem::Cifar,
+            width: 4,
+            zero_init_residual: false,
+        },
+        projector: vec![16, 16, 16],
+        lambda: 0.0051,
+        scale_loss: 1.0,
+    };
+    let m = BarlowTwins::new(&spec, 0, &dev).unwrap();
+    let a = Tensor::randn(0f32, 1.0, (4, 3, 16, 16), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (4, 3, 16, 16), &dev).unwrap();
+    let out = m.forward_train(&a, &b).unwrap();
+    let grads = out.loss.backward().unwrap();
+    let mut missing = Vec::new();
+    for p in m.params().trainable() {
+        match grads.get(p.var.as_tensor()) {
+            Some(g) if max_abs(g) > 0.0 => {}
+            _ => missing.push(p.name.clone()),
+        }
+    }
+    assert!(missing.is_empty(), "no gradient for {missing:?}");
+    for p in m.params().params.iter().filter(|p| !p.kind.trainable()) {
+        assert!(
+            grads
+                .get(p.var.as_tensor())
+                .is_none_or(|g| max_abs(g) == 0.0),
+            "buffer {} got a gradient",
+            p.name
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_weights() {
+    let dev = Device::Cpu;
+    let cfg = ResNetConfig {
+        depth: Depth::R18,
+        stem: Stem::Cifar,
+        width: 4,
+        zero_init_residual: true,
+    };
+    let mut a = ParamBuilder::new(7, &dev);
+    let mut b = ParamBuilder::new(7, &dev);
+    ResNet::new(&mut a, "r", &cfg).unwrap();
+    ResNet::new(&mut b, "r", &cfg).unwrap();
+    for (x, y) in a.store.params.iter().zip(&b.store.params) {
+        assert_eq!(
+            max_abs_diff(x.var.as_tensor(), y.var.as_tensor()),
+            0.0,
+            "{}",
+            x.name
+        );
+    }
+}

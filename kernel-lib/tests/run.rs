@@ -1,0 +1,101 @@
+//! The `Run` handle on a small configuration: determinism, reports, kNN, errors.
+
+use sslab::prelude::*;
+
+fn small() -> RunConfig {
+    let mut c = RunConfig::preset("barlow-twins/tiny").unwrap();
+    c.device = "cpu".into();
+    c.data.shapes.train = 64;
+    c.data.shapes.test = 20;
+    c.data.shapes.size = 16;
+    c.augment.size = 16;
+    c.model.width = 4;
+    c.barlow_twins.projector = vec![32, 32];
+    c.train.batch_size = 16;
+    c.train.steps = 6;
+    c.optim.warmup_epochs = 0.0;
+    c.eval.knn_k = 5;
+    c
+}
+
+#[test]
+fn same_seed_gives_identical_first_three_losses() {
+    let losses = |seed: u64| {
+        let mut c = small();
+        c.seed = seed;
+        let mut run = Run::new(c).unwrap();
+        (0..3)
+            .map(|_| run.step().unwrap().loss)
+            .collect::<Vec<f32>>()
+    };
+    let a = losses(3);
+    assert_eq!(a, losses(3));
+    assert_ne!(a, losses(4));
+}
+
+#[test]
+fn step_reports_and_history() {
+    let mut run = Run::new(small()).unwrap();
+    let r = run.step().unwrap();
+    assert_eq!(r.step, 1);
+    assert!(r.loss.is_finite() && r.seconds > 0.0 && r.images_per_sec > 0.0);
+    let names: Vec<&str> = r.parts.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["on_diag", "off_diag"]);
+    // loss = scale·(on + λ·off)
+    let c = run.config().barlow_twins.clone();
+    let expect = c.scale_loss as f32 * (r.parts[0].1 + c.lambda as f32 * r.parts[1].1);
+    assert!((r.loss - expect).abs() < 1e-3 * expect.abs());
+    assert!(format!("{r}").contains("on_diag"));
+    let s = run.train(2).unwrap();
+    assert_eq!((s.steps, run.steps_done(), run.history().len()), (2, 3, 3));
+    let cc = run.last_cross_correlation().unwrap();
+    assert_eq!(cc.dims(), &[32, 32]);
+    let k = run.knn().unwrap();
+    assert!((0.0..=100.0).contains(&k.top1) && k.top5 >= k.top1);
+    assert_eq!((k.bank, k.queries), (64, 20));
+    assert_eq!(run.knn_history().len(), 1);
+}
+
+#[test]
+fn bad_configs_error_instead_of_panicking() {
+    let mut c = small();
+    c.train.batch_size = 1000; // more than the 64 training images
+    let e = Run::new(c).err().unwrap().to_string();
+    assert!(e.contains("train.batch_size"), "{e}");
+    let mut c = small();
+    c.data.source = "cifar10:/no/such/dir".into();
+    assert!(Run::new(c)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("/no/such/dir"));
+    let mut c = small();
+    c.device = "cuda".into();
+    if !candle_core::utils::cuda_is_available() {
+        assert!(Run::new(c).err().unwrap().to_string().contains("device"));
+    }
+}
+
+#[test]
+fn huge_learning_rate_reports_non_finite_loss_without_applying_it() {
+    let mut c = small();
+    c.optim.kind = "sgd".into();
+    c.optim.lr = 1e30;
+    c.optim.scale_lr_with_batch = false;
+    let mut run = Run::new(c).unwrap();
+    let mut got = None;
+    for _ in 0..6 {
+        match run.step() {
+            Ok(_) => {}
+            Err(e) => {
+                got = Some(e);
+                break;
+            }
+        }
+    }
+    let e = got.expect("an lr of 1e30 must blow up");
+    assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+    // The failed step was not applied: the optimiser took exactly the reported steps.
+    assert_eq!(run.optimizer().steps(), run.steps_done());
+    assert_eq!(run.history().len(), run.steps_done());
+}
