@@ -36,6 +36,31 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Keeps freed memory in the process instead of returning it to the kernel (glibc only).
+///
+/// Every candle op allocates a fresh buffer; with glibc's defaults large ones are `mmap`ed and
+/// unmapped again, so each step re-faults and zeroes its pages (20-70% of a CPU step in
+/// `reference/candle-notes.md`). Raising the mmap and trim thresholds makes the heap reuse
+/// them. Called once by `Run::new`; harmless to call again.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            extern "C" {
+                fn mallopt(param: i32, value: i32) -> i32;
+            }
+            const M_TRIM_THRESHOLD: i32 = -1;
+            const M_MMAP_THRESHOLD: i32 = -3;
+            // SAFETY: mallopt only changes glibc's allocation thresholds; any value is valid.
+            unsafe {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+                mallopt(M_TRIM_THRESHOLD, i32::MAX);
+            }
+        });
+    }
+}
+
 /// What a notebook or script needs in one `use`.
 pub mod prelude {
     pub use crate::data::Dataset;

@@ -110,9 +110,9 @@ fn lars_two_steps_with_momentum_and_decay_by_hand() {
     let mut opt = Optimizer::new(OptimKind::Lars { momentum: mom, eta }, &ps, m, o).unwrap();
     // By hand, in f64.
     let mut p: Vec<f64> = w0.iter().map(|v| *v as f64).collect();
-    let mut mu = vec![0f64; 4];
+    let mut mu = [0f64; 4];
     let mut pb: Vec<f64> = b0.iter().map(|v| *v as f64).collect();
-    let mut mub = vec![0f64; 2];
+    let mut mub = [0f64; 2];
     for _ in 0..2 {
         opt.step(&grads(&wv, &bv, &x, &y, 1.0), lr).unwrap();
         let g: Vec<f64> = x.iter().zip(&p).map(|(g, p)| *g as f64 + wd * p).collect();

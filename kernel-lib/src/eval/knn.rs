@@ -111,15 +111,20 @@ pub fn knn_predict(
     Ok(out)
 }
 
+/// Neighbours, temperature and feature-extraction batch of a kNN evaluation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KnnSettings {
+    pub k: usize,
+    pub t: f64,
+    pub batch: usize,
+}
+
 /// Scores `test` against a bank built from `train`.
-pub(crate) fn knn_eval(
+pub fn knn_eval(
     method: &dyn Method,
-    train: &dyn Dataset,
-    test: &dyn Dataset,
+    (train, test): (&dyn Dataset, &dyn Dataset),
     recipe: &TwoViewRecipe,
-    batch: usize,
-    k: usize,
-    t: f64,
+    KnnSettings { k, t, batch }: KnnSettings,
     device: &Device,
 ) -> Result<KnnResult> {
     let bank = extract_features(method, train, recipe, batch, device)?;

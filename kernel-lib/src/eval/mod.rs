@@ -2,5 +2,4 @@
 
 mod knn;
 
-pub(crate) use knn::knn_eval;
-pub use knn::{extract_features, knn_predict, KnnResult};
+pub use knn::{extract_features, knn_eval, knn_predict, KnnResult, KnnSettings};

@@ -5,7 +5,7 @@ use super::device::{device_name, select_device};
 use crate::augment::TwoViewRecipe;
 use crate::data::{DataSource, Dataset, Loader};
 use crate::error::{Error, Result};
-use crate::eval::{knn_eval, KnnResult};
+use crate::eval::{knn_eval, KnnResult, KnnSettings};
 use crate::methods::{BarlowTwins, BarlowTwinsSpec, Method};
 use crate::models::ResNetConfig;
 use crate::optim::{GroupSettings, LrSchedule, OptimKind, Optimizer};
@@ -96,6 +96,7 @@ pub struct Run {
 impl Run {
     /// Builds everything a config describes: device, data, model, optimiser, loader.
     pub fn new(config: RunConfig) -> Result<Self> {
+        crate::tune_allocator();
         config.validate()?;
         let device = select_device(&config.device)?;
         let source = DataSource::parse(&config.data.source, config.data.shapes)?;
@@ -293,14 +294,16 @@ impl Run {
     /// Weighted kNN (k, t from `eval`) of evaluation-mode backbone features: train split as the
     /// bank, scored on the test split.
     pub fn knn(&mut self) -> Result<KnnResult> {
+        let e = &self.config.eval;
         let r = knn_eval(
             self.method.as_ref(),
-            self.train_data.as_ref(),
-            self.test_data.as_ref(),
+            (self.train_data.as_ref(), self.test_data.as_ref()),
             &self.recipe,
-            self.config.eval.batch_size,
-            self.config.eval.knn_k,
-            self.config.eval.knn_t,
+            KnnSettings {
+                k: e.knn_k,
+                t: e.knn_t,
+                batch: e.batch_size,
+            },
             &self.device,
         )?;
         self.knn_history.push((self.history.len(), r.clone()));

@@ -1,0 +1,83 @@
+//! The `sslab` binary: `train` writes a complete summary, errors exit non-zero with a message.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The workspace's `sslab` binary, built by the same `cargo test --workspace` invocation.
+fn sslab() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("sslab");
+    assert!(
+        bin.exists(),
+        "{} missing: run the tests with `cargo test --release --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn train_writes_summary_json() {
+    let out = tempfile::tempdir().unwrap();
+    let res = Command::new(sslab())
+        .args(["train", "barlow-twins", "--steps", "3", "--device", "cpu"])
+        .args([
+            "--set",
+            "data.shapes.train=256",
+            "--set",
+            "data.shapes.test=64",
+        ])
+        .args(["--set", "model.width=8", "--set", "train.batch_size=32"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        stdout.contains("kNN top-1 at init") && stdout.contains("kNN top-1 at end"),
+        "{stdout}"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
+            .unwrap();
+    for key in [
+        "method",
+        "preset",
+        "steps",
+        "final_loss",
+        "knn_top1",
+        "knn_top1_at_init",
+        "images_per_sec",
+        "device",
+        "seconds",
+    ] {
+        assert!(!s[key].is_null(), "summary.json lacks {key}: {s}");
+    }
+    assert_eq!(s["method"], "barlow-twins");
+    assert_eq!(s["preset"], "barlow-twins/tiny");
+    assert_eq!(s["steps"], 3);
+    assert_eq!(s["device"], "cpu");
+    assert!(out.path().join("config.toml").exists());
+}
+
+#[test]
+fn bad_arguments_exit_nonzero_with_a_message() {
+    for args in [
+        vec!["train", "barlow-twins", "--preset", "barlow-twins/huge"],
+        vec!["train", "barlow-twins", "--set", "optim.lr=-1"],
+        vec!["train", "barlow-twins", "--data", "cifar10:/no/such/dir"],
+        vec!["train", "barlow-twins", "--config", "/no/such/file.toml"],
+        vec!["train", "simclr"],
+    ] {
+        let res = Command::new(sslab()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success(), "{args:?} succeeded");
+        assert!(err.starts_with("error:"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
