@@ -218,6 +218,7 @@ fn shapes_are_deterministic_balanced_and_masked() {
         assert!(m.iter().all(|&v| v == 0 || v == a.label(i) as u8 + 1));
     }
     // Colour does not give the class away: the mean shape colour spreads over every class.
+    let a = Shapes::split(&cfg, 0, 300);
     let mut means = vec![Vec::new(); 10];
     for i in 0..a.len() {
         let m = a.mask(i).unwrap();

@@ -70,7 +70,17 @@ fn lars_first_update_norm_is_lr_eta_norm_p_and_scale_invariant() {
     for c in [1.0, 37.0] {
         let (ps, wv, bv) = store(&w0, &b0);
         let (m, o) = lars(0.0);
-        let mut opt = Optimizer::new(OptimKind::Lars { momentum: 0.9, eta }, &ps, m, o).unwrap();
+        let mut opt = Optimizer::new(
+            OptimKind::Lars {
+                momentum: 0.9,
+                eta,
+                clip_lr: false,
+            },
+            &ps,
+            m,
+            o,
+        )
+        .unwrap();
         opt.step(&grads(&wv, &bv, &x, &y, c), lr).unwrap();
         let dw: Vec<f32> = vec_of(&wv).iter().zip(&w0).map(|(a, b)| a - b).collect();
         let db: Vec<f32> = vec_of(&bv).iter().zip(&b0).map(|(a, b)| a - b).collect();
@@ -107,7 +117,17 @@ fn lars_two_steps_with_momentum_and_decay_by_hand() {
     let (lr, eta, wd, mom) = (0.1f64, 0.02f64, 0.01f64, 0.9f64);
     let (ps, wv, bv) = store(&w0, &b0);
     let (m, o) = lars(wd);
-    let mut opt = Optimizer::new(OptimKind::Lars { momentum: mom, eta }, &ps, m, o).unwrap();
+    let mut opt = Optimizer::new(
+        OptimKind::Lars {
+            momentum: mom,
+            eta,
+            clip_lr: false,
+        },
+        &ps,
+        m,
+        o,
+    )
+    .unwrap();
     // By hand, in f64.
     let mut p: Vec<f64> = w0.iter().map(|v| *v as f64).collect();
     let mut mu = [0f64; 4];
@@ -144,6 +164,7 @@ fn lars_zero_gradient_keeps_ratio_one() {
         OptimKind::Lars {
             momentum: 0.9,
             eta: 0.001,
+            clip_lr: false,
         },
         &ps,
         m,
@@ -254,6 +275,7 @@ fn optimizer_state_round_trips() {
     let kind = OptimKind::Lars {
         momentum: 0.9,
         eta: 0.001,
+        clip_lr: false,
     };
     let mut opt = Optimizer::new(kind, &ps, m, o).unwrap();
     opt.step(&grads(&wv, &bv, &[1.0; 4], &[1.0; 2], 1.0), 0.1)
@@ -295,4 +317,36 @@ fn cosine_momentum_schedule_values() {
     assert!((cosine_momentum(0.99, 0, 100) - 0.99).abs() < 1e-12);
     assert!((cosine_momentum(0.99, 50, 100) - 0.995).abs() < 1e-12);
     assert!((cosine_momentum(0.99, 100, 100) - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn lars_clip_lr_variant_caps_the_step_at_sgd() {
+    let w0 = [0.5f32, -1.0, 2.0, 0.25];
+    let x = [0.3f32, 0.7, -1.1, 0.2];
+    let wd = 0.01;
+    let lr = 0.2;
+    for (eta, clipped) in [(10.0, true), (1e-4, false)] {
+        let (ps, wv, bv) = store(&w0, &[0.0, 0.0]);
+        let (m, o) = lars(wd);
+        let kind = OptimKind::Lars {
+            momentum: 0.9,
+            eta,
+            clip_lr: true,
+        };
+        let mut opt = Optimizer::new(kind, &ps, m, o).unwrap();
+        opt.step(&grads(&wv, &bv, &x, &[0.0, 0.0], 1.0), lr)
+            .unwrap();
+        let pn = norm(&w0);
+        let gn = norm(&x);
+        // Bolts/solo-learn formula: ratio = η‖p‖/(‖g‖ + wd‖p‖ + 1e-8), clipped to 1/lr.
+        let ratio = (eta * pn / (gn + wd * pn + 1e-8) / lr).min(1.0);
+        assert_eq!(ratio == 1.0, clipped);
+        for ((a, p), g) in vec_of(&wv).iter().zip(&w0).zip(&x) {
+            let expected = *p as f64 - lr * ratio * (*g as f64 + wd * *p as f64);
+            assert!(
+                (*a as f64 - expected).abs() < 1e-6,
+                "η={eta}: {a} vs {expected}"
+            );
+        }
+    }
 }

@@ -238,33 +238,15 @@ impl CustomOp2 for Conv2dOp {
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let geom = Arc::new((x.dims().to_vec(), w.dims().to_vec()));
-        let dx = dy.apply_op2(
-            w,
-            Conv2dInputGrad {
-                stride: self.stride,
-                pad: self.pad,
-                dims: geom.clone(),
-            },
-        )?;
-        let dw = x.apply_op2(
-            &dy,
-            Conv2dWeightGrad {
-                stride: self.stride,
-                pad: self.pad,
-                dims: geom,
-            },
-        )?;
+        let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let dx = dy.apply_op2(w, Conv2dInputGrad(g))?;
+        let dw = x.apply_op2(&dy, Conv2dWeightGrad(g))?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
 /// `dX = col2im(Wᵀ · dY)`; arguments (dY, W).
-struct Conv2dInputGrad {
-    stride: usize,
-    pad: usize,
-    dims: Arc<(Vec<usize>, Vec<usize>)>,
-}
+struct Conv2dInputGrad(ConvGeom);
 
 impl CustomOp2 for Conv2dInputGrad {
     fn name(&self) -> &'static str {
@@ -278,7 +260,7 @@ impl CustomOp2 for Conv2dInputGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let g = ConvGeom::new(&self.dims.0, &self.dims.1, self.stride, self.pad)?;
+        let g = self.0;
         let dy = slice(s1, l1, "conv2d output gradient")?;
         let w = slice(s2, l2, "conv2d kernel")?;
         let (ckk, hw) = (g.ckk(), g.hw_out());
@@ -296,16 +278,12 @@ impl CustomOp2 for Conv2dInputGrad {
                     }
                 },
             );
-        Ok((CpuStorage::F32(dx), Shape::from(self.dims.0.as_slice())))
+        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
 
 /// `dW = Σₙ dYₙ · im2col(Xₙ)ᵀ`; arguments (X, dY).
-struct Conv2dWeightGrad {
-    stride: usize,
-    pad: usize,
-    dims: Arc<(Vec<usize>, Vec<usize>)>,
-}
+struct Conv2dWeightGrad(ConvGeom);
 
 impl CustomOp2 for Conv2dWeightGrad {
     fn name(&self) -> &'static str {
@@ -319,7 +297,7 @@ impl CustomOp2 for Conv2dWeightGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let g = ConvGeom::new(&self.dims.0, &self.dims.1, self.stride, self.pad)?;
+        let g = self.0;
         let x = slice(s1, l1, "conv2d input")?;
         let dy = slice(s2, l2, "conv2d output gradient")?;
         let (ckk, hw) = (g.ckk(), g.hw_out());
@@ -348,7 +326,7 @@ impl CustomOp2 for Conv2dWeightGrad {
         for p in partials {
             dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
         }
-        Ok((CpuStorage::F32(dw), Shape::from(self.dims.1.as_slice())))
+        Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, g.k, g.k))))
     }
 }
 

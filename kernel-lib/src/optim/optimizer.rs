@@ -14,7 +14,15 @@ pub enum OptimKind {
     /// LARS as in the MoCo v3 and Barlow Twins code (methods.md §0.6): for adapted tensors
     /// `g += wd·p; g *= η‖p‖/‖g‖` (ratio 1 if a norm is 0), then `μ = m·μ + g; p -= lr·μ`.
     /// No epsilon, no clipping.
-    Lars { momentum: f64, eta: f64 },
+    ///
+    /// With `clip_lr` it is the Lightning-Bolts LARS that solo-learn uses instead: ratio
+    /// `η‖p‖/(‖g‖ + wd‖p‖ + 1e-8)` clipped to at most `1/lr` (`min(ratio/lr, 1)`), so a step is
+    /// never larger than plain SGD's at the same rate.
+    Lars {
+        momentum: f64,
+        eta: f64,
+        clip_lr: bool,
+    },
     /// PyTorch AdamW (decoupled decay `p -= lr·wd·p`, bias-corrected moments).
     AdamW { beta1: f64, beta2: f64, eps: f64 },
     /// LAMB (You et al. 2020): the AdamW direction `r = m̂/(√v̂+ε) + wd·p`, scaled by the trust
@@ -53,6 +61,11 @@ pub struct Optimizer {
     groups: [GroupSettings; 2],
     slots: Vec<Slot>,
     step: usize,
+}
+
+/// `g + wd·p` (coupled L2 decay), skipping the op when `wd` is 0.
+fn with_decay(g: Tensor, p: &Tensor, wd: f64) -> Result<Tensor> {
+    Ok(if wd != 0.0 { (g + (p * wd)?)? } else { g })
 }
 
 fn norm(t: &Tensor) -> Result<Tensor> {
@@ -124,11 +137,7 @@ impl Optimizer {
             let g = g.detach();
             let new_p = match self.kind {
                 OptimKind::Sgd { momentum, nesterov } => {
-                    let g = if gs.weight_decay != 0.0 {
-                        (g + (&p * gs.weight_decay)?)?
-                    } else {
-                        g
-                    };
+                    let g = with_decay(g, &p, gs.weight_decay)?;
                     let buf = ((&slot.state[0] * momentum)? + &g)?;
                     let d = if nesterov {
                         (g + (&buf * momentum)?)?
@@ -138,17 +147,27 @@ impl Optimizer {
                     slot.state[0] = buf;
                     (p - (d * lr)?)?
                 }
-                OptimKind::Lars { momentum, eta } => {
-                    let g = if gs.adapt {
-                        let g = if gs.weight_decay != 0.0 {
-                            (g + (&p * gs.weight_decay)?)?
+                OptimKind::Lars {
+                    momentum,
+                    eta,
+                    clip_lr,
+                } => {
+                    let g = if !gs.adapt {
+                        g
+                    } else if clip_lr {
+                        let pn = norm(&p)?;
+                        let den = ((norm(&g)? + (&pn * gs.weight_decay)?)? + 1e-8)?;
+                        let q = trust_ratio(&pn, &den, eta)?;
+                        let q = if lr > 0.0 {
+                            (q / lr)?.clamp(0.0, 1.0)?
                         } else {
-                            g
+                            q.ones_like()?
                         };
+                        with_decay(g, &p, gs.weight_decay)?.broadcast_mul(&q)?
+                    } else {
+                        let g = with_decay(g, &p, gs.weight_decay)?;
                         let q = trust_ratio(&norm(&p)?, &norm(&g)?, eta)?;
                         g.broadcast_mul(&q)?
-                    } else {
-                        g
                     };
                     let mu = ((&slot.state[0] * momentum)? + g)?;
                     slot.state[0] = mu.clone();
@@ -170,11 +189,7 @@ impl Optimizer {
                         };
                         (p - (dir * lr)?)?
                     } else {
-                        let r = if gs.weight_decay != 0.0 {
-                            (dir + (&p * gs.weight_decay)?)?
-                        } else {
-                            dir
-                        };
+                        let r = with_decay(dir, &p, gs.weight_decay)?;
                         let r = if gs.adapt {
                             let q = trust_ratio(&norm(&p)?, &norm(&r)?, 1.0)?;
                             r.broadcast_mul(&q)?

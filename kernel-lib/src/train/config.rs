@@ -94,6 +94,8 @@ pub struct OptimConfig {
     pub nesterov: bool,
     /// LARS trust coefficient η.
     pub eta: f64,
+    /// LARS variant of solo-learn (Lightning Bolts): trust ratio clipped to the SGD step.
+    pub lars_clip_lr: bool,
     /// Adam-family β₁, β₂, ε.
     pub betas: (f64, f64),
     pub eps: f64,
@@ -179,6 +181,7 @@ impl Default for OptimConfig {
             momentum: 0.9,
             nesterov: false,
             eta: 0.001,
+            lars_clip_lr: false,
             betas: (0.9, 0.999),
             eps: 1e-8,
             warmup_epochs: 10.0,

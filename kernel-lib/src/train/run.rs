@@ -164,6 +164,7 @@ impl Run {
             "lars" => OptimKind::Lars {
                 momentum: o.momentum,
                 eta: o.eta,
+                clip_lr: o.lars_clip_lr,
             },
             "adamw" => OptimKind::AdamW {
                 beta1: o.betas.0,
