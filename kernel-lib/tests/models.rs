@@ -327,3 +327,63 @@ fn same_seed_same_weights() {
         );
     }
 }
+
+#[test]
+fn imagenet_stem_max_pool_matches_candle_and_has_a_gradient() {
+    use sslab::models::max_pool_3x3_s2_p1;
+    let dev = Device::Cpu;
+    for size in [8usize, 7, 32, 5] {
+        let x =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, size, size), &dev).unwrap()).unwrap();
+        let ours = max_pool_3x3_s2_p1(x.as_tensor()).unwrap();
+        // Reference: −∞-style padding by a very negative constant, then candle's forward pool.
+        let padded = x
+            .as_tensor()
+            .pad_with_zeros(2, 1, 1)
+            .unwrap()
+            .pad_with_zeros(3, 1, 1)
+            .unwrap();
+        let mask = Tensor::ones((2, 3, size, size), candle_core::DType::F32, &dev)
+            .unwrap()
+            .pad_with_zeros(2, 1, 1)
+            .unwrap()
+            .pad_with_zeros(3, 1, 1)
+            .unwrap();
+        let padded = (padded + ((mask - 1.0).unwrap() * 1e9).unwrap()).unwrap();
+        let theirs = padded.max_pool2d_with_stride(3, 2).unwrap();
+        assert_eq!(ours.dims(), theirs.dims(), "size {size}");
+        assert!(max_abs_diff(&ours, &theirs) < 1e-6, "size {size}");
+        let g = ours.sum_all().unwrap().backward().unwrap();
+        let gx = g.get(x.as_tensor()).unwrap();
+        // Each output routes its gradient to one input: the gradient sums to the output count.
+        let total = gx.sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(total as usize, ours.elem_count());
+    }
+    // And a whole ImageNet-stem network trains (candle's own pool has no backward here).
+    let mut pb = ParamBuilder::new(0, &dev);
+    let net = ResNet::new(
+        &mut pb,
+        "r",
+        &ResNetConfig {
+            depth: Depth::R18,
+            stem: Stem::Imagenet,
+            width: 4,
+            zero_init_residual: false,
+        },
+    )
+    .unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &dev).unwrap();
+    let g = net
+        .forward_t(&x, true)
+        .unwrap()
+        .pooled
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g
+        .get(pb.store.get("r.conv1.weight").unwrap().var.as_tensor())
+        .is_some());
+}

@@ -16,4 +16,4 @@ pub use batchnorm::BatchNorm;
 pub use layers::{Conv2d, Linear};
 pub use mlp::{LastBn, Mlp, MlpSpec};
 pub use params::{Init, Param, ParamBuilder, ParamKind, ParamStore};
-pub use resnet::{Depth, ResNet, ResNetConfig, ResNetOutput, Stem};
+pub use resnet::{max_pool_3x3_s2_p1, Depth, ResNet, ResNetConfig, ResNetOutput, Stem};

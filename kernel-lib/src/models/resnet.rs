@@ -74,6 +74,38 @@ impl Block {
     }
 }
 
+/// The ImageNet stem's 3×3 stride-2 max-pool with padding 1, as the maximum of nine strided
+/// views. candle's `max_pool2d` has no backward when windows overlap (kernel ≠ stride), so the
+/// pool is built from ops that have one. Padding replicates the edge, which for a max is the
+/// same as padding with −∞.
+pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    // Pad so every view `start .. start + 2·out` (start ≤ 2) fits.
+    let x = x
+        .pad_with_same(2, 1, (2 * ho + 1).saturating_sub(h))?
+        .pad_with_same(3, 1, (2 * wo + 1).saturating_sub(w))?;
+    let strided = |t: &Tensor, dim: usize, start: usize, out: usize| -> Result<Tensor> {
+        let t = t.narrow(dim, start, 2 * out)?;
+        let mut shape = t.dims().to_vec();
+        shape[dim] = out;
+        shape.insert(dim + 1, 2);
+        Ok(t.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)?)
+    };
+    let mut out: Option<Tensor> = None;
+    for dy in 0..3 {
+        let rows = strided(&x, 2, dy, ho)?;
+        for dx in 0..3 {
+            let v = strided(&rows, 3, dx, wo)?;
+            out = Some(match out {
+                Some(m) => m.maximum(&v)?,
+                None => v,
+            });
+        }
+    }
+    out.ok_or_else(|| Error::Shape("empty max-pool window".into()))
+}
+
 /// A ResNet backbone without its classifier.
 #[derive(Clone, Debug)]
 pub struct ResNet {
@@ -176,11 +208,7 @@ impl ResNet {
             .forward_t(&self.stem.0.forward(x)?, train)?
             .relu()?;
         if self.maxpool {
-            // 3×3/2 max-pool with padding 1: replicating the edge is equivalent to -inf padding.
-            h = h
-                .pad_with_same(2, 1, 1)?
-                .pad_with_same(3, 1, 1)?
-                .max_pool2d_with_stride(3, 2)?;
+            h = max_pool_3x3_s2_p1(&h)?;
         }
         for b in &self.blocks {
             h = b.forward_t(&h, train)?;
