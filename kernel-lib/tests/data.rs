@@ -217,6 +217,22 @@ fn shapes_are_deterministic_balanced_and_masked() {
         );
         assert!(m.iter().all(|&v| v == 0 || v == a.label(i) as u8 + 1));
     }
+    // Every shape stands out from its background in luma (outline visible under grayscale).
+    for i in 0..a.len() {
+        let (m, img) = (a.mask(i).unwrap(), a.image(i));
+        let (mut s, mut n) = ([0f32; 2], [0f32; 2]);
+        for (p, &v) in m.iter().enumerate() {
+            let px = &img.pixels[p * 3..p * 3 + 3];
+            let l = 0.299 * px[0] as f32 + 0.587 * px[1] as f32 + 0.114 * px[2] as f32;
+            s[usize::from(v > 0)] += l;
+            n[usize::from(v > 0)] += 1.0;
+        }
+        let diff = (s[1] / n[1] - s[0] / n[0]).abs() / 255.0;
+        assert!(
+            diff > 0.2,
+            "image {i}: shape and background luma differ by only {diff:.2}"
+        );
+    }
     // Colour does not give the class away: the mean shape colour spreads over every class.
     let a = Shapes::split(&cfg, 0, 300);
     let mut means = vec![Vec::new(); 10];

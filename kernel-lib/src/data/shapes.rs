@@ -111,10 +111,12 @@ impl Shapes {
             let bot = g(ix, iy + 1) * (1.0 - fx) + g(ix + 1, iy + 1) * fx;
             tex_amp * (top * (1.0 - fy) + bot * fy)
         };
-        // The shape: colour far enough from the background to be visible.
+        // The shape: any colour, but clearly lighter or darker than the background (luma
+        // contrast ≥ 0.35), so its outline is visible in every channel and under grayscale.
+        let luma = |c: [f32; 3]| 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
         let mut fg = rand_color(&mut rng);
-        for _ in 0..20 {
-            if dist(fg, bg) > 0.5 {
+        for _ in 0..50 {
+            if (luma(fg) - luma(bg)).abs() >= 0.35 && dist(fg, bg) > 0.5 {
                 break;
             }
             fg = rand_color(&mut rng);
