@@ -6,16 +6,7 @@ use sslab::methods::{BarlowTwins, BarlowTwinsSpec, Method};
 use sslab::models::{BatchNorm, Conv2d, Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs(&(a - b).unwrap())
 }
 
 fn max_abs(a: &Tensor) -> f32 {
