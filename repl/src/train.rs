@@ -79,10 +79,11 @@ pub fn build_config(a: &TrainArgs) -> Result<RunConfig> {
 pub fn run(a: TrainArgs) -> Result<()> {
     let t0 = Instant::now();
     let cfg = build_config(&a)?;
+    // Build the run first: a config whose data cannot load leaves no output folder behind.
+    let mut run = Run::new(cfg.clone())?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     std::fs::write(a.out.join("config.toml"), cfg.to_toml()?)?;
-    let mut run = Run::new(cfg.clone())?;
     println!(
         "sslab train {} (preset {}) on {} | data: {} / {} | {} steps of batch {}",
         cfg.method,

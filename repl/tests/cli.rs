@@ -74,10 +74,18 @@ fn bad_arguments_exit_nonzero_with_a_message() {
         vec!["train", "barlow-twins", "--config", "/no/such/file.toml"],
         vec!["train", "simclr"],
     ] {
-        let res = Command::new(sslab()).args(&args).output().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("run");
+        let res = Command::new(sslab())
+            .args(&args)
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&res.stderr);
         assert!(!res.status.success(), "{args:?} succeeded");
         assert!(err.starts_with("error:"), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(!dir.exists(), "{args:?} left an output folder behind");
     }
 }
