@@ -9,6 +9,17 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).unwrap())
 }
 
+/// A width-4 ResNet-18 (name prefix `r`) registered into `pb`.
+fn tiny_resnet18(pb: &mut ParamBuilder, stem: Stem, zero_init_residual: bool) -> ResNet {
+    let cfg = ResNetConfig {
+        depth: Depth::R18,
+        stem,
+        width: 4,
+        zero_init_residual,
+    };
+    ResNet::new(pb, "r", &cfg).unwrap()
+}
+
 fn max_abs(a: &Tensor) -> f32 {
     a.abs()
         .unwrap()
@@ -207,17 +218,7 @@ fn resnet_shapes_for_each_depth_and_stem() {
         assert!(names.contains(&"r.layer4.0.downsample.1.running_var"));
     }
     let mut pb = ParamBuilder::new(0, &dev);
-    let net = ResNet::new(
-        &mut pb,
-        "r",
-        &ResNetConfig {
-            depth: Depth::R18,
-            stem: Stem::Cifar,
-            width: 4,
-            zero_init_residual: true,
-        },
-    )
-    .unwrap();
+    let net = tiny_resnet18(&mut pb, Stem::Cifar, true);
     assert!(net
         .forward_t(
             &Tensor::zeros((2, 1, 8, 8), candle_core::DType::F32, &dev).unwrap(),
@@ -352,17 +353,7 @@ fn imagenet_stem_max_pool_matches_candle_and_has_a_gradient() {
     }
     // And a whole ImageNet-stem network trains (candle's own pool has no backward here).
     let mut pb = ParamBuilder::new(0, &dev);
-    let net = ResNet::new(
-        &mut pb,
-        "r",
-        &ResNetConfig {
-            depth: Depth::R18,
-            stem: Stem::Imagenet,
-            width: 4,
-            zero_init_residual: false,
-        },
-    )
-    .unwrap();
+    let net = tiny_resnet18(&mut pb, Stem::Imagenet, false);
     let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &dev).unwrap();
     let g = net
         .forward_t(&x, true)
