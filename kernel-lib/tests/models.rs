@@ -273,7 +273,7 @@ fn every_trainable_tensor_gets_a_gradient() {
         lambda: 0.0051,
         scale_loss: 1.0,
     };
-    let m = BarlowTwins::new(&spec, 0, &dev).unwrap();
+    let mut m = BarlowTwins::new(&spec, 0, &dev).unwrap();
     let a = Tensor::randn(0f32, 1.0, (4, 3, 16, 16), &dev).unwrap();
     let b = Tensor::randn(0f32, 1.0, (4, 3, 16, 16), &dev).unwrap();
     let out = m.forward_train(&a, &b).unwrap();

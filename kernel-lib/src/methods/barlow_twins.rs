@@ -82,7 +82,7 @@ impl Method for BarlowTwins {
         &self.params
     }
 
-    fn forward_train(&self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
+    fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
         // Each view goes through the network on its own, so BN statistics are per view.
         let za = self.embed(view_a)?;
         let zb = self.embed(view_b)?;

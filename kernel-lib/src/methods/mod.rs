@@ -2,8 +2,14 @@
 //! `train::Run` drives.
 
 mod barlow_twins;
+mod densecl;
+mod moco;
+mod queue;
 
 pub use barlow_twins::{BarlowTwins, BarlowTwinsSpec};
+pub use densecl::{DenseCl, DenseClSpec};
+pub use moco::{Moco, MocoSpec, MocoVersion};
+pub use queue::KeyQueue;
 
 use crate::error::Result;
 use crate::models::ParamStore;
@@ -26,11 +32,20 @@ pub trait Method: Send {
     fn name(&self) -> &'static str;
     /// Every tensor of the method (trainable, buffers, frozen).
     fn params(&self) -> &ParamStore;
-    /// Training-mode forward of the two views (`(n, 3, h, w)` each) to the loss.
-    fn forward_train(&self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput>;
+    /// Training-mode forward of the two views (`(n, 3, h, w)` each) to the loss. Mutable
+    /// because methods with queues keep this step's keys until [`Method::after_step`].
+    fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput>;
     /// Work after the optimiser step (momentum encoder, queues). `step` is the step just taken.
     fn after_step(&mut self, _step: usize, _total_steps: usize) -> Result<()> {
         Ok(())
+    }
+    /// The momentum (key) encoder's tensors, for methods that have one.
+    fn momentum_params(&self) -> Option<&ParamStore> {
+        None
+    }
+    /// The method's key queues by name (MoCo: `queue`; DenseCL: also `dense_queue`).
+    fn queues(&self) -> Vec<(&'static str, &KeyQueue)> {
+        Vec::new()
     }
     /// Evaluation-mode backbone representation `(n, d)` used by kNN and probes.
     fn features(&self, images: &Tensor) -> Result<Tensor>;

@@ -100,73 +100,115 @@ impl BatchNorm {
         self.forward_impl(x, train, false)
     }
 
+    /// Split BatchNorm (MoCo's single-device stand-in for per-GPU BN, methods.md §1.3): in
+    /// training mode the batch is cut into `groups` consecutive groups, each normalised with its
+    /// own statistics, and the running statistics move towards the average over groups (as the
+    /// MoCo CIFAR demo's `SplitBatchNorm`). Evaluation mode, and `groups = 1`, are plain BN.
+    pub fn forward_split(&self, x: &Tensor, train: bool, groups: usize) -> Result<Tensor> {
+        if !train || groups <= 1 {
+            return self.forward_t(x, train);
+        }
+        let cs = self.channel_shape(x)?;
+        let dims = x.dims().to_vec();
+        let n = dims[0];
+        if n % groups != 0 {
+            return Err(Error::Shape(format!(
+                "split BatchNorm: batch of {n} does not divide into {groups} groups"
+            )));
+        }
+        let m = n / groups;
+        let inner: usize = dims[2..].iter().product();
+        // (n, c, inner) → (m, groups·c, inner): each (group, channel) pair becomes a channel.
+        let grouped = x
+            .reshape((groups, m, self.channels, inner))?
+            .transpose(0, 1)?
+            .reshape((m, groups * self.channels, inner))?;
+        let (xhat, mean, var) = self.normalize_batch(&grouped, groups * self.channels, true)?;
+        let xhat = xhat
+            .reshape((m, groups, self.channels, inner))?
+            .transpose(0, 1)?
+            .reshape(dims.as_slice())?;
+        let count = m * inner;
+        let mean = mean.reshape((groups, self.channels))?.mean(0)?;
+        let var = var.reshape((groups, self.channels))?.mean(0)?;
+        self.update_running(&mean, &var, count)?;
+        self.affine(xhat, &cs)
+    }
+
     fn forward_impl(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
         let cs = self.channel_shape(x)?;
-        let (mean, var) = if train {
-            let dims = x.dims();
-            let count: usize = dims
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != 1)
-                .map(|(_, d)| d)
-                .product();
-            if count < 2 {
-                return Err(Error::Shape(format!(
-                    "BatchNorm in training mode needs more than one value per channel, got input {dims:?}"
-                )));
-            }
-            if fused && x.device().is_cpu() && x.dtype() == DType::F32 {
-                return self.forward_train_cpu(x, &cs, count);
-            }
-            let reduce: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
-            let mean = x.mean_keepdim(reduce.as_slice())?;
-            let centred = x.broadcast_sub(&mean)?;
-            let var = centred.sqr()?.mean_keepdim(reduce.as_slice())?;
-            // Running statistics: detached, unbiased variance.
-            let m = self.momentum;
-            let bm = mean.detach().flatten_all()?;
-            let bv = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?;
-            self.running_mean
-                .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (bm * m)?)?)?;
-            self.running_var
-                .set(&((self.running_var.as_tensor() * (1.0 - m))? + (bv * m)?)?)?;
-            let y = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-            return self.affine(y, &cs);
-        } else {
-            (
-                self.running_mean.as_tensor().reshape(cs.as_slice())?,
-                self.running_var.as_tensor().reshape(cs.as_slice())?,
-            )
-        };
+        if train {
+            let (xhat, mean, var) = self.normalize_batch(x, self.channels, fused)?;
+            let count = x.elem_count() / self.channels;
+            self.update_running(&mean, &var, count)?;
+            return self.affine(xhat, &cs);
+        }
+        let mean = self.running_mean.as_tensor().reshape(cs.as_slice())?;
+        let var = self.running_var.as_tensor().reshape(cs.as_slice())?;
         let y = x
             .broadcast_sub(&mean)?
             .broadcast_div(&(var + self.eps)?.sqrt()?)?;
         self.affine(y, &cs)
     }
 
-    /// Training mode through the fused CPU kernel (same maths, explicit backward).
-    fn forward_train_cpu(&self, x: &Tensor, cs: &[usize], count: usize) -> Result<Tensor> {
-        let stats = Arc::new(Mutex::new(BnStats::default()));
-        let xhat = x.contiguous()?.apply_op1(BatchNormOp {
-            eps: self.eps,
-            stats: stats.clone(),
-        })?;
-        let (mean, var) = {
-            let st = stats
-                .lock()
-                .map_err(|_| Error::Invalid("batchnorm statistics lock poisoned".into()))?;
-            (st.mean.clone(), st.var.clone())
-        };
-        let dev = x.device();
+    /// Normalises `(n, channels, ...)` input with its batch statistics; returns x̂ and the
+    /// detached per-channel mean and biased variance. `fused` picks the CPU kernel where it
+    /// applies.
+    fn normalize_batch(
+        &self,
+        x: &Tensor,
+        channels: usize,
+        fused: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let dims = x.dims();
+        let count = x.elem_count() / channels.max(1);
+        if count < 2 {
+            return Err(Error::Shape(format!(
+                "BatchNorm in training mode needs more than one value per channel, got input {dims:?}"
+            )));
+        }
+        if fused && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let stats = Arc::new(Mutex::new(BnStats::default()));
+            let xhat = x.contiguous()?.apply_op1(BatchNormOp {
+                eps: self.eps,
+                stats: stats.clone(),
+            })?;
+            let (mean, var) = {
+                let st = stats
+                    .lock()
+                    .map_err(|_| Error::Invalid("batchnorm statistics lock poisoned".into()))?;
+                (st.mean.clone(), st.var.clone())
+            };
+            let dev = x.device();
+            return Ok((
+                xhat,
+                Tensor::from_vec(mean, channels, dev)?,
+                Tensor::from_vec(var, channels, dev)?,
+            ));
+        }
+        let reduce: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
+        let mean = x.mean_keepdim(reduce.as_slice())?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(reduce.as_slice())?;
+        let xhat = centred.broadcast_div(&(var.clone() + self.eps)?.sqrt()?)?;
+        Ok((
+            xhat,
+            mean.detach().flatten_all()?,
+            var.detach().flatten_all()?,
+        ))
+    }
+
+    /// PyTorch's running-statistics update: the running variance takes the *unbiased* batch
+    /// variance of `count` values per channel.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let m = self.momentum;
-        let unbias = count as f64 / (count - 1) as f64;
-        let bm = Tensor::from_vec(mean, self.channels, dev)?;
-        let bv = (Tensor::from_vec(var, self.channels, dev)? * unbias)?;
+        let unbias = count as f64 / (count.max(2) - 1) as f64;
         self.running_mean
-            .set(&((self.running_mean.as_tensor().detach() * (1.0 - m))? + (bm * m)?)?)?;
-        self.running_var
-            .set(&((self.running_var.as_tensor().detach() * (1.0 - m))? + (bv * m)?)?)?;
-        self.affine(xhat, cs)
+            .set(&((self.running_mean.as_tensor().detach() * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var.set(
+            &((self.running_var.as_tensor().detach() * (1.0 - m))? + (var * (unbias * m))?)?,
+        )?;
+        Ok(())
     }
 
     fn affine(&self, y: Tensor, cs: &[usize]) -> Result<Tensor> {

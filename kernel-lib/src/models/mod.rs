@@ -7,12 +7,14 @@
 
 mod batchnorm;
 mod cpu_ops;
+mod ema;
 mod layers;
 mod mlp;
 mod params;
 mod resnet;
 
 pub use batchnorm::BatchNorm;
+pub use ema::ema_update;
 pub use layers::{Conv2d, Linear};
 pub use mlp::{LastBn, Mlp, MlpSpec};
 pub use params::{Init, Param, ParamBuilder, ParamKind, ParamStore};

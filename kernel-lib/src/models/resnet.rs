@@ -57,17 +57,17 @@ struct Block {
 }
 
 impl Block {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, train: bool, splits: usize) -> Result<Tensor> {
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            h = bn.forward_t(&conv.forward(&h)?, train)?;
+            h = bn.forward_split(&conv.forward(&h)?, train, splits)?;
             if i < last {
                 h = h.relu()?;
             }
         }
         let shortcut = match &self.downsample {
-            Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
+            Some((c, bn)) => bn.forward_split(&c.forward(x)?, train, splits)?,
             None => x.clone(),
         };
         Ok((h + shortcut)?.relu()?)
@@ -113,6 +113,7 @@ pub struct ResNet {
     maxpool: bool,
     blocks: Vec<Block>,
     out_dim: usize,
+    bn_splits: usize,
 }
 
 impl ResNet {
@@ -186,12 +187,24 @@ impl ResNet {
             maxpool: cfg.stem == Stem::Imagenet,
             blocks,
             out_dim: inp,
+            bn_splits: 1,
         })
     }
 
     /// Width of the pooled representation (512·width/64 for ResNet-18/34, 2048·width/64 for 50).
     pub fn out_dim(&self) -> usize {
         self.out_dim
+    }
+
+    /// Normalises training batches in `splits` groups ([`BatchNorm::forward_split`]): MoCo's
+    /// single-device stand-in for per-GPU BatchNorm. 1 (the default) is plain BN.
+    pub fn set_bn_splits(&mut self, splits: usize) {
+        self.bn_splits = splits.max(1);
+    }
+
+    /// Number of BatchNorm groups in training mode.
+    pub fn bn_splits(&self) -> usize {
+        self.bn_splits
     }
 
     /// Runs the network on NCHW images.
@@ -205,13 +218,13 @@ impl ResNet {
         let mut h = self
             .stem
             .1
-            .forward_t(&self.stem.0.forward(x)?, train)?
+            .forward_split(&self.stem.0.forward(x)?, train, self.bn_splits)?
             .relu()?;
         if self.maxpool {
             h = max_pool_3x3_s2_p1(&h)?;
         }
         for b in &self.blocks {
-            h = b.forward_t(&h, train)?;
+            h = b.forward_t(&h, train, self.bn_splits)?;
         }
         let pooled = h.mean((2, 3))?;
         Ok(ResNetOutput {

@@ -2,5 +2,12 @@
 //! convention of the reference code it follows.
 
 mod barlow_twins;
+mod densecl;
+mod info_nce;
 
 pub use barlow_twins::{barlow_twins_loss, BarlowTwinsLoss};
+pub use densecl::{
+    dense_correspondence, dense_info_nce, densecl_loss, similarity_matrix, DenseClInputs,
+    DenseClLoss,
+};
+pub use info_nce::{cross_entropy, cross_entropy_first, info_nce_queue, l2_normalize, InfoNce};

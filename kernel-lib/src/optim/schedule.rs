@@ -3,7 +3,7 @@
 use std::f64::consts::PI;
 
 /// Multiplier of the base learning rate at a step.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum LrSchedule {
     /// The base rate throughout.
     Constant,
@@ -13,6 +13,13 @@ pub enum LrSchedule {
         warmup: usize,
         total: usize,
         final_frac: f64,
+    },
+    /// Step decay: the rate is multiplied by `gamma` at each milestone step (MoCo v1: ×0.1 at
+    /// epochs 120 and 160 of 200), after an optional linear warmup.
+    Steps {
+        warmup: usize,
+        milestones: Vec<usize>,
+        gamma: f64,
     },
 }
 
@@ -33,6 +40,18 @@ impl LrSchedule {
                     let t = ((step - warmup) as f64 / span).min(1.0);
                     let q = 0.5 * (1.0 + (PI * t).cos());
                     q + final_frac * (1.0 - q)
+                }
+            }
+            LrSchedule::Steps {
+                warmup,
+                ref milestones,
+                gamma,
+            } => {
+                if step < warmup {
+                    step as f64 / warmup as f64
+                } else {
+                    let passed = milestones.iter().filter(|&&m| step >= m).count();
+                    gamma.powi(passed as i32)
                 }
             }
         }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
-    /// Method name: `barlow-twins`.
+    /// Method name: `barlow-twins`, `moco-v1`, `moco-v2` or `densecl`.
     pub method: String,
     /// The preset this config started from (informational; set by `preset()`).
     pub preset: String,
@@ -23,6 +23,9 @@ pub struct RunConfig {
     pub model: ModelConfig,
     pub augment: AugmentConfig,
     pub barlow_twins: BarlowTwinsConfig,
+    /// MoCo v1/v2, and DenseCL's global branch, queue and momentum encoder.
+    pub moco: MocoConfig,
+    pub densecl: DenseClConfig,
     pub optim: OptimConfig,
     pub train: TrainConfig,
     pub eval: EvalConfig,
@@ -73,6 +76,40 @@ pub struct BarlowTwinsConfig {
     pub scale_loss: f64,
 }
 
+/// MoCo's head, queue, temperature and momentum encoder (methods.md §1); DenseCL uses the same.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MocoConfig {
+    /// Embedding width.
+    pub dim: usize,
+    /// Hidden width of the v2/DenseCL MLP heads; 0 = the backbone's width.
+    pub hidden: usize,
+    /// Queue length K; a multiple of the keys enqueued per step (the batch, ×2 if symmetric).
+    pub queue_size: usize,
+    /// Temperature τ (v1 0.07, v2 0.2).
+    pub tau: f64,
+    /// EMA momentum m (the start value under the cosine schedule).
+    pub momentum: f64,
+    /// `fixed` (MoCo v1/v2, DenseCL) or `cosine` (towards 1, as MoCo v3/BYOL).
+    pub momentum_schedule: String,
+    /// Sum both directions and enqueue both key sets (MoCo's CIFAR demo option).
+    pub symmetric: bool,
+    /// BatchNorm groups (single-device ShuffleBN); must divide the batch.
+    pub bn_splits: usize,
+    /// Shuffle the key batch across the BN groups.
+    pub shuffle_bn: bool,
+}
+
+/// DenseCL's dense branch (methods.md §4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DenseClConfig {
+    /// Weight λ of the dense loss.
+    pub lambda: f64,
+    /// λ = 0 for this many first steps (official hook, off by default).
+    pub lambda_warmup_steps: usize,
+}
+
 /// Optimiser and learning-rate schedule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -103,6 +140,13 @@ pub struct OptimConfig {
     pub warmup_epochs: f64,
     /// Cosine end point as a fraction of the base rate.
     pub final_lr_frac: f64,
+    /// `cosine` (after the warmup) or `steps` (×`gamma` at each of `milestones`).
+    pub schedule: String,
+    /// Epochs at which `steps` multiplies the rate by `gamma` (MoCo v1: 120, 160).
+    pub milestones: Vec<f64>,
+    pub gamma: f64,
+    /// Hold the rate constant within an epoch (MoCo v2's `--cos` is per epoch).
+    pub per_epoch: bool,
 }
 
 /// Budget and batch.
@@ -169,6 +213,29 @@ impl Default for BarlowTwinsConfig {
         }
     }
 }
+impl Default for MocoConfig {
+    fn default() -> Self {
+        MocoConfig {
+            dim: 128,
+            hidden: 0,
+            queue_size: 65536,
+            tau: 0.2,
+            momentum: 0.999,
+            momentum_schedule: "fixed".into(),
+            symmetric: false,
+            bn_splits: 8,
+            shuffle_bn: true,
+        }
+    }
+}
+impl Default for DenseClConfig {
+    fn default() -> Self {
+        DenseClConfig {
+            lambda: 0.5,
+            lambda_warmup_steps: 0,
+        }
+    }
+}
 impl Default for OptimConfig {
     fn default() -> Self {
         OptimConfig {
@@ -186,6 +253,10 @@ impl Default for OptimConfig {
             eps: 1e-8,
             warmup_epochs: 10.0,
             final_lr_frac: 0.001,
+            schedule: "cosine".into(),
+            milestones: vec![120.0, 160.0],
+            gamma: 0.1,
+            per_epoch: false,
         }
     }
 }
@@ -236,7 +307,7 @@ fn check(ok: bool, key: &str, msg: impl FnOnce() -> String) -> Result<()> {
 
 impl RunConfig {
     /// Methods sslab can train.
-    pub const METHODS: &'static [&'static str] = &["barlow-twins"];
+    pub const METHODS: &'static [&'static str] = &["barlow-twins", "moco-v1", "moco-v2", "densecl"];
 
     /// A named preset (see [`super::presets::PRESETS`]); `barlow-twins` alone means its default.
     pub fn preset(name: &str) -> Result<Self> {
@@ -244,13 +315,17 @@ impl RunConfig {
     }
 
     /// Parses a TOML config. With `preset = "NAME"` the file overrides that preset; without, it
-    /// overrides the defaults (the `barlow-twins/tiny` preset).
+    /// overrides the named `method`'s tiny preset (or `barlow-twins/tiny` when neither is set).
     pub fn from_toml_str(text: &str) -> Result<Self> {
         let over: toml::Value = toml::from_str(text)
             .map_err(|e| Error::config("<toml>", e.to_string().trim().replace('\n', " ")))?;
-        let base = match over.get("preset").and_then(|v| v.as_str()) {
-            Some(p) => Self::preset(p)?,
-            None => Self::default(),
+        let base = match (
+            over.get("preset").and_then(|v| v.as_str()),
+            over.get("method").and_then(|v| v.as_str()),
+        ) {
+            (Some(p), _) => Self::preset(p)?,
+            (None, Some(m)) if Self::METHODS.contains(&m) => Self::preset(m)?,
+            _ => Self::default(),
         };
         base.with_overrides(over)
     }
@@ -372,7 +447,65 @@ impl RunConfig {
             "barlow_twins.scale_loss",
             || format!("must be > 0, got {}", bt.scale_loss),
         )?;
+        let mc = &self.moco;
+        check(mc.dim > 0, "moco.dim", || "must be ≥ 1".into())?;
+        check(mc.tau.is_finite() && mc.tau > 0.0, "moco.tau", || {
+            format!("must be > 0, got {}", mc.tau)
+        })?;
+        check((0.0..=1.0).contains(&mc.momentum), "moco.momentum", || {
+            format!("must be in [0, 1], got {}", mc.momentum)
+        })?;
+        check(
+            ["fixed", "cosine"].contains(&mc.momentum_schedule.as_str()),
+            "moco.momentum_schedule",
+            || format!("must be fixed or cosine, got '{}'", mc.momentum_schedule),
+        )?;
+        check(mc.bn_splits >= 1, "moco.bn_splits", || "must be ≥ 1".into())?;
+        if self.method.starts_with("moco") || self.method == "densecl" {
+            let b = self.train.batch_size;
+            check(b % mc.bn_splits == 0 && b / mc.bn_splits >= 2, "moco.bn_splits", || {
+                format!(
+                    "{} BatchNorm groups must divide the batch of {b} into groups of ≥ 2",
+                    mc.bn_splits
+                )
+            })?;
+            let per_step = if mc.symmetric { 2 * b } else { b };
+            check(
+                mc.queue_size >= per_step && mc.queue_size % per_step == 0,
+                "moco.queue_size",
+                || {
+                    format!(
+                        "must be a multiple of the {per_step} keys enqueued per step (batch{}), got {}",
+                        if mc.symmetric { " × 2, symmetric" } else { "" },
+                        mc.queue_size
+                    )
+                },
+            )?;
+            check(
+                !(self.method == "densecl" && mc.symmetric),
+                "moco.symmetric",
+                || "DenseCL's loss is asymmetric in the official code".into(),
+            )?;
+        }
+        check(
+            (0.0..=1.0).contains(&self.densecl.lambda),
+            "densecl.lambda",
+            || format!("must be in [0, 1], got {}", self.densecl.lambda),
+        )?;
         let o = &self.optim;
+        check(
+            ["cosine", "steps"].contains(&o.schedule.as_str()),
+            "optim.schedule",
+            || format!("must be cosine or steps, got '{}'", o.schedule),
+        )?;
+        check(
+            o.milestones.iter().all(|m| m.is_finite() && *m >= 0.0),
+            "optim.milestones",
+            || format!("epochs must be ≥ 0, got {:?}", o.milestones),
+        )?;
+        check(o.gamma.is_finite() && o.gamma > 0.0, "optim.gamma", || {
+            format!("must be > 0, got {}", o.gamma)
+        })?;
         check(
             ["sgd", "lars", "adamw", "lamb"].contains(&o.kind.as_str()),
             "optim.kind",

@@ -11,6 +11,13 @@ pub const PRESETS: &[&str] = &[
     "barlow-twins/tiny",
     "barlow-twins/cifar",
     "barlow-twins/imagenet",
+    "moco-v1/tiny",
+    "moco-v1/imagenet",
+    "moco-v2/tiny",
+    "moco-v2/cifar",
+    "moco-v2/imagenet",
+    "densecl/tiny",
+    "densecl/imagenet",
 ];
 
 /// Looks a preset up; a bare method name means its `tiny` preset.
@@ -19,6 +26,13 @@ pub fn preset(name: &str) -> Result<RunConfig> {
         "barlow-twins" | "barlow-twins/tiny" => barlow_twins_tiny(),
         "barlow-twins/cifar" => barlow_twins_cifar(),
         "barlow-twins/imagenet" => barlow_twins_imagenet(),
+        "moco-v1" | "moco-v1/tiny" => moco_v1_tiny(),
+        "moco-v1/imagenet" => moco_v1_imagenet(),
+        "moco-v2" | "moco-v2/tiny" => moco_v2_tiny(),
+        "moco-v2/cifar" => moco_v2_cifar(),
+        "moco-v2/imagenet" => moco_v2_imagenet(),
+        "densecl" | "densecl/tiny" => densecl_tiny(),
+        "densecl/imagenet" => densecl_imagenet(),
         _ => {
             return Err(Error::config(
                 "preset",
@@ -59,6 +73,8 @@ pub fn barlow_twins_imagenet() -> RunConfig {
             scale_min: None,
         },
         barlow_twins: BarlowTwinsConfig::default(),
+        moco: MocoConfig::default(),
+        densecl: DenseClConfig::default(),
         optim: OptimConfig {
             lr_1d: Some(0.0048),
             ..OptimConfig::default()
@@ -132,5 +148,136 @@ pub fn barlow_twins_tiny() -> RunConfig {
         steps: 250,
         log_every: 20,
     };
+    c
+}
+
+/// MoCo v1 (methods.md §1): ResNet-50 with a linear 128-d head, τ 0.07, K 65536, m 0.999, SGD
+/// lr 0.03 (no batch scaling), momentum 0.9, wd 1e-4 on every tensor, ×0.1 at epochs 120 and
+/// 160 of 200, B = 256; ShuffleBN over 8 groups of 32 (the 8 GPUs); InstDisc augmentations.
+pub fn moco_v1_imagenet() -> RunConfig {
+    let mut c = barlow_twins_imagenet();
+    c.method = "moco-v1".into();
+    c.preset = "moco-v1/imagenet".into();
+    c.model.zero_init_residual = false;
+    c.augment.recipe = "moco-v1".into();
+    c.moco = MocoConfig {
+        tau: 0.07,
+        ..MocoConfig::default()
+    };
+    c.optim = OptimConfig {
+        kind: "sgd".into(),
+        lr: 0.03,
+        lr_1d: None,
+        scale_lr_with_batch: false,
+        weight_decay: 1e-4,
+        exclude_1d: false,
+        momentum: 0.9,
+        warmup_epochs: 0.0,
+        final_lr_frac: 0.0,
+        schedule: "steps".into(),
+        milestones: vec![120.0, 160.0],
+        gamma: 0.1,
+        per_epoch: true,
+        ..OptimConfig::default()
+    };
+    c.train = TrainConfig {
+        batch_size: 256,
+        epochs: 200.0,
+        steps: 0,
+        log_every: 50,
+    };
+    c
+}
+
+/// MoCo v2: v1 with the 2-layer MLP head (no BN), τ 0.2, "aug+" (blur) and a per-epoch cosine
+/// from 0.03 to 0, 200 epochs (methods.md §1.4).
+pub fn moco_v2_imagenet() -> RunConfig {
+    let mut c = moco_v1_imagenet();
+    c.method = "moco-v2".into();
+    c.preset = "moco-v2/imagenet".into();
+    c.augment.recipe = "moco-v2".into();
+    c.moco.tau = 0.2;
+    c.optim.schedule = "cosine".into();
+    c
+}
+
+/// The official MoCo CIFAR-10 demo (methods.md §6.3): ResNet-18 (CIFAR stem), K 4096, m 0.99,
+/// τ 0.1, B = 512, SGD lr 0.06, wd 5e-4, cosine, 8 BN groups, crops of the default scale
+/// 0.08–1 without blur, 200 epochs. The demo's encoder ends in a linear layer; this preset keeps
+/// v2's MLP head (set `method = "moco-v1"`, τ 0.1, for the demo's exact head).
+pub fn moco_v2_cifar() -> RunConfig {
+    let mut c = moco_v2_imagenet();
+    c.preset = "moco-v2/cifar".into();
+    c.data.source = "cifar10:data/cifar10".into();
+    c.model = ModelConfig {
+        arch: Depth::R18,
+        stem: Stem::Cifar,
+        width: 64,
+        zero_init_residual: false,
+    };
+    c.augment = AugmentConfig {
+        recipe: "moco-v2-cifar".into(),
+        size: 32,
+        scale_min: None,
+    };
+    c.moco.queue_size = 4096;
+    c.moco.momentum = 0.99;
+    c.moco.tau = 0.1;
+    c.optim.lr = 0.06;
+    c.optim.weight_decay = 5e-4;
+    c.train.batch_size = 512;
+    c
+}
+
+/// CPU-sized MoCo v2 on the built-in shapes: ResNet-18 (CIFAR stem) at width 16, K 4096 (below
+/// the 5000 training images, so no image meets itself as a negative), m 0.99 (0.999 would
+/// barely move the key encoder in a few hundred steps), the demo's optimiser at batch 128,
+/// crops keeping ≥ 20% of the image.
+pub fn moco_v2_tiny() -> RunConfig {
+    let mut c = moco_v2_cifar();
+    c.preset = "moco-v2/tiny".into();
+    c.data.source = "shapes".into();
+    c.model.width = 16;
+    c.augment.scale_min = Some(0.2);
+    c.moco.tau = 0.2;
+    c.optim.per_epoch = false;
+    c.train = TrainConfig {
+        batch_size: 128,
+        epochs: 0.0,
+        steps: 300,
+        log_every: 20,
+    };
+    c
+}
+
+/// MoCo v1 on the shapes, sized as `moco-v2/tiny` (linear head, τ 0.07, InstDisc augmentations
+/// at 32 px, step decay at 60% and 80% of the run).
+pub fn moco_v1_tiny() -> RunConfig {
+    let mut c = moco_v2_tiny();
+    c.method = "moco-v1".into();
+    c.preset = "moco-v1/tiny".into();
+    c.augment.recipe = "moco-v1".into();
+    c.moco.tau = 0.07;
+    c.optim.schedule = "steps".into();
+    // 300 steps of 39 per epoch: epochs 4.6 and 6.2, i.e. 60% and 80% of the run.
+    c.optim.milestones = vec![4.6, 6.2];
+    c
+}
+
+/// DenseCL (methods.md §4): MoCo v2 on ResNet-50 plus the dense head, λ 0.5, two queues of
+/// 65536, m 0.999, τ 0.2, SGD lr 0.03, wd 1e-4, cosine, B = 256, 200 epochs, "aug+".
+pub fn densecl_imagenet() -> RunConfig {
+    let mut c = moco_v2_imagenet();
+    c.method = "densecl".into();
+    c.preset = "densecl/imagenet".into();
+    c.optim.per_epoch = true;
+    c
+}
+
+/// DenseCL sized as `moco-v2/tiny`: the 32-px CIFAR stem leaves a 4×4 grid of locations.
+pub fn densecl_tiny() -> RunConfig {
+    let mut c = moco_v2_tiny();
+    c.method = "densecl".into();
+    c.preset = "densecl/tiny".into();
     c
 }

@@ -6,7 +6,9 @@ use crate::augment::TwoViewRecipe;
 use crate::data::{DataSource, Dataset, Loader};
 use crate::error::{Error, Result};
 use crate::eval::{knn_eval, KnnResult, KnnSettings};
-use crate::methods::{BarlowTwins, BarlowTwinsSpec, Method};
+use crate::methods::{
+    BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoVersion,
+};
 use crate::models::ResNetConfig;
 use crate::optim::{GroupSettings, LrSchedule, OptimKind, Optimizer};
 use candle_core::{Device, Tensor};
@@ -88,6 +90,8 @@ pub struct Run {
     test_data: Arc<dyn Dataset>,
     loader: Loader,
     total_steps: usize,
+    steps_per_epoch: usize,
+    warnings: Vec<String>,
     history: Vec<StepReport>,
     knn_history: Vec<(usize, KnnResult)>,
     last_cross_correlation: Option<Tensor>,
@@ -137,24 +141,21 @@ impl Run {
         };
         let warmup = ((config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize)
             .min(total_steps);
-        let method: Box<dyn Method> = match config.method.as_str() {
-            "barlow-twins" => Box::new(BarlowTwins::new(
-                &BarlowTwinsSpec {
-                    backbone: ResNetConfig {
-                        depth: config.model.arch,
-                        stem: config.model.stem,
-                        width: config.model.width,
-                        zero_init_residual: config.model.zero_init_residual,
-                    },
-                    projector: config.barlow_twins.projector.clone(),
-                    lambda: config.barlow_twins.lambda,
-                    scale_loss: config.barlow_twins.scale_loss,
-                },
-                config.seed,
-                &device,
-            )?),
-            m => return Err(Error::config("method", format!("unknown method '{m}'"))),
-        };
+        let method = build_method(&config, &device)?;
+        let mut warnings = Vec::new();
+        for (name, q) in method.queues() {
+            if q.len() > train_data.len() {
+                warnings.push(format!(
+                    "{name} holds {} keys but the training split has {} images: an image's \
+                     own earlier keys come back as negatives (lower moco.queue_size)",
+                    q.len(),
+                    train_data.len()
+                ));
+            }
+        }
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
         let o = &config.optim;
         let kind = match o.kind.as_str() {
             "sgd" => OptimKind::Sgd {
@@ -194,10 +195,21 @@ impl Run {
             adapt: !o.exclude_1d,
         };
         let optimizer = Optimizer::new(kind, method.params(), multi, one)?;
-        let schedule = LrSchedule::WarmupCosine {
-            warmup,
-            total: total_steps,
-            final_frac: o.final_lr_frac,
+        let schedule = match o.schedule.as_str() {
+            "steps" => LrSchedule::Steps {
+                warmup,
+                milestones: o
+                    .milestones
+                    .iter()
+                    .map(|e| (e * steps_per_epoch as f64).round() as usize)
+                    .collect(),
+                gamma: o.gamma,
+            },
+            _ => LrSchedule::WarmupCosine {
+                warmup,
+                total: total_steps,
+                final_frac: o.final_lr_frac,
+            },
         };
         let lr_scale = if o.scale_lr_with_batch {
             batch as f64 / 256.0
@@ -217,6 +229,8 @@ impl Run {
             test_data,
             loader,
             total_steps,
+            steps_per_epoch: steps_per_epoch.max(1),
+            warnings,
             history: Vec::new(),
             knn_history: Vec::new(),
             last_cross_correlation: None,
@@ -225,7 +239,23 @@ impl Run {
 
     /// Learning rate of ≥2-D tensors at 0-based step `s`.
     pub fn lr_at(&self, s: usize) -> f64 {
-        self.schedule.factor(s) * self.lr_scale * self.config.optim.lr
+        self.lr_factor(s) * self.config.optim.lr
+    }
+
+    /// Schedule × batch scaling at step `s`; per-epoch schedules hold the value of the epoch's
+    /// first step.
+    fn lr_factor(&self, s: usize) -> f64 {
+        let s = if self.config.optim.per_epoch {
+            s - s % self.steps_per_epoch
+        } else {
+            s
+        };
+        self.schedule.factor(s) * self.lr_scale
+    }
+
+    /// Problems noticed while building the run that do not stop it (printed once to stderr).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// One optimisation step. A non-finite loss returns an error and leaves the weights as they
@@ -244,7 +274,7 @@ impl Run {
             return Err(Error::NonFinite { step: s + 1, loss });
         }
         let grads = out.loss.backward()?;
-        let factor = self.schedule.factor(s) * self.lr_scale;
+        let factor = self.lr_factor(s);
         self.optimizer.step(&grads, factor)?;
         self.method.after_step(s + 1, self.total_steps)?;
         let parts = out
@@ -343,6 +373,10 @@ impl Run {
     pub fn method(&self) -> &dyn Method {
         self.method.as_ref()
     }
+    /// The method, mutably (to change λ or τ mid-run through its own type).
+    pub fn method_mut(&mut self) -> &mut dyn Method {
+        self.method.as_mut()
+    }
     /// The optimiser.
     pub fn optimizer(&self) -> &Optimizer {
         &self.optimizer
@@ -363,4 +397,52 @@ impl Run {
     pub fn last_cross_correlation(&self) -> Option<&Tensor> {
         self.last_cross_correlation.as_ref()
     }
+}
+
+/// The method a config names, with weights drawn from its seed.
+fn build_method(config: &RunConfig, device: &Device) -> Result<Box<dyn Method>> {
+    let backbone = ResNetConfig {
+        depth: config.model.arch,
+        stem: config.model.stem,
+        width: config.model.width,
+        zero_init_residual: config.model.zero_init_residual,
+    };
+    let mc = &config.moco;
+    let moco = |version| MocoSpec {
+        backbone: backbone.clone(),
+        version,
+        dim: mc.dim,
+        hidden: mc.hidden,
+        queue_size: mc.queue_size,
+        tau: mc.tau,
+        momentum: mc.momentum,
+        cosine_momentum: mc.momentum_schedule == "cosine",
+        symmetric: mc.symmetric,
+        bn_splits: mc.bn_splits,
+        shuffle_bn: mc.shuffle_bn,
+    };
+    Ok(match config.method.as_str() {
+        "barlow-twins" => Box::new(BarlowTwins::new(
+            &BarlowTwinsSpec {
+                backbone: backbone.clone(),
+                projector: config.barlow_twins.projector.clone(),
+                lambda: config.barlow_twins.lambda,
+                scale_loss: config.barlow_twins.scale_loss,
+            },
+            config.seed,
+            device,
+        )?),
+        "moco-v1" => Box::new(Moco::new(&moco(MocoVersion::V1), config.seed, device)?),
+        "moco-v2" => Box::new(Moco::new(&moco(MocoVersion::V2), config.seed, device)?),
+        "densecl" => Box::new(DenseCl::new(
+            &DenseClSpec {
+                moco: moco(MocoVersion::V2),
+                lambda: config.densecl.lambda,
+                lambda_warmup_steps: config.densecl.lambda_warmup_steps,
+            },
+            config.seed,
+            device,
+        )?),
+        m => return Err(Error::config("method", format!("unknown method '{m}'"))),
+    })
 }

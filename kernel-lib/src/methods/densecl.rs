@@ -1,0 +1,181 @@
+//! DenseCL (Wang et al. 2021; methods.md §4): MoCo v2 plus a dense head contrasting every
+//! location of the last feature map with its best-matching location in the other view.
+
+use super::moco::{MocoSpec, MocoVersion, MomentumPair};
+use super::queue::KeyQueue;
+use super::{ForwardOutput, Method};
+use crate::error::{Error, Result};
+use crate::models::ParamStore;
+use crate::objectives::{dense_correspondence, densecl_loss, l2_normalize, DenseClInputs};
+use candle_core::{Device, Tensor};
+
+/// DenseCL's settings on top of MoCo v2's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseClSpec {
+    /// Global head, queue, τ, momentum, ShuffleBN (version must be v2; `symmetric` false).
+    pub moco: MocoSpec,
+    /// Weight λ of the dense loss: `(1 − λ)·global + λ·dense`.
+    pub lambda: f64,
+    /// λ = 0 for this many first steps (the official, off-by-default warm-up hook); 0 = off.
+    pub lambda_warmup_steps: usize,
+}
+
+/// The DenseCL model: MoCo v2's encoders with a dense head each, and two queues.
+pub struct DenseCl {
+    pair: MomentumPair,
+    dense_queue: KeyQueue,
+    lambda: f64,
+    lambda_warmup_steps: usize,
+    steps: usize,
+    /// (global keys, pooled dense keys) of the last forward, enqueued after the step.
+    pending: Option<(Tensor, Tensor)>,
+    /// The last step's correspondence `(n, S²)`, for diagnostics.
+    last_correspondence: Option<Tensor>,
+}
+
+impl DenseCl {
+    /// Builds both encoders (identical at start) and both queues.
+    pub fn new(spec: &DenseClSpec, seed: u64, device: &Device) -> Result<Self> {
+        if spec.moco.version != MocoVersion::V2 {
+            return Err(Error::config(
+                "method",
+                "DenseCL is built on MoCo v2's head",
+            ));
+        }
+        if spec.moco.symmetric {
+            return Err(Error::config(
+                "moco.symmetric",
+                "DenseCL's loss is asymmetric in the official code; set it to false",
+            ));
+        }
+        if !(0.0..=1.0).contains(&spec.lambda) {
+            return Err(Error::config(
+                "densecl.lambda",
+                format!("must be in [0, 1], got {}", spec.lambda),
+            ));
+        }
+        let pair = MomentumPair::new(&spec.moco, true, seed, device)?;
+        let dense_queue = KeyQueue::new(
+            spec.moco.dim,
+            spec.moco.queue_size,
+            seed ^ 0x4445_4e53_4551,
+            device,
+        )?;
+        Ok(DenseCl {
+            pair,
+            dense_queue,
+            lambda: spec.lambda,
+            lambda_warmup_steps: spec.lambda_warmup_steps,
+            steps: 0,
+            pending: None,
+            last_correspondence: None,
+        })
+    }
+
+    /// λ in force at the next step (0 during the warm-up).
+    pub fn lambda_now(&self) -> f64 {
+        if self.steps < self.lambda_warmup_steps {
+            0.0
+        } else {
+            self.lambda
+        }
+    }
+
+    /// Changes λ (meaningful mid-run).
+    pub fn set_lambda(&mut self, lambda: f64) -> Result<()> {
+        if !(0.0..=1.0).contains(&lambda) {
+            return Err(Error::config(
+                "densecl.lambda",
+                format!("must be in [0, 1], got {lambda}"),
+            ));
+        }
+        self.lambda = lambda;
+        Ok(())
+    }
+
+    /// The correspondence `(n, S²)` of the last training step (view-a location → view-b
+    /// location).
+    pub fn last_correspondence(&self) -> Option<&Tensor> {
+        self.last_correspondence.as_ref()
+    }
+
+    /// Evaluation-mode backbone feature maps `(n, C, h, w)`, for similarity maps and probes.
+    pub fn feature_map(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.pair.query.backbone.forward_t(images, false)?.feature_map)
+    }
+
+    /// The momentum of the last EMA update.
+    pub fn momentum(&self) -> f64 {
+        self.pair.momentum()
+    }
+}
+
+impl Method for DenseCl {
+    fn name(&self) -> &'static str {
+        "densecl"
+    }
+
+    fn params(&self) -> &ParamStore {
+        &self.pair.params
+    }
+
+    fn momentum_params(&self) -> Option<&ParamStore> {
+        Some(&self.pair.key_params)
+    }
+
+    fn queues(&self) -> Vec<(&'static str, &KeyQueue)> {
+        vec![("queue", &self.pair.queue), ("dense_queue", &self.dense_queue)]
+    }
+
+    fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
+        self.pair.check_enqueue(view_a.dim(0)?)?;
+        let q = self.pair.encode_queries(view_a)?;
+        let k = self.pair.encode_keys(view_b)?;
+        let missing = || Error::Invalid("DenseCL encoder lost its dense head".into());
+        let (q_grid, k_grid) = (
+            q.grid.as_ref().ok_or_else(missing)?,
+            k.grid.as_ref().ok_or_else(missing)?,
+        );
+        let correspondence = dense_correspondence(&q.map, &k.map)?;
+        let queue = self.pair.queue.keys()?;
+        let dense_queue = self.dense_queue.keys()?;
+        let out = densecl_loss(
+            DenseClInputs {
+                q: &q.global,
+                k: &k.global,
+                queue: &queue,
+                q_grid,
+                k_grid,
+                correspondence: &correspondence,
+                dense_queue: &dense_queue,
+            },
+            self.pair.spec.tau,
+            self.lambda_now(),
+        )?;
+        // Queue 2 holds one vector per image: the dense key grid pooled before normalisation.
+        let k2 = l2_normalize(&k_grid.mean(2)?, 1)?;
+        self.pending = Some((l2_normalize(&k.global, 1)?, k2));
+        self.last_correspondence = Some(correspondence);
+        Ok(ForwardOutput {
+            loss: out.loss,
+            parts: vec![
+                ("global".into(), out.global.detach()),
+                ("dense".into(), out.dense.detach()),
+            ],
+            cross_correlation: None,
+        })
+    }
+
+    fn after_step(&mut self, step: usize, total_steps: usize) -> Result<()> {
+        if let Some((k, k2)) = self.pending.take() {
+            self.pair.queue.enqueue(&k)?;
+            self.dense_queue.enqueue(&k2)?;
+        }
+        self.steps = step;
+        self.pair.after_step(step, total_steps)
+    }
+
+    fn features(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.pair.query.backbone.forward_t(images, false)?.pooled)
+    }
+}

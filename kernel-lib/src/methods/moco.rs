@@ -1,0 +1,437 @@
+//! MoCo v1/v2 (He et al. 2020, Chen et al. 2020; methods.md §1): a query encoder trained by
+//! InfoNCE against keys from a momentum (EMA) encoder and a FIFO queue of earlier keys.
+//!
+//! The pieces DenseCL shares (the two encoders, ShuffleBN, the queue and the EMA) live here and
+//! are reused by [`super::DenseCl`].
+
+use super::queue::KeyQueue;
+use super::{ForwardOutput, Method};
+use crate::error::{Error, Result};
+use crate::models::{
+    ema_update, LastBn, Mlp, MlpSpec, ParamBuilder, ParamStore, ResNet, ResNetConfig,
+};
+use crate::objectives::{info_nce_queue, l2_normalize, InfoNce};
+use crate::optim::cosine_momentum;
+use candle_core::{DType, Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Which MoCo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MocoVersion {
+    /// Linear 128-d head, τ 0.07.
+    V1,
+    /// Two-layer MLP head without BN, τ 0.2.
+    V2,
+}
+
+/// Architecture and loss settings shared by MoCo and DenseCL.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MocoSpec {
+    pub backbone: ResNetConfig,
+    pub version: MocoVersion,
+    /// Embedding width (128 in the papers).
+    pub dim: usize,
+    /// Hidden width of the v2 MLP head; 0 = the backbone's width (2048 for ResNet-50).
+    pub hidden: usize,
+    /// Queue length K.
+    pub queue_size: usize,
+    /// Temperature τ.
+    pub tau: f64,
+    /// EMA momentum m (the starting value when `cosine_momentum`).
+    pub momentum: f64,
+    /// Raise m towards 1 on a half cosine over the run (methods.md §2.5) instead of fixing it.
+    pub cosine_momentum: bool,
+    /// Sum both directions and enqueue both key sets (the official CIFAR demo's option).
+    pub symmetric: bool,
+    /// BatchNorm groups in training mode (single-device ShuffleBN, §1.3); 1 = plain BN.
+    pub bn_splits: usize,
+    /// Permute the key batch before the key encoder and back after it.
+    pub shuffle_bn: bool,
+}
+
+impl MocoSpec {
+    /// The paper's v1 or v2 setting on `backbone`.
+    pub fn paper(version: MocoVersion, backbone: ResNetConfig) -> Self {
+        MocoSpec {
+            backbone,
+            version,
+            dim: 128,
+            hidden: 0,
+            queue_size: 65536,
+            tau: match version {
+                MocoVersion::V1 => 0.07,
+                MocoVersion::V2 => 0.2,
+            },
+            momentum: 0.999,
+            cosine_momentum: false,
+            symmetric: false,
+            bn_splits: 8,
+            shuffle_bn: true,
+        }
+    }
+}
+
+/// One encoder's outputs.
+#[derive(Clone, Debug)]
+pub(crate) struct Encoded {
+    /// Backbone feature map flattened to `(n, C, S²)`.
+    pub map: Tensor,
+    /// Global head output `(n, D)`, raw.
+    pub global: Tensor,
+    /// Dense head output `(n, D, S²)`, raw (DenseCL only).
+    pub grid: Option<Tensor>,
+}
+
+/// Backbone + global head (+ DenseCL's dense head), the unit the EMA copies.
+#[derive(Clone, Debug)]
+pub(crate) struct Encoder {
+    pub backbone: ResNet,
+    head: Mlp,
+    dense_head: Option<Mlp>,
+}
+
+impl Encoder {
+    /// Registers the encoder under `prefix` ("" for the query, "momentum." for the key copy).
+    fn new(b: &mut ParamBuilder, prefix: &str, spec: &MocoSpec, dense: bool) -> Result<Self> {
+        let mut backbone = ResNet::new(b, &format!("{prefix}backbone"), &spec.backbone)?;
+        backbone.set_bn_splits(spec.bn_splits);
+        let c = backbone.out_dim();
+        let hidden = if spec.hidden == 0 { c } else { spec.hidden };
+        let dims = match spec.version {
+            MocoVersion::V1 => vec![c, spec.dim],
+            MocoVersion::V2 => vec![c, hidden, spec.dim],
+        };
+        let mlp = |dims: Vec<usize>| MlpSpec {
+            dims,
+            bias: true,
+            hidden_bn: false,
+            last_bn: LastBn::None,
+        };
+        let head = Mlp::new(b, &format!("{prefix}head"), &mlp(dims))?;
+        // DenseCL's dense head: 1×1 conv → ReLU → 1×1 conv, i.e. the same MLP at every location.
+        let dense_head = if dense {
+            Some(Mlp::new(
+                b,
+                &format!("{prefix}dense_head"),
+                &mlp(vec![c, hidden, spec.dim]),
+            )?)
+        } else {
+            None
+        };
+        Ok(Encoder {
+            backbone,
+            head,
+            dense_head,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Encoded> {
+        let out = self.backbone.forward_t(x, train)?;
+        let (n, c, h, w) = out.feature_map.dims4()?;
+        let map = out.feature_map.reshape((n, c, h * w))?;
+        let global = self.head.forward_t(&out.pooled, train)?;
+        let grid = match &self.dense_head {
+            Some(head) => {
+                let rows = map.transpose(1, 2)?.reshape((n * h * w, c))?;
+                let d = head.forward_t(&rows, train)?;
+                let dim = d.dim(1)?;
+                Some(d.reshape((n, h * w, dim))?.transpose(1, 2)?)
+            }
+            None => None,
+        };
+        Ok(Encoded { map, global, grid })
+    }
+}
+
+/// The machinery MoCo and DenseCL share: query encoder, momentum encoder, ShuffleBN and the
+/// global queue.
+pub(crate) struct MomentumPair {
+    pub spec: MocoSpec,
+    pub query: Encoder,
+    key: Encoder,
+    pub params: ParamStore,
+    pub key_params: ParamStore,
+    pub queue: KeyQueue,
+    seed: u64,
+    /// Steps completed; seeds the ShuffleBN permutation, so a step is reproducible from
+    /// (seed, step) alone.
+    steps: usize,
+    /// The current momentum.
+    momentum: f64,
+}
+
+impl MomentumPair {
+    pub fn new(spec: &MocoSpec, dense: bool, seed: u64, device: &Device) -> Result<Self> {
+        if spec.dim == 0 {
+            return Err(Error::config("moco.dim", "must be positive"));
+        }
+        if !(spec.tau > 0.0 && spec.tau.is_finite()) {
+            return Err(Error::config(
+                "moco.tau",
+                format!("must be > 0, got {}", spec.tau),
+            ));
+        }
+        if !(0.0..=1.0).contains(&spec.momentum) {
+            return Err(Error::config(
+                "moco.momentum",
+                format!("must be in [0, 1], got {}", spec.momentum),
+            ));
+        }
+        // The same seed draws the same values in the same order: the key encoder starts as an
+        // exact copy of the query encoder, as the official code's `param_k.data.copy_(param_q)`.
+        let mut bq = ParamBuilder::new(seed, device);
+        let query = Encoder::new(&mut bq, "", spec, dense)?;
+        let mut bk = ParamBuilder::new(seed, device);
+        let key = Encoder::new(&mut bk, "momentum.", spec, dense)?;
+        let queue = KeyQueue::new(
+            spec.dim,
+            spec.queue_size,
+            seed ^ 0x5155_4555_4531,
+            device,
+        )?;
+        Ok(MomentumPair {
+            spec: spec.clone(),
+            query,
+            key,
+            params: bq.finish(),
+            key_params: bk.finish(),
+            queue,
+            seed,
+            steps: 0,
+            momentum: spec.momentum,
+        })
+    }
+
+    /// The permutation of ShuffleBN for the current step and its inverse.
+    fn shuffle(&self, n: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.seed ^ 0x5348_5546_464c_4542 ^ (self.steps as u64).wrapping_mul(0x9E37_79B9),
+        );
+        let mut perm: Vec<u32> = (0..n as u32).collect();
+        perm.shuffle(&mut rng);
+        let mut inv = vec![0u32; n];
+        for (i, &p) in perm.iter().enumerate() {
+            inv[p as usize] = i as u32;
+        }
+        Ok((
+            Tensor::from_vec(perm, n, device)?,
+            Tensor::from_vec(inv, n, device)?,
+        ))
+    }
+
+    /// Refuses, before any work, a step whose keys could not be enqueued afterwards.
+    pub fn check_enqueue(&self, keys: usize) -> Result<()> {
+        if keys == 0 || self.queue.len() % keys != 0 {
+            return Err(Error::config(
+                "moco.queue_size",
+                format!(
+                    "queue length {} is not a multiple of the {keys} keys enqueued per step \
+                     (batch size{})",
+                    self.queue.len(),
+                    if self.spec.symmetric { " × 2, symmetric loss" } else { "" }
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Keys of a batch: the momentum encoder in training mode behind ShuffleBN, detached.
+    pub fn encode_keys(&self, x: &Tensor) -> Result<Encoded> {
+        let n = x.dim(0)?;
+        if n % self.spec.bn_splits.max(1) != 0 {
+            return Err(Error::config(
+                "moco.bn_splits",
+                format!(
+                    "batch of {n} does not divide into {} BatchNorm groups",
+                    self.spec.bn_splits
+                ),
+            ));
+        }
+        if !self.spec.shuffle_bn {
+            let e = self.key.forward(x, true)?;
+            return Ok(Encoded {
+                map: e.map.detach(),
+                global: e.global.detach(),
+                grid: e.grid.map(|g| g.detach()),
+            });
+        }
+        let (perm, inv) = self.shuffle(n, x.device())?;
+        let e = self.key.forward(&x.index_select(&perm, 0)?, true)?;
+        let back = |t: Tensor| -> Result<Tensor> {
+            Ok(t.detach().contiguous()?.index_select(&inv, 0)?)
+        };
+        Ok(Encoded {
+            map: back(e.map)?,
+            global: back(e.global)?,
+            grid: e.grid.map(back).transpose()?,
+        })
+    }
+
+    /// Queries of a batch (training mode, with gradient).
+    pub fn encode_queries(&self, x: &Tensor) -> Result<Encoded> {
+        self.query.forward(x, true)
+    }
+
+    /// After the optimiser step: move the momentum encoder (with the query weights the step
+    /// produced, which is where the official code's EMA at the start of the next forward lands).
+    pub fn after_step(&mut self, step: usize, total: usize) -> Result<()> {
+        self.momentum = if self.spec.cosine_momentum {
+            cosine_momentum(self.spec.momentum, step, total)
+        } else {
+            self.spec.momentum
+        };
+        ema_update(&self.key_params, &self.params, self.momentum)?;
+        self.steps = step;
+        Ok(())
+    }
+
+    /// The momentum used by the last EMA update.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+}
+
+/// Scalar summaries of an InfoNCE: mean positive and negative cosine, and how often the
+/// positive is the top logit (MoCo's "acc1").
+fn contrastive_parts(nce: &InfoNce, tau: f64) -> Result<Vec<(String, Tensor)>> {
+    let logits = nce.logits.detach();
+    let k = logits.dim(1)? - 1;
+    let pos = (logits.narrow(1, 0, 1)?.mean_all()? * tau)?;
+    let neg = (logits.narrow(1, 1, k)?.mean_all()? * tau)?;
+    let acc = logits
+        .argmax(1)?
+        .eq(0u32)?
+        .to_dtype(DType::F32)?
+        .mean_all()?;
+    Ok(vec![
+        ("pos_cos".into(), pos),
+        ("neg_cos".into(), neg),
+        ("acc".into(), acc),
+    ])
+}
+
+/// MoCo v1/v2.
+///
+/// ```no_run
+/// use candle_core::{Device, Tensor};
+/// use sslab::methods::{Method, Moco, MocoSpec, MocoVersion};
+/// use sslab::models::{Depth, ResNetConfig, Stem};
+/// let backbone = ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, width: 8, zero_init_residual: false };
+/// let mut spec = MocoSpec::paper(MocoVersion::V2, backbone);
+/// spec.queue_size = 64;
+/// let mut moco = Moco::new(&spec, 0, &Device::Cpu)?;
+/// let x = Tensor::randn(0f32, 1.0, (16, 3, 32, 32), &Device::Cpu)?;
+/// let out = moco.forward_train(&x, &x)?;
+/// println!("loss {}", out.loss.to_scalar::<f32>()?);
+/// # Ok::<(), sslab::Error>(())
+/// ```
+pub struct Moco {
+    pair: MomentumPair,
+    /// Normalised keys of the last forward, enqueued after the optimiser step.
+    pending: Option<Tensor>,
+}
+
+impl Moco {
+    /// Builds the query and key encoders (identical at start) and a random queue.
+    pub fn new(spec: &MocoSpec, seed: u64, device: &Device) -> Result<Self> {
+        Ok(Moco {
+            pair: MomentumPair::new(spec, false, seed, device)?,
+            pending: None,
+        })
+    }
+
+    /// The settings.
+    pub fn spec(&self) -> &MocoSpec {
+        &self.pair.spec
+    }
+
+    /// Keys of a batch as the momentum encoder gives them (normalised), for inspection.
+    pub fn keys(&self, images: &Tensor) -> Result<Tensor> {
+        l2_normalize(&self.pair.encode_keys(images)?.global, 1)
+    }
+
+    /// Queries of a batch (normalised, training-mode forward), for inspection.
+    pub fn queries(&self, images: &Tensor) -> Result<Tensor> {
+        l2_normalize(&self.pair.encode_queries(images)?.global.detach(), 1)
+    }
+
+    /// The momentum of the last EMA update.
+    pub fn momentum(&self) -> f64 {
+        self.pair.momentum()
+    }
+
+    /// Changes τ (meaningful mid-run).
+    pub fn set_tau(&mut self, tau: f64) -> Result<()> {
+        if !(tau > 0.0 && tau.is_finite()) {
+            return Err(Error::config("moco.tau", format!("must be > 0, got {tau}")));
+        }
+        self.pair.spec.tau = tau;
+        Ok(())
+    }
+
+    fn direction(&self, x_q: &Tensor, x_k: &Tensor) -> Result<(InfoNce, Tensor)> {
+        let q = self.pair.encode_queries(x_q)?.global;
+        let k = self.pair.encode_keys(x_k)?.global;
+        let nce = info_nce_queue(&q, &k, &self.pair.queue.keys()?, self.pair.spec.tau)?;
+        Ok((nce, l2_normalize(&k, 1)?))
+    }
+}
+
+impl Method for Moco {
+    fn name(&self) -> &'static str {
+        match self.pair.spec.version {
+            MocoVersion::V1 => "moco-v1",
+            MocoVersion::V2 => "moco-v2",
+        }
+    }
+
+    fn params(&self) -> &ParamStore {
+        &self.pair.params
+    }
+
+    fn momentum_params(&self) -> Option<&ParamStore> {
+        Some(&self.pair.key_params)
+    }
+
+    fn queues(&self) -> Vec<(&'static str, &KeyQueue)> {
+        vec![("queue", &self.pair.queue)]
+    }
+
+    fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
+        let per_view = if self.pair.spec.symmetric { 2 } else { 1 };
+        self.pair.check_enqueue(per_view * view_a.dim(0)?)?;
+        let tau = self.pair.spec.tau;
+        let (loss, parts, keys) = if self.pair.spec.symmetric {
+            let (ab, k2) = self.direction(view_a, view_b)?;
+            let (ba, k1) = self.direction(view_b, view_a)?;
+            let mut parts = contrastive_parts(&ab, tau)?;
+            parts.insert(0, ("loss_12".into(), ab.loss.detach()));
+            parts.insert(1, ("loss_21".into(), ba.loss.detach()));
+            ((ab.loss + ba.loss)?, parts, Tensor::cat(&[&k1, &k2], 0)?)
+        } else {
+            let (nce, k) = self.direction(view_a, view_b)?;
+            let parts = contrastive_parts(&nce, tau)?;
+            (nce.loss, parts, k)
+        };
+        self.pending = Some(keys);
+        Ok(ForwardOutput {
+            loss,
+            parts,
+            cross_correlation: None,
+        })
+    }
+
+    fn after_step(&mut self, step: usize, total_steps: usize) -> Result<()> {
+        // Enqueue after the loss (and its backward): a batch never contrasts with its own keys.
+        if let Some(k) = self.pending.take() {
+            self.pair.queue.enqueue(&k)?;
+        }
+        self.pair.after_step(step, total_steps)
+    }
+
+    fn features(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.pair.query.backbone.forward_t(images, false)?.pooled)
+    }
+}
