@@ -2,7 +2,9 @@
 //! shapes, and gradient flow to every trainable tensor.
 
 use candle_core::{Device, Tensor, Var};
-use sslab::methods::{BarlowTwins, BarlowTwinsSpec, Method};
+use sslab::methods::{
+    BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoVersion,
+};
 use sslab::models::{BatchNorm, Conv2d, Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -257,25 +259,12 @@ fn zero_init_residual_zeroes_the_last_bn_of_each_block() {
     assert!(g("r.layer2.1.bn2.weight") > 0.0);
 }
 
-#[test]
-fn every_trainable_tensor_gets_a_gradient() {
+/// Every trainable tensor gets a non-zero gradient from one training forward; buffers and the
+/// momentum encoder get none (they are updated by the forward pass and the EMA only).
+fn assert_gradients_reach_every_trainable_tensor(m: &mut dyn Method) {
     let dev = Device::Cpu;
-    let spec = BarlowTwinsSpec {
-        // zero_init_residual would zero the gradient of the residual branches' inner layers at
-        // init; the check is about graph connectivity, so start from γ = 1.
-        backbone: ResNetConfig {
-            depth: Depth::R18,
-            stem: Stem::Cifar,
-            width: 4,
-            zero_init_residual: false,
-        },
-        projector: vec![16, 16, 16],
-        lambda: 0.0051,
-        scale_loss: 1.0,
-    };
-    let mut m = BarlowTwins::new(&spec, 0, &dev).unwrap();
-    let a = Tensor::randn(0f32, 1.0, (4, 3, 16, 16), &dev).unwrap();
-    let b = Tensor::randn(0f32, 1.0, (4, 3, 16, 16), &dev).unwrap();
+    let a = Tensor::randn(0f32, 1.0, (8, 3, 16, 16), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, (8, 3, 16, 16), &dev).unwrap();
     let out = m.forward_train(&a, &b).unwrap();
     let grads = out.loss.backward().unwrap();
     let mut missing = Vec::new();
@@ -285,16 +274,54 @@ fn every_trainable_tensor_gets_a_gradient() {
             _ => missing.push(p.name.clone()),
         }
     }
-    assert!(missing.is_empty(), "no gradient for {missing:?}");
-    for p in m.params().params.iter().filter(|p| !p.kind.trainable()) {
+    assert!(missing.is_empty(), "{}: no gradient for {missing:?}", m.name());
+    let frozen = m.params().params.iter().filter(|p| !p.kind.trainable());
+    let momentum = m.momentum_params().into_iter().flat_map(|s| s.params.iter());
+    for p in frozen.chain(momentum) {
         assert!(
             grads
                 .get(p.var.as_tensor())
                 .is_none_or(|g| max_abs(g) == 0.0),
-            "buffer {} got a gradient",
+            "{}: {} got a gradient",
+            m.name(),
             p.name
         );
     }
+}
+
+#[test]
+fn every_trainable_tensor_of_every_method_gets_a_gradient() {
+    let dev = Device::Cpu;
+    // zero_init_residual would zero the gradient of the residual branches' inner layers at
+    // init; the check is about graph connectivity, so start from γ = 1.
+    let backbone = ResNetConfig {
+        depth: Depth::R18,
+        stem: Stem::Cifar,
+        width: 4,
+        zero_init_residual: false,
+    };
+    let spec = BarlowTwinsSpec {
+        backbone: backbone.clone(),
+        projector: vec![16, 16, 16],
+        lambda: 0.0051,
+        scale_loss: 1.0,
+    };
+    assert_gradients_reach_every_trainable_tensor(&mut BarlowTwins::new(&spec, 0, &dev).unwrap());
+    for version in [MocoVersion::V1, MocoVersion::V2] {
+        let mut spec = MocoSpec::paper(version, backbone.clone());
+        spec.queue_size = 64;
+        spec.bn_splits = 2;
+        assert_gradients_reach_every_trainable_tensor(&mut Moco::new(&spec, 0, &dev).unwrap());
+    }
+    let mut moco = MocoSpec::paper(MocoVersion::V2, backbone);
+    moco.queue_size = 64;
+    moco.bn_splits = 2;
+    let spec = DenseClSpec {
+        moco,
+        lambda: 0.5,
+        lambda_warmup_steps: 0,
+    };
+    assert_gradients_reach_every_trainable_tensor(&mut DenseCl::new(&spec, 0, &dev).unwrap());
 }
 
 #[test]
@@ -368,4 +395,36 @@ fn imagenet_stem_max_pool_matches_candle_and_has_a_gradient() {
     assert!(g
         .get(pb.store.get("r.conv1.weight").unwrap().var.as_tensor())
         .is_some());
+}
+
+#[test]
+fn split_batchnorm_normalises_each_group_alone_and_averages_running_stats() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0.5f32, 2.0, (8, 3, 4, 4), &dev).unwrap();
+    let mut pb = ParamBuilder::new(0, &dev);
+    let split = BatchNorm::new(&mut pb, "split", 3, true, 1.0).unwrap();
+    let y = split.forward_split(&x, true, 4).unwrap();
+    let (mut means, mut vars) = (Vec::new(), Vec::new());
+    for g in 0..4 {
+        let mut pb = ParamBuilder::new(0, &dev);
+        let alone = BatchNorm::new(&mut pb, "alone", 3, true, 1.0).unwrap();
+        let xg = x.narrow(0, 2 * g, 2).unwrap();
+        let yg = alone.forward_t_generic(&xg, true).unwrap();
+        assert!(max_abs_diff(&yg, &y.narrow(0, 2 * g, 2).unwrap()) < 1e-5);
+        means.push(alone.running_mean.as_tensor().clone());
+        vars.push(alone.running_var.as_tensor().clone());
+    }
+    // Each single-group BN moved its running stats from (0, 1) by momentum 0.1; the split BN
+    // moves by the average of the groups' moves.
+    let avg = |ts: &[Tensor]| Tensor::stack(ts, 0).unwrap().mean(0).unwrap();
+    assert!(max_abs_diff(&avg(&means), split.running_mean.as_tensor()) < 1e-6);
+    assert!(max_abs_diff(&avg(&vars), split.running_var.as_tensor()) < 1e-6);
+    // One group, or evaluation mode, is plain BN.
+    let mut pb = ParamBuilder::new(0, &dev);
+    let plain = BatchNorm::new(&mut pb, "plain", 3, true, 1.0).unwrap();
+    let one = plain.forward_split(&x, true, 1).unwrap();
+    let mut pb = ParamBuilder::new(0, &dev);
+    let reference = BatchNorm::new(&mut pb, "ref", 3, true, 1.0).unwrap();
+    assert!(max_abs_diff(&one, &reference.forward_t_generic(&x, true).unwrap()) < 1e-5);
+    assert!(split.forward_split(&x.narrow(0, 0, 6).unwrap(), true, 4).is_err());
 }
