@@ -97,7 +97,11 @@ fn info_nce_gradient_matches_central_finite_differences() {
             f(&Tensor::from_vec(x, (3, 4), &dev).unwrap())
         };
         let fd = (at(h) - at(-h)) / (2.0 * h);
-        assert!((fd - g[i]).abs() < 1e-6, "dL/dq[{i}]: fd {fd} vs autograd {}", g[i]);
+        assert!(
+            (fd - g[i]).abs() < 1e-6,
+            "dL/dq[{i}]: fd {fd} vs autograd {}",
+            g[i]
+        );
     }
 }
 
@@ -163,7 +167,10 @@ fn ema_moves_towards_the_target_as_one_minus_m_to_the_n() {
     }
     let w = target.weight.as_tensor().to_vec2::<f32>().unwrap();
     let expect = 1.0 - m.powi(5);
-    assert!(w.iter().flatten().all(|&x| (x as f64 - expect).abs() < 1e-6));
+    assert!(w
+        .iter()
+        .flatten()
+        .all(|&x| (x as f64 - expect).abs() < 1e-6));
     let before = target.weight.as_tensor().to_vec2::<f32>().unwrap();
     ema_update(&target_store, &online_store, 1.0).unwrap();
     assert_eq!(before, target.weight.as_tensor().to_vec2::<f32>().unwrap());
@@ -217,12 +224,22 @@ fn keys_come_from_the_momentum_encoder_and_it_drifts_from_the_query_encoder() {
         if !q.kind.trainable() {
             continue;
         }
-        let d = scalar(&(k.var.as_tensor() - q.var.as_tensor()).unwrap().abs().unwrap().max_all().unwrap());
+        let d = scalar(
+            &(k.var.as_tensor() - q.var.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap(),
+        );
         if d > 0.0 {
             moved += 1;
         }
     }
-    assert!(moved > 0, "momentum encoder equals the query encoder after a step");
+    assert!(
+        moved > 0,
+        "momentum encoder equals the query encoder after a step"
+    );
     // The keys are computed by the momentum copy: overwrite its head's last layer with zero
     // weights and a constant bias, and every key becomes that bias (normalised), while the
     // queries do not.
@@ -254,7 +271,10 @@ fn a_batch_never_contrasts_with_its_own_keys() {
     let keys = moco.keys(&x).unwrap().to_vec2::<f32>().unwrap();
     moco.forward_train(&x, &x).unwrap();
     // The forward leaves the queue alone...
-    assert_eq!(before, moco.queues()[0].1.keys_by_row().to_vec2::<f32>().unwrap());
+    assert_eq!(
+        before,
+        moco.queues()[0].1.keys_by_row().to_vec2::<f32>().unwrap()
+    );
     moco.after_step(1, 10).unwrap();
     // ...and the step's keys are enqueued after it, at the old pointer.
     let q = moco.queues()[0].1;
@@ -407,9 +427,7 @@ fn densecl_lambda_warmup_starts_at_zero() {
     for step in 1..=3 {
         let lambda = m.lambda_now();
         let out = m.forward_train(&x, &x).unwrap();
-        let part = |name: &str| {
-            scalar(&out.parts.iter().find(|(k, _)| k == name).unwrap().1)
-        };
+        let part = |name: &str| scalar(&out.parts.iter().find(|(k, _)| k == name).unwrap().1);
         let expect = (1.0 - lambda) * part("global") + lambda * part("dense");
         assert!((scalar(&out.loss) - expect).abs() < 1e-5);
         assert_eq!(lambda, if step <= 2 { 0.0 } else { 0.5 });

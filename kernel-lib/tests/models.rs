@@ -274,9 +274,16 @@ fn assert_gradients_reach_every_trainable_tensor(m: &mut dyn Method) {
             _ => missing.push(p.name.clone()),
         }
     }
-    assert!(missing.is_empty(), "{}: no gradient for {missing:?}", m.name());
+    assert!(
+        missing.is_empty(),
+        "{}: no gradient for {missing:?}",
+        m.name()
+    );
     let frozen = m.params().params.iter().filter(|p| !p.kind.trainable());
-    let momentum = m.momentum_params().into_iter().flat_map(|s| s.params.iter());
+    let momentum = m
+        .momentum_params()
+        .into_iter()
+        .flat_map(|s| s.params.iter());
     for p in frozen.chain(momentum) {
         assert!(
             grads
@@ -301,14 +308,14 @@ fn every_trainable_tensor_of_every_method_gets_a_gradient() {
         zero_init_residual: false,
     };
     let spec = BarlowTwinsSpec {
-        backbone: backbone.clone(),
+        backbone,
         projector: vec![16, 16, 16],
         lambda: 0.0051,
         scale_loss: 1.0,
     };
     assert_gradients_reach_every_trainable_tensor(&mut BarlowTwins::new(&spec, 0, &dev).unwrap());
     for version in [MocoVersion::V1, MocoVersion::V2] {
-        let mut spec = MocoSpec::paper(version, backbone.clone());
+        let mut spec = MocoSpec::paper(version, backbone);
         spec.queue_size = 64;
         spec.bn_splits = 2;
         assert_gradients_reach_every_trainable_tensor(&mut Moco::new(&spec, 0, &dev).unwrap());
@@ -426,5 +433,7 @@ fn split_batchnorm_normalises_each_group_alone_and_averages_running_stats() {
     let mut pb = ParamBuilder::new(0, &dev);
     let reference = BatchNorm::new(&mut pb, "ref", 3, true, 1.0).unwrap();
     assert!(max_abs_diff(&one, &reference.forward_t_generic(&x, true).unwrap()) < 1e-5);
-    assert!(split.forward_split(&x.narrow(0, 0, 6).unwrap(), true, 4).is_err());
+    assert!(split
+        .forward_split(&x.narrow(0, 0, 6).unwrap(), true, 4)
+        .is_err());
 }

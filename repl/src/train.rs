@@ -8,7 +8,7 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Method to train (e.g. barlow-twins).
+    /// Method to train: barlow-twins, moco-v1, moco-v2, densecl.
     method: String,
     /// Preset name (default: METHOD/tiny).
     #[arg(long)]
@@ -31,9 +31,12 @@ pub struct TrainArgs {
     /// Output folder for summary.json and config.toml.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
-    /// Skip the kNN evaluation at initialisation.
+    /// Skip the evaluations at initialisation.
     #[arg(long)]
     no_init_knn: bool,
+    /// Also run the dense linear probe (mIoU against the built-in masks) at init and at the end.
+    #[arg(long)]
+    dense_probe: bool,
 }
 
 pub fn build_config(a: &TrainArgs) -> Result<RunConfig> {
@@ -104,6 +107,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
         Some(k)
     };
+    let probe_init = if a.dense_probe && !a.no_init_knn {
+        let p = run.dense_probe()?;
+        println!(
+            "dense probe at init: mIoU {:.2}%, pixel accuracy {:.2}% ({}x{} grid)",
+            p.miou, p.pixel_acc, p.grid.0, p.grid.1
+        );
+        Some(p)
+    } else {
+        None
+    };
     let steps = run.total_steps().saturating_sub(run.steps_done());
     let summary = run.train(steps)?;
     println!("{summary}");
@@ -115,6 +128,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(i) = &init {
         println!("kNN top-1 change:  {:+.2} points", fin.top1 - i.top1);
     }
+    let probe = if a.dense_probe {
+        let p = run.dense_probe()?;
+        println!(
+            "dense probe at end:  mIoU {:.2}%, pixel accuracy {:.2}%",
+            p.miou, p.pixel_acc
+        );
+        Some(p)
+    } else {
+        None
+    };
     let json = serde_json::json!({
         "method": cfg.method,
         "preset": cfg.preset,
@@ -131,6 +154,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "seconds": t0.elapsed().as_secs_f64(),
         "train_seconds": summary.seconds,
         "peak_rss_bytes": sslab::peak_rss_bytes(),
+        "dense_probe_miou": probe.as_ref().map(|p| p.miou),
+        "dense_probe_pixel_acc": probe.as_ref().map(|p| p.pixel_acc),
+        "dense_probe_miou_at_init": probe_init.as_ref().map(|p| p.miou),
     });
     let path = a.out.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;

@@ -66,6 +66,67 @@ fn train_writes_summary_json() {
 }
 
 #[test]
+fn moco_and_densecl_train_with_the_same_summary_contract() {
+    for method in ["moco-v1", "moco-v2", "densecl"] {
+        let out = tempfile::tempdir().unwrap();
+        let res = Command::new(sslab())
+            .args([
+                "train",
+                method,
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--dense-probe",
+            ])
+            .args([
+                "--set",
+                "data.shapes.train=256",
+                "--set",
+                "data.shapes.test=64",
+            ])
+            .args(["--set", "model.width=8", "--set", "train.batch_size=32"])
+            .args([
+                "--set",
+                "moco.queue_size=128",
+                "--set",
+                "eval.dense_probe_steps=20",
+            ])
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&res.stdout);
+        assert!(
+            res.status.success(),
+            "{method} stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let s: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join("summary.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s["method"], method);
+        assert_eq!(s["preset"], format!("{method}/tiny"));
+        for key in [
+            "final_loss",
+            "knn_top1",
+            "knn_top1_at_init",
+            "dense_probe_miou",
+            "dense_probe_miou_at_init",
+            "images_per_sec",
+        ] {
+            assert!(
+                s[key].is_number(),
+                "{method}: summary.json lacks {key}: {s}"
+            );
+        }
+        let miou = s["dense_probe_miou"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&miou), "{method}: mIoU {miou}");
+    }
+}
+
+#[test]
 fn bad_arguments_exit_nonzero_with_a_message() {
     for args in [
         vec!["train", "barlow-twins", "--preset", "barlow-twins/huge"],
@@ -73,6 +134,8 @@ fn bad_arguments_exit_nonzero_with_a_message() {
         vec!["train", "barlow-twins", "--data", "cifar10:/no/such/dir"],
         vec!["train", "barlow-twins", "--config", "/no/such/file.toml"],
         vec!["train", "simclr"],
+        vec!["train", "moco-v2", "--set", "moco.queue_size=1000"],
+        vec!["train", "densecl", "--set", "moco.symmetric=true"],
     ] {
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("run");

@@ -32,36 +32,51 @@ pub fn extract_features(
     batch: usize,
     device: &Device,
 ) -> Result<Tensor> {
+    let chunks = map_batches(data, recipe, batch, device, |x| {
+        let f = method.features(x)?;
+        let n = f.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        Ok(f.broadcast_div(&n)?)
+    })?;
+    Ok(Tensor::cat(&chunks, 0)?)
+}
+
+/// Runs `f` over a whole dataset in batches of evaluation inputs (resized to the recipe's view
+/// size, normalised with its constants, no augmentation) and returns its detached outputs.
+pub fn map_batches(
+    data: &dyn Dataset,
+    recipe: &TwoViewRecipe,
+    batch: usize,
+    device: &Device,
+    mut f: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
     let size = recipe.a.size;
     let mut chunks = Vec::new();
     let mut start = 0;
     while start < data.len() {
-        let end = (start + batch).min(data.len());
+        let end = (start + batch.max(1)).min(data.len());
         let mut buf = Vec::with_capacity((end - start) * 3 * size * size);
         for i in start..end {
             let img = data.image(i);
-            let mut f = resized_crop(
+            let mut fi = resized_crop(
                 img,
                 (0, 0, img.width, img.height),
                 size,
                 size,
                 Interpolation::Bilinear,
             );
-            normalize(&mut f, recipe.a.mean, recipe.a.std);
-            buf.extend(f.to_chw());
+            normalize(&mut fi, recipe.a.mean, recipe.a.std);
+            buf.extend(fi.to_chw());
         }
         let x = Tensor::from_vec(buf, (end - start, 3, size, size), device)?;
         // Detach: the weights are variables, so without it every chunk would keep its whole
-        // forward graph (all activations) alive until the end of the extraction.
-        let f = method.features(&x)?.detach();
-        let n = f.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        chunks.push(f.broadcast_div(&n)?);
+        // forward graph (all activations) alive until the end of the pass.
+        chunks.push(f(&x)?.detach());
         start = end;
     }
     if chunks.is_empty() {
         return Err(Error::Invalid(format!("dataset {} is empty", data.name())));
     }
-    Ok(Tensor::cat(&chunks, 0)?)
+    Ok(chunks)
 }
 
 /// Predicts class scores of every query from the bank; returns per query the classes ranked by

@@ -105,4 +105,8 @@ impl Method for BarlowTwins {
     fn features(&self, images: &Tensor) -> Result<Tensor> {
         Ok(self.backbone.forward_t(images, false)?.pooled)
     }
+
+    fn feature_map(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.backbone.forward_t(images, false)?.feature_map)
+    }
 }

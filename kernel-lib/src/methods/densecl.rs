@@ -99,11 +99,6 @@ impl DenseCl {
         self.last_correspondence.as_ref()
     }
 
-    /// Evaluation-mode backbone feature maps `(n, C, h, w)`, for similarity maps and probes.
-    pub fn feature_map(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.pair.query.backbone.forward_t(images, false)?.feature_map)
-    }
-
     /// The momentum of the last EMA update.
     pub fn momentum(&self) -> f64 {
         self.pair.momentum()
@@ -124,7 +119,10 @@ impl Method for DenseCl {
     }
 
     fn queues(&self) -> Vec<(&'static str, &KeyQueue)> {
-        vec![("queue", &self.pair.queue), ("dense_queue", &self.dense_queue)]
+        vec![
+            ("queue", &self.pair.queue),
+            ("dense_queue", &self.dense_queue),
+        ]
     }
 
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
@@ -177,5 +175,14 @@ impl Method for DenseCl {
 
     fn features(&self, images: &Tensor) -> Result<Tensor> {
         Ok(self.pair.query.backbone.forward_t(images, false)?.pooled)
+    }
+
+    fn feature_map(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .pair
+            .query
+            .backbone
+            .forward_t(images, false)?
+            .feature_map)
     }
 }

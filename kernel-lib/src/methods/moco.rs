@@ -185,12 +185,7 @@ impl MomentumPair {
         let query = Encoder::new(&mut bq, "", spec, dense)?;
         let mut bk = ParamBuilder::new(seed, device);
         let key = Encoder::new(&mut bk, "momentum.", spec, dense)?;
-        let queue = KeyQueue::new(
-            spec.dim,
-            spec.queue_size,
-            seed ^ 0x5155_4555_4531,
-            device,
-        )?;
+        let queue = KeyQueue::new(spec.dim, spec.queue_size, seed ^ 0x5155_4555_4531, device)?;
         Ok(MomentumPair {
             spec: spec.clone(),
             query,
@@ -223,14 +218,18 @@ impl MomentumPair {
 
     /// Refuses, before any work, a step whose keys could not be enqueued afterwards.
     pub fn check_enqueue(&self, keys: usize) -> Result<()> {
-        if keys == 0 || self.queue.len() % keys != 0 {
+        if keys == 0 || !self.queue.len().is_multiple_of(keys) {
             return Err(Error::config(
                 "moco.queue_size",
                 format!(
                     "queue length {} is not a multiple of the {keys} keys enqueued per step \
                      (batch size{})",
                     self.queue.len(),
-                    if self.spec.symmetric { " × 2, symmetric loss" } else { "" }
+                    if self.spec.symmetric {
+                        " × 2, symmetric loss"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -259,9 +258,8 @@ impl MomentumPair {
         }
         let (perm, inv) = self.shuffle(n, x.device())?;
         let e = self.key.forward(&x.index_select(&perm, 0)?, true)?;
-        let back = |t: Tensor| -> Result<Tensor> {
-            Ok(t.detach().contiguous()?.index_select(&inv, 0)?)
-        };
+        let back =
+            |t: Tensor| -> Result<Tensor> { Ok(t.detach().contiguous()?.index_select(&inv, 0)?) };
         Ok(Encoded {
             map: back(e.map)?,
             global: back(e.global)?,
@@ -433,5 +431,14 @@ impl Method for Moco {
 
     fn features(&self, images: &Tensor) -> Result<Tensor> {
         Ok(self.pair.query.backbone.forward_t(images, false)?.pooled)
+    }
+
+    fn feature_map(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .pair
+            .query
+            .backbone
+            .forward_t(images, false)?
+            .feature_map)
     }
 }

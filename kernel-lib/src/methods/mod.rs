@@ -49,4 +49,7 @@ pub trait Method: Send {
     }
     /// Evaluation-mode backbone representation `(n, d)` used by kNN and probes.
     fn features(&self, images: &Tensor) -> Result<Tensor>;
+    /// Evaluation-mode last backbone feature map `(n, c, h, w)`, for dense probes and
+    /// similarity maps.
+    fn feature_map(&self, images: &Tensor) -> Result<Tensor>;
 }

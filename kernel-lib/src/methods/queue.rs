@@ -87,7 +87,10 @@ impl KeyQueue {
     /// be a multiple of b, as the official code asserts, so a batch never wraps.
     pub fn enqueue(&mut self, keys: &Tensor) -> Result<()> {
         let (b, d) = keys.dims2().map_err(|_| {
-            Error::Shape(format!("enqueue expects (batch, dim) keys, got {:?}", keys.dims()))
+            Error::Shape(format!(
+                "enqueue expects (batch, dim) keys, got {:?}",
+                keys.dims()
+            ))
         })?;
         if d != self.dim {
             return Err(Error::Shape(format!(
@@ -95,7 +98,7 @@ impl KeyQueue {
                 self.dim
             )));
         }
-        if b == 0 || self.len % b != 0 {
+        if b == 0 || !self.len.is_multiple_of(b) {
             return Err(Error::config(
                 "moco.queue_size",
                 format!(

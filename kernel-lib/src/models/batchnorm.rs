@@ -111,7 +111,7 @@ impl BatchNorm {
         let cs = self.channel_shape(x)?;
         let dims = x.dims().to_vec();
         let n = dims[0];
-        if n % groups != 0 {
+        if !n.is_multiple_of(groups) {
             return Err(Error::Shape(format!(
                 "split BatchNorm: batch of {n} does not divide into {groups} groups"
             )));

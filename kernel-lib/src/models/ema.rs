@@ -43,8 +43,7 @@ pub fn ema_update(target: &ParamStore, online: &ParamStore, m: f64) -> Result<()
         )));
     }
     for (t, o) in target.params.iter().zip(&online.params) {
-        if t.kind != o.kind || t.var.dims() != o.var.dims() || !t.name.ends_with(&o.name)
-        {
+        if t.kind != o.kind || t.var.dims() != o.var.dims() || !t.name.ends_with(&o.name) {
             return Err(Error::Invalid(format!(
                 "momentum encoder tensor '{}' {:?} does not pair with '{}' {:?}",
                 t.name,

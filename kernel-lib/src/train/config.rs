@@ -170,6 +170,9 @@ pub struct EvalConfig {
     pub knn_t: f64,
     /// Images per forward pass when extracting features.
     pub batch_size: usize,
+    /// Full-batch AdamW steps of the dense linear probe.
+    pub dense_probe_steps: usize,
+    pub dense_probe_lr: f64,
 }
 
 impl Default for RunConfig {
@@ -276,6 +279,8 @@ impl Default for EvalConfig {
             knn_k: 200,
             knn_t: 0.1,
             batch_size: 256,
+            dense_probe_steps: 300,
+            dense_probe_lr: 0.01,
         }
     }
 }
@@ -463,15 +468,19 @@ impl RunConfig {
         check(mc.bn_splits >= 1, "moco.bn_splits", || "must be ≥ 1".into())?;
         if self.method.starts_with("moco") || self.method == "densecl" {
             let b = self.train.batch_size;
-            check(b % mc.bn_splits == 0 && b / mc.bn_splits >= 2, "moco.bn_splits", || {
-                format!(
-                    "{} BatchNorm groups must divide the batch of {b} into groups of ≥ 2",
-                    mc.bn_splits
-                )
-            })?;
+            check(
+                b.is_multiple_of(mc.bn_splits) && b / mc.bn_splits >= 2,
+                "moco.bn_splits",
+                || {
+                    format!(
+                        "{} BatchNorm groups must divide the batch of {b} into groups of ≥ 2",
+                        mc.bn_splits
+                    )
+                },
+            )?;
             let per_step = if mc.symmetric { 2 * b } else { b };
             check(
-                mc.queue_size >= per_step && mc.queue_size % per_step == 0,
+                mc.queue_size >= per_step && mc.queue_size.is_multiple_of(per_step),
                 "moco.queue_size",
                 || {
                     format!(
@@ -577,6 +586,14 @@ impl RunConfig {
             format!("must be > 0, got {}", e.knn_t)
         })?;
         check(e.batch_size > 0, "eval.batch_size", || "must be ≥ 1".into())?;
+        check(e.dense_probe_steps > 0, "eval.dense_probe_steps", || {
+            "must be ≥ 1".into()
+        })?;
+        check(
+            e.dense_probe_lr.is_finite() && e.dense_probe_lr > 0.0,
+            "eval.dense_probe_lr",
+            || format!("must be > 0, got {}", e.dense_probe_lr),
+        )?;
         Ok(())
     }
 

@@ -5,7 +5,9 @@ use super::device::{device_name, select_device};
 use crate::augment::TwoViewRecipe;
 use crate::data::{DataSource, Dataset, Loader};
 use crate::error::{Error, Result};
-use crate::eval::{knn_eval, KnnResult, KnnSettings};
+use crate::eval::{
+    dense_probe, knn_eval, DenseProbeResult, DenseProbeSettings, KnnResult, KnnSettings,
+};
 use crate::methods::{
     BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoVersion,
 };
@@ -341,6 +343,26 @@ impl Run {
         Ok(r)
     }
 
+    /// The dense linear probe (per-location classifier on the frozen last feature map against
+    /// the dataset's masks; mIoU and pixel accuracy on the test split). Needs masks: the
+    /// built-in shapes have them.
+    pub fn dense_probe(&self) -> Result<DenseProbeResult> {
+        let e = &self.config.eval;
+        dense_probe(
+            self.method.as_ref(),
+            (self.train_data.as_ref(), self.test_data.as_ref()),
+            &self.recipe,
+            DenseProbeSettings {
+                steps: e.dense_probe_steps,
+                lr: e.dense_probe_lr,
+                batch: e.batch_size,
+                seed: self.config.seed,
+                ..DenseProbeSettings::default()
+            },
+            &self.device,
+        )
+    }
+
     /// The configuration the run was built from.
     pub fn config(&self) -> &RunConfig {
         &self.config
@@ -409,7 +431,7 @@ fn build_method(config: &RunConfig, device: &Device) -> Result<Box<dyn Method>> 
     };
     let mc = &config.moco;
     let moco = |version| MocoSpec {
-        backbone: backbone.clone(),
+        backbone,
         version,
         dim: mc.dim,
         hidden: mc.hidden,
@@ -424,7 +446,7 @@ fn build_method(config: &RunConfig, device: &Device) -> Result<Box<dyn Method>> 
     Ok(match config.method.as_str() {
         "barlow-twins" => Box::new(BarlowTwins::new(
             &BarlowTwinsSpec {
-                backbone: backbone.clone(),
+                backbone,
                 projector: config.barlow_twins.projector.clone(),
                 lambda: config.barlow_twins.lambda,
                 scale_loss: config.barlow_twins.scale_loss,
