@@ -435,3 +435,19 @@ fn densecl_lambda_warmup_starts_at_zero() {
     }
     assert_eq!(m.last_correspondence().unwrap().dims(), &[8, 4]); // 16 px → a 2×2 grid
 }
+
+#[test]
+fn momentum_is_fixed_or_follows_the_cosine_towards_one() {
+    let dev = Device::Cpu;
+    let mut spec = tiny_moco(MocoVersion::V2);
+    spec.momentum = 0.99;
+    let mut fixed = Moco::new(&spec, 0, &dev).unwrap();
+    fixed.after_step(5, 10).unwrap();
+    assert_eq!(fixed.momentum(), 0.99);
+    spec.cosine_momentum = true;
+    let mut cosine = Moco::new(&spec, 0, &dev).unwrap();
+    cosine.after_step(5, 10).unwrap();
+    assert!((cosine.momentum() - 0.995).abs() < 1e-12);
+    cosine.after_step(10, 10).unwrap();
+    assert_eq!(cosine.momentum(), 1.0);
+}

@@ -3,9 +3,13 @@
 
 use candle_core::{Device, Tensor, Var};
 use sslab::methods::{
-    BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoVersion,
+    BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoV3, MocoV3Spec,
+    MocoVersion,
 };
-use sslab::models::{BatchNorm, Conv2d, Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
+use sslab::models::{
+    BackboneConfig, BatchNorm, Conv2d, Depth, ParamBuilder, ResNet, ResNetConfig, Stem, VitConfig,
+    VitSize,
+};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).unwrap())
@@ -329,6 +333,34 @@ fn every_trainable_tensor_of_every_method_gets_a_gradient() {
         lambda_warmup_steps: 0,
     };
     assert_gradients_reach_every_trainable_tensor(&mut DenseCl::new(&spec, 0, &dev).unwrap());
+    for (backbone, frozen) in [
+        (BackboneConfig::ResNet(backbone), false),
+        (
+            BackboneConfig::Vit(VitConfig::sized(VitSize::Tiny, 2, 4, 16)),
+            false,
+        ),
+        (
+            BackboneConfig::Vit(VitConfig::sized(VitSize::Tiny, 2, 4, 16)),
+            true,
+        ),
+    ] {
+        let backbone = match backbone {
+            BackboneConfig::Vit(mut v) => {
+                v.frozen_patch_projection = frozen;
+                BackboneConfig::Vit(v)
+            }
+            other => other,
+        };
+        let spec = MocoV3Spec {
+            backbone,
+            hidden: 16,
+            dim: 8,
+            tau: 0.2,
+            momentum: 0.99,
+            cosine_momentum: true,
+        };
+        assert_gradients_reach_every_trainable_tensor(&mut MocoV3::new(&spec, 0, &dev).unwrap());
+    }
 }
 
 #[test]

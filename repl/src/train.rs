@@ -8,9 +8,10 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Method to train: barlow-twins, moco-v1, moco-v2, densecl.
+    /// Method to train: barlow-twins, moco-v1, moco-v2, densecl, moco-v3.
     method: String,
-    /// Preset name (default: METHOD/tiny).
+    /// Preset: a full name (moco-v3/vit-tiny) or the part after the method (vit-tiny); default:
+    /// the method's CPU-sized preset.
     #[arg(long)]
     preset: Option<String>,
     /// TOML config file; it may name its own preset and override any key.
@@ -42,11 +43,18 @@ pub struct TrainArgs {
 pub fn build_config(a: &TrainArgs) -> Result<RunConfig> {
     let mut cfg = match (&a.config, &a.preset) {
         (Some(path), _) => RunConfig::from_file(path)?,
+        // `--preset vit-tiny` is short for `--preset moco-v3/vit-tiny`.
+        (None, Some(p)) if !p.contains('/') => RunConfig::preset(&format!("{}/{p}", a.method))?,
         (None, Some(p)) => RunConfig::preset(p)?,
         (None, None) => RunConfig::preset(&a.method)?,
     };
     if let (Some(_), Some(p)) = (&a.config, &a.preset) {
-        let base = RunConfig::preset(p)?;
+        let full = if p.contains('/') {
+            p.clone()
+        } else {
+            format!("{}/{p}", a.method)
+        };
+        let base = RunConfig::preset(&full)?;
         if cfg.preset != base.preset {
             bail!(
                 "--preset {p} and the config file's preset '{}' disagree",

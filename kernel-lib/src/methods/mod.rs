@@ -4,11 +4,13 @@
 mod barlow_twins;
 mod densecl;
 mod moco;
+mod moco_v3;
 mod queue;
 
 pub use barlow_twins::{BarlowTwins, BarlowTwinsSpec};
 pub use densecl::{DenseCl, DenseClSpec};
 pub use moco::{Moco, MocoSpec, MocoVersion};
+pub use moco_v3::{MocoV3, MocoV3Spec};
 pub use queue::KeyQueue;
 
 use crate::error::Result;

@@ -1,10 +1,11 @@
-//! Models: ResNet-18/34/50 (ImageNet and CIFAR stems), MLP heads, BatchNorm with PyTorch's
+//! Models: ResNet-18/34/50 (ImageNet and CIFAR stems), ViT (MoCo v3's), MLP heads, BatchNorm with PyTorch's
 //! conventions, and the named parameter store every model registers into.
 //!
 //! Parameters are initialised on the host from a seeded generator and then moved to the device,
 //! so the same seed gives the same network on the CPU and on CUDA (candle cannot seed its CPU
 //! generator).
 
+mod backbone;
 mod batchnorm;
 mod cpu_ops;
 mod ema;
@@ -12,10 +13,13 @@ mod layers;
 mod mlp;
 mod params;
 mod resnet;
+mod vit;
 
+pub use backbone::{Backbone, BackboneConfig};
 pub use batchnorm::BatchNorm;
 pub use ema::ema_update;
 pub use layers::{Conv2d, Linear};
 pub use mlp::{LastBn, Mlp, MlpSpec};
 pub use params::{Init, Param, ParamBuilder, ParamKind, ParamStore};
 pub use resnet::{max_pool_3x3_s2_p1, Depth, ResNet, ResNetConfig, ResNetOutput, Stem};
+pub use vit::{sincos_position_embedding, Vit, VitConfig, VitSize};

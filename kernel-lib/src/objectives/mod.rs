@@ -4,6 +4,7 @@
 mod barlow_twins;
 mod densecl;
 mod info_nce;
+mod moco_v3;
 
 pub use barlow_twins::{barlow_twins_loss, BarlowTwinsLoss};
 pub use densecl::{
@@ -11,3 +12,4 @@ pub use densecl::{
     DenseClLoss,
 };
 pub use info_nce::{cross_entropy, cross_entropy_first, info_nce_queue, l2_normalize, InfoNce};
+pub use moco_v3::{moco_v3_ctr, moco_v3_loss};

@@ -4,14 +4,14 @@
 
 use crate::data::ShapesConfig;
 use crate::error::{Error, Result};
-use crate::models::{Depth, Stem};
+use crate::models::{Depth, Stem, VitSize};
 use serde::{Deserialize, Serialize};
 
 /// Everything a run needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
-    /// Method name: `barlow-twins`, `moco-v1`, `moco-v2` or `densecl`.
+    /// Method name: `barlow-twins`, `moco-v1`, `moco-v2`, `densecl` or `moco-v3`.
     pub method: String,
     /// The preset this config started from (informational; set by `preset()`).
     pub preset: String,
@@ -26,6 +26,7 @@ pub struct RunConfig {
     /// MoCo v1/v2, and DenseCL's global branch, queue and momentum encoder.
     pub moco: MocoConfig,
     pub densecl: DenseClConfig,
+    pub moco_v3: MocoV3Config,
     pub optim: OptimConfig,
     pub train: TrainConfig,
     pub eval: EvalConfig,
@@ -45,6 +46,8 @@ pub struct DataConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// `resnet` (the `arch`, `stem`, `width` keys) or `vit` (the `vit_*` keys; MoCo v3 only).
+    pub backbone: String,
     /// `resnet18`, `resnet34` or `resnet50`.
     pub arch: Depth,
     /// `imagenet` or `cifar`.
@@ -52,6 +55,14 @@ pub struct ModelConfig {
     /// First-stage channels (64 in the papers).
     pub width: usize,
     pub zero_init_residual: bool,
+    /// ViT size: `tiny` (192 wide, 3 heads), `small` (384, 12), `base` (768, 12).
+    pub vit_size: VitSize,
+    /// Transformer blocks (12 in the paper).
+    pub vit_depth: usize,
+    /// Patch side (16 at 224 px, 4 at 32 px).
+    pub patch: usize,
+    /// Keep the ViT's patch projection at its random initialisation (MoCo v3's fix).
+    pub frozen_patch_projection: bool,
 }
 
 /// The two-view augmentation recipe.
@@ -98,6 +109,22 @@ pub struct MocoConfig {
     pub bn_splits: usize,
     /// Shuffle the key batch across the BN groups.
     pub shuffle_bn: bool,
+}
+
+/// MoCo v3's heads, temperature and momentum (methods.md §2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MocoV3Config {
+    /// Hidden width of projector and predictor.
+    pub hidden: usize,
+    /// Output width.
+    pub dim: usize,
+    /// τ (0.2 for ViT, 1.0 for ResNet-50).
+    pub tau: f64,
+    /// m₀.
+    pub momentum: f64,
+    /// `cosine` (to 1, per iteration; the paper) or `fixed`.
+    pub momentum_schedule: String,
 }
 
 /// DenseCL's dense branch (methods.md §4).
@@ -191,10 +218,15 @@ impl Default for DataConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
+            backbone: "resnet".into(),
             arch: Depth::R18,
             stem: Stem::Cifar,
             width: 64,
             zero_init_residual: true,
+            vit_size: VitSize::Small,
+            vit_depth: 12,
+            patch: 16,
+            frozen_patch_projection: false,
         }
     }
 }
@@ -228,6 +260,17 @@ impl Default for MocoConfig {
             symmetric: false,
             bn_splits: 8,
             shuffle_bn: true,
+        }
+    }
+}
+impl Default for MocoV3Config {
+    fn default() -> Self {
+        MocoV3Config {
+            hidden: 4096,
+            dim: 256,
+            tau: 0.2,
+            momentum: 0.99,
+            momentum_schedule: "cosine".into(),
         }
     }
 }
@@ -312,7 +355,8 @@ fn check(ok: bool, key: &str, msg: impl FnOnce() -> String) -> Result<()> {
 
 impl RunConfig {
     /// Methods sslab can train.
-    pub const METHODS: &'static [&'static str] = &["barlow-twins", "moco-v1", "moco-v2", "densecl"];
+    pub const METHODS: &'static [&'static str] =
+        &["barlow-twins", "moco-v1", "moco-v2", "densecl", "moco-v3"];
 
     /// A named preset (see [`super::presets::PRESETS`]); `barlow-twins` alone means its default.
     pub fn preset(name: &str) -> Result<Self> {
@@ -452,6 +496,47 @@ impl RunConfig {
             "barlow_twins.scale_loss",
             || format!("must be > 0, got {}", bt.scale_loss),
         )?;
+        let m = &self.model;
+        check(
+            m.backbone == "resnet" || m.backbone == "vit",
+            "model.backbone",
+            || format!("must be resnet or vit, got '{}'", m.backbone),
+        )?;
+        check(
+            m.backbone == "resnet" || self.method == "moco-v3",
+            "model.backbone",
+            || format!("{} is built on a ResNet; vit is for moco-v3", self.method),
+        )?;
+        if m.backbone == "vit" {
+            check(m.vit_depth >= 1, "model.vit_depth", || "must be ≥ 1".into())?;
+            check(
+                m.patch >= 1 && self.augment.size.is_multiple_of(m.patch),
+                "model.patch",
+                || {
+                    format!(
+                        "patch {} must divide the view size {}",
+                        m.patch, self.augment.size
+                    )
+                },
+            )?;
+        }
+        let v3 = &self.moco_v3;
+        check(v3.hidden > 0 && v3.dim > 0, "moco_v3.hidden", || {
+            "head widths must be ≥ 1".into()
+        })?;
+        check(v3.tau.is_finite() && v3.tau > 0.0, "moco_v3.tau", || {
+            format!("must be > 0, got {}", v3.tau)
+        })?;
+        check(
+            (0.0..=1.0).contains(&v3.momentum),
+            "moco_v3.momentum",
+            || format!("must be in [0, 1], got {}", v3.momentum),
+        )?;
+        check(
+            ["fixed", "cosine"].contains(&v3.momentum_schedule.as_str()),
+            "moco_v3.momentum_schedule",
+            || format!("must be fixed or cosine, got '{}'", v3.momentum_schedule),
+        )?;
         let mc = &self.moco;
         check(mc.dim > 0, "moco.dim", || "must be ≥ 1".into())?;
         check(mc.tau.is_finite() && mc.tau > 0.0, "moco.tau", || {
@@ -466,7 +551,7 @@ impl RunConfig {
             || format!("must be fixed or cosine, got '{}'", mc.momentum_schedule),
         )?;
         check(mc.bn_splits >= 1, "moco.bn_splits", || "must be ≥ 1".into())?;
-        if self.method.starts_with("moco") || self.method == "densecl" {
+        if ["moco-v1", "moco-v2", "densecl"].contains(&self.method.as_str()) {
             let b = self.train.batch_size;
             check(
                 b.is_multiple_of(mc.bn_splits) && b / mc.bn_splits >= 2,

@@ -18,11 +18,16 @@ pub const PRESETS: &[&str] = &[
     "moco-v2/imagenet",
     "densecl/tiny",
     "densecl/imagenet",
+    "moco-v3/vit-tiny",
+    "moco-v3/resnet",
+    "moco-v3/vit-small",
+    "moco-v3/resnet50",
 ];
 
-/// Looks a preset up; a bare method name means its `tiny` preset.
+/// Looks a preset up; a bare method name means its CPU-sized preset (`tiny`; `vit-tiny` for
+/// MoCo v3).
 pub fn preset(name: &str) -> Result<RunConfig> {
-    let mut cfg = match name {
+    let cfg = match name {
         "barlow-twins" | "barlow-twins/tiny" => barlow_twins_tiny(),
         "barlow-twins/cifar" => barlow_twins_cifar(),
         "barlow-twins/imagenet" => barlow_twins_imagenet(),
@@ -33,6 +38,10 @@ pub fn preset(name: &str) -> Result<RunConfig> {
         "moco-v2/imagenet" => moco_v2_imagenet(),
         "densecl" | "densecl/tiny" => densecl_tiny(),
         "densecl/imagenet" => densecl_imagenet(),
+        "moco-v3" | "moco-v3/vit-tiny" => moco_v3_vit_tiny(),
+        "moco-v3/resnet" => moco_v3_resnet_tiny(),
+        "moco-v3/vit-small" => moco_v3_vit_small(),
+        "moco-v3/resnet50" => moco_v3_resnet50(),
         _ => {
             return Err(Error::config(
                 "preset",
@@ -41,9 +50,6 @@ pub fn preset(name: &str) -> Result<RunConfig> {
         }
     };
     cfg.validate()?;
-    if !name.contains('/') {
-        cfg.preset = format!("{name}/tiny");
-    }
     Ok(cfg)
 }
 
@@ -66,6 +72,7 @@ pub fn barlow_twins_imagenet() -> RunConfig {
             stem: Stem::Imagenet,
             width: 64,
             zero_init_residual: true,
+            ..ModelConfig::default()
         },
         augment: AugmentConfig {
             recipe: "barlow-twins".into(),
@@ -75,6 +82,7 @@ pub fn barlow_twins_imagenet() -> RunConfig {
         barlow_twins: BarlowTwinsConfig::default(),
         moco: MocoConfig::default(),
         densecl: DenseClConfig::default(),
+        moco_v3: MocoV3Config::default(),
         optim: OptimConfig {
             lr_1d: Some(0.0048),
             ..OptimConfig::default()
@@ -97,6 +105,7 @@ pub fn barlow_twins_cifar() -> RunConfig {
         stem: Stem::Cifar,
         width: 64,
         zero_init_residual: true,
+        ..ModelConfig::default()
     };
     c.augment = AugmentConfig {
         recipe: "byol-cifar".into(),
@@ -214,6 +223,7 @@ pub fn moco_v2_cifar() -> RunConfig {
         stem: Stem::Cifar,
         width: 64,
         zero_init_residual: false,
+        ..ModelConfig::default()
     };
     c.augment = AugmentConfig {
         recipe: "moco-v2-cifar".into(),
@@ -279,5 +289,107 @@ pub fn densecl_tiny() -> RunConfig {
     let mut c = moco_v2_tiny();
     c.method = "densecl".into();
     c.preset = "densecl/tiny".into();
+    c
+}
+
+/// MoCo v3 ViT-S/16 (methods.md §2): 12 blocks, 384 wide, 12 heads, patch 16 at 224 px; 3-layer
+/// projector and 2-layer predictor (4096 hidden, 256 out, non-affine last BN), τ 0.2, m 0.99 →
+/// 1 (cosine per iteration), AdamW lr 1.5e-4 × B/256, wd 0.1 on every tensor, 40 warmup epochs
+/// then cosine to 0, B = 4096, 300 epochs, asymmetric BYOL augmentations (crop min 0.08).
+pub fn moco_v3_vit_small() -> RunConfig {
+    let mut c = barlow_twins_imagenet();
+    c.method = "moco-v3".into();
+    c.preset = "moco-v3/vit-small".into();
+    c.model = ModelConfig {
+        backbone: "vit".into(),
+        vit_size: crate::models::VitSize::Small,
+        vit_depth: 12,
+        patch: 16,
+        frozen_patch_projection: false,
+        ..ModelConfig::default()
+    };
+    c.augment.recipe = "moco-v3".into();
+    c.moco_v3 = MocoV3Config::default();
+    c.optim = OptimConfig {
+        kind: "adamw".into(),
+        lr: 1.5e-4,
+        lr_1d: None,
+        scale_lr_with_batch: true,
+        weight_decay: 0.1,
+        exclude_1d: false,
+        warmup_epochs: 40.0,
+        final_lr_frac: 0.0,
+        ..OptimConfig::default()
+    };
+    c.train = TrainConfig {
+        batch_size: 4096,
+        epochs: 300.0,
+        steps: 0,
+        log_every: 50,
+    };
+    c
+}
+
+/// MoCo v3 ResNet-50, 100 epochs (methods.md §2.6): 2-layer projector (last BN non-affine),
+/// 2-layer predictor without last BN, τ 1.0, m 0.99 → 1, LARS lr 0.6 × B/256 with wd 1e-6 and
+/// 1-D tensors excluded, 10 warmup epochs, B = 4096, crops from 0.2, zero-init residuals.
+pub fn moco_v3_resnet50() -> RunConfig {
+    let mut c = moco_v3_vit_small();
+    c.preset = "moco-v3/resnet50".into();
+    c.model = barlow_twins_imagenet().model;
+    c.augment.scale_min = Some(0.2);
+    c.moco_v3.tau = 1.0;
+    c.optim = OptimConfig {
+        kind: "lars".into(),
+        lr: 0.6,
+        lr_1d: None,
+        weight_decay: 1e-6,
+        exclude_1d: true,
+        warmup_epochs: 10.0,
+        final_lr_frac: 0.0,
+        ..OptimConfig::default()
+    };
+    c.train.epochs = 100.0;
+    c
+}
+
+/// CPU-sized MoCo v3 ViT on the shapes: ViT-tiny width (192, 3 heads) at 4 blocks, patch 4 at
+/// 32 px (64 tokens), heads 1024 → 256, AdamW with the paper's wd 0.1 and a warmup of half an
+/// epoch, batch 128, BYOL augmentations at 32 px (no blur), crops from 0.2.
+pub fn moco_v3_vit_tiny() -> RunConfig {
+    let mut c = moco_v3_vit_small();
+    c.preset = "moco-v3/vit-tiny".into();
+    c.data.source = "shapes".into();
+    c.model.vit_size = crate::models::VitSize::Tiny;
+    c.model.vit_depth = 4;
+    c.model.patch = 4;
+    c.augment = AugmentConfig {
+        recipe: "byol-cifar".into(),
+        size: 32,
+        scale_min: Some(0.2),
+    };
+    c.moco_v3.hidden = 1024;
+    c.optim.lr = 1e-3;
+    c.optim.warmup_epochs = 0.5;
+    c.train = TrainConfig {
+        batch_size: 128,
+        epochs: 0.0,
+        steps: 150,
+        log_every: 10,
+    };
+    c
+}
+
+/// CPU-sized MoCo v3 ResNet: the `barlow-twins/tiny` backbone and optimiser (ResNet-18 width 16,
+/// LARS) with MoCo v3's heads (1024 hidden), τ 0.2 (solo-learn's CIFAR value), m 0.99 → 1.
+pub fn moco_v3_resnet_tiny() -> RunConfig {
+    let mut c = barlow_twins_tiny();
+    c.method = "moco-v3".into();
+    c.preset = "moco-v3/resnet".into();
+    c.moco_v3 = MocoV3Config {
+        hidden: 1024,
+        ..MocoV3Config::default()
+    };
+    c.train.steps = 200;
     c
 }

@@ -9,9 +9,10 @@ use crate::eval::{
     dense_probe, knn_eval, DenseProbeResult, DenseProbeSettings, KnnResult, KnnSettings,
 };
 use crate::methods::{
-    BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoVersion,
+    BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoV3, MocoV3Spec,
+    MocoVersion,
 };
-use crate::models::ResNetConfig;
+use crate::models::{BackboneConfig, ResNetConfig, VitConfig};
 use crate::optim::{GroupSettings, LrSchedule, OptimKind, Optimizer};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -465,6 +466,29 @@ fn build_method(config: &RunConfig, device: &Device) -> Result<Box<dyn Method>> 
             config.seed,
             device,
         )?),
+        "moco-v3" => {
+            let m = &config.model;
+            let backbone = if m.backbone == "vit" {
+                let mut v = VitConfig::sized(m.vit_size, m.vit_depth, m.patch, config.augment.size);
+                v.frozen_patch_projection = m.frozen_patch_projection;
+                BackboneConfig::Vit(v)
+            } else {
+                BackboneConfig::ResNet(backbone)
+            };
+            let v3 = &config.moco_v3;
+            Box::new(MocoV3::new(
+                &MocoV3Spec {
+                    backbone,
+                    hidden: v3.hidden,
+                    dim: v3.dim,
+                    tau: v3.tau,
+                    momentum: v3.momentum,
+                    cosine_momentum: v3.momentum_schedule == "cosine",
+                },
+                config.seed,
+                device,
+            )?)
+        }
         m => return Err(Error::config("method", format!("unknown method '{m}'"))),
     })
 }

@@ -1,0 +1,208 @@
+//! MoCo v3 (Chen, Xie, He 2021; methods.md §2): online = backbone + projector + predictor,
+//! momentum encoder = EMA of backbone + projector (not the predictor), no queue, symmetrised
+//! `ctr(q1, k2) + ctr(q2, k1)` with the 2τ factor. Works on ResNets and ViTs; with a ViT the
+//! patch projection can stay frozen at its random init (the paper's fix for gradient spikes).
+
+use super::{ForwardOutput, Method};
+use crate::error::{Error, Result};
+use crate::models::{
+    ema_update, Backbone, BackboneConfig, LastBn, Mlp, MlpSpec, ParamBuilder, ParamStore,
+};
+use crate::objectives::{l2_normalize, moco_v3_ctr};
+use crate::optim::cosine_momentum;
+use candle_core::{Device, Tensor};
+
+/// Architecture and loss settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MocoV3Spec {
+    pub backbone: BackboneConfig,
+    /// Hidden width of projector and predictor (4096 in the paper).
+    pub hidden: usize,
+    /// Output width (256 in the paper).
+    pub dim: usize,
+    /// τ: 0.2 for ViT, 1.0 for ResNet-50 in the paper.
+    pub tau: f64,
+    /// m₀ of the momentum (0.99 for ViT).
+    pub momentum: f64,
+    /// Raise m from m₀ to 1 on a half cosine per iteration (methods.md §2.5).
+    pub cosine_momentum: bool,
+}
+
+struct Encoder {
+    backbone: Backbone,
+    projector: Mlp,
+}
+
+impl Encoder {
+    fn new(b: &mut ParamBuilder, prefix: &str, spec: &MocoV3Spec) -> Result<Self> {
+        let backbone = Backbone::new(b, &format!("{prefix}backbone"), &spec.backbone)?;
+        let c = backbone.out_dim();
+        // ResNet: 2-layer projector; ViT: 3 layers. Both end in a non-affine BN (§2.3).
+        let dims = match spec.backbone {
+            BackboneConfig::ResNet(_) => vec![c, spec.hidden, spec.dim],
+            BackboneConfig::Vit(_) => vec![c, spec.hidden, spec.hidden, spec.dim],
+        };
+        let projector = Mlp::new(
+            b,
+            &format!("{prefix}projector"),
+            &MlpSpec {
+                dims,
+                bias: false,
+                hidden_bn: true,
+                last_bn: LastBn::NonAffine,
+            },
+        )?;
+        Ok(Encoder {
+            backbone,
+            projector,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.projector
+            .forward_t(&self.backbone.forward_t(x, true)?, true)
+    }
+}
+
+/// The MoCo v3 model.
+pub struct MocoV3 {
+    spec: MocoV3Spec,
+    query: Encoder,
+    predictor: Mlp,
+    key: Encoder,
+    params: ParamStore,
+    /// The query tensors the momentum encoder mirrors (backbone + projector, in order).
+    shared: ParamStore,
+    key_params: ParamStore,
+    momentum: f64,
+}
+
+impl MocoV3 {
+    /// Builds the online encoder, its predictor and the momentum copy (identical at start).
+    pub fn new(spec: &MocoV3Spec, seed: u64, device: &Device) -> Result<Self> {
+        if spec.hidden == 0 || spec.dim == 0 {
+            return Err(Error::config(
+                "moco_v3.hidden",
+                "head widths must be positive",
+            ));
+        }
+        if !(spec.tau > 0.0 && spec.tau.is_finite()) {
+            return Err(Error::config(
+                "moco_v3.tau",
+                format!("must be > 0, got {}", spec.tau),
+            ));
+        }
+        if !(0.0..=1.0).contains(&spec.momentum) {
+            return Err(Error::config(
+                "moco_v3.momentum",
+                format!("must be in [0, 1], got {}", spec.momentum),
+            ));
+        }
+        let mut bq = ParamBuilder::new(seed, device);
+        let query = Encoder::new(&mut bq, "", spec)?;
+        let shared_len = bq.store.params.len();
+        // Predictor: 2 layers; last BN only for the ViT (§2.3).
+        let last_bn = match spec.backbone {
+            BackboneConfig::ResNet(_) => LastBn::None,
+            BackboneConfig::Vit(_) => LastBn::NonAffine,
+        };
+        let predictor = Mlp::new(
+            &mut bq,
+            "predictor",
+            &MlpSpec {
+                dims: vec![spec.dim, spec.hidden, spec.dim],
+                bias: false,
+                hidden_bn: true,
+                last_bn,
+            },
+        )?;
+        let params = bq.finish();
+        let shared = ParamStore {
+            params: params.params[..shared_len].to_vec(),
+        };
+        let mut bk = ParamBuilder::new(seed, device);
+        let key = Encoder::new(&mut bk, "momentum.", spec)?;
+        Ok(MocoV3 {
+            spec: spec.clone(),
+            query,
+            predictor,
+            key,
+            params,
+            shared,
+            key_params: bk.finish(),
+            momentum: spec.momentum,
+        })
+    }
+
+    /// The momentum of the last EMA update.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    /// The settings.
+    pub fn spec(&self) -> &MocoV3Spec {
+        &self.spec
+    }
+
+    fn keys(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.key.forward(x)?.detach())
+    }
+}
+
+impl Method for MocoV3 {
+    fn name(&self) -> &'static str {
+        "moco-v3"
+    }
+
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    fn momentum_params(&self) -> Option<&ParamStore> {
+        Some(&self.key_params)
+    }
+
+    fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
+        // Each crop goes through the networks on its own: BN statistics are per crop.
+        let q1 = self
+            .predictor
+            .forward_t(&self.query.forward(view_a)?, true)?;
+        let q2 = self
+            .predictor
+            .forward_t(&self.query.forward(view_b)?, true)?;
+        let k1 = self.keys(view_a)?;
+        let k2 = self.keys(view_b)?;
+        let tau = self.spec.tau;
+        let l12 = moco_v3_ctr(&q1, &k2, tau)?;
+        let l21 = moco_v3_ctr(&q2, &k1, tau)?;
+        let pos = (l2_normalize(&q1.detach(), 1)? * l2_normalize(&k2, 1)?)?
+            .sum(1)?
+            .mean_all()?;
+        Ok(ForwardOutput {
+            loss: (&l12 + &l21)?,
+            parts: vec![
+                ("ctr_12".into(), l12.detach()),
+                ("ctr_21".into(), l21.detach()),
+                ("pos_cos".into(), pos),
+            ],
+            cross_correlation: None,
+        })
+    }
+
+    fn after_step(&mut self, step: usize, total_steps: usize) -> Result<()> {
+        self.momentum = if self.spec.cosine_momentum {
+            cosine_momentum(self.spec.momentum, step, total_steps)
+        } else {
+            self.spec.momentum
+        };
+        ema_update(&self.key_params, &self.shared, self.momentum)
+    }
+
+    fn features(&self, images: &Tensor) -> Result<Tensor> {
+        self.query.backbone.forward_t(images, false)
+    }
+
+    fn feature_map(&self, images: &Tensor) -> Result<Tensor> {
+        self.query.backbone.feature_map(images)
+    }
+}
