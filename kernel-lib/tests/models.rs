@@ -469,3 +469,24 @@ fn split_batchnorm_normalises_each_group_alone_and_averages_running_stats() {
         .forward_split(&x.narrow(0, 0, 6).unwrap(), true, 4)
         .is_err());
 }
+
+#[test]
+fn fused_layernorm_and_softmax_match_tensor_ops_in_values_and_gradients() {
+    use sslab::models::{normalize_rows, softmax_last};
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0.3f32, 2.0, (3, 5, 7), &dev).unwrap()).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3, 5, 7), &dev).unwrap();
+    for f in [
+        |x: &Tensor, fused| normalize_rows(x, 1e-6, fused).unwrap(),
+        |x: &Tensor, fused| softmax_last(x, fused).unwrap(),
+    ] {
+        let (yf, yg) = (f(x.as_tensor(), true), f(x.as_tensor(), false));
+        assert!(max_abs_diff(&yf, &yg) < 1e-5);
+        // A weighted sum makes every output's gradient distinct.
+        let grad = |y: Tensor| {
+            let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().clone()
+        };
+        assert!(max_abs_diff(&grad(yf), &grad(yg)) < 1e-4);
+    }
+}

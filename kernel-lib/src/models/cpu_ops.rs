@@ -466,3 +466,67 @@ impl CustomOp2 for BatchNormGrad {
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
+
+/// Softmax over the last axis, rows in parallel, with an explicit backward. candle's fused
+/// softmax has no backward and its op-built one is several serial passes.
+pub(crate) struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "sslab-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l, "softmax input")?;
+        let d = *l.dims().last().unwrap_or(&1);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d.max(1))
+            .zip(x.par_chunks(d.max(1)))
+            .for_each(|(yr, xr)| {
+                let m = xr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &v) in yr.iter_mut().zip(xr) {
+                    *o = (v - m).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                yr.iter_mut().for_each(|o| *o *= inv);
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(y.apply_op2(&g.contiguous()?, SoftmaxGrad)?))
+    }
+}
+
+/// `dx = y ⊙ (g − Σ g⊙y)` per row; arguments (y, g).
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "sslab-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let y = slice(s1, l1, "softmax output")?;
+        let g = slice(s2, l2, "softmax gradient")?;
+        let d = *l1.dims().last().unwrap_or(&1);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(d.max(1))
+            .zip(y.par_chunks(d.max(1)).zip(g.par_chunks(d.max(1))))
+            .for_each(|(o, (yr, gr))| {
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for ((v, &yv), &gv) in o.iter_mut().zip(yr).zip(gr) {
+                    *v = yv * (gv - dot);
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}

@@ -22,4 +22,4 @@ pub use layers::{Conv2d, Linear};
 pub use mlp::{LastBn, Mlp, MlpSpec};
 pub use params::{Init, Param, ParamBuilder, ParamKind, ParamStore};
 pub use resnet::{max_pool_3x3_s2_p1, Depth, ResNet, ResNetConfig, ResNetOutput, Stem};
-pub use vit::{sincos_position_embedding, Vit, VitConfig, VitSize};
+pub use vit::{normalize_rows, sincos_position_embedding, softmax_last, Vit, VitConfig, VitSize};

@@ -5,10 +5,12 @@
 //! LayerNorm and softmax are written from tensor ops: candle's fused versions have no backward
 //! and would silently stop the gradient (reference/candle-notes.md).
 
+use super::cpu_ops::{BatchNormOp, BnStats, SoftmaxOp};
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
-use candle_core::{Tensor, Var, D};
+use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 
 /// Named ViT sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,13 +114,43 @@ impl LayerNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(y.broadcast_mul(self.weight.as_tensor())?
+        Ok(normalize_rows(x, self.eps, true)?
+            .broadcast_mul(self.weight.as_tensor())?
             .broadcast_add(self.bias.as_tensor())?)
     }
+}
+
+/// LayerNorm without the affine part: each row over the last axis to zero mean and unit
+/// (biased) variance. `fused` takes the CPU kernel where it applies: normalising each row is
+/// BatchNorm of a batch of one whose channels are the rows, so the fused BN kernel (parallel,
+/// explicit backward) does it; otherwise tensor ops.
+pub fn normalize_rows(x: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    if fused && x.device().is_cpu() && x.dtype() == DType::F32 {
+        let dims = x.dims().to_vec();
+        let d = dims[dims.len() - 1];
+        let rows = x.elem_count() / d.max(1);
+        return Ok(x
+            .contiguous()?
+            .reshape((1, rows, d))?
+            .apply_op1(BatchNormOp {
+                eps,
+                stats: Arc::new(Mutex::new(BnStats::default())),
+            })?
+            .reshape(dims)?);
+    }
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(xc.broadcast_div(&(var + eps)?.sqrt()?)?)
+}
+
+/// Softmax over the last axis with a backward: sslab's parallel kernel on the CPU (`fused`),
+/// else candle's op-built `softmax` (never the fused `softmax_last_dim`, which has none).
+pub fn softmax_last(x: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused && x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(SoftmaxOp)?);
+    }
+    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
 }
 
 /// `y = x Wᵀ + b` with Xavier-uniform weights and zero bias (MoCo v3's ViT init).
@@ -216,7 +248,7 @@ impl Block {
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let attn = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let attn = softmax_last(&scores, true)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((n, t, d))?;
         self.proj.forward(&out)
     }
