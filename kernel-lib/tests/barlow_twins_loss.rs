@@ -1,6 +1,8 @@
 //! The Barlow Twins loss pinned to independently computed values (methods.md §8 item 3) and its
 //! gradient checked against central finite differences in f64.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use sslab::objectives::barlow_twins_loss;
 
@@ -11,9 +13,7 @@ fn cols(a: &[f64], b: &[f64]) -> Tensor {
     Tensor::from_vec(data, (a.len(), 2), &Device::Cpu).unwrap()
 }
 
-fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-}
+use common::scalar;
 
 const A: [f64; 4] = [1.0, -1.0, 1.0, -1.0];
 const B: [f64; 4] = [1.0, 1.0, -1.0, -1.0];
@@ -105,38 +105,12 @@ fn random_gaussian_views_match_expected_loss() {
 #[test]
 fn gradient_matches_central_finite_differences() {
     let dev = Device::Cpu;
-    let (n, d) = (6usize, 4usize);
-    let za = Tensor::randn(0f64, 1.0, (n, d), &dev).unwrap();
-    let zb = Tensor::randn(0f64, 1.0, (n, d), &dev).unwrap();
-    let var = candle_core::Var::from_tensor(&za).unwrap();
+    let za = Tensor::randn(0f64, 1.0, (6, 4), &dev).unwrap();
+    let zb = Tensor::randn(0f64, 1.0, (6, 4), &dev).unwrap();
     let lambda = 0.3; // large, so the off-diagonal term matters in the check
-    let out = barlow_twins_loss(var.as_tensor(), &zb, lambda).unwrap();
-    let grads = out.loss.backward().unwrap();
-    let g = grads
-        .get(var.as_tensor())
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap();
-    let base = za.to_vec2::<f64>().unwrap();
-    let h = 1e-6;
-    for i in 0..n {
-        for j in 0..d {
-            let mut plus = base.clone();
-            plus[i][j] += h;
-            let mut minus = base.clone();
-            minus[i][j] -= h;
-            let f = |m: Vec<Vec<f64>>| {
-                let t = Tensor::new(m, &dev).unwrap();
-                scalar(&barlow_twins_loss(&t, &zb, lambda).unwrap().loss)
-            };
-            let fd = (f(plus) - f(minus)) / (2.0 * h);
-            assert!(
-                (fd - g[i][j]).abs() < 1e-6 * (1.0 + fd.abs()),
-                "dL/dz_a[{i}][{j}]: autograd {} vs finite difference {fd}",
-                g[i][j]
-            );
-        }
-    }
+    common::assert_gradient_matches_finite_differences(&za, |z| {
+        barlow_twins_loss(z, &zb, lambda).unwrap().loss
+    });
 }
 
 #[test]

@@ -50,6 +50,105 @@ fn paper_preset_follows_methods_md() {
 }
 
 #[test]
+fn moco_densecl_and_moco_v3_paper_presets_follow_methods_md() {
+    let v1 = RunConfig::preset("moco-v1/imagenet").unwrap();
+    let v2 = RunConfig::preset("moco-v2/imagenet").unwrap();
+    for c in [&v1, &v2] {
+        assert_eq!(
+            (
+                c.moco.dim,
+                c.moco.queue_size,
+                c.moco.momentum,
+                c.moco.bn_splits
+            ),
+            (128, 65536, 0.999, 8)
+        );
+        assert_eq!(
+            (
+                c.optim.kind.as_str(),
+                c.optim.lr,
+                c.optim.weight_decay,
+                c.optim.momentum
+            ),
+            ("sgd", 0.03, 1e-4, 0.9)
+        );
+        assert!(!c.optim.exclude_1d && !c.optim.scale_lr_with_batch && !c.model.zero_init_residual);
+        assert_eq!((c.train.batch_size, c.train.epochs), (256, 200.0));
+    }
+    assert_eq!((v1.moco.tau, v1.augment.recipe.as_str()), (0.07, "moco-v1"));
+    assert_eq!(
+        (v1.optim.schedule.as_str(), v1.optim.milestones.clone()),
+        ("steps", vec![120.0, 160.0])
+    );
+    assert_eq!((v2.moco.tau, v2.augment.recipe.as_str()), (0.2, "moco-v2"));
+    assert_eq!(
+        (v2.optim.schedule.as_str(), v2.optim.per_epoch),
+        ("cosine", true)
+    );
+    let cifar = RunConfig::preset("moco-v2/cifar").unwrap();
+    assert_eq!(
+        (
+            cifar.moco.queue_size,
+            cifar.moco.momentum,
+            cifar.moco.tau,
+            cifar.train.batch_size
+        ),
+        (4096, 0.99, 0.1, 512)
+    );
+    assert_eq!((cifar.optim.lr, cifar.optim.weight_decay), (0.06, 5e-4));
+    let dcl = RunConfig::preset("densecl/imagenet").unwrap();
+    assert_eq!((dcl.method.as_str(), dcl.densecl.lambda), ("densecl", 0.5));
+    assert_eq!(
+        (dcl.moco.tau, dcl.moco.momentum, dcl.optim.lr),
+        (0.2, 0.999, 0.03)
+    );
+    let vit = RunConfig::preset("moco-v3/vit-small").unwrap();
+    assert_eq!(
+        (
+            vit.model.backbone.as_str(),
+            vit.model.vit_depth,
+            vit.model.patch
+        ),
+        ("vit", 12, 16)
+    );
+    assert_eq!(
+        (
+            vit.moco_v3.hidden,
+            vit.moco_v3.dim,
+            vit.moco_v3.tau,
+            vit.moco_v3.momentum
+        ),
+        (4096, 256, 0.2, 0.99)
+    );
+    assert_eq!(
+        (
+            vit.optim.kind.as_str(),
+            vit.optim.lr,
+            vit.optim.weight_decay,
+            vit.optim.warmup_epochs
+        ),
+        ("adamw", 1.5e-4, 0.1, 40.0)
+    );
+    let r50 = RunConfig::preset("moco-v3/resnet50").unwrap();
+    assert_eq!(
+        (
+            r50.optim.kind.as_str(),
+            r50.optim.lr,
+            r50.moco_v3.tau,
+            r50.augment.scale_min
+        ),
+        ("lars", 0.6, 1.0, Some(0.2))
+    );
+    assert!(r50.model.zero_init_residual && r50.optim.exclude_1d);
+    // A bare method name is its CPU-sized preset.
+    assert_eq!(
+        RunConfig::preset("moco-v3").unwrap().preset,
+        "moco-v3/vit-tiny"
+    );
+    assert_eq!(RunConfig::preset("densecl").unwrap().preset, "densecl/tiny");
+}
+
+#[test]
 fn file_overrides_its_preset() {
     let c = RunConfig::from_toml_str(
         "preset = \"barlow-twins/cifar\"\n[optim]\nlr = 0.1\n[train]\nsteps = 7\n",

@@ -2,6 +2,8 @@
 //! 5), the EMA (item 4), DenseCL's correspondence and loss identities (item 7), and the
 //! momentum encoder really being a separate, EMA-moved copy.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use sslab::methods::{DenseCl, DenseClSpec, KeyQueue, Method, Moco, MocoSpec, MocoVersion};
 use sslab::models::{ema_update, Depth, Linear, ParamBuilder, ResNetConfig, Stem};
@@ -11,9 +13,7 @@ use sslab::objectives::{
 };
 use sslab::prelude::*;
 
-fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-}
+use common::scalar;
 
 /// `k` copies of the unit vector e_i in `dim` dimensions, as a `(dim, k)` queue.
 fn queue_of(dim: usize, i: usize, k: usize) -> Tensor {
@@ -79,30 +79,9 @@ fn info_nce_gradient_matches_central_finite_differences() {
     let queue = queue
         .broadcast_div(&queue.sqr().unwrap().sum_keepdim(0).unwrap().sqrt().unwrap())
         .unwrap();
-    let f = |q: &Tensor| scalar(&info_nce_queue(q, &k, &queue, 0.2).unwrap().loss);
-    let v = Var::from_tensor(&q0).unwrap();
-    let g = info_nce_queue(v.as_tensor(), &k, &queue, 0.2)
-        .unwrap()
-        .loss
-        .backward()
-        .unwrap();
-    let g = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
-    let g = g.to_vec1::<f64>().unwrap();
-    let base = q0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let h = 1e-6;
-    for i in 0..base.len() {
-        let at = |d: f64| {
-            let mut x = base.clone();
-            x[i] += d;
-            f(&Tensor::from_vec(x, (3, 4), &dev).unwrap())
-        };
-        let fd = (at(h) - at(-h)) / (2.0 * h);
-        assert!(
-            (fd - g[i]).abs() < 1e-6,
-            "dL/dq[{i}]: fd {fd} vs autograd {}",
-            g[i]
-        );
-    }
+    common::assert_gradient_matches_finite_differences(&q0, |q| {
+        info_nce_queue(q, &k, &queue, 0.2).unwrap().loss
+    });
 }
 
 #[test]
@@ -358,19 +337,10 @@ fn one_location_reduces_to_moco_and_lambda_zero_is_moco_v2() {
 }
 
 fn small(method: &str) -> RunConfig {
-    let mut c = RunConfig::preset(method).unwrap();
-    c.device = "cpu".into();
-    c.data.shapes.train = 64;
-    c.data.shapes.test = 20;
-    c.data.shapes.size = 16;
-    c.augment.size = 16;
-    c.model.width = 4;
+    let mut c = common::shrink(RunConfig::preset(method).unwrap());
     c.moco.queue_size = 32;
     c.moco.bn_splits = 4;
     c.moco.dim = 16;
-    c.train.batch_size = 16;
-    c.train.steps = 6;
-    c.eval.knn_k = 5;
     c
 }
 

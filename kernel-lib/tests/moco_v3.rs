@@ -2,15 +2,15 @@
 //! differences, the momentum schedule (item 4), the sin-cos table (item 8), the frozen patch
 //! projection, and the predictor's absence from the momentum encoder.
 
-use candle_core::{DType, Device, Tensor, Var};
+mod common;
+
+use candle_core::{DType, Device, Tensor};
 use sslab::methods::{Method, MocoV3, MocoV3Spec};
 use sslab::models::{sincos_position_embedding, BackboneConfig, VitConfig, VitSize};
 use sslab::objectives::{moco_v3_ctr, moco_v3_loss};
 use sslab::prelude::*;
 
-fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-}
+use common::scalar;
 
 #[test]
 fn uniform_logits_give_two_tau_ln_b() {
@@ -45,30 +45,9 @@ fn loss_gradient_matches_central_finite_differences() {
     let q2 = Tensor::randn(0f64, 1.0, (4, 3), &dev).unwrap();
     let k1 = Tensor::randn(0f64, 1.0, (4, 3), &dev).unwrap();
     let k2 = Tensor::randn(0f64, 1.0, (4, 3), &dev).unwrap();
-    let f = |q: &Tensor| scalar(&moco_v3_loss(q, &q2, &k1, &k2, 0.2).unwrap());
-    let v = Var::from_tensor(&q1).unwrap();
-    let g = moco_v3_loss(v.as_tensor(), &q2, &k1, &k2, 0.2)
-        .unwrap()
-        .backward()
-        .unwrap();
-    let g = g
-        .get(v.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let base = q1.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let h = 1e-6;
-    for i in 0..base.len() {
-        let at = |d: f64| {
-            let mut x = base.clone();
-            x[i] += d;
-            f(&Tensor::from_vec(x, (4, 3), &dev).unwrap())
-        };
-        let fd = (at(h) - at(-h)) / (2.0 * h);
-        assert!((fd - g[i]).abs() < 1e-6, "dL/dq1[{i}]: {fd} vs {}", g[i]);
-    }
+    common::assert_gradient_matches_finite_differences(&q1, |q| {
+        moco_v3_loss(q, &q2, &k1, &k2, 0.2).unwrap()
+    });
 }
 
 #[test]
@@ -96,20 +75,14 @@ fn sincos_table_follows_moco_v3() {
 }
 
 fn tiny_vit(frozen: bool) -> RunConfig {
-    let mut c = RunConfig::preset("moco-v3/vit-tiny").unwrap();
-    c.device = "cpu".into();
+    let mut c = common::shrink(RunConfig::preset("moco-v3/vit-tiny").unwrap());
     c.data.shapes.train = 32;
     c.data.shapes.test = 16;
-    c.data.shapes.size = 16;
-    c.augment.size = 16;
     c.model.vit_depth = 1;
     c.model.frozen_patch_projection = frozen;
     c.moco_v3.hidden = 32;
     c.moco_v3.dim = 16;
     c.train.batch_size = 8;
-    c.train.steps = 10;
-    c.optim.warmup_epochs = 0.0;
-    c.eval.knn_k = 5;
     c
 }
 
@@ -204,13 +177,7 @@ fn predictor_is_not_in_the_momentum_encoder_which_follows_the_schedule() {
 
 #[test]
 fn moco_v3_runs_on_resnet_and_vit_deterministically() {
-    let mut resnet = RunConfig::preset("moco-v3/resnet").unwrap();
-    resnet.device = "cpu".into();
-    resnet.data.shapes.train = 32;
-    resnet.data.shapes.test = 16;
-    resnet.data.shapes.size = 16;
-    resnet.augment.size = 16;
-    resnet.model.width = 4;
+    let mut resnet = common::shrink(RunConfig::preset("moco-v3/resnet").unwrap());
     resnet.moco_v3.hidden = 32;
     resnet.moco_v3.dim = 16;
     resnet.train.batch_size = 8;

@@ -1,20 +1,12 @@
 //! The `Run` handle on a small configuration: determinism, reports, kNN, errors.
 
+mod common;
+
 use sslab::prelude::*;
 
 fn small() -> RunConfig {
-    let mut c = RunConfig::preset("barlow-twins/tiny").unwrap();
-    c.device = "cpu".into();
-    c.data.shapes.train = 64;
-    c.data.shapes.test = 20;
-    c.data.shapes.size = 16;
-    c.augment.size = 16;
-    c.model.width = 4;
+    let mut c = common::shrink(RunConfig::preset("barlow-twins/tiny").unwrap());
     c.barlow_twins.projector = vec![32, 32];
-    c.train.batch_size = 16;
-    c.train.steps = 6;
-    c.optim.warmup_epochs = 0.0;
-    c.eval.knn_k = 5;
     c
 }
 

@@ -16,11 +16,12 @@ fn sslab() -> PathBuf {
     bin
 }
 
-#[test]
-fn train_writes_summary_json() {
+/// Runs `sslab train METHOD` on small shapes (256/64 images, width 8, batch 32) with `extra`
+/// arguments into a fresh folder; asserts success and returns stdout and the summary.
+fn train_small(method: &str, extra: &[&str]) -> (String, serde_json::Value, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
     let res = Command::new(sslab())
-        .args(["train", "barlow-twins", "--steps", "3", "--device", "cpu"])
+        .args(["train", method, "--device", "cpu"])
         .args([
             "--set",
             "data.shapes.train=256",
@@ -28,23 +29,30 @@ fn train_writes_summary_json() {
             "data.shapes.test=64",
         ])
         .args(["--set", "model.width=8", "--set", "train.batch_size=32"])
+        .args(extra)
         .arg("--out")
         .arg(out.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout);
+    let stdout = String::from_utf8_lossy(&res.stdout).to_string();
     assert!(
         res.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{}",
+        "{method} stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&res.stderr)
     );
+    let summary =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
+            .unwrap();
+    (stdout, summary, out)
+}
+
+#[test]
+fn train_writes_summary_json() {
+    let (stdout, s, out) = train_small("barlow-twins", &["--steps", "3"]);
     assert!(
         stdout.contains("kNN top-1 at init") && stdout.contains("kNN top-1 at end"),
         "{stdout}"
     );
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
-            .unwrap();
     for key in [
         "method",
         "preset",
@@ -68,44 +76,18 @@ fn train_writes_summary_json() {
 #[test]
 fn moco_and_densecl_train_with_the_same_summary_contract() {
     for method in ["moco-v1", "moco-v2", "densecl"] {
-        let out = tempfile::tempdir().unwrap();
-        let res = Command::new(sslab())
-            .args([
-                "train",
-                method,
+        let (_, s, _out) = train_small(
+            method,
+            &[
                 "--steps",
                 "2",
-                "--device",
-                "cpu",
                 "--dense-probe",
-            ])
-            .args([
-                "--set",
-                "data.shapes.train=256",
-                "--set",
-                "data.shapes.test=64",
-            ])
-            .args(["--set", "model.width=8", "--set", "train.batch_size=32"])
-            .args([
                 "--set",
                 "moco.queue_size=128",
                 "--set",
                 "eval.dense_probe_steps=20",
-            ])
-            .arg("--out")
-            .arg(out.path())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&res.stdout);
-        assert!(
-            res.status.success(),
-            "{method} stdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&res.stderr)
+            ],
         );
-        let s: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out.path().join("summary.json")).unwrap(),
-        )
-        .unwrap();
         assert_eq!(s["method"], method);
         assert_eq!(s["preset"], format!("{method}/tiny"));
         for key in [
@@ -127,6 +109,30 @@ fn moco_and_densecl_train_with_the_same_summary_contract() {
 }
 
 #[test]
+fn moco_v3_trains_on_a_vit_and_a_resnet_with_short_preset_names() {
+    for preset in ["vit-tiny", "resnet"] {
+        let (_, s, _out) = train_small(
+            "moco-v3",
+            &[
+                "--preset",
+                preset,
+                "--steps",
+                "1",
+                "--set",
+                "model.vit_depth=1",
+                "--set",
+                "moco_v3.hidden=64",
+            ],
+        );
+        assert_eq!(s["preset"], format!("moco-v3/{preset}"));
+        assert!(
+            s["knn_top1"].is_number() && s["final_loss"].is_number(),
+            "{s}"
+        );
+    }
+}
+
+#[test]
 fn bad_arguments_exit_nonzero_with_a_message() {
     for args in [
         vec!["train", "barlow-twins", "--preset", "barlow-twins/huge"],
@@ -136,6 +142,8 @@ fn bad_arguments_exit_nonzero_with_a_message() {
         vec!["train", "simclr"],
         vec!["train", "moco-v2", "--set", "moco.queue_size=1000"],
         vec!["train", "densecl", "--set", "moco.symmetric=true"],
+        vec!["train", "moco-v2", "--set", "model.backbone=vit"],
+        vec!["train", "moco-v3", "--preset", "vit-huge"],
     ] {
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("run");

@@ -174,15 +174,10 @@ impl Method for DenseCl {
     }
 
     fn features(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.pair.query.backbone.forward_t(images, false)?.pooled)
+        Ok(self.pair.query_backbone(images)?.pooled)
     }
 
     fn feature_map(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .pair
-            .query
-            .backbone
-            .forward_t(images, false)?
-            .feature_map)
+        Ok(self.pair.query_backbone(images)?.feature_map)
     }
 }

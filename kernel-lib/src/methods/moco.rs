@@ -8,7 +8,7 @@ use super::queue::KeyQueue;
 use super::{ForwardOutput, Method};
 use crate::error::{Error, Result};
 use crate::models::{
-    ema_update, LastBn, Mlp, MlpSpec, ParamBuilder, ParamStore, ResNet, ResNetConfig,
+    ema_update, LastBn, Mlp, MlpSpec, ParamBuilder, ParamStore, ResNet, ResNetConfig, ResNetOutput,
 };
 use crate::objectives::{info_nce_queue, l2_normalize, InfoNce};
 use crate::optim::cosine_momentum;
@@ -289,6 +289,11 @@ impl MomentumPair {
     pub fn momentum(&self) -> f64 {
         self.momentum
     }
+
+    /// The query backbone in evaluation mode (kNN, probes, similarity maps).
+    pub fn query_backbone(&self, images: &Tensor) -> Result<ResNetOutput> {
+        self.query.backbone.forward_t(images, false)
+    }
 }
 
 /// Scalar summaries of an InfoNCE: mean positive and negative cosine, and how often the
@@ -430,15 +435,10 @@ impl Method for Moco {
     }
 
     fn features(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.pair.query.backbone.forward_t(images, false)?.pooled)
+        Ok(self.pair.query_backbone(images)?.pooled)
     }
 
     fn feature_map(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .pair
-            .query
-            .backbone
-            .forward_t(images, false)?
-            .feature_map)
+        Ok(self.pair.query_backbone(images)?.feature_map)
     }
 }

@@ -62,7 +62,7 @@ impl VitConfig {
 /// `P = dim/4`. The first half varies with the row, as MoCo v3's code does (its `meshgrid` is
 /// ij-indexed although the variable is called `w`).
 pub fn sincos_position_embedding(h: usize, w: usize, dim: usize) -> Result<Vec<f32>> {
-    if dim % 4 != 0 || dim == 0 {
+    if !dim.is_multiple_of(4) || dim == 0 {
         return Err(Error::config(
             "model.vit",
             format!("width {dim} must be a positive multiple of 4 for the sin-cos embedding"),
@@ -277,13 +277,13 @@ impl Vit {
     /// registered as [`ParamKind::Frozen`]: no optimiser (so no weight decay) and no EMA touches
     /// them.
     pub fn new(b: &mut ParamBuilder, name: &str, cfg: &VitConfig) -> Result<Self> {
-        if cfg.heads == 0 || cfg.dim % cfg.heads != 0 {
+        if cfg.heads == 0 || !cfg.dim.is_multiple_of(cfg.heads) {
             return Err(Error::config(
                 "model.vit",
                 format!("width {} is not divisible by {} heads", cfg.dim, cfg.heads),
             ));
         }
-        if cfg.patch == 0 || cfg.image_size % cfg.patch != 0 {
+        if cfg.patch == 0 || !cfg.image_size.is_multiple_of(cfg.patch) {
             return Err(Error::config(
                 "model.patch",
                 format!(

@@ -1,0 +1,56 @@
+//! Helpers shared by the integration tests (each test file compiles this module on its own, so
+//! not every file uses every helper).
+#![allow(dead_code)]
+
+use candle_core::{DType, Tensor, Var};
+use sslab::prelude::*;
+
+/// A scalar tensor as f64.
+pub fn scalar(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// Asserts that autograd's gradient of the scalar `f` at `x0` (an f64 tensor) equals central
+/// finite differences, entry by entry, within `1e-6·(1 + |fd|)`.
+pub fn assert_gradient_matches_finite_differences(x0: &Tensor, f: impl Fn(&Tensor) -> Tensor) {
+    let v = Var::from_tensor(x0).unwrap();
+    let grads = f(v.as_tensor()).backward().unwrap();
+    let g = grads
+        .get(v.as_tensor())
+        .expect("no gradient reached the input")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let base = x0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let h = 1e-6;
+    for i in 0..base.len() {
+        let at = |d: f64| {
+            let mut x = base.clone();
+            x[i] += d;
+            scalar(&f(&Tensor::from_vec(x, x0.dims(), x0.device()).unwrap()))
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+            "entry {i}: autograd {} vs finite difference {fd}",
+            g[i]
+        );
+    }
+}
+
+/// Shrinks a preset to a run of seconds on the CPU: 16-px shapes (64 train, 20 test images),
+/// width-4 ResNet, batch 16, 6 steps, k = 5 for the kNN.
+pub fn shrink(mut c: RunConfig) -> RunConfig {
+    c.device = "cpu".into();
+    c.data.shapes.train = 64;
+    c.data.shapes.test = 20;
+    c.data.shapes.size = 16;
+    c.augment.size = 16;
+    c.model.width = 4;
+    c.train.batch_size = 16;
+    c.train.steps = 6;
+    c.optim.warmup_epochs = 0.0;
+    c.eval.knn_k = 5;
+    c
+}
