@@ -91,17 +91,12 @@ fn snapshot(run: &Run) -> Vec<(String, Vec<f32>)> {
         .params()
         .params
         .iter()
-        .map(|p| {
-            let v = p
-                .var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            (p.name.clone(), v)
-        })
+        .map(|p| (p.name.clone(), values(p.var.as_tensor())))
         .collect()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
 #[test]
@@ -131,14 +126,7 @@ fn frozen_patch_projection_stays_bit_identical_while_everything_else_trains() {
                 .find(|(n, _)| n == "backbone.patch_embed.proj.weight")
                 .unwrap()
                 .1;
-            let now = w
-                .var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert_eq!(&now, init);
+            assert_eq!(&values(w.var.as_tensor()), init);
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::augment::{normalize, resized_crop, Interpolation, TwoViewRecipe};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::methods::Method;
+use crate::objectives::l2_normalize;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -33,9 +34,7 @@ pub fn extract_features(
     device: &Device,
 ) -> Result<Tensor> {
     let chunks = map_batches(data, recipe, batch, device, |x| {
-        let f = method.features(x)?;
-        let n = f.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        Ok(f.broadcast_div(&n)?)
+        l2_normalize(&method.features(x)?, 1)
     })?;
     Ok(Tensor::cat(&chunks, 0)?)
 }

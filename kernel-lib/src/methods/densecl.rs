@@ -26,7 +26,6 @@ pub struct DenseCl {
     dense_queue: KeyQueue,
     lambda: f64,
     lambda_warmup_steps: usize,
-    steps: usize,
     /// (global keys, pooled dense keys) of the last forward, enqueued after the step.
     pending: Option<(Tensor, Tensor)>,
     /// The last step's correspondence `(n, S²)`, for diagnostics.
@@ -66,7 +65,6 @@ impl DenseCl {
             dense_queue,
             lambda: spec.lambda,
             lambda_warmup_steps: spec.lambda_warmup_steps,
-            steps: 0,
             pending: None,
             last_correspondence: None,
         })
@@ -74,7 +72,7 @@ impl DenseCl {
 
     /// λ in force at the next step (0 during the warm-up).
     pub fn lambda_now(&self) -> f64 {
-        if self.steps < self.lambda_warmup_steps {
+        if self.pair.steps() < self.lambda_warmup_steps {
             0.0
         } else {
             self.lambda
@@ -126,7 +124,7 @@ impl Method for DenseCl {
     }
 
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
-        self.pair.check_enqueue(view_a.dim(0)?)?;
+        self.pair.queue.check_keys_per_step(view_a.dim(0)?)?;
         let q = self.pair.encode_queries(view_a)?;
         let k = self.pair.encode_keys(view_b)?;
         let missing = || Error::Invalid("DenseCL encoder lost its dense head".into());
@@ -169,7 +167,6 @@ impl Method for DenseCl {
             self.pair.queue.enqueue(&k)?;
             self.dense_queue.enqueue(&k2)?;
         }
-        self.steps = step;
         self.pair.after_step(step, total_steps)
     }
 

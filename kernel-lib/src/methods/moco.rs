@@ -216,26 +216,6 @@ impl MomentumPair {
         ))
     }
 
-    /// Refuses, before any work, a step whose keys could not be enqueued afterwards.
-    pub fn check_enqueue(&self, keys: usize) -> Result<()> {
-        if keys == 0 || !self.queue.len().is_multiple_of(keys) {
-            return Err(Error::config(
-                "moco.queue_size",
-                format!(
-                    "queue length {} is not a multiple of the {keys} keys enqueued per step \
-                     (batch size{})",
-                    self.queue.len(),
-                    if self.spec.symmetric {
-                        " × 2, symmetric loss"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// Keys of a batch: the momentum encoder in training mode behind ShuffleBN, detached.
     pub fn encode_keys(&self, x: &Tensor) -> Result<Encoded> {
         let n = x.dim(0)?;
@@ -288,6 +268,11 @@ impl MomentumPair {
     /// The momentum used by the last EMA update.
     pub fn momentum(&self) -> f64 {
         self.momentum
+    }
+
+    /// Steps completed.
+    pub fn steps(&self) -> usize {
+        self.steps
     }
 
     /// The query backbone in evaluation mode (kNN, probes, similarity maps).
@@ -404,7 +389,9 @@ impl Method for Moco {
 
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
         let per_view = if self.pair.spec.symmetric { 2 } else { 1 };
-        self.pair.check_enqueue(per_view * view_a.dim(0)?)?;
+        self.pair
+            .queue
+            .check_keys_per_step(per_view * view_a.dim(0)?)?;
         let tau = self.pair.spec.tau;
         let (loss, parts, keys) = if self.pair.spec.symmetric {
             let (ab, k2) = self.direction(view_a, view_b)?;

@@ -83,8 +83,25 @@ impl KeyQueue {
         self.dim
     }
 
+    /// Refuses a step that enqueues `b` keys unless K is a multiple of b (so a batch never
+    /// wraps), as the official code asserts. Methods call it before their forward, so a bad
+    /// batch size fails before any weight moves.
+    pub fn check_keys_per_step(&self, b: usize) -> Result<()> {
+        if b == 0 || !self.len.is_multiple_of(b) {
+            return Err(Error::config(
+                "moco.queue_size",
+                format!(
+                    "queue length {} is not a multiple of the {b} keys enqueued per step \
+                     (the batch size, × 2 with the symmetric loss)",
+                    self.len
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Writes `keys` `(b, dim)` (already normalised) at the pointer and advances it by b. K must
-    /// be a multiple of b, as the official code asserts, so a batch never wraps.
+    /// be a multiple of b ([`KeyQueue::check_keys_per_step`]).
     pub fn enqueue(&mut self, keys: &Tensor) -> Result<()> {
         let (b, d) = keys.dims2().map_err(|_| {
             Error::Shape(format!(
@@ -98,15 +115,7 @@ impl KeyQueue {
                 self.dim
             )));
         }
-        if b == 0 || !self.len.is_multiple_of(b) {
-            return Err(Error::config(
-                "moco.queue_size",
-                format!(
-                    "queue length {} is not a multiple of the {b} keys enqueued per step",
-                    self.len
-                ),
-            ));
-        }
+        self.check_keys_per_step(b)?;
         let keys = keys.detach().to_dtype(self.buf.dtype())?.contiguous()?;
         self.buf.as_tensor().slice_set(&keys, 0, self.ptr)?;
         self.ptr = (self.ptr + b) % self.len;

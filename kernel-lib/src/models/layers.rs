@@ -21,33 +21,55 @@ impl Linear {
         out: usize,
         bias: bool,
     ) -> Result<Self> {
-        let bound = 1.0 / (inp as f32).sqrt();
+        let init = Init::Uniform {
+            bound: 1.0 / (inp as f32).sqrt(),
+        };
+        Self::with_init(b, name, (inp, out), init, bias.then_some(init))
+    }
+
+    /// A layer with the given weight init and, when `bias` is set, a bias with that init (the
+    /// ViT's Xavier-uniform weights with zero bias, say).
+    pub fn with_init(
+        b: &mut ParamBuilder,
+        name: &str,
+        (inp, out): (usize, usize),
+        weight: Init,
+        bias: Option<Init>,
+    ) -> Result<Self> {
         let weight = b.var(
             &format!("{name}.weight"),
             &[out, inp],
-            Init::Uniform { bound },
+            weight,
             ParamKind::Weight,
         )?;
-        let bias = if bias {
-            Some(b.var(
-                &format!("{name}.bias"),
-                &[out],
-                Init::Uniform { bound },
-                ParamKind::Bias,
-            )?)
-        } else {
-            None
+        let bias = match bias {
+            Some(init) => Some(b.var(&format!("{name}.bias"), &[out], init, ParamKind::Bias)?),
+            None => None,
         };
         Ok(Linear { weight, bias })
     }
 
-    /// Applies the layer to `(n, in)`.
+    /// Applies the layer to the last axis of `x` (`(n, in)`, or `(…, in)` for token
+    /// sequences). Leading axes are flattened into one matrix product: a broadcast batched
+    /// product would copy the weight per sample.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.as_tensor().t()?)?;
-        Ok(match &self.bias {
+        let dims = x.dims().to_vec();
+        let inp = dims[dims.len() - 1];
+        let rows = x.elem_count() / inp.max(1);
+        let flat = if dims.len() == 2 {
+            x.clone()
+        } else {
+            x.reshape((rows, inp))?
+        };
+        let y = flat.matmul(&self.weight.as_tensor().t()?)?;
+        let y = match &self.bias {
             Some(b) => y.broadcast_add(b.as_tensor())?,
             None => y,
-        })
+        };
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = y.dim(1)?;
+        Ok(y.reshape(out)?)
     }
 }
 

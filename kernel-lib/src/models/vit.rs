@@ -6,6 +6,7 @@
 //! and would silently stop the gradient (reference/candle-notes.md).
 
 use super::cpu_ops::{BatchNormOp, BnStats, SoftmaxOp};
+use super::layers::Linear;
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
@@ -153,60 +154,30 @@ pub fn softmax_last(x: &Tensor, fused: bool) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(x, D::Minus1)?)
 }
 
-/// `y = x Wᵀ + b` with Xavier-uniform weights and zero bias (MoCo v3's ViT init).
-#[derive(Clone, Debug)]
-struct Dense {
-    weight: Var,
-    bias: Var,
+/// A linear layer with MoCo v3's ViT init: uniform weights within `bound`, zero bias.
+fn dense(b: &mut ParamBuilder, name: &str, inp: usize, out: usize, bound: f32) -> Result<Linear> {
+    Linear::with_init(
+        b,
+        name,
+        (inp, out),
+        Init::Uniform { bound },
+        Some(Init::Const(0.0)),
+    )
 }
 
-impl Dense {
-    fn new(b: &mut ParamBuilder, name: &str, inp: usize, out: usize, bound: f32) -> Result<Self> {
-        Ok(Dense {
-            weight: b.var(
-                &format!("{name}.weight"),
-                &[out, inp],
-                Init::Uniform { bound },
-                ParamKind::Weight,
-            )?,
-            bias: b.var(
-                &format!("{name}.bias"),
-                &[out],
-                Init::Const(0.0),
-                ParamKind::Bias,
-            )?,
-        })
-    }
-
-    fn xavier(b: &mut ParamBuilder, name: &str, inp: usize, out: usize) -> Result<Self> {
-        Self::new(b, name, inp, out, (6.0 / (inp + out) as f32).sqrt())
-    }
-
-    /// Applies the map to the last axis of `x`; leading axes are flattened into one matrix
-    /// product (a broadcast batched product would copy the weight per sample).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let inp = dims[dims.len() - 1];
-        let rows = x.elem_count() / inp.max(1);
-        let y = x
-            .reshape((rows, inp))?
-            .matmul(&self.weight.as_tensor().t()?)?
-            .broadcast_add(self.bias.as_tensor())?;
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = y.dim(1)?;
-        Ok(y.reshape(out)?)
-    }
+/// Xavier-uniform: bound √(6/(fan_in + fan_out)).
+fn xavier(b: &mut ParamBuilder, name: &str, inp: usize, out: usize) -> Result<Linear> {
+    dense(b, name, inp, out, (6.0 / (inp + out) as f32).sqrt())
 }
 
 #[derive(Clone, Debug)]
 struct Block {
     norm1: LayerNorm,
-    qkv: Dense,
-    proj: Dense,
+    qkv: Linear,
+    proj: Linear,
     norm2: LayerNorm,
-    fc1: Dense,
-    fc2: Dense,
+    fc1: Linear,
+    fc2: Linear,
     heads: usize,
 }
 
@@ -214,17 +185,17 @@ impl Block {
     fn new(b: &mut ParamBuilder, name: &str, dim: usize, heads: usize) -> Result<Self> {
         let norm1 = LayerNorm::new(b, &format!("{name}.norm1"), dim)?;
         // Q, K and V are initialised as three separate D×D maps: bound √(6/(D + D)).
-        let qkv = Dense::new(
+        let qkv = dense(
             b,
             &format!("{name}.attn.qkv"),
             dim,
             3 * dim,
             (6.0 / (2 * dim) as f32).sqrt(),
         )?;
-        let proj = Dense::xavier(b, &format!("{name}.attn.proj"), dim, dim)?;
+        let proj = xavier(b, &format!("{name}.attn.proj"), dim, dim)?;
         let norm2 = LayerNorm::new(b, &format!("{name}.norm2"), dim)?;
-        let fc1 = Dense::xavier(b, &format!("{name}.mlp.fc1"), dim, 4 * dim)?;
-        let fc2 = Dense::xavier(b, &format!("{name}.mlp.fc2"), 4 * dim, dim)?;
+        let fc1 = xavier(b, &format!("{name}.mlp.fc1"), dim, 4 * dim)?;
+        let fc2 = xavier(b, &format!("{name}.mlp.fc2"), 4 * dim, dim)?;
         Ok(Block {
             norm1,
             qkv,
