@@ -18,12 +18,14 @@
 
 pub mod augment;
 pub mod data;
+pub mod diagnostics;
 mod error;
 pub mod eval;
 pub mod methods;
 pub mod models;
 pub mod objectives;
 pub mod optim;
+pub mod plot;
 pub mod train;
 
 pub use error::{Error, Result};

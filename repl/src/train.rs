@@ -29,7 +29,7 @@ pub struct TrainArgs {
     /// Override any config key, e.g. --set optim.lr=0.1 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Output folder for summary.json and config.toml.
+    /// Output folder for summary.json, config.toml and figures/*.png.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
     /// Skip the evaluations at initialisation.
@@ -38,6 +38,9 @@ pub struct TrainArgs {
     /// Also run the dense linear probe (mIoU against the built-in masks) at init and at the end.
     #[arg(long)]
     dense_probe: bool,
+    /// Do not draw DIR/figures/*.png at the end.
+    #[arg(long)]
+    no_figures: bool,
 }
 
 pub fn build_config(a: &TrainArgs) -> Result<RunConfig> {
@@ -169,5 +172,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let path = a.out.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", path.display());
+    if !a.no_figures {
+        let figures = run
+            .write_figures(a.out.join("figures"))
+            .context("drawing the figures")?;
+        for f in figures {
+            println!("wrote {}", f.display());
+        }
+        if let Ok(g) = run.grad_spikes() {
+            let spikes = g.data.spikes();
+            println!(
+                "gradient spikes (> {}x running median): {} in {} layers",
+                cfg.diagnostics.spike_factor,
+                spikes.len(),
+                g.data.layers().len()
+            );
+        }
+    }
     Ok(())
 }

@@ -177,4 +177,8 @@ impl Method for DenseCl {
     fn feature_map(&self, images: &Tensor) -> Result<Tensor> {
         Ok(self.pair.query_backbone(images)?.feature_map)
     }
+
+    fn dense_head_map(&self, images: &Tensor) -> Result<Option<Tensor>> {
+        self.pair.query_dense_map(images).map(Some)
+    }
 }

@@ -279,6 +279,22 @@ impl MomentumPair {
     pub fn query_backbone(&self, images: &Tensor) -> Result<ResNetOutput> {
         self.query.backbone.forward_t(images, false)
     }
+
+    /// The query encoder's dense head in evaluation mode, `(n, d, h, w)`.
+    pub fn query_dense_map(&self, images: &Tensor) -> Result<Tensor> {
+        let (n, _, h, w) = self
+            .query
+            .backbone
+            .forward_t(images, false)?
+            .feature_map
+            .dims4()?;
+        let e = self.query.forward(images, false)?;
+        let grid = e
+            .grid
+            .ok_or_else(|| Error::Invalid("this encoder has no dense head".into()))?;
+        let d = grid.dim(1)?;
+        Ok(grid.reshape((n, d, h, w))?)
+    }
 }
 
 /// Scalar summaries of an InfoNCE: mean positive and negative cosine, and how often the

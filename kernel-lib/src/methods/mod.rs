@@ -54,4 +54,10 @@ pub trait Method: Send {
     /// Evaluation-mode last backbone feature map `(n, c, h, w)`, for dense probes and
     /// similarity maps.
     fn feature_map(&self, images: &Tensor) -> Result<Tensor>;
+
+    /// Evaluation-mode dense projection head on the feature map `(n, d, h, w)`, for methods
+    /// that have one (DenseCL).
+    fn dense_head_map(&self, _images: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 }

@@ -30,6 +30,7 @@ pub struct RunConfig {
     pub optim: OptimConfig,
     pub train: TrainConfig,
     pub eval: EvalConfig,
+    pub diagnostics: DiagnosticsConfig,
 }
 
 /// Where the images come from.
@@ -316,6 +317,38 @@ impl Default for TrainConfig {
         }
     }
 }
+/// What the run records besides the loss (see `diagnostics`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosticsConfig {
+    /// Record per-layer gradient norms every step (MoCo v3's spike tracker).
+    pub grad_spikes: bool,
+    /// A gradient norm above `spike_factor` × its layer's running median is a spike.
+    pub spike_factor: f64,
+    /// Steps in the running median.
+    pub spike_window: usize,
+    /// Take the cross-correlation, collapse and correspondence monitors every this many steps
+    /// (0: ten times per run).
+    pub every: usize,
+    /// Held-out images (two views each) the monitors are measured on.
+    pub probe_images: usize,
+    /// Side of the drawn block of a cross-correlation snapshot (top-left corner of C).
+    pub corr_block: usize,
+}
+
+impl Default for DiagnosticsConfig {
+    fn default() -> Self {
+        DiagnosticsConfig {
+            grad_spikes: true,
+            spike_factor: 5.0,
+            spike_window: 50,
+            every: 0,
+            probe_images: 128,
+            corr_block: 64,
+        }
+    }
+}
+
 impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
@@ -678,6 +711,25 @@ impl RunConfig {
             e.dense_probe_lr.is_finite() && e.dense_probe_lr > 0.0,
             "eval.dense_probe_lr",
             || format!("must be > 0, got {}", e.dense_probe_lr),
+        )?;
+        let d = &self.diagnostics;
+        check(
+            d.spike_factor.is_finite() && d.spike_factor > 1.0,
+            "diagnostics.spike_factor",
+            || format!("must be > 1, got {}", d.spike_factor),
+        )?;
+        check(d.spike_window >= 3, "diagnostics.spike_window", || {
+            format!("must be ≥ 3 steps, got {}", d.spike_window)
+        })?;
+        check(
+            (2..=4096).contains(&d.probe_images),
+            "diagnostics.probe_images",
+            || format!("must be in 2..=4096, got {}", d.probe_images),
+        )?;
+        check(
+            (1..=1024).contains(&d.corr_block),
+            "diagnostics.corr_block",
+            || format!("must be in 1..=1024, got {}", d.corr_block),
         )?;
         Ok(())
     }

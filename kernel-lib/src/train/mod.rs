@@ -3,13 +3,15 @@
 
 mod config;
 mod device;
+mod inspect;
 mod presets;
 mod run;
 
 pub use config::{
-    AugmentConfig, BarlowTwinsConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig,
-    TrainConfig,
+    AugmentConfig, BarlowTwinsConfig, DataConfig, DiagnosticsConfig, EvalConfig, ModelConfig,
+    OptimConfig, RunConfig, TrainConfig,
 };
 pub use device::select_device;
+pub use inspect::{Diagnostic, FeatureSource};
 pub use presets::PRESETS;
 pub use run::{Run, StepReport, TrainSummary};

@@ -92,6 +92,7 @@ pub fn barlow_twins_imagenet() -> RunConfig {
         },
         train: TrainConfig::default(),
         eval: EvalConfig::default(),
+        diagnostics: DiagnosticsConfig::default(),
     }
 }
 
@@ -388,10 +389,15 @@ pub fn moco_v3_vit_tiny() -> RunConfig {
 
 /// CPU-sized MoCo v3 ResNet: the `barlow-twins/tiny` backbone and optimiser (ResNet-18 width 16,
 /// LARS) with MoCo v3's heads (1024 hidden), τ 0.2 (solo-learn's CIFAR value), m 0.99 → 1.
+///
+/// Unlike the paper's ResNet-50 (and `barlow-twins/tiny`), the residual branches' last BN starts
+/// at γ = 1, not 0: in 180 steps the zero-initialised blocks barely open, and kNN rose
+/// 15.2 → 19.6 (+4.4) with them against 30.2 → 49.7 (+19.5) without (same seed and budget).
 pub fn moco_v3_resnet_tiny() -> RunConfig {
     let mut c = barlow_twins_tiny();
     c.method = "moco-v3".into();
     c.preset = "moco-v3/resnet".into();
+    c.model.zero_init_residual = false;
     c.moco_v3 = MocoV3Config {
         hidden: 1024,
         ..MocoV3Config::default()

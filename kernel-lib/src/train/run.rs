@@ -2,8 +2,10 @@
 
 use super::config::RunConfig;
 use super::device::{device_name, select_device};
+use super::inspect::Monitors;
 use crate::augment::TwoViewRecipe;
 use crate::data::{DataSource, Dataset, Loader};
+use crate::diagnostics::{GradSpikeTracker, LayerGroups};
 use crate::error::{Error, Result};
 use crate::eval::{
     dense_probe, knn_eval, DenseProbeResult, DenseProbeSettings, KnnResult, KnnSettings,
@@ -82,22 +84,26 @@ impl fmt::Display for TrainSummary {
 /// # Ok::<(), sslab::Error>(())
 /// ```
 pub struct Run {
-    config: RunConfig,
-    device: Device,
-    method: Box<dyn Method>,
-    optimizer: Optimizer,
-    schedule: LrSchedule,
-    lr_scale: f64,
-    recipe: TwoViewRecipe,
-    train_data: Arc<dyn Dataset>,
-    test_data: Arc<dyn Dataset>,
-    loader: Loader,
-    total_steps: usize,
-    steps_per_epoch: usize,
-    warnings: Vec<String>,
-    history: Vec<StepReport>,
-    knn_history: Vec<(usize, KnnResult)>,
-    last_cross_correlation: Option<Tensor>,
+    pub(super) config: RunConfig,
+    pub(super) device: Device,
+    pub(super) method: Box<dyn Method>,
+    pub(super) optimizer: Optimizer,
+    pub(super) schedule: LrSchedule,
+    pub(super) lr_scale: f64,
+    pub(super) recipe: TwoViewRecipe,
+    pub(super) train_data: Arc<dyn Dataset>,
+    pub(super) test_data: Arc<dyn Dataset>,
+    pub(super) loader: Loader,
+    pub(super) total_steps: usize,
+    pub(super) steps_per_epoch: usize,
+    pub(super) warnings: Vec<String>,
+    pub(super) history: Vec<StepReport>,
+    pub(super) knn_history: Vec<(usize, KnnResult)>,
+    pub(super) last_cross_correlation: Option<Tensor>,
+    /// Per-layer gradient statistics (when `diagnostics.grad_spikes`).
+    pub(super) layer_groups: LayerGroups,
+    pub(super) spikes: Option<GradSpikeTracker>,
+    pub(super) monitors: Monitors,
 }
 
 impl Run {
@@ -220,6 +226,17 @@ impl Run {
             1.0
         };
         let loader = Loader::new(train_data.clone(), recipe.clone(), batch, config.seed, 0)?;
+        let layer_groups = LayerGroups::new(method.params());
+        let d = &config.diagnostics;
+        let spikes = if d.grad_spikes {
+            Some(GradSpikeTracker::new(
+                layer_groups.names().to_vec(),
+                d.spike_factor,
+                d.spike_window,
+            )?)
+        } else {
+            None
+        };
         Ok(Run {
             config,
             device,
@@ -237,6 +254,9 @@ impl Run {
             history: Vec::new(),
             knn_history: Vec::new(),
             last_cross_correlation: None,
+            layer_groups,
+            spikes,
+            monitors: Monitors::default(),
         })
     }
 
@@ -277,6 +297,10 @@ impl Run {
             return Err(Error::NonFinite { step: s + 1, loss });
         }
         let grads = out.loss.backward()?;
+        if let Some(tracker) = &mut self.spikes {
+            let (norms, max_abs) = self.layer_groups.grad_stats(self.method.params(), &grads)?;
+            tracker.record(s + 1, &norms, &max_abs)?;
+        }
         let factor = self.lr_factor(s);
         self.optimizer.step(&grads, factor)?;
         self.method.after_step(s + 1, self.total_steps)?;
@@ -297,6 +321,9 @@ impl Run {
             images_per_sec: 2.0 * n as f64 / seconds.max(1e-9),
         };
         self.history.push(report.clone());
+        if report.step.is_multiple_of(self.monitor_every()) || report.step == 1 {
+            self.take_monitors()?;
+        }
         Ok(report)
     }
 

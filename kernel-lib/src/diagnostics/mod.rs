@@ -1,0 +1,21 @@
+//! What happens inside a run, as data that draws itself: gradient spikes per layer,
+//! cross-correlation snapshots, dense similarity maps against the crop geometry, and collapse
+//! monitors. `train::Run` feeds these; each returns plain data plus a [`crate::plot::Figure`].
+
+mod collapse;
+mod correlation;
+mod correspondence;
+mod grad_spikes;
+
+pub use collapse::{
+    collapse_stats, effective_rank, singular_values, symmetric_eigenvalues, uniformity,
+    CollapseStats,
+};
+pub use correlation::{
+    correlation_stats, correlation_strip, cross_correlation, CorrelationSnapshot, CorrelationStats,
+    CorrelationView,
+};
+pub use correspondence::{
+    correspondence_accuracy, geometric_truth, similarity_map, CorrespondenceAccuracy, SimilarityMap,
+};
+pub use grad_spikes::{layer_of, GradSpikeTracker, LayerGroups, Spike, SpikeLead};

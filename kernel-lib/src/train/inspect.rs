@@ -1,0 +1,488 @@
+//! The diagnostics surface of [`Run`]: monitors taken during training and figures on demand.
+//!
+//! Each call returns a [`Diagnostic`]: the numbers and one figure (a notebook cell shows one
+//! image, so several panels are composed into it).
+
+use super::run::Run;
+use crate::augment::{Image, ViewAug};
+use crate::data::{make_batch, Batch};
+use crate::diagnostics::{
+    collapse_stats, correlation_strip, correspondence_accuracy, cross_correlation, similarity_map,
+    CollapseStats, CorrelationSnapshot, CorrespondenceAccuracy, GradSpikeTracker, SimilarityMap,
+};
+use crate::error::{Error, Result};
+use crate::plot::{Figure, Panel, RgbImage, Series, Tile};
+use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Numbers and the figure that shows them.
+#[derive(Clone, Debug)]
+pub struct Diagnostic<T> {
+    pub data: T,
+    pub figure: Figure,
+}
+
+impl<T> Diagnostic<T> {
+    /// Writes the figure as a PNG (atomically).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.figure.save(path)
+    }
+
+    /// Shows the figure as a notebook cell's result.
+    pub fn evcxr_display(&self) {
+        self.figure.evcxr_display()
+    }
+}
+
+/// Which dense features a similarity map compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureSource {
+    /// The backbone's last feature map (every method).
+    Backbone,
+    /// DenseCL's dense projection head on that map.
+    DenseHead,
+}
+
+/// What the periodic monitors have recorded.
+#[derive(Default)]
+pub(super) struct Monitors {
+    /// Two views of held-out images, drawn once with a fixed seed.
+    probe: Option<Arc<Batch>>,
+    correlation: Vec<CorrelationSnapshot>,
+    collapse: Vec<CollapseStats>,
+    correspondence: Vec<(usize, CorrespondenceAccuracy)>,
+}
+
+/// Undoes a view's normalisation for display.
+fn view_image(chw: &[f32], size: usize, aug: &ViewAug) -> Result<RgbImage> {
+    let plane = size * size;
+    let mut px = Vec::with_capacity(3 * plane);
+    for i in 0..plane {
+        for c in 0..3 {
+            let v = chw[c * plane + i] * aug.std[c] + aug.mean[c];
+            px.push((v.clamp(0.0, 1.0) * 255.0).round() as u8);
+        }
+    }
+    RgbImage::new(size, size, px)
+}
+
+fn source_image(img: &Image) -> Result<RgbImage> {
+    let mut px = Vec::with_capacity(img.width * img.height * 3);
+    for y in 0..img.height {
+        for x in 0..img.width {
+            px.extend(img.rgb(x, y));
+        }
+    }
+    RgbImage::new(img.width, img.height, px)
+}
+
+fn curve(name: &str, points: Vec<(f64, f64)>) -> Series {
+    Series::new(name, points)
+}
+
+fn panel(title: &str, y: &str, series: Vec<Series>) -> Panel {
+    Panel::Curves {
+        title: title.into(),
+        x_label: "step".into(),
+        y_label: y.into(),
+        series,
+        markers: vec![],
+    }
+}
+
+impl Run {
+    /// Steps between monitor measurements.
+    pub(super) fn monitor_every(&self) -> usize {
+        match self.config.diagnostics.every {
+            0 => (self.total_steps / 10).max(1),
+            n => n,
+        }
+    }
+
+    fn probe(&mut self) -> Result<Arc<Batch>> {
+        if let Some(p) = &self.monitors.probe {
+            return Ok(p.clone());
+        }
+        let n = self
+            .config
+            .diagnostics
+            .probe_images
+            .min(self.test_data.len());
+        if n < 2 {
+            return Err(Error::Invalid(
+                "the monitors need at least 2 test images".into(),
+            ));
+        }
+        let batch = Arc::new(make_batch(
+            self.test_data.as_ref(),
+            &self.recipe,
+            n,
+            self.config.seed ^ 0xD1A6,
+            0,
+        ));
+        self.monitors.probe = Some(batch.clone());
+        Ok(batch)
+    }
+
+    fn probe_tensors(&mut self) -> Result<(Arc<Batch>, Tensor, Tensor)> {
+        let p = self.probe()?;
+        let shape = (p.indices.len(), 3, p.size, p.size);
+        let a = Tensor::from_vec(p.a.clone(), shape, &self.device)?;
+        let b = Tensor::from_vec(p.b.clone(), shape, &self.device)?;
+        Ok((p, a, b))
+    }
+
+    /// Measures the collapse, cross-correlation and correspondence monitors on the probe images
+    /// now (training calls this every `diagnostics.every` steps).
+    pub(super) fn take_monitors(&mut self) -> Result<()> {
+        let step = self.history.len();
+        let (p, a, b) = self.probe_tensors()?;
+        let fa = self.method.features(&a)?;
+        let fb = self.method.features(&b)?;
+        self.monitors.collapse.push(collapse_stats(step, &fa, &fb)?);
+        let c = match &self.last_cross_correlation {
+            Some(c) => c.clone(),
+            None => cross_correlation(&fa, &fb)?,
+        };
+        self.monitors
+            .correlation
+            .push(CorrelationSnapshot::top_left(
+                step,
+                &c,
+                self.config.diagnostics.corr_block,
+            )?);
+        let ma = self.method.feature_map(&a)?;
+        let (_, _, h, w) = ma.dims4()?;
+        if h >= 2 && w >= 2 {
+            let mb = self.method.feature_map(&b)?;
+            let acc = correspondence_accuracy(&ma, &mb, &p.crops_a, &p.crops_b)?;
+            self.monitors.correspondence.push((step, acc));
+        }
+        Ok(())
+    }
+
+    /// Per-layer gradient norms of every step and the detected spikes, drawn as MoCo v3's
+    /// figure: relative gradient magnitude of the first and last layers over the loss curve.
+    pub fn grad_spikes(&self) -> Result<Diagnostic<GradSpikeTracker>> {
+        let tracker = self.spikes.as_ref().ok_or_else(|| {
+            Error::config(
+                "diagnostics.grad_spikes",
+                "the gradient-spike tracker is off for this run",
+            )
+        })?;
+        let loss = curve(
+            "loss",
+            self.history
+                .iter()
+                .map(|r| (r.step as f64, r.loss as f64))
+                .collect(),
+        );
+        Ok(Diagnostic {
+            figure: tracker.figure(Some(loss))?,
+            data: tracker.clone(),
+        })
+    }
+
+    /// The cross-correlation snapshot taken now: Barlow Twins' C of the last step, or for any
+    /// other method the C of the backbone features of two views of the probe images.
+    pub fn correlation(&mut self) -> Result<Diagnostic<CorrelationSnapshot>> {
+        let step = self.history.len();
+        if self.monitors.correlation.last().map(|s| s.step) != Some(step) {
+            self.take_monitors()?;
+        }
+        let snap = self
+            .monitors
+            .correlation
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::Invalid("no cross-correlation snapshot".into()))?;
+        Ok(Diagnostic {
+            figure: snap.figure()?,
+            data: snap,
+        })
+    }
+
+    /// Every snapshot taken during training, as a strip from the first to the last.
+    pub fn correlation_history(&self) -> Result<Diagnostic<Vec<CorrelationSnapshot>>> {
+        Ok(Diagnostic {
+            figure: correlation_strip(&self.monitors.correlation)?,
+            data: self.monitors.correlation.clone(),
+        })
+    }
+
+    /// Collapse monitors over training (embedding std, effective rank, alignment, uniformity),
+    /// measured now as well if the last measurement is older than the last step.
+    pub fn collapse(&mut self) -> Result<Diagnostic<Vec<CollapseStats>>> {
+        if self.monitors.collapse.last().map(|s| s.step) != Some(self.history.len()) {
+            self.take_monitors()?;
+        }
+        let h = &self.monitors.collapse;
+        let pts = |f: &dyn Fn(&CollapseStats) -> f64| -> Vec<(f64, f64)> {
+            h.iter().map(|s| (s.step as f64, f(s))).collect()
+        };
+        let panels = [
+            panel(
+                "effective rank (RankMe) of backbone features",
+                "effective rank",
+                vec![curve("effective rank", pts(&|s| s.effective_rank))],
+            ),
+            panel(
+                "per-dimension std of normalised features x sqrt(d) (1 = isotropic, 0 = collapsed)",
+                "std x sqrt(d)",
+                vec![curve("std", pts(&|s| s.embed_std / s.ideal_std))],
+            ),
+            panel(
+                "alignment (lower: positives closer)",
+                "alignment",
+                vec![curve("alignment", pts(&|s| s.alignment))],
+            ),
+            panel(
+                "uniformity (lower: more spread)",
+                "uniformity",
+                vec![curve("uniformity", pts(&|s| s.uniformity))],
+            ),
+        ];
+        Ok(Diagnostic {
+            figure: Figure::from_panels(&panels, 2, (520, 320))?,
+            data: h.clone(),
+        })
+    }
+
+    /// Correspondence accuracy of the backbone feature map against the crop geometry over
+    /// training, next to its chance level.
+    pub fn correspondence(&mut self) -> Result<Diagnostic<Vec<(usize, CorrespondenceAccuracy)>>> {
+        if self.monitors.correspondence.last().map(|s| s.0) != Some(self.history.len()) {
+            self.take_monitors()?;
+        }
+        let h = &self.monitors.correspondence;
+        if h.is_empty() {
+            return Err(Error::Invalid(
+                "the backbone's feature map is a single cell: no correspondence to score".into(),
+            ));
+        }
+        let fig = Figure::from_panels(
+            &[panel(
+                "dense correspondence accuracy (argmax within one cell of the crop geometry)",
+                "accuracy",
+                vec![
+                    curve(
+                        "accuracy",
+                        h.iter().map(|(s, a)| (*s as f64, a.accuracy)).collect(),
+                    ),
+                    curve(
+                        "chance",
+                        h.iter().map(|(s, a)| (*s as f64, a.chance)).collect(),
+                    ),
+                ],
+            )],
+            1,
+            (800, 320),
+        )?;
+        Ok(Diagnostic {
+            figure: fig,
+            data: h.clone(),
+        })
+    }
+
+    /// Where does the point `(x, y)` (pixels of view A) of test image `index` go in view B?
+    /// Two views are drawn with the run's recipe (seeded by the index); the map is the cosine
+    /// similarity of that location's feature to every location of view B.
+    pub fn similarity_map(
+        &self,
+        index: usize,
+        (x, y): (usize, usize),
+        source: FeatureSource,
+    ) -> Result<Diagnostic<SimilarityMap>> {
+        if index >= self.test_data.len() {
+            return Err(Error::Invalid(format!(
+                "test image {index} does not exist ({} images)",
+                self.test_data.len()
+            )));
+        }
+        let size = self.recipe.a.size;
+        if x >= size || y >= size {
+            return Err(Error::Invalid(format!(
+                "point ({x}, {y}) is outside the {size}x{size} view"
+            )));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ ((index as u64) << 8));
+        let img = self.test_data.image(index);
+        let va = self.recipe.a.apply(img, &mut rng);
+        let vb = self.recipe.b.apply(img, &mut rng);
+        let ta = Tensor::from_vec(va.chw.clone(), (1, 3, size, size), &self.device)?;
+        let tb = Tensor::from_vec(vb.chw.clone(), (1, 3, size, size), &self.device)?;
+        let map = |t: &Tensor| -> Result<Tensor> {
+            let m = match source {
+                FeatureSource::Backbone => self.method.feature_map(t)?,
+                FeatureSource::DenseHead => self.method.dense_head_map(t)?.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{} has no dense head; use FeatureSource::Backbone",
+                        self.method.name()
+                    ))
+                })?,
+            };
+            Ok(m.squeeze(0)?)
+        };
+        let (fa, fb) = (map(&ta)?, map(&tb)?);
+        let (_, h, w) = fa.dims3()?;
+        let cell = (y * h / size, x * w / size);
+        let sim = similarity_map(&fa, &fb, cell)?;
+        let figure = sim.figure(
+            &view_image(&va.chw, size, &self.recipe.a)?,
+            &view_image(&vb.chw, size, &self.recipe.b)?,
+            (h, w),
+        )?;
+        Ok(Diagnostic { data: sim, figure })
+    }
+
+    /// Loss (and its parts), learning rate and kNN accuracy over the run.
+    pub fn curves(&self) -> Result<Figure> {
+        let h = &self.history;
+        if h.is_empty() {
+            return Err(Error::Invalid(
+                "no steps yet: call step() or train(n) first".into(),
+            ));
+        }
+        let by_step = |f: &dyn Fn(&super::StepReport) -> f64| -> Vec<(f64, f64)> {
+            h.iter().map(|r| (r.step as f64, f(r))).collect()
+        };
+        let mut panels = vec![panel(
+            "loss",
+            "loss",
+            vec![curve("loss", by_step(&|r| r.loss as f64))],
+        )];
+        let names: Vec<String> = h[0].parts.iter().map(|(k, _)| k.clone()).collect();
+        if !names.is_empty() {
+            let parts = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    curve(
+                        n,
+                        by_step(&|r| r.parts.get(i).map_or(f64::NAN, |p| p.1 as f64)),
+                    )
+                })
+                .collect();
+            panels.push(panel("loss parts", "value", parts));
+        }
+        panels.push(panel(
+            "learning rate",
+            "lr",
+            vec![curve("lr", by_step(&|r| r.lr))],
+        ));
+        if self.knn_history.is_empty() {
+            panels.push(panel(
+                "throughput",
+                "images/s",
+                vec![curve("images/s", by_step(&|r| r.images_per_sec))],
+            ));
+        } else {
+            let k = |f: &dyn Fn(&crate::eval::KnnResult) -> f64| -> Vec<(f64, f64)> {
+                self.knn_history
+                    .iter()
+                    .map(|(s, r)| (*s as f64, f(r)))
+                    .collect()
+            };
+            panels.push(panel(
+                "kNN accuracy (test split)",
+                "%",
+                vec![
+                    curve("top-1", k(&|r| r.top1)),
+                    curve("top-5", k(&|r| r.top5)),
+                ],
+            ));
+        }
+        Figure::from_panels(&panels, 2, (520, 320))
+    }
+
+    /// The first `n` training images with the two augmented views the recipe makes of them.
+    pub fn views(&self, n: usize) -> Result<Figure> {
+        let n = n.clamp(1, 16).min(self.train_data.len());
+        let batch = make_batch(
+            self.train_data.as_ref(),
+            &self.recipe,
+            n,
+            self.config.seed,
+            0,
+        );
+        let size = batch.size;
+        let plane = 3 * size * size;
+        let mut tiles = Vec::with_capacity(3 * n);
+        for (slot, &i) in batch.indices.iter().enumerate() {
+            let class = self.train_data.label(i);
+            let name = self
+                .train_data
+                .class_names()
+                .get(class)
+                .cloned()
+                .unwrap_or_else(|| class.to_string());
+            let tile = |image, caption: String| Tile {
+                image,
+                caption,
+                overlay: None,
+                marker: None,
+            };
+            tiles.push(tile(
+                source_image(self.train_data.image(i))?,
+                format!("#{i} {name}"),
+            ));
+            let chw = |v: &[f32]| v[slot * plane..(slot + 1) * plane].to_vec();
+            tiles.push(tile(
+                view_image(&chw(&batch.a), size, &self.recipe.a)?,
+                "view A".into(),
+            ));
+            tiles.push(tile(
+                view_image(&chw(&batch.b), size, &self.recipe.b)?,
+                "view B".into(),
+            ));
+        }
+        Figure::from_panels(
+            &[Panel::Images {
+                title: format!("augmented pairs ({})", self.recipe.name),
+                tiles,
+                cols: 3,
+                links: vec![],
+            }],
+            1,
+            (480, (160 * n as u32).clamp(160, 4096)),
+        )
+    }
+
+    /// Writes every figure that applies to this run into `dir` (curves, gradient spikes,
+    /// cross-correlation strip, collapse, correspondence, a similarity map, augmented views)
+    /// and returns the paths written.
+    pub fn write_figures(&mut self, dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+        let dir = dir.as_ref();
+        let mut written = Vec::new();
+        let mut save = |name: &str, fig: &Figure| -> Result<()> {
+            let p = dir.join(name);
+            fig.save(&p)?;
+            written.push(p);
+            Ok(())
+        };
+        save("curves.png", &self.curves()?)?;
+        if self.spikes.is_some() {
+            save("grad_spikes.png", &self.grad_spikes()?.figure)?;
+        }
+        save("collapse.png", &self.collapse()?.figure)?;
+        save("correlation.png", &self.correlation_history()?.figure)?;
+        if let Ok(c) = self.correspondence() {
+            save("correspondence.png", &c.figure)?;
+        }
+        let centre = self.recipe.a.size / 2;
+        let source = if self.method.name() == "densecl" {
+            FeatureSource::DenseHead
+        } else {
+            FeatureSource::Backbone
+        };
+        save(
+            "similarity.png",
+            &self.similarity_map(0, (centre, centre), source)?.figure,
+        )?;
+        save("views.png", &self.views(4)?)?;
+        Ok(written)
+    }
+}
