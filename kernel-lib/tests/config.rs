@@ -140,6 +140,30 @@ fn moco_densecl_and_moco_v3_paper_presets_follow_methods_md() {
         ("lars", 0.6, 1.0, Some(0.2))
     );
     assert!(r50.model.zero_init_residual && r50.optim.exclude_1d);
+    let base = RunConfig::preset("moco-v3/vit-base").unwrap();
+    assert_eq!(base.model.vit_size, sslab::models::VitSize::Base);
+    assert_eq!((base.optim.lr, base.train.batch_size), (1.5e-4, 4096));
+    let cifar = RunConfig::preset("moco-v3/cifar").unwrap();
+    assert_eq!(
+        (
+            cifar.optim.kind.as_str(),
+            cifar.optim.lr,
+            cifar.optim.eta,
+            cifar.optim.weight_decay,
+            cifar.moco_v3.hidden,
+            cifar.moco_v3.tau,
+            cifar.train.batch_size
+        ),
+        ("lars", 0.3, 0.02, 1e-6, 4096, 0.2, 256)
+    );
+    assert_eq!(cifar.augment.recipe, "byol-cifar");
+    // The CPU ResNet preset starts its residual branches open (see its doc comment).
+    assert!(
+        !RunConfig::preset("moco-v3/resnet")
+            .unwrap()
+            .model
+            .zero_init_residual
+    );
     // A bare method name is its CPU-sized preset.
     assert_eq!(
         RunConfig::preset("moco-v3").unwrap().preset,

@@ -21,6 +21,10 @@ pub struct BenchArgs {
     /// Device: auto, cpu, cuda.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Override any config key, e.g. --set diagnostics.grad_spikes=false to time a step
+    /// without the gradient-spike tracker (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -36,6 +40,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     cfg.train.steps = a.steps + 1;
     cfg.optim.warmup_epochs = 0.0;
     cfg.device = a.device.clone();
+    // Monitors run between steps, outside the timed part; keep them out of the way.
+    cfg.diagnostics.every = a.steps + 2;
+    for kv in &a.sets {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--set expects KEY=VALUE, got '{kv}'");
+        };
+        cfg.set(k, v)?;
+    }
     cfg.validate()?;
     let mut run = Run::new(cfg)?;
     let warm = run.step()?;
@@ -54,6 +66,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         run.device_name(),
         a.width,
         a.batch
+    );
+    println!(
+        "gradient-spike tracker: {}",
+        if run.config().diagnostics.grad_spikes {
+            "on"
+        } else {
+            "off"
+        }
     );
     println!(
         "median step {:.3} s | {:.1} images/s (views) | {:.1} samples/s | peak RSS {:.2} GB",

@@ -38,6 +38,14 @@ pub struct TrainArgs {
     /// Also run the dense linear probe (mIoU against the built-in masks) at init and at the end.
     #[arg(long)]
     dense_probe: bool,
+    /// Continue a saved run (a folder written by `Run::save`, or DIR/checkpoints of an earlier
+    /// `train`): with --steps N it trains until N steps in total (the schedule is stretched
+    /// to N); --set and --device apply on top of the saved config.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Save a checkpoint every N steps into OUT/checkpoints (the last two kept).
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
     /// Do not draw DIR/figures/*.png at the end.
     #[arg(long)]
     no_figures: bool,
@@ -90,11 +98,57 @@ pub fn build_config(a: &TrainArgs) -> Result<RunConfig> {
     Ok(cfg)
 }
 
+/// Loads `--resume DIR` with the command line's overrides applied to the saved config.
+fn resume(a: &TrainArgs, dir: &std::path::Path) -> Result<Run> {
+    if a.config.is_some() || a.preset.is_some() || a.data.is_some() {
+        bail!("--resume continues the saved config; --config, --preset and --data do not apply");
+    }
+    let run = Run::load_with(dir, |cfg| {
+        if cfg.method != a.method {
+            return Err(sslab::Error::Invalid(format!(
+                "{} holds a {} run, not {}",
+                dir.display(),
+                cfg.method,
+                a.method
+            )));
+        }
+        if let Some(s) = a.steps {
+            cfg.set("train.steps", &s.to_string())?;
+        }
+        if let Some(d) = &a.device {
+            cfg.set("device", &format!("{d:?}"))?;
+        }
+        for kv in &a.sets {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| sslab::Error::Invalid(format!("--set {kv}: expected KEY=VALUE")))?;
+            cfg.set(k.trim(), v.trim())?;
+        }
+        if let Some(n) = a.checkpoint_every {
+            cfg.train.checkpoint_every = n;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("resuming from {}", dir.display()))?;
+    Ok(run)
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let t0 = Instant::now();
-    let cfg = build_config(&a)?;
     // Build the run first: a config whose data cannot load leaves no output folder behind.
-    let mut run = Run::new(cfg.clone())?;
+    let mut run = match &a.resume {
+        Some(dir) => resume(&a, dir)?,
+        None => {
+            let mut cfg = build_config(&a)?;
+            if let Some(n) = a.checkpoint_every {
+                cfg.train.checkpoint_every = n;
+            }
+            Run::new(cfg)?
+        }
+    };
+    let cfg = run.config().clone();
+    let resumed_from = a.resume.as_ref().map(|_| run.steps_done());
+    run.checkpoint_into(a.out.join("checkpoints"));
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     std::fs::write(a.out.join("config.toml"), cfg.to_toml()?)?;
@@ -108,7 +162,20 @@ pub fn run(a: TrainArgs) -> Result<()> {
         run.total_steps(),
         cfg.train.batch_size
     );
-    let init = if a.no_init_knn {
+    if let Some(s) = resumed_from {
+        println!(
+            "resumed at step {s} of {}; continuing to {}",
+            a.resume
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            run.total_steps()
+        );
+    }
+    let init = if let Some(k) = resumed_from.and_then(|_| run.knn_history().first()) {
+        // The saved run's own first kNN is its initialisation value.
+        Some(k.1.clone())
+    } else if a.no_init_knn || resumed_from.is_some() {
         None
     } else {
         let k = run.knn()?;
@@ -154,6 +221,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "preset": cfg.preset,
         "data": cfg.data.source,
         "steps": run.steps_done(),
+        "resumed_from_step": resumed_from,
         "batch_size": cfg.train.batch_size,
         "final_loss": summary.last_loss,
         "first_loss": summary.first_loss,

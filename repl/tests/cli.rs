@@ -71,6 +71,71 @@ fn train_writes_summary_json() {
     assert_eq!(s["steps"], 3);
     assert_eq!(s["device"], "cpu");
     assert!(out.path().join("config.toml").exists());
+    for fig in [
+        "curves",
+        "grad_spikes",
+        "collapse",
+        "correlation",
+        "similarity",
+        "views",
+    ] {
+        let p = out.path().join("figures").join(format!("{fig}.png"));
+        assert!(
+            p.exists() && stdout.contains(&p.display().to_string()),
+            "{fig}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn resume_from_a_periodic_checkpoint_in_a_fresh_process_matches_the_straight_run() {
+    let (_, straight, out) = train_small(
+        "moco-v2",
+        &[
+            "--steps",
+            "6",
+            "--checkpoint-every",
+            "2",
+            "--no-figures",
+            "--set",
+            "moco.queue_size=64",
+        ],
+    );
+    let step4 = out.path().join("checkpoints").join("step-00000004");
+    assert!(step4.join("run.json").exists());
+    let out2 = tempfile::tempdir().unwrap();
+    let res = Command::new(sslab())
+        .args(["train", "moco-v2", "--no-figures", "--resume"])
+        .arg(&step4)
+        .arg("--out")
+        .arg(out2.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(stdout.contains("resumed at step 4"), "{stdout}");
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.path().join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(resumed["resumed_from_step"], 4);
+    assert_eq!(resumed["steps"], 6);
+    assert_eq!(
+        resumed["final_loss"], straight["final_loss"],
+        "bit-identical final loss"
+    );
+    assert_eq!(resumed["knn_top1"], straight["knn_top1"]);
+    // A checkpoint of another method is refused with a message naming it.
+    let res = Command::new(sslab())
+        .args(["train", "barlow-twins", "--resume"])
+        .arg(&step4)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success() && err.contains("moco-v2"), "{err}");
 }
 
 #[test]

@@ -123,6 +123,18 @@ impl Method for DenseCl {
         ]
     }
 
+    fn queues_mut(&mut self) -> Vec<(&'static str, &mut KeyQueue)> {
+        vec![
+            ("queue", &mut self.pair.queue),
+            ("dense_queue", &mut self.dense_queue),
+        ]
+    }
+
+    fn resume_at(&mut self, steps_done: usize, total_steps: usize) -> Result<()> {
+        self.pair.resume_at(steps_done, total_steps);
+        Ok(())
+    }
+
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
         self.pair.queue.check_keys_per_step(view_a.dim(0)?)?;
         let q = self.pair.encode_queries(view_a)?;

@@ -255,14 +255,18 @@ impl MomentumPair {
     /// After the optimiser step: move the momentum encoder (with the query weights the step
     /// produced, which is where the official code's EMA at the start of the next forward lands).
     pub fn after_step(&mut self, step: usize, total: usize) -> Result<()> {
+        self.resume_at(step, total);
+        ema_update(&self.key_params, &self.params, self.momentum)
+    }
+
+    /// Sets the step counter (it seeds ShuffleBN) and the momentum as they were after `step`.
+    pub fn resume_at(&mut self, step: usize, total: usize) {
         self.momentum = if self.spec.cosine_momentum {
             cosine_momentum(self.spec.momentum, step, total)
         } else {
             self.spec.momentum
         };
-        ema_update(&self.key_params, &self.params, self.momentum)?;
         self.steps = step;
-        Ok(())
     }
 
     /// The momentum used by the last EMA update.
@@ -401,6 +405,15 @@ impl Method for Moco {
 
     fn queues(&self) -> Vec<(&'static str, &KeyQueue)> {
         vec![("queue", &self.pair.queue)]
+    }
+
+    fn queues_mut(&mut self) -> Vec<(&'static str, &mut KeyQueue)> {
+        vec![("queue", &mut self.pair.queue)]
+    }
+
+    fn resume_at(&mut self, steps_done: usize, total_steps: usize) -> Result<()> {
+        self.pair.resume_at(steps_done, total_steps);
+        Ok(())
     }
 
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {

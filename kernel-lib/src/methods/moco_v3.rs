@@ -190,12 +190,17 @@ impl Method for MocoV3 {
     }
 
     fn after_step(&mut self, step: usize, total_steps: usize) -> Result<()> {
+        self.resume_at(step, total_steps)?;
+        ema_update(&self.key_params, &self.shared, self.momentum)
+    }
+
+    fn resume_at(&mut self, steps_done: usize, total_steps: usize) -> Result<()> {
         self.momentum = if self.spec.cosine_momentum {
-            cosine_momentum(self.spec.momentum, step, total_steps)
+            cosine_momentum(self.spec.momentum, steps_done, total_steps)
         } else {
             self.spec.momentum
         };
-        ema_update(&self.key_params, &self.shared, self.momentum)
+        Ok(())
     }
 
     fn features(&self, images: &Tensor) -> Result<Tensor> {

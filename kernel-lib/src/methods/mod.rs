@@ -49,6 +49,17 @@ pub trait Method: Send {
     fn queues(&self) -> Vec<(&'static str, &KeyQueue)> {
         Vec::new()
     }
+    /// The queues, mutably (checkpoint restore).
+    fn queues_mut(&mut self) -> Vec<(&'static str, &mut KeyQueue)> {
+        Vec::new()
+    }
+
+    /// Restores what the method derives from the step count (ShuffleBN seed, momentum) as it
+    /// was after `steps_done` steps of a `total_steps` schedule (checkpoint restore).
+    fn resume_at(&mut self, _steps_done: usize, _total_steps: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// Evaluation-mode backbone representation `(n, d)` used by kNN and probes.
     fn features(&self, images: &Tensor) -> Result<Tensor>;
     /// Evaluation-mode last backbone feature map `(n, c, h, w)`, for dense probes and

@@ -188,6 +188,10 @@ pub struct TrainConfig {
     pub steps: usize,
     /// Print a progress line every this many steps during `train`.
     pub log_every: usize,
+    /// Save a checkpoint every this many steps into the run's checkpoint folder (0: never).
+    pub checkpoint_every: usize,
+    /// Periodic checkpoints kept (the oldest are deleted).
+    pub keep_checkpoints: usize,
 }
 
 /// Evaluation settings.
@@ -314,6 +318,8 @@ impl Default for TrainConfig {
             epochs: 1000.0,
             steps: 0,
             log_every: 10,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
         }
     }
 }
@@ -698,6 +704,9 @@ impl RunConfig {
             },
         )?;
         check(t.log_every > 0, "train.log_every", || "must be ≥ 1".into())?;
+        check(t.keep_checkpoints > 0, "train.keep_checkpoints", || {
+            "must be ≥ 1".into()
+        })?;
         let e = &self.eval;
         check(e.knn_k > 0, "eval.knn_k", || "must be ≥ 1".into())?;
         check(e.knn_t.is_finite() && e.knn_t > 0.0, "eval.knn_t", || {

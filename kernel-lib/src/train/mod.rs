@@ -1,6 +1,7 @@
 //! `Run`: the interactive handle notebooks and the REPL share (step, train n, evaluate), its
 //! configuration and presets, and the per-step history.
 
+mod checkpoint;
 mod config;
 mod device;
 mod inspect;

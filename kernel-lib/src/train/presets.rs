@@ -24,7 +24,9 @@ pub const PRESETS: &[&str] = &[
     "moco-v3/vit-tiny",
     "moco-v3/resnet",
     "moco-v3/vit-small",
+    "moco-v3/vit-base",
     "moco-v3/resnet50",
+    "moco-v3/cifar",
 ];
 
 /// Looks a preset up; a bare method name means its CPU-sized preset (`tiny`; `vit-tiny` for
@@ -44,7 +46,9 @@ pub fn preset(name: &str) -> Result<RunConfig> {
         "moco-v3" | "moco-v3/vit-tiny" => moco_v3_vit_tiny(),
         "moco-v3/resnet" => moco_v3_resnet_tiny(),
         "moco-v3/vit-small" => moco_v3_vit_small(),
+        "moco-v3/vit-base" => moco_v3_vit_base(),
         "moco-v3/resnet50" => moco_v3_resnet50(),
+        "moco-v3/cifar" => moco_v3_cifar(),
         _ => {
             return Err(Error::config(
                 "preset",
@@ -135,6 +139,7 @@ pub fn barlow_twins_cifar() -> RunConfig {
         epochs: 1000.0,
         steps: 0,
         log_every: 50,
+        ..TrainConfig::default()
     };
     c
 }
@@ -161,6 +166,7 @@ pub fn barlow_twins_tiny() -> RunConfig {
         epochs: 0.0,
         steps: 250,
         log_every: 20,
+        ..TrainConfig::default()
     };
     c
 }
@@ -199,6 +205,7 @@ pub fn moco_v1_imagenet() -> RunConfig {
         epochs: 200.0,
         steps: 0,
         log_every: 50,
+        ..TrainConfig::default()
     };
     c
 }
@@ -262,6 +269,7 @@ pub fn moco_v2_tiny() -> RunConfig {
         epochs: 0.0,
         steps: 300,
         log_every: 20,
+        ..TrainConfig::default()
     };
     c
 }
@@ -332,7 +340,35 @@ pub fn moco_v3_vit_small() -> RunConfig {
         epochs: 300.0,
         steps: 0,
         log_every: 50,
+        ..TrainConfig::default()
     };
+    c
+}
+
+/// MoCo v3 ViT-B/16 (methods.md §2.4, §2.6): `moco-v3/vit-small` at base width (768, 12
+/// heads, 12 blocks); same optimiser (AdamW 1.5e-4 × B/256, wd 0.1, 40 warmup epochs of 300).
+pub fn moco_v3_vit_base() -> RunConfig {
+    let mut c = moco_v3_vit_small();
+    c.preset = "moco-v3/vit-base".into();
+    c.model.vit_size = crate::models::VitSize::Base;
+    c
+}
+
+/// solo-learn's MoCo v3 on CIFAR (methods.md §6.1): ResNet-18 (CIFAR stem), projector
+/// 512→4096→256 and predictor 256→4096→256 as the official ResNet branch, τ 0.2, m 0.99 → 1,
+/// LARS lr 0.3 (× B/256) with η 0.02, clipping, 1-D tensors excluded, wd 1e-6; BYOL
+/// augmentations at 32 px without blur; B = 256, 1000 epochs.
+pub fn moco_v3_cifar() -> RunConfig {
+    let mut c = barlow_twins_cifar();
+    c.method = "moco-v3".into();
+    c.preset = "moco-v3/cifar".into();
+    c.moco_v3 = MocoV3Config {
+        hidden: 4096,
+        dim: 256,
+        tau: 0.2,
+        ..MocoV3Config::default()
+    };
+    c.optim.weight_decay = 1e-6;
     c
 }
 
@@ -383,6 +419,7 @@ pub fn moco_v3_vit_tiny() -> RunConfig {
         epochs: 0.0,
         steps: 200,
         log_every: 20,
+        ..TrainConfig::default()
     };
     c
 }

@@ -104,6 +104,8 @@ pub struct Run {
     pub(super) layer_groups: LayerGroups,
     pub(super) spikes: Option<GradSpikeTracker>,
     pub(super) monitors: Monitors,
+    /// Where periodic checkpoints go (`train.checkpoint_every`).
+    pub(super) checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 impl Run {
@@ -257,6 +259,7 @@ impl Run {
             layer_groups,
             spikes,
             monitors: Monitors::default(),
+            checkpoint_dir: None,
         })
     }
 
@@ -274,6 +277,13 @@ impl Run {
             s
         };
         self.schedule.factor(s) * self.lr_scale
+    }
+
+    /// Sends periodic checkpoints (every `train.checkpoint_every` steps, the last
+    /// `train.keep_checkpoints` kept) to `dir/step-NNNNNNNN`; [`Run::load`] on `dir` resumes
+    /// from the newest.
+    pub fn checkpoint_into(&mut self, dir: impl Into<std::path::PathBuf>) {
+        self.checkpoint_dir = Some(dir.into());
     }
 
     /// Problems noticed while building the run that do not stop it (printed once to stderr).
@@ -323,6 +333,13 @@ impl Run {
         self.history.push(report.clone());
         if report.step.is_multiple_of(self.monitor_every()) || report.step == 1 {
             self.take_monitors()?;
+        }
+        let every = self.config.train.checkpoint_every;
+        if every > 0 && report.step.is_multiple_of(every) {
+            if let Some(dir) = self.checkpoint_dir.clone() {
+                self.save(dir.join(format!("step-{:08}", report.step)))?;
+                prune_checkpoints(&dir, self.config.train.keep_checkpoints);
+            }
         }
         Ok(report)
     }
@@ -446,6 +463,27 @@ impl Run {
     /// The cross-correlation matrix of the last step (methods that have one).
     pub fn last_cross_correlation(&self) -> Option<&Tensor> {
         self.last_cross_correlation.as_ref()
+    }
+}
+
+/// Deletes all but the newest `keep` `step-*` checkpoint folders of `dir` (best effort: a
+/// folder that cannot be removed stays).
+fn prune_checkpoints(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut steps: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
+        .collect();
+    steps.sort();
+    let n = steps.len().saturating_sub(keep);
+    for p in &steps[..n] {
+        let _ = std::fs::remove_dir_all(p);
     }
 }
 

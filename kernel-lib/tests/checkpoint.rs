@@ -1,0 +1,162 @@
+//! Checkpoints: resume equivalence for every method, periodic checkpoints, damaged files.
+
+mod common;
+
+use common::shrink;
+use sslab::prelude::*;
+
+fn small(preset: &str) -> RunConfig {
+    let mut c = shrink(RunConfig::preset(preset).unwrap());
+    c.moco.queue_size = 32;
+    c.moco_v3.hidden = 32;
+    c.moco_v3.dim = 16;
+    c.model.vit_depth = 1;
+    c.model.patch = 8;
+    c.train.steps = 6;
+    c.diagnostics.every = 100;
+    c
+}
+
+fn losses(run: &Run) -> Vec<u32> {
+    run.history().iter().map(|r| r.loss.to_bits()).collect()
+}
+
+#[test]
+fn resume_equals_an_uninterrupted_run_for_every_method() {
+    for preset in [
+        "barlow-twins/tiny",
+        "moco-v1/tiny",
+        "moco-v2/tiny",
+        "densecl/tiny",
+        "moco-v3/vit-tiny",
+        "moco-v3/resnet",
+    ] {
+        let mut straight = Run::new(small(preset)).unwrap();
+        straight.train(6).unwrap();
+        let mut first = Run::new(small(preset)).unwrap();
+        first.train(3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        first.save(dir.path()).unwrap();
+        drop(first);
+        let mut resumed = Run::load(dir.path()).unwrap();
+        assert_eq!(resumed.steps_done(), 3, "{preset}");
+        resumed.train(3).unwrap();
+        assert_eq!(
+            losses(&resumed),
+            losses(&straight),
+            "{preset}: losses differ"
+        );
+        // The weights end up identical too.
+        let a = straight.method().params().params[0]
+            .var
+            .as_tensor()
+            .flatten_all()
+            .unwrap();
+        let b = resumed.method().params().params[0]
+            .var
+            .as_tensor()
+            .flatten_all()
+            .unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{preset}");
+        for ((n1, q1), (_, q2)) in straight
+            .method()
+            .queues()
+            .iter()
+            .zip(resumed.method().queues())
+        {
+            assert_eq!(q1.ptr(), q2.ptr(), "{preset} {n1}");
+        }
+    }
+}
+
+#[test]
+fn periodic_checkpoints_keep_the_newest_and_resume_from_it() {
+    let mut c = small("moco-v2/tiny");
+    c.train.checkpoint_every = 2;
+    c.train.keep_checkpoints = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new(c.clone()).unwrap();
+    run.checkpoint_into(dir.path());
+    run.train(6).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["step-00000004", "step-00000006"]);
+    let resumed = Run::load(dir.path()).unwrap();
+    assert_eq!(resumed.steps_done(), 6);
+    assert_eq!(losses(&resumed), losses(&run));
+    // One tensor file per checkpoint folder, even after saving twice into it.
+    let step4 = dir.path().join("step-00000004");
+    let mut again = Run::load(&step4).unwrap();
+    again.train(1).unwrap();
+    again.save(&step4).unwrap();
+    let files: Vec<String> = std::fs::read_dir(&step4)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    assert_eq!(files, ["state-00000005.safetensors"]);
+}
+
+#[test]
+fn damaged_checkpoints_are_errors_naming_the_file() {
+    let mut run = Run::new(small("barlow-twins/tiny")).unwrap();
+    run.train(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    run.save(dir.path()).unwrap();
+    let tensors = dir.path().join("state-00000001.safetensors");
+    let manifest = dir.path().join("run.json");
+    let good_tensors = std::fs::read(&tensors).unwrap();
+    let good_manifest = std::fs::read(&manifest).unwrap();
+    let expect_err = |what: &str, needle: &str| {
+        let e = match Run::load(dir.path()) {
+            Ok(_) => panic!("{what}: loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(needle), "{what}: {e}");
+    };
+    // Truncated tensors.
+    std::fs::write(&tensors, &good_tensors[..good_tensors.len() / 2]).unwrap();
+    expect_err("truncated tensors", "state-00000001.safetensors");
+    // Flipped bytes in the header.
+    let mut bad = good_tensors.clone();
+    for b in bad.iter_mut().skip(8).take(40) {
+        *b = b'#';
+    }
+    std::fs::write(&tensors, &bad).unwrap();
+    expect_err("corrupt header", "state-00000001.safetensors");
+    std::fs::write(&tensors, &good_tensors).unwrap();
+    // Garbage manifest, a manifest of another format, a config that no longer validates.
+    std::fs::write(&manifest, b"{ not json").unwrap();
+    expect_err("garbage run.json", "run.json");
+    let text = String::from_utf8(good_manifest.clone()).unwrap();
+    std::fs::write(&manifest, text.replace("\"version\": 1", "\"version\": 99")).unwrap();
+    expect_err("future version", "format 99");
+    std::fs::write(&manifest, text.replace("lambda = 0.0051", "lambda = -3.0")).unwrap();
+    expect_err("invalid config", "barlow_twins.lambda");
+    // A checkpoint of a different architecture: shapes do not fit.
+    std::fs::write(&manifest, text.replace("width = 4", "width = 8")).unwrap();
+    expect_err("wrong shapes", "shape");
+    std::fs::write(&manifest, &good_manifest).unwrap();
+    assert!(Run::load(dir.path()).is_ok());
+    // Missing folder.
+    let missing = dir.path().join("nope");
+    expect_err_at(&missing, "nope");
+}
+
+fn expect_err_at(path: &std::path::Path, needle: &str) {
+    match Run::load(path) {
+        Ok(_) => panic!("loaded {}", path.display()),
+        Err(e) => assert!(e.to_string().contains(needle), "{e}"),
+    }
+}
