@@ -225,3 +225,62 @@ fn bad_arguments_exit_nonzero_with_a_message() {
         assert!(!dir.exists(), "{args:?} left an output folder behind");
     }
 }
+
+#[test]
+fn bad_command_lines_exit_non_zero_with_a_message_and_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_run = dir.path().join("not-a-run");
+    std::fs::create_dir_all(&not_a_run).unwrap();
+    let file = dir.path().join("plain.txt");
+    std::fs::write(&file, "hello").unwrap();
+    let cases: Vec<Vec<String>> = [
+        vec!["train"],
+        vec!["train", "simclr"],
+        vec!["train", "barlow-twins", "--steps", "-3"],
+        vec!["train", "barlow-twins", "--steps", "abc"],
+        vec!["train", "barlow-twins", "--preset", "giant"],
+        vec!["train", "moco-v2", "--preset", "barlow-twins/tiny"],
+        vec!["train", "barlow-twins", "--set", "optim.lr"],
+        vec!["train", "barlow-twins", "--set", "optim.lr=-1"],
+        vec!["train", "barlow-twins", "--set", "nope=1"],
+        vec![
+            "train",
+            "barlow-twins",
+            "--data",
+            "cifar10:/definitely/missing",
+        ],
+        vec!["train", "barlow-twins", "--device", "tpu"],
+        vec![
+            "train",
+            "barlow-twins",
+            "--config",
+            "/definitely/missing.toml",
+        ],
+        vec!["train", "barlow-twins", "--resume", "/definitely/missing"],
+        vec![
+            "train",
+            "barlow-twins",
+            "--resume",
+            not_a_run.to_str().unwrap(),
+        ],
+        vec!["train", "barlow-twins", "--resume", file.to_str().unwrap()],
+        vec!["bench", "nothing"],
+        vec!["bench", "barlow-twins", "--set", "x"],
+        vec!["frobnicate"],
+    ]
+    .iter()
+    .map(|v| v.iter().map(|s| s.to_string()).collect())
+    .collect();
+    for args in cases {
+        let mut cmd = Command::new(sslab());
+        cmd.args(&args);
+        if args.len() > 1 && args[0] == "train" {
+            cmd.arg("--out").arg(dir.path().join("out"));
+        }
+        let res = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(!res.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(err.trim().len() > 10, "{args:?}: no message: {err}");
+    }
+}

@@ -435,9 +435,11 @@ impl RunConfig {
         let mut base = toml::Value::try_from(self)
             .map_err(|e| Error::Invalid(format!("cannot serialise config: {e}")))?;
         merge(&mut base, over);
-        let cfg: RunConfig = base
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::config("<config>", e.message().to_string()))?;
+        let cfg: RunConfig = serde_path_to_error::deserialize(base).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "<config>".into() } else { key };
+            Error::config(key, e.into_inner().message().to_string())
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -693,6 +695,11 @@ impl RunConfig {
                 t.batch_size
             )
         })?;
+        check(
+            t.epochs.is_finite() && t.epochs >= 0.0,
+            "train.epochs",
+            || format!("must be a finite number ≥ 0, got {}", t.epochs),
+        )?;
         check(
             t.steps > 0 || (t.epochs.is_finite() && t.epochs > 0.0),
             "train.epochs",
