@@ -43,6 +43,10 @@ pub struct TrainArgs {
     /// to N); --set and --device apply on top of the saved config.
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
+    /// Start from the backbone weights of a PyTorch checkpoint (.pth/.pt/.safetensors of the
+    /// official MoCo, MoCo v3, Barlow Twins or DenseCL releases, or an sslab export).
+    #[arg(long, value_name = "PATH")]
+    init_from: Option<PathBuf>,
     /// Save a checkpoint every N steps into OUT/checkpoints (the last two kept).
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<usize>,
@@ -146,6 +150,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
             Run::new(cfg)?
         }
     };
+    if let Some(p) = &a.init_from {
+        let r = run.import_backbone(p)?;
+        println!(
+            "loaded {} backbone tensors from {} (key prefix '{}', {} other tensors left out)",
+            r.loaded,
+            p.display(),
+            r.prefix,
+            r.ignored
+        );
+    }
     let cfg = run.config().clone();
     let resumed_from = a.resume.as_ref().map(|_| run.steps_done());
     run.checkpoint_into(a.out.join("checkpoints"));

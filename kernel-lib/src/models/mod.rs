@@ -13,6 +13,7 @@ mod layers;
 mod mlp;
 mod params;
 mod resnet;
+mod torch_io;
 mod vit;
 
 pub use backbone::{Backbone, BackboneConfig};
@@ -22,4 +23,7 @@ pub use layers::{Conv2d, Linear};
 pub use mlp::{LastBn, Mlp, MlpSpec};
 pub use params::{Init, Param, ParamBuilder, ParamKind, ParamStore};
 pub use resnet::{max_pool_3x3_s2_p1, Depth, ResNet, ResNetConfig, ResNetOutput, Stem};
+pub use torch_io::{
+    export_backbone, load_backbone, read_torch_checkpoint, ImportReport, RELEASE_PREFIXES,
+};
 pub use vit::{normalize_rows, sincos_position_embedding, softmax_last, Vit, VitConfig, VitSize};

@@ -12,6 +12,7 @@ use super::run::{Run, StepReport};
 use crate::data::Loader;
 use crate::error::{Error, Result};
 use crate::eval::KnnResult;
+use crate::models::{export_backbone, load_backbone, read_torch_checkpoint, ImportReport};
 use crate::optim::OptimizerState;
 use crate::plot::write_atomic;
 use candle_core::Tensor;
@@ -225,6 +226,25 @@ impl Run {
         self.history = m.history;
         self.knn_history = m.knn_history;
         Ok(())
+    }
+}
+
+impl Run {
+    /// Loads backbone weights from a PyTorch checkpoint of an official release (`.pth`, `.pt`
+    /// or `.safetensors`; see [`crate::models::load_backbone`] for the key layouts) into the
+    /// online backbone and, where there is one, the momentum encoder's copy.
+    pub fn import_backbone(&mut self, path: impl AsRef<Path>) -> Result<ImportReport> {
+        let path = path.as_ref();
+        let tensors = read_torch_checkpoint(path)?;
+        let mut stores = vec![self.method.params()];
+        stores.extend(self.method.momentum_params());
+        load_backbone(&stores, &tensors, path)
+    }
+
+    /// Writes the online backbone as safetensors with torchvision/timm key names; returns the
+    /// number of tensors written.
+    pub fn export_backbone(&self, path: impl AsRef<Path>) -> Result<usize> {
+        export_backbone(self.method.params(), path)
     }
 }
 
