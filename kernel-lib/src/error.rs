@@ -18,8 +18,13 @@ pub enum Error {
     #[error("shape: {0}")]
     Shape(String),
     /// Training produced a non-finite loss; the step was not applied.
-    #[error("non-finite loss at step {step}: {loss} (the step was not applied; lower the learning rate or check the data)")]
-    NonFinite { step: usize, loss: f32 },
+    #[error("non-finite loss at step {step}: {loss} ({parts}); the step was not applied and the run is as it was after the previous step: lower the learning rate or check the data")]
+    NonFinite {
+        step: usize,
+        loss: f32,
+        /// The loss parts at that step, `name=value` pairs.
+        parts: String,
+    },
     /// A general invalid argument (unknown preset, empty dataset, ...).
     #[error("{0}")]
     Invalid(String),

@@ -16,6 +16,9 @@
 //! (ResNet, MLP heads, BatchNorm), `objectives` (losses), `methods` (one per SSL method),
 //! `optim` (SGD, LARS, AdamW, LAMB, schedules), `eval` (kNN), `train` (`Run`, configs).
 
+// Notebook users lose every variable on a panic: library code returns errors instead.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod augment;
 pub mod data;
 pub mod diagnostics;

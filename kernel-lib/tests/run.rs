@@ -87,6 +87,34 @@ fn huge_learning_rate_reports_non_finite_loss_without_applying_it() {
     }
     let e = got.expect("an lr of 1e30 must blow up");
     assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+    assert!(
+        e.to_string().contains("on_diag="),
+        "the message names the parts: {e}"
+    );
+    // The run is as it was after the last good step: BN statistics untouched, and the same
+    // step fails again identically (same batch), then the run still saves and loads.
+    let snapshot = |run: &Run| -> Vec<Vec<u32>> {
+        run.method()
+            .params()
+            .params
+            .iter()
+            .filter(|p| p.kind == sslab::models::ParamKind::Buffer)
+            .map(|p| {
+                let v: Vec<f32> = p.var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                v.into_iter().map(f32::to_bits).collect()
+            })
+            .collect()
+    };
+    let before = snapshot(&run);
+    let again = run.step().unwrap_err().to_string();
+    assert_eq!(again, e.to_string());
+    assert_eq!(snapshot(&run), before);
+    let dir = tempfile::tempdir().unwrap();
+    run.save(dir.path()).unwrap();
+    assert_eq!(
+        Run::load(dir.path()).unwrap().steps_done(),
+        run.steps_done()
+    );
     // The failed step was not applied: the optimiser took exactly the reported steps.
     assert_eq!(run.optimizer().steps(), run.steps_done());
     assert_eq!(run.history().len(), run.steps_done());

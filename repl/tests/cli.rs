@@ -284,3 +284,80 @@ fn bad_command_lines_exit_non_zero_with_a_message_and_no_panic() {
         assert!(err.trim().len() > 10, "{args:?}: no message: {err}");
     }
 }
+
+#[test]
+fn a_training_process_killed_mid_checkpoint_leaves_a_loadable_checkpoint() {
+    for (round, delay_ms) in [0u64, 7, 23].into_iter().enumerate() {
+        let out = tempfile::tempdir().unwrap();
+        let mut child = Command::new(sslab())
+            .args([
+                "train",
+                "moco-v2",
+                "--device",
+                "cpu",
+                "--no-figures",
+                "--no-init-knn",
+            ])
+            .args([
+                "--set",
+                "data.shapes.train=256",
+                "--set",
+                "data.shapes.test=64",
+            ])
+            .args(["--set", "model.width=8", "--set", "train.batch_size=32"])
+            .args(["--set", "moco.queue_size=64", "--steps", "400"])
+            .args(["--checkpoint-every", "1"])
+            .arg("--out")
+            .arg(out.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let ckpts = out.path().join("checkpoints");
+        let first = ckpts.join("step-00000002").join("run.json");
+        let t0 = std::time::Instant::now();
+        while !first.exists() {
+            assert!(t0.elapsed().as_secs() < 120, "no checkpoint appeared");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        // The newest complete checkpoint, continued by one step (a longer schedule is fine:
+        // the load is what is checked).
+        let newest = std::fs::read_dir(&ckpts)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("run.json").exists())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("step-")?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .unwrap();
+        let res = Command::new(sslab())
+            .args([
+                "train",
+                "moco-v2",
+                "--no-figures",
+                "--no-init-knn",
+                "--resume",
+            ])
+            .arg(&ckpts)
+            .args(["--steps", &(newest + 1).to_string()])
+            .arg("--out")
+            .arg(out.path().join("resumed"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&res.stderr);
+        let stdout = String::from_utf8_lossy(&res.stdout);
+        assert!(res.status.success(), "round {round}: {stdout}\n{err}");
+        assert!(
+            stdout.contains("resumed at step"),
+            "round {round}: {stdout}"
+        );
+    }
+}

@@ -279,6 +279,16 @@ impl Run {
         self.schedule.factor(s) * self.lr_scale
     }
 
+    /// Deep copies of every buffer (BN running statistics) of the online and momentum stores.
+    fn buffer_copies(&self) -> Result<Vec<(candle_core::Var, Tensor)>> {
+        let stores = std::iter::once(self.method.params()).chain(self.method.momentum_params());
+        stores
+            .flat_map(|s| s.params.iter())
+            .filter(|p| p.kind == crate::models::ParamKind::Buffer)
+            .map(|p| Ok((p.var.clone(), p.var.as_tensor().copy()?)))
+            .collect()
+    }
+
     /// Sends periodic checkpoints (every `train.checkpoint_every` steps, the last
     /// `train.keep_checkpoints` kept) to `dir/step-NNNNNNNN`; [`Run::load`] on `dir` resumes
     /// from the newest.
@@ -301,10 +311,36 @@ impl Run {
         let t0 = Instant::now();
         let a = Tensor::from_vec(batch.a, (n, 3, size, size), &self.device)?;
         let b = Tensor::from_vec(batch.b, (n, 3, size, size), &self.device)?;
+        // A training-mode forward moves BN running statistics; keep copies so a step that
+        // turns out non-finite leaves no trace.
+        let buffers = self.buffer_copies()?;
         let out = self.method.forward_train(&a, &b)?;
         let loss = out.loss.to_scalar::<f32>()?;
         if !loss.is_finite() {
-            return Err(Error::NonFinite { step: s + 1, loss });
+            for (var, saved) in buffers {
+                var.set(&saved)?;
+            }
+            self.loader = Loader::new(
+                self.train_data.clone(),
+                self.recipe.clone(),
+                self.config.train.batch_size,
+                self.config.seed,
+                s,
+            )?;
+            let parts = out
+                .parts
+                .iter()
+                .map(|(k, t)| {
+                    let v = t.to_scalar::<f32>().map_or(f32::NAN, |v| v);
+                    format!("{k}={v}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::NonFinite {
+                step: s + 1,
+                loss,
+                parts,
+            });
         }
         let grads = out.loss.backward()?;
         if let Some(tracker) = &mut self.spikes {
