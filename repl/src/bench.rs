@@ -7,7 +7,9 @@ use sslab::train::{Run, RunConfig};
 #[derive(Args)]
 pub struct BenchArgs {
     /// Workload: barlow-twins = a full training step (CIFAR ResNet-18 + 2048-2048-2048
-    /// projector, 32 px, 64 images × 2 views, forward + backward + LARS update).
+    /// projector, 32 px, 64 images × 2 views, forward + backward + LARS update); moco-v2 =
+    /// the `moco-v2/cifar` step (ResNet-18, 2-layer head, queue); moco-v3-vit = the
+    /// `moco-v3/vit-tiny` step (ViT-tiny width, 3 blocks, patch 4, AdamW).
     workload: String,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
@@ -28,10 +30,14 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.workload != "barlow-twins" {
-        bail!("unknown workload '{}'; known: barlow-twins", a.workload);
-    }
-    let mut cfg = RunConfig::preset("barlow-twins/cifar")?;
+    let preset = match a.workload.as_str() {
+        "barlow-twins" => "barlow-twins/cifar",
+        "moco-v2" => "moco-v2/cifar",
+        "moco-v3-vit" => "moco-v3/vit-tiny",
+        w => bail!("unknown workload '{w}'; known: barlow-twins, moco-v2, moco-v3-vit"),
+    };
+    let mut cfg = RunConfig::preset(preset)?;
+    cfg.moco.queue_size = cfg.moco.queue_size.min(4096) / a.batch.max(1) * a.batch.max(1);
     cfg.data.source = "shapes".into();
     cfg.data.shapes.train = a.batch.max(10);
     cfg.data.shapes.test = 10;
@@ -62,7 +68,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let median = times[times.len() / 2];
     let views = 2.0 * a.batch as f64;
     println!(
-        "barlow-twins step | device {} | ResNet-18 (CIFAR stem, width {}) + 2048-2048-2048 projector | {} images x 2 views, 32 px",
+        "{} step ({preset}) | device {} | width {} | {} images x 2 views, 32 px",
+        a.workload,
         run.device_name(),
         a.width,
         a.batch

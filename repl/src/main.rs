@@ -2,6 +2,8 @@
 //! parses arguments and prints; the work happens in `sslab` (kernel-lib).
 
 mod bench;
+mod interactive;
+mod shell;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -13,8 +15,12 @@ use clap::{Parser, Subcommand};
     about = "Self-supervised learning lab: train and inspect SSL methods"
 )]
 struct Cli {
+    /// Without a command: the interactive shell.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Where `show` writes its PNGs (shell and `run`).
+    #[arg(long, global = true, default_value = "sslab-figures")]
+    figures: std::path::PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -25,14 +31,21 @@ enum Command {
     Bench(bench::BenchArgs),
     /// List methods and presets.
     Presets,
+    /// The interactive shell (also what `sslab` alone starts).
+    Shell,
+    /// Run shell commands from FILE (one per line, # comments; `-` reads stdin), stopping at
+    /// the first error with its line number.
+    Run { file: String },
 }
 
 fn main() {
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Train(a) => train::run(a),
-        Command::Bench(a) => bench::run(a),
-        Command::Presets => {
+        None | Some(Command::Shell) => interactive::repl(cli.figures),
+        Some(Command::Run { file }) => interactive::run_file(&file, cli.figures),
+        Some(Command::Train(a)) => train::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Presets) => {
             println!("methods: {}", sslab::train::RunConfig::METHODS.join(", "));
             println!("presets: {}", sslab::train::PRESETS.join(", "));
             Ok(())

@@ -361,3 +361,146 @@ fn a_training_process_killed_mid_checkpoint_leaves_a_loadable_checkpoint() {
         );
     }
 }
+
+#[test]
+fn example_scripts_run_every_shell_command() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for (name, pngs) in [
+        (
+            "barlow-twins",
+            vec![
+                "loss-step6.png",
+                "corr-step6.png",
+                "collapse-step6.png",
+                "views-step6.png",
+            ],
+        ),
+        (
+            "moco-v2",
+            vec![
+                "spikes-step8.png",
+                "sim-step8.png",
+                "correspondence-step8.png",
+            ],
+        ),
+        ("moco-v1", vec!["loss-step4.png"]),
+        ("densecl", vec!["sim-step5.png", "correspondence-step5.png"]),
+        ("moco-v3", vec!["spikes-step4.png", "collapse-step6.png"]),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let figs = work.path().join("figs");
+        let res = Command::new(sslab())
+            .current_dir(work.path())
+            .arg("--figures")
+            .arg(&figs)
+            .arg("run")
+            .arg(examples.join(format!("{name}.sslab")))
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&res.stdout);
+        assert!(
+            res.status.success(),
+            "{name}:\n{out}\n{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        for png in pngs {
+            let p = figs.join(png);
+            assert!(p.exists(), "{name}: {png} missing\n{out}");
+            assert!(
+                out.contains(&format!("wrote {}", p.display())),
+                "{name}: {out}"
+            );
+        }
+        assert!(out.contains("> quit"), "{name}: {out}");
+    }
+}
+
+#[test]
+fn a_script_stops_at_its_first_error_with_the_line_number() {
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("bad.sslab");
+    std::fs::write(&script, "# comment\nhelp\nstep 1\nhelp\n").unwrap();
+    let res = Command::new(sslab())
+        .arg("run")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(
+        err.contains("bad.sslab:3:") && err.contains("no run yet"),
+        "{err}"
+    );
+    // Standard input works the same way.
+    let mut child = Command::new(sslab())
+        .args(["run", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"help\nquit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("train <n>"));
+}
+
+/// A real interactive session through a pseudo-terminal: completion, a long `train` stopped
+/// with Ctrl-C, the run intact afterwards, Ctrl-C at the prompt, Ctrl-D to leave.
+#[test]
+fn interactive_session_in_a_pty_survives_ctrl_c() {
+    let work = tempfile::tempdir().unwrap();
+    let hist = work.path().join("history");
+    let mut cmd = Command::new(sslab());
+    cmd.arg("--figures")
+        .arg(work.path().join("figs"))
+        .env("SSLAB_HISTORY", &hist)
+        .env("TERM", "xterm-256color")
+        .current_dir(work.path());
+    let mut p = rexpect::session::spawn_command(cmd, Some(120_000)).unwrap();
+    p.exp_string("sslab> ").unwrap();
+    // Tab completes a unique command prefix.
+    p.send("hel\t").unwrap();
+    p.flush().unwrap();
+    p.exp_string("help").unwrap();
+    p.send_line("").unwrap();
+    p.exp_string("list commands, or explain one").unwrap();
+    p.exp_string("sslab> ").unwrap();
+    p.send_line(
+        "new barlow-twins tiny data.shapes.train=256 data.shapes.test=64 model.width=8 \
+         train.batch_size=32 train.steps=500",
+    )
+    .unwrap();
+    p.exp_string("new barlow-twins run").unwrap();
+    p.exp_string("sslab> ").unwrap();
+    p.send_line("train 400").unwrap();
+    p.exp_string("3/400").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string("stopped after").unwrap();
+    p.exp_string("the run is intact").unwrap();
+    p.exp_string("sslab> ").unwrap();
+    p.send_line("history 1").unwrap();
+    let (_, step_line) = p.exp_regex(r"step +\d+ +loss").unwrap();
+    assert!(step_line.contains("loss"));
+    p.exp_string("sslab> ").unwrap();
+    // Ctrl-C at the prompt does not leave; an unknown command is one line of error.
+    p.send_control('c').unwrap();
+    p.exp_string("Ctrl-C").unwrap();
+    p.send_line("bogus").unwrap();
+    p.exp_string("error: unknown command 'bogus'").unwrap();
+    p.send_line("step").unwrap();
+    p.exp_regex(r"step +\d+ +loss").unwrap();
+    p.exp_string("sslab> ").unwrap();
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+    let saved = std::fs::read_to_string(&hist).unwrap();
+    assert!(
+        saved.contains("train 400") && saved.contains("history 1"),
+        "{saved}"
+    );
+}

@@ -78,6 +78,20 @@ impl Method for BarlowTwins {
         "barlow-twins"
     }
 
+    fn set_param(&mut self, key: &str, value: f64) -> Result<bool> {
+        if key != "barlow_twins.lambda" {
+            return Ok(false);
+        }
+        if !(value.is_finite() && value >= 0.0) {
+            return Err(crate::error::Error::config(
+                key,
+                format!("must be ≥ 0, got {value}"),
+            ));
+        }
+        self.set_lambda(value);
+        Ok(true)
+    }
+
     fn params(&self) -> &ParamStore {
         &self.params
     }

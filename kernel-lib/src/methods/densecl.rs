@@ -108,6 +108,15 @@ impl Method for DenseCl {
         "densecl"
     }
 
+    fn set_param(&mut self, key: &str, value: f64) -> Result<bool> {
+        match key {
+            "densecl.lambda" => self.set_lambda(value)?,
+            "moco.tau" => self.pair.set_tau(value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     fn params(&self) -> &ParamStore {
         &self.pair.params
     }

@@ -259,6 +259,15 @@ impl MomentumPair {
         ema_update(&self.key_params, &self.params, self.momentum)
     }
 
+    /// Changes τ of the InfoNCE.
+    pub fn set_tau(&mut self, tau: f64) -> Result<()> {
+        if !(tau > 0.0 && tau.is_finite()) {
+            return Err(Error::config("moco.tau", format!("must be > 0, got {tau}")));
+        }
+        self.spec.tau = tau;
+        Ok(())
+    }
+
     /// Sets the step counter (it seeds ShuffleBN) and the momentum as they were after `step`.
     pub fn resume_at(&mut self, step: usize, total: usize) {
         self.momentum = if self.spec.cosine_momentum {
@@ -372,11 +381,7 @@ impl Moco {
 
     /// Changes τ (meaningful mid-run).
     pub fn set_tau(&mut self, tau: f64) -> Result<()> {
-        if !(tau > 0.0 && tau.is_finite()) {
-            return Err(Error::config("moco.tau", format!("must be > 0, got {tau}")));
-        }
-        self.pair.spec.tau = tau;
-        Ok(())
+        self.pair.set_tau(tau)
     }
 
     fn direction(&self, x_q: &Tensor, x_k: &Tensor) -> Result<(InfoNce, Tensor)> {
@@ -409,6 +414,14 @@ impl Method for Moco {
 
     fn queues_mut(&mut self) -> Vec<(&'static str, &mut KeyQueue)> {
         vec![("queue", &mut self.pair.queue)]
+    }
+
+    fn set_param(&mut self, key: &str, value: f64) -> Result<bool> {
+        if key != "moco.tau" {
+            return Ok(false);
+        }
+        self.set_tau(value)?;
+        Ok(true)
     }
 
     fn resume_at(&mut self, steps_done: usize, total_steps: usize) -> Result<()> {

@@ -194,6 +194,17 @@ impl Method for MocoV3 {
         ema_update(&self.key_params, &self.shared, self.momentum)
     }
 
+    fn set_param(&mut self, key: &str, value: f64) -> Result<bool> {
+        if key != "moco_v3.tau" {
+            return Ok(false);
+        }
+        if !(value > 0.0 && value.is_finite()) {
+            return Err(Error::config(key, format!("must be > 0, got {value}")));
+        }
+        self.spec.tau = value;
+        Ok(true)
+    }
+
     fn resume_at(&mut self, steps_done: usize, total_steps: usize) -> Result<()> {
         self.momentum = if self.spec.cosine_momentum {
             cosine_momentum(self.spec.momentum, steps_done, total_steps)

@@ -49,6 +49,12 @@ pub trait Method: Send {
     fn queues(&self) -> Vec<(&'static str, &KeyQueue)> {
         Vec::new()
     }
+    /// Changes a loss hyper-parameter mid-run (`barlow_twins.lambda`, `moco.tau`, ...): `Ok(true)`
+    /// if this method has it, `Ok(false)` if not, an error for a bad value.
+    fn set_param(&mut self, _key: &str, _value: f64) -> Result<bool> {
+        Ok(false)
+    }
+
     /// The queues, mutably (checkpoint restore).
     fn queues_mut(&mut self) -> Vec<(&'static str, &mut KeyQueue)> {
         Vec::new()

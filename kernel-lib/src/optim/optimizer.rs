@@ -112,6 +112,12 @@ impl Optimizer {
         })
     }
 
+    /// Sets the learning-rate multipliers of the ≥2-D and 1-D groups (a new base lr mid-run).
+    pub fn set_lr_mults(&mut self, multi_dim: f64, one_dim: f64) {
+        self.groups[0].lr_mult = multi_dim;
+        self.groups[1].lr_mult = one_dim;
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> usize {
         self.step

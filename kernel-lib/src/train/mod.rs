@@ -7,6 +7,7 @@ mod device;
 mod inspect;
 mod presets;
 mod run;
+mod tune;
 
 pub use config::{
     AugmentConfig, BarlowTwinsConfig, DataConfig, DiagnosticsConfig, EvalConfig, ModelConfig,

@@ -1,0 +1,117 @@
+//! Changing a run's settings between steps: the knobs that can move mid-run, and a clear
+//! refusal for those fixed when the run was built.
+
+use super::run::Run;
+use crate::data::Loader;
+use crate::error::{Error, Result};
+
+/// Short names a user may type for the usual knobs; the method decides which loss a λ or τ
+/// belongs to.
+fn resolve_alias(method: &str, key: &str) -> String {
+    match (key, method) {
+        ("lr", _) => "optim.lr".into(),
+        ("batch", _) => "train.batch_size".into(),
+        ("lambda" | "λ", "densecl") => "densecl.lambda".into(),
+        ("lambda" | "λ", _) => "barlow_twins.lambda".into(),
+        ("tau" | "τ", "moco-v3") => "moco_v3.tau".into(),
+        ("tau" | "τ", _) => "moco.tau".into(),
+        ("wd", _) => "optim.weight_decay".into(),
+        _ => key.into(),
+    }
+}
+
+/// Keys that only change how the run reports or evaluates itself.
+const REPORTING: &[&str] = &[
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "eval.knn_k",
+    "eval.knn_t",
+    "eval.batch_size",
+    "eval.dense_probe_steps",
+    "eval.dense_probe_lr",
+    "diagnostics.every",
+    "diagnostics.corr_block",
+];
+
+/// Loss hyper-parameters the methods take mid-run.
+const LOSS: &[&str] = &[
+    "barlow_twins.lambda",
+    "densecl.lambda",
+    "moco.tau",
+    "moco_v3.tau",
+];
+
+impl Run {
+    /// Changes one setting between steps. Accepted: the learning rate (`lr`/`optim.lr`,
+    /// `optim.lr_1d`: the schedule keeps its shape and scales), the loss hyper-parameters (`λ`,
+    /// `τ`), the batch size (data order continues from the current step; MoCo's queue must
+    /// still divide), and reporting/evaluation keys. Anything fixed at build time (model,
+    /// data, optimizer kind, schedule length) is refused with the reason.
+    ///
+    /// ```no_run
+    /// # use sslab::prelude::*;
+    /// let mut run = Run::new(RunConfig::preset("barlow-twins/tiny")?)?;
+    /// run.train(10)?;
+    /// run.set("lr", "0.1")?;
+    /// run.set("lambda", "0.01")?;
+    /// # Ok::<(), sslab::Error>(())
+    /// ```
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let key = resolve_alias(&self.config.method, key.trim());
+        let mut cfg = self.config.clone();
+        cfg.set(&key, value)?;
+        if LOSS.contains(&key.as_str()) {
+            let v = match key.as_str() {
+                "barlow_twins.lambda" => cfg.barlow_twins.lambda,
+                "densecl.lambda" => cfg.densecl.lambda,
+                "moco.tau" => cfg.moco.tau,
+                _ => cfg.moco_v3.tau,
+            };
+            if !self.method.set_param(&key, v)? {
+                return Err(Error::config(
+                    &key,
+                    format!("{} has no such hyper-parameter", self.method.name()),
+                ));
+            }
+        } else if key == "train.batch_size" {
+            let batch = cfg.train.batch_size;
+            if batch > self.train_data.len() {
+                return Err(Error::config(
+                    &key,
+                    format!(
+                        "{batch} is more than the {} training images",
+                        self.train_data.len()
+                    ),
+                ));
+            }
+            for (_, q) in self.method.queues() {
+                q.check_keys_per_step(batch)?;
+            }
+            self.loader = Loader::new(
+                self.train_data.clone(),
+                self.recipe.clone(),
+                batch,
+                cfg.seed,
+                self.history.len(),
+            )?;
+            self.steps_per_epoch = (self.train_data.len() / batch).max(1);
+            if cfg.optim.scale_lr_with_batch {
+                self.lr_scale = batch as f64 / 256.0;
+            }
+        } else if !(key == "optim.lr" || key == "optim.lr_1d" || REPORTING.contains(&key.as_str()))
+        {
+            return Err(Error::config(
+                &key,
+                "fixed when the run was built (model, data, optimizer, schedule length); \
+                 change it in the config and start a new run",
+            ));
+        }
+        if key == "optim.lr" || key == "optim.lr_1d" {
+            self.optimizer
+                .set_lr_mults(cfg.optim.lr, cfg.optim.lr_1d.unwrap_or(cfg.optim.lr));
+        }
+        self.config = cfg;
+        Ok(())
+    }
+}
