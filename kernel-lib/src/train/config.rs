@@ -750,6 +750,24 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Shrinks the run when the environment asks for a quick pass (`SSLAB_BUDGET=small`, as
+    /// CI sets it for the notebooks): 512 training and 128 test images and at most 12 steps.
+    /// The code paths are the same; only the sizes change. Without the variable the config is
+    /// returned unchanged.
+    pub fn with_env_budget(mut self) -> Result<Self> {
+        if std::env::var("SSLAB_BUDGET").as_deref() == Ok("small") {
+            self.data.shapes.train = self.data.shapes.train.min(512);
+            self.data.shapes.test = self.data.shapes.test.min(128);
+            self.train.steps = if self.train.steps == 0 { 12 } else { self.train.steps.min(12) };
+            self.train.batch_size = self.train.batch_size.min(64);
+            self.moco.queue_size = self.moco.queue_size.min(256);
+            self.eval.dense_probe_steps = self.eval.dense_probe_steps.min(30);
+            self.train.log_every = self.train.log_every.min(4);
+            self.validate()?;
+        }
+        Ok(self)
+    }
+
     /// The config as TOML text.
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self)
