@@ -490,3 +490,36 @@ fn fused_layernorm_and_softmax_match_tensor_ops_in_values_and_gradients() {
         assert!(max_abs_diff(&grad(yf), &grad(yg)) < 1e-4);
     }
 }
+
+#[test]
+fn batched_matmul_matches_candle_in_values_and_gradients_for_every_transpose() {
+    use sslab::models::batched_matmul;
+    let dev = Device::Cpu;
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let (batch, m, k, n) = (6, 5, 4, 3);
+        let a_shape = if ta { (batch, k, m) } else { (batch, m, k) };
+        let b_shape = if tb { (batch, n, k) } else { (batch, k, n) };
+        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, a_shape, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, b_shape, &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (batch, m, n), &dev).unwrap();
+        let run = |fused| {
+            let c = batched_matmul(a.as_tensor(), b.as_tensor(), ta, tb, fused).unwrap();
+            let g = (&c * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            (
+                c,
+                g.get(a.as_tensor()).unwrap().clone(),
+                g.get(b.as_tensor()).unwrap().clone(),
+            )
+        };
+        let (cf, daf, dbf) = run(true);
+        let (cg, dag, dbg) = run(false);
+        assert_eq!(cf.dims(), [batch, m, n]);
+        assert!(max_abs_diff(&cf, &cg) < 1e-5, "{ta} {tb}");
+        assert!(max_abs_diff(&daf, &dag) < 1e-5, "{ta} {tb}");
+        assert!(max_abs_diff(&dbf, &dbg) < 1e-5, "{ta} {tb}");
+    }
+    // Shapes that do not fit are errors.
+    let a = Tensor::zeros((2, 3, 4), candle_core::DType::F32, &dev).unwrap();
+    assert!(batched_matmul(&a, &a, false, false, true).is_err());
+    assert!(batched_matmul(&a, &a, false, true, true).is_ok());
+}

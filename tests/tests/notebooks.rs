@@ -15,7 +15,8 @@ fn notebooks_execute_and_show_figures() {
     let python = root.join(".venv-nb/bin/python");
     let kernel = Command::new("evcxr_jupyter").arg("--help").output();
     if !python.exists() || kernel.is_err() {
-        let msg = "notebook toolchain missing (.venv-nb and evcxr_jupyter; see notebooks/README.md)";
+        let msg =
+            "notebook toolchain missing (.venv-nb and evcxr_jupyter; see notebooks/README.md)";
         assert!(std::env::var_os("CI").is_none(), "{msg}");
         eprintln!("skipped: {msg}");
         return;

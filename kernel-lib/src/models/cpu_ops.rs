@@ -530,3 +530,87 @@ impl CustomOp2 for SoftmaxGrad {
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
+
+/// Batched matrix product `C[b] = op(A[b]) · op(B[b])` (`op` = transpose where flagged) with
+/// the batch spread over threads. candle's CPU matmul loops over the batch on one thread, so a
+/// ViT's per-head attention products (hundreds of 65×64 matrices) used one core; here each
+/// matrix is one single-threaded GEMM and the transposes are strides, not copies.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchedMatmulOp {
+    pub ta: bool,
+    pub tb: bool,
+}
+
+impl BatchedMatmulOp {
+    /// `(batch, m, k, n)` of the product, checking the operands agree.
+    fn dims(&self, a: &[usize], b: &[usize]) -> CResult<(usize, usize, usize, usize)> {
+        let (&[ba, a1, a2], &[bb, b1, b2]) = (a, b) else {
+            candle_core::bail!("batched matmul takes two 3-D tensors, got {a:?} and {b:?}")
+        };
+        let (m, k) = if self.ta { (a2, a1) } else { (a1, a2) };
+        let (k2, n) = if self.tb { (b2, b1) } else { (b1, b2) };
+        if ba != bb || k != k2 {
+            candle_core::bail!(
+                "batched matmul: {a:?}{} · {b:?}{} do not fit",
+                if self.ta { "ᵀ" } else { "" },
+                if self.tb { "ᵀ" } else { "" }
+            );
+        }
+        Ok((ba, m, k, n))
+    }
+}
+
+impl CustomOp2 for BatchedMatmulOp {
+    fn name(&self) -> &'static str {
+        "sslab-batched-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (batch, m, k, n) = self.dims(l1.dims(), l2.dims())?;
+        let a = slice(s1, l1, "batched matmul lhs")?;
+        let b = slice(s2, l2, "batched matmul rhs")?;
+        let a_strides = if self.ta { (1, m) } else { (k, 1) };
+        let b_strides = if self.tb { (1, k) } else { (n, 1) };
+        let mut c = vec![0f32; batch * m * n];
+        if m * n > 0 {
+            c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
+                let ai = &a[i * m * k..(i + 1) * m * k];
+                let bi = &b[i * k * n..(i + 1) * k * n];
+                matmul(m, n, k, ci, false, ai, a_strides, bi, b_strides);
+            });
+        }
+        Ok((CpuStorage::F32(c), Shape::from((batch, m, n))))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dc: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let dc = dc.contiguous()?;
+        let op = |ta, tb| BatchedMatmulOp { ta, tb };
+        // With A' = op(A), B' = op(B): dA' = dC·B'ᵀ and dB' = A'ᵀ·dC, transposed back where
+        // the operand itself was transposed.
+        let da = match (self.ta, self.tb) {
+            (false, false) => dc.apply_op2(b, op(false, true))?,
+            (false, true) => dc.apply_op2(b, op(false, false))?,
+            (true, false) => b.apply_op2(&dc, op(false, true))?,
+            (true, true) => b.apply_op2(&dc, op(true, true))?,
+        };
+        let db = match (self.ta, self.tb) {
+            (false, false) => a.apply_op2(&dc, op(true, false))?,
+            (true, false) => a.apply_op2(&dc, op(false, false))?,
+            (false, true) => dc.apply_op2(a, op(true, false))?,
+            (true, true) => dc.apply_op2(a, op(true, true))?,
+        };
+        Ok((Some(da), Some(db)))
+    }
+}

@@ -26,4 +26,7 @@ pub use resnet::{max_pool_3x3_s2_p1, Depth, ResNet, ResNetConfig, ResNetOutput, 
 pub use torch_io::{
     export_backbone, load_backbone, read_torch_checkpoint, ImportReport, RELEASE_PREFIXES,
 };
-pub use vit::{normalize_rows, sincos_position_embedding, softmax_last, Vit, VitConfig, VitSize};
+pub use vit::{
+    batched_matmul, normalize_rows, sincos_position_embedding, softmax_last, Vit, VitConfig,
+    VitSize,
+};

@@ -5,7 +5,7 @@
 //! LayerNorm and softmax are written from tensor ops: candle's fused versions have no backward
 //! and would silently stop the gradient (reference/candle-notes.md).
 
-use super::cpu_ops::{BatchNormOp, BnStats, SoftmaxOp};
+use super::cpu_ops::{BatchNormOp, BatchedMatmulOp, BnStats, SoftmaxOp};
 use super::layers::Linear;
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
@@ -154,6 +154,19 @@ pub fn softmax_last(x: &Tensor, fused: bool) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(x, D::Minus1)?)
 }
 
+/// `op(a) · op(b)` over a leading batch axis (`(batch, m, k)`-shaped operands, `op` = transpose
+/// where flagged): sslab's thread-parallel kernel on the CPU (`fused`), else candle's matmul.
+pub fn batched_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -> Result<Tensor> {
+    if fused && a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+        return Ok(a
+            .contiguous()?
+            .apply_op2(&b.contiguous()?, BatchedMatmulOp { ta, tb })?);
+    }
+    let a = if ta { a.transpose(1, 2)? } else { a.clone() };
+    let b = if tb { b.transpose(1, 2)? } else { b.clone() };
+    Ok(a.matmul(&b)?)
+}
+
 /// A linear layer with MoCo v3's ViT init: uniform weights within `bound`, zero bias.
 fn dense(b: &mut ParamBuilder, name: &str, inp: usize, out: usize, bound: f32) -> Result<Linear> {
     Linear::with_init(
@@ -215,12 +228,17 @@ impl Block {
             .forward(x)?
             .reshape((n, t, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
+        // (n·heads, t, hd) operands: one batch axis for the parallel kernel.
+        let part = |i| -> Result<Tensor> {
+            Ok(qkv.get(i)?.contiguous()?.reshape((n * self.heads, t, hd))?)
+        };
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let scores = (batched_matmul(&q, &k, false, true, true)? * (hd as f64).powf(-0.5))?;
         let attn = softmax_last(&scores, true)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((n, t, d))?;
+        let out = batched_matmul(&attn, &v, false, false, true)?
+            .reshape((n, self.heads, t, hd))?
+            .transpose(1, 2)?
+            .reshape((n, t, d))?;
         self.proj.forward(&out)
     }
 

@@ -758,7 +758,11 @@ impl RunConfig {
         if std::env::var("SSLAB_BUDGET").as_deref() == Ok("small") {
             self.data.shapes.train = self.data.shapes.train.min(512);
             self.data.shapes.test = self.data.shapes.test.min(128);
-            self.train.steps = if self.train.steps == 0 { 12 } else { self.train.steps.min(12) };
+            self.train.steps = if self.train.steps == 0 {
+                12
+            } else {
+                self.train.steps.min(12)
+            };
             self.train.batch_size = self.train.batch_size.min(64);
             self.moco.queue_size = self.moco.queue_size.min(256);
             self.eval.dense_probe_steps = self.eval.dense_probe_steps.min(30);
