@@ -476,9 +476,57 @@ fn cmd_show(s: &mut Session, args: &[&str]) -> Result<Flow> {
     println!("wrote {}", path.display());
     println!("{summary}");
     if terminal {
-        print!("{}", preview(&figure.image, 64));
+        match inline_protocol() {
+            Some(proto) => print!("{}", inline_image(&figure.png()?, proto)),
+            None => print!("{}", preview(&figure.image, 64)),
+        }
     }
     Ok(Flow::Continue)
+}
+
+/// Terminals that draw images sent as escape sequences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InlineProtocol {
+    Kitty,
+    Iterm2,
+}
+
+/// Which inline-image protocol this terminal speaks, from its environment.
+pub fn inline_protocol() -> Option<InlineProtocol> {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    if var("TERM").contains("kitty") || !var("KITTY_WINDOW_ID").is_empty() {
+        Some(InlineProtocol::Kitty)
+    } else if var("TERM_PROGRAM") == "iTerm.app" || var("TERM_PROGRAM") == "WezTerm" {
+        Some(InlineProtocol::Iterm2)
+    } else {
+        None
+    }
+}
+
+/// The escape sequence that shows `png` inline (kitty's graphics protocol in 4 KiB chunks, or
+/// iTerm2's inline file).
+pub fn inline_image(png: &[u8], proto: InlineProtocol) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png);
+    match proto {
+        InlineProtocol::Iterm2 => {
+            format!("\x1b]1337;File=inline=1;size={}:{b64}\x07\n", png.len())
+        }
+        InlineProtocol::Kitty => {
+            let chunks: Vec<&[u8]> = b64.as_bytes().chunks(4096).collect();
+            let mut out = String::new();
+            for (i, c) in chunks.iter().enumerate() {
+                let more = u8::from(i + 1 < chunks.len());
+                let head = if i == 0 { "a=T,f=100," } else { "" };
+                out.push_str(&format!(
+                    "\x1b_G{head}m={more};{}\x1b\\",
+                    String::from_utf8_lossy(c)
+                ));
+            }
+            out.push('\n');
+            out
+        }
+    }
 }
 
 /// A small Unicode half-block rendering (two pixel rows per character) in 24-bit colour.
@@ -812,6 +860,21 @@ mod tests {
         assert!(complete("set optim.l").1.contains(&"optim.lr=".to_string()));
         assert!(complete("show c").1.contains(&"corr".to_string()));
         assert!(config_keys().contains(&"diagnostics.spike_factor".to_string()));
+    }
+
+    #[test]
+    fn inline_images_use_each_terminal_protocol() {
+        let png = vec![7u8; 10_000];
+        let kitty = inline_image(&png, InlineProtocol::Kitty);
+        assert!(kitty.starts_with("\x1b_Ga=T,f=100,m=1;"));
+        assert_eq!(
+            kitty.matches("\x1b_G").count(),
+            4,
+            "13 336 base64 bytes in 4 KiB chunks"
+        );
+        assert!(kitty.contains("m=0;"));
+        let iterm = inline_image(&png, InlineProtocol::Iterm2);
+        assert!(iterm.starts_with("\x1b]1337;File=inline=1;size=10000:"));
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn curves(
 }
 
 /// Width of the colour bar strip on the right of a heatmap.
-pub(crate) const COLORBAR_WIDTH: u32 = 72;
+pub(crate) const COLORBAR_WIDTH: u32 = 90;
 
 fn heatmap(
     area: &Area,
@@ -193,7 +193,7 @@ fn heatmap(
     let font = has_font();
     let mut bar_chart = ChartBuilder::on(&bar)
         .margin(8)
-        .y_label_area_size(if font { 40 } else { 0 })
+        .y_label_area_size(if font { 50 } else { 0 })
         .build_cartesian_2d(0f64..1f64, lo as f64..hi as f64)
         .map_err(err)?;
     if font {

@@ -230,7 +230,7 @@ impl Run {
                 vec![curve("effective rank", pts(&|s| s.effective_rank))],
             ),
             panel(
-                "per-dimension std of normalised features x sqrt(d) (1 = isotropic, 0 = collapsed)",
+                "feature std x sqrt(d) (1: isotropic, 0: collapsed)",
                 "std x sqrt(d)",
                 vec![curve("std", pts(&|s| s.embed_std / s.ideal_std))],
             ),
