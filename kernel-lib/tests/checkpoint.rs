@@ -2,18 +2,12 @@
 
 mod common;
 
-use common::shrink;
+use common::shrink_any;
 use sslab::prelude::*;
 
 fn small(preset: &str) -> RunConfig {
-    let mut c = shrink(RunConfig::preset(preset).unwrap());
-    c.moco.queue_size = 32;
-    c.moco_v3.hidden = 32;
-    c.moco_v3.dim = 16;
-    c.model.vit_depth = 1;
-    c.model.patch = 8;
+    let mut c = shrink_any(preset);
     c.train.steps = 6;
-    c.diagnostics.every = 100;
     c
 }
 

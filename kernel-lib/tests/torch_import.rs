@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::shrink;
+use common::shrink_any;
 use sslab::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,13 +27,9 @@ fn make_pth(src: &Path, dst: &Path, prefix: &str, wrapper: &str, extra: Option<&
 }
 
 fn config(preset: &str, seed: u64) -> RunConfig {
-    let mut c = shrink(RunConfig::preset(preset).unwrap());
+    let mut c = shrink_any(preset);
     c.seed = seed;
-    c.moco.queue_size = 32;
-    c.moco_v3.hidden = 32;
-    c.moco_v3.dim = 16;
     c.model.vit_depth = 2;
-    c.model.patch = 8;
     c
 }
 

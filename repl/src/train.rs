@@ -84,11 +84,17 @@ pub fn build_config(a: &TrainArgs) -> Result<RunConfig> {
             cfg.method
         );
     }
-    if let Some(s) = a.steps {
-        cfg.set("train.steps", &s.to_string())?;
-    }
     if let Some(d) = &a.data {
         cfg.set("data.source", &format!("{d:?}"))?;
+    }
+    apply_overrides(a, &mut cfg)?;
+    Ok(cfg)
+}
+
+/// `--steps`, `--device`, `--set` and `--checkpoint-every`, for a new run and a resumed one.
+fn apply_overrides(a: &TrainArgs, cfg: &mut RunConfig) -> sslab::Result<()> {
+    if let Some(s) = a.steps {
+        cfg.set("train.steps", &s.to_string())?;
     }
     if let Some(d) = &a.device {
         cfg.set("device", &format!("{d:?}"))?;
@@ -96,10 +102,13 @@ pub fn build_config(a: &TrainArgs) -> Result<RunConfig> {
     for kv in &a.sets {
         let (k, v) = kv
             .split_once('=')
-            .with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
+            .ok_or_else(|| sslab::Error::Invalid(format!("--set {kv}: expected KEY=VALUE")))?;
         cfg.set(k.trim(), v.trim())?;
     }
-    Ok(cfg)
+    if let Some(n) = a.checkpoint_every {
+        cfg.train.checkpoint_every = n;
+    }
+    Ok(())
 }
 
 /// Loads `--resume DIR` with the command line's overrides applied to the saved config.
@@ -116,22 +125,7 @@ fn resume(a: &TrainArgs, dir: &std::path::Path) -> Result<Run> {
                 a.method
             )));
         }
-        if let Some(s) = a.steps {
-            cfg.set("train.steps", &s.to_string())?;
-        }
-        if let Some(d) = &a.device {
-            cfg.set("device", &format!("{d:?}"))?;
-        }
-        for kv in &a.sets {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| sslab::Error::Invalid(format!("--set {kv}: expected KEY=VALUE")))?;
-            cfg.set(k.trim(), v.trim())?;
-        }
-        if let Some(n) = a.checkpoint_every {
-            cfg.train.checkpoint_every = n;
-        }
-        Ok(())
+        apply_overrides(a, cfg)
     })
     .with_context(|| format!("resuming from {}", dir.display()))?;
     Ok(run)
@@ -143,10 +137,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut run = match &a.resume {
         Some(dir) => resume(&a, dir)?,
         None => {
-            let mut cfg = build_config(&a)?;
-            if let Some(n) = a.checkpoint_every {
-                cfg.train.checkpoint_every = n;
-            }
+            let cfg = build_config(&a)?;
             Run::new(cfg)?
         }
     };

@@ -248,23 +248,29 @@ impl Run {
     }
 }
 
-/// A folder with `run.json`, or a folder of `step-*` checkpoints (the newest complete one).
-fn resolve(dir: &Path) -> Result<PathBuf> {
-    if dir.join("run.json").is_file() {
-        return Ok(dir.to_path_buf());
-    }
-    let entries = std::fs::read_dir(dir).map_err(io(dir))?;
-    let mut steps: Vec<PathBuf> = entries
+/// The `step-*` checkpoint folders of `dir`, oldest first (zero-padded names sort by step);
+/// with `complete`, only those whose `run.json` was written.
+pub(super) fn step_folders(dir: &Path, complete: bool) -> std::io::Result<Vec<PathBuf>> {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)?
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-                && p.join("run.json").is_file()
+                && (!complete || p.join("run.json").is_file())
         })
         .collect();
     steps.sort();
-    steps
+    Ok(steps)
+}
+
+/// A folder with `run.json`, or a folder of `step-*` checkpoints (the newest complete one).
+fn resolve(dir: &Path) -> Result<PathBuf> {
+    if dir.join("run.json").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    step_folders(dir, true)
+        .map_err(io(dir))?
         .pop()
         .ok_or_else(|| Error::data(dir, "no checkpoint here (no run.json, no step-* folders)"))
 }

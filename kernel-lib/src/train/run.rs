@@ -505,18 +505,9 @@ impl Run {
 /// Deletes all but the newest `keep` `step-*` checkpoint folders of `dir` (best effort: a
 /// folder that cannot be removed stays).
 fn prune_checkpoints(dir: &std::path::Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(steps) = super::checkpoint::step_folders(dir, false) else {
         return;
     };
-    let mut steps: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-        })
-        .collect();
-    steps.sort();
     let n = steps.len().saturating_sub(keep);
     for p in &steps[..n] {
         let _ = std::fs::remove_dir_all(p);

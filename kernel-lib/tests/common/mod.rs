@@ -54,3 +54,15 @@ pub fn shrink(mut c: RunConfig) -> RunConfig {
     c.eval.knn_k = 5;
     c
 }
+
+/// [`shrink`] for any method: small queue, heads and ViT too, and monitors out of the way.
+pub fn shrink_any(preset: &str) -> RunConfig {
+    let mut c = shrink(RunConfig::preset(preset).unwrap());
+    c.moco.queue_size = 32;
+    c.moco_v3.hidden = 32;
+    c.moco_v3.dim = 16;
+    c.model.vit_depth = 1;
+    c.model.patch = 8;
+    c.diagnostics.every = 100;
+    c
+}
