@@ -215,11 +215,15 @@ impl GradSpikeTracker {
         (!self.layers.is_empty()).then_some(0)
     }
 
-    /// The last backbone layer (the last ViT/ResNet block or final norm), else the last layer.
+    /// The last backbone block (ViT block or ResNet residual block), else the last backbone
+    /// layer, else the last layer.
     pub fn last_layer(&self) -> Option<usize> {
+        let block =
+            |n: &String| n.starts_with("backbone.blocks.") || n.starts_with("backbone.layer");
         self.layers
             .iter()
-            .rposition(|n| n.starts_with("backbone."))
+            .rposition(block)
+            .or_else(|| self.layers.iter().rposition(|n| n.starts_with("backbone.")))
             .or(self.layers.len().checked_sub(1))
     }
 

@@ -106,6 +106,8 @@ pub struct Run {
     pub(super) monitors: Monitors,
     /// Where periodic checkpoints go (`train.checkpoint_every`).
     pub(super) checkpoint_dir: Option<std::path::PathBuf>,
+    /// The code that trains, as pointers taken when the run was built (see [`Hooks`]).
+    hooks: Hooks,
 }
 
 impl Run {
@@ -260,6 +262,7 @@ impl Run {
             spikes,
             monitors: Monitors::default(),
             checkpoint_dir: None,
+            hooks: Hooks::HERE,
         })
     }
 
@@ -304,6 +307,10 @@ impl Run {
     /// One optimisation step. A non-finite loss returns an error and leaves the weights as they
     /// were.
     pub fn step(&mut self) -> Result<StepReport> {
+        (self.hooks.step)(self)
+    }
+
+    fn step_here(&mut self) -> Result<StepReport> {
         let s = self.history.len();
         let batch = self.loader.next_batch()?;
         let n = batch.indices.len();
@@ -428,6 +435,10 @@ impl Run {
     /// the dataset's masks; mIoU and pixel accuracy on the test split). Needs masks: the
     /// built-in shapes have them.
     pub fn dense_probe(&self) -> Result<DenseProbeResult> {
+        (self.hooks.dense_probe)(self)
+    }
+
+    fn dense_probe_here(&self) -> Result<DenseProbeResult> {
         let e = &self.config.eval;
         dense_probe(
             self.method.as_ref(),
@@ -500,6 +511,27 @@ impl Run {
     pub fn last_cross_correlation(&self) -> Option<&Tensor> {
         self.last_cross_correlation.as_ref()
     }
+}
+
+/// Entry points that run a backward pass, as function pointers fixed when the run is built.
+///
+/// candle numbers tensors from a global counter, and gradients are keyed by those numbers.
+/// evcxr (the notebook kernel) links a private copy of every dependency into each cell, so a
+/// `Run` built in one cell and stepped from another would take fresh, colliding numbers from
+/// the second cell's counter. Calling through these pointers runs the code, and the counter,
+/// of the copy that built the run's tensors. Everywhere else the pointers are just the
+/// functions.
+#[derive(Clone, Copy)]
+struct Hooks {
+    step: fn(&mut Run) -> Result<StepReport>,
+    dense_probe: fn(&Run) -> Result<DenseProbeResult>,
+}
+
+impl Hooks {
+    const HERE: Hooks = Hooks {
+        step: Run::step_here,
+        dense_probe: Run::dense_probe_here,
+    };
 }
 
 /// Deletes all but the newest `keep` `step-*` checkpoint folders of `dir` (best effort: a
