@@ -33,6 +33,10 @@ pub mod train;
 
 pub use error::{Error, Result};
 
+/// candle, as sslab builds on it: notebooks can name `sslab::candle::Tensor` without a
+/// dependency of their own (and so without a second, mismatched copy).
+pub use candle_core as candle;
+
 /// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
