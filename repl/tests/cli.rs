@@ -383,7 +383,7 @@ fn example_scripts_run_every_shell_command() {
                 "correspondence-step8.png",
             ],
         ),
-        ("moco-v1", vec!["loss-step4.png"]),
+        ("moco-v1", vec!["loss-step4.png", "lr-step4.png"]),
         ("densecl", vec!["sim-step5.png", "correspondence-step5.png"]),
         ("moco-v3", vec!["spikes-step4.png", "collapse-step6.png"]),
     ] {
@@ -412,6 +412,14 @@ fn example_scripts_run_every_shell_command() {
             );
         }
         assert!(out.contains("> quit"), "{name}: {out}");
+        if name == "moco-v1" {
+            assert!(
+                out.contains("[moco]") && out.contains("tau = 0.07"),
+                "config: {out}"
+            );
+            assert!(out.contains("cpu (built without CUDA"), "device: {out}");
+            assert!(out.contains("train <n>"), "help: {out}");
+        }
     }
 }
 
