@@ -19,6 +19,7 @@
 // Notebook users lose every variable on a panic: library code returns errors instead.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod atomic;
 pub mod augment;
 pub mod data;
 pub mod diagnostics;

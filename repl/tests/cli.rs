@@ -16,29 +16,37 @@ fn sslab() -> PathBuf {
     bin
 }
 
+/// Runs `cmd` and asserts it succeeded (stdout and stderr in the message, after `what`);
+/// returns stdout.
+fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let res = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout).to_string();
+    assert!(
+        res.status.success(),
+        "{what} stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    stdout
+}
+
 /// Runs `sslab train METHOD` on small shapes (256/64 images, width 8, batch 32) with `extra`
 /// arguments into a fresh folder; asserts success and returns stdout and the summary.
 fn train_small(method: &str, extra: &[&str]) -> (String, serde_json::Value, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
-    let res = Command::new(sslab())
-        .args(["train", method, "--device", "cpu"])
-        .args([
-            "--set",
-            "data.shapes.train=256",
-            "--set",
-            "data.shapes.test=64",
-        ])
-        .args(["--set", "model.width=8", "--set", "train.batch_size=32"])
-        .args(extra)
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout).to_string();
-    assert!(
-        res.status.success(),
-        "{method} stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&res.stderr)
+    let stdout = run_ok(
+        Command::new(sslab())
+            .args(["train", method, "--device", "cpu"])
+            .args([
+                "--set",
+                "data.shapes.train=256",
+                "--set",
+                "data.shapes.test=64",
+            ])
+            .args(["--set", "model.width=8", "--set", "train.batch_size=32"])
+            .args(extra)
+            .arg("--out")
+            .arg(out.path()),
+        method,
     );
     let summary =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
@@ -104,18 +112,13 @@ fn resume_from_a_periodic_checkpoint_in_a_fresh_process_matches_the_straight_run
     let step4 = out.path().join("checkpoints").join("step-00000004");
     assert!(step4.join("run.json").exists());
     let out2 = tempfile::tempdir().unwrap();
-    let res = Command::new(sslab())
-        .args(["train", "moco-v2", "--no-figures", "--resume"])
-        .arg(&step4)
-        .arg("--out")
-        .arg(out2.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(
-        res.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&res.stderr)
+    let stdout = run_ok(
+        Command::new(sslab())
+            .args(["train", "moco-v2", "--no-figures", "--resume"])
+            .arg(&step4)
+            .arg("--out")
+            .arg(out2.path()),
+        "resume",
     );
     assert!(stdout.contains("resumed at step 4"), "{stdout}");
     let resumed: serde_json::Value =
@@ -338,23 +341,21 @@ fn a_training_process_killed_mid_checkpoint_leaves_a_loadable_checkpoint() {
             })
             .max()
             .unwrap();
-        let res = Command::new(sslab())
-            .args([
-                "train",
-                "moco-v2",
-                "--no-figures",
-                "--no-init-knn",
-                "--resume",
-            ])
-            .arg(&ckpts)
-            .args(["--steps", &(newest + 1).to_string()])
-            .arg("--out")
-            .arg(out.path().join("resumed"))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&res.stderr);
-        let stdout = String::from_utf8_lossy(&res.stdout);
-        assert!(res.status.success(), "round {round}: {stdout}\n{err}");
+        let stdout = run_ok(
+            Command::new(sslab())
+                .args([
+                    "train",
+                    "moco-v2",
+                    "--no-figures",
+                    "--no-init-knn",
+                    "--resume",
+                ])
+                .arg(&ckpts)
+                .args(["--steps", &(newest + 1).to_string()])
+                .arg("--out")
+                .arg(out.path().join("resumed")),
+            &format!("round {round}"),
+        );
         assert!(
             stdout.contains("resumed at step"),
             "round {round}: {stdout}"
@@ -389,19 +390,14 @@ fn example_scripts_run_every_shell_command() {
     ] {
         let work = tempfile::tempdir().unwrap();
         let figs = work.path().join("figs");
-        let res = Command::new(sslab())
-            .current_dir(work.path())
-            .arg("--figures")
-            .arg(&figs)
-            .arg("run")
-            .arg(examples.join(format!("{name}.sslab")))
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&res.stdout);
-        assert!(
-            res.status.success(),
-            "{name}:\n{out}\n{}",
-            String::from_utf8_lossy(&res.stderr)
+        let out = run_ok(
+            Command::new(sslab())
+                .current_dir(work.path())
+                .arg("--figures")
+                .arg(&figs)
+                .arg("run")
+                .arg(examples.join(format!("{name}.sslab"))),
+            name,
         );
         for png in pngs {
             let p = figs.join(png);

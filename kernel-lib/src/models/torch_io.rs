@@ -216,16 +216,6 @@ pub fn export_backbone(store: &ParamStore, path: impl AsRef<Path>) -> Result<usi
     if out.is_empty() {
         return Err(Error::Invalid("this model has no backbone tensors".into()));
     }
-    let n = out.len();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| Error::data(dir, e.to_string()))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::data(dir, e.to_string()))?;
-    candle_core::safetensors::save(&out, tmp.path())
-        .map_err(|e| Error::data(path, e.to_string()))?;
-    tmp.persist(path)
-        .map_err(|e| Error::data(path, e.error.to_string()))?;
-    Ok(n)
+    crate::atomic::save_tensors(path, &out)?;
+    Ok(out.len())
 }

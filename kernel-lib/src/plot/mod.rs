@@ -12,7 +12,6 @@ mod render;
 pub use colormap::{diverging, heat};
 
 use crate::error::{Error, Result};
-use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -174,7 +173,7 @@ impl Figure {
 
     /// Writes the PNG atomically (temporary file + rename), creating parent folders.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        write_atomic(path.as_ref(), &self.png()?)
+        crate::atomic::write(path.as_ref(), &self.png()?)
     }
 
     /// Variance of all channel values: zero for a blank figure.
@@ -196,22 +195,6 @@ impl Figure {
             Err(e) => println!("(figure could not be encoded: {e})"),
         }
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// crash never leaves a half-written file where a good one was.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |e: std::io::Error| Error::data(path, e.to_string());
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
 }
 
 /// Whether figures can draw text (a TrueType font was found and registered).

@@ -9,12 +9,11 @@
 
 use super::config::RunConfig;
 use super::run::{Run, StepReport};
-use crate::data::Loader;
+use crate::atomic;
 use crate::error::{Error, Result};
 use crate::eval::KnnResult;
 use crate::models::{export_backbone, load_backbone, read_torch_checkpoint, ImportReport};
 use crate::optim::OptimizerState;
-use crate::plot::write_atomic;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -50,8 +49,7 @@ impl Run {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let step = self.history.len();
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        let stores = std::iter::once(self.method.params()).chain(self.method.momentum_params());
-        for store in stores {
+        for store in self.stores() {
             for p in &store.params {
                 tensors.insert(format!("param/{}", p.name), p.var.as_tensor().clone());
             }
@@ -66,12 +64,7 @@ impl Run {
         }
         let file = format!("state-{step:08}.safetensors");
         let path = dir.join(&file);
-        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
-        candle_core::safetensors::save(&tensors, tmp.path())
-            .map_err(|e| Error::data(&path, e.to_string()))?;
-        tmp.as_file().sync_all().map_err(io(&path))?;
-        tmp.persist(&path)
-            .map_err(|e| Error::data(&path, e.error.to_string()))?;
+        atomic::save_tensors(&path, &tensors)?;
         let config = self.config.to_toml()?;
         let manifest = Manifest {
             version: VERSION,
@@ -87,8 +80,8 @@ impl Run {
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| Error::Invalid(format!("cannot serialise the run: {e}")))?;
         let run_json = dir.join("run.json");
-        write_atomic(&run_json, &json)?;
-        write_atomic(&dir.join("config.toml"), config.as_bytes())?;
+        atomic::write(&run_json, &json)?;
+        atomic::write(&dir.join("config.toml"), config.as_bytes())?;
         // Only now are older tensor files unreferenced.
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -165,8 +158,7 @@ impl Run {
                 .get(key)
                 .ok_or_else(|| Error::data(&path, format!("missing tensor '{key}'")))
         };
-        let stores = std::iter::once(self.method.params()).chain(self.method.momentum_params());
-        for store in stores {
+        for store in self.stores() {
             for p in &store.params {
                 let t = get(&format!("param/{}", p.name))?;
                 if t.dims() != p.var.dims() {
@@ -216,13 +208,7 @@ impl Run {
             ));
         }
         self.method.resume_at(m.steps_done, self.total_steps)?;
-        self.loader = Loader::new(
-            self.train_data.clone(),
-            self.recipe.clone(),
-            self.config.train.batch_size,
-            self.config.seed,
-            m.steps_done,
-        )?;
+        self.loader = self.loader_at(self.config.train.batch_size, m.steps_done)?;
         self.history = m.history;
         self.knn_history = m.knn_history;
         Ok(())
@@ -236,9 +222,7 @@ impl Run {
     pub fn import_backbone(&mut self, path: impl AsRef<Path>) -> Result<ImportReport> {
         let path = path.as_ref();
         let tensors = read_torch_checkpoint(path)?;
-        let mut stores = vec![self.method.params()];
-        stores.extend(self.method.momentum_params());
-        load_backbone(&stores, &tensors, path)
+        load_backbone(&self.stores(), &tensors, path)
     }
 
     /// Writes the online backbone as safetensors with torchvision/timm key names; returns the

@@ -282,10 +282,29 @@ impl Run {
         self.schedule.factor(s) * self.lr_scale
     }
 
+    /// The method's tensors: the online store, then the momentum encoder's where there is one.
+    pub(super) fn stores(&self) -> Vec<&crate::models::ParamStore> {
+        let mut stores = vec![self.method.params()];
+        stores.extend(self.method.momentum_params());
+        stores
+    }
+
+    /// A loader of `batch`-sized batches whose next batch is that of step `step` (data order is
+    /// a function of seed and step, so this continues a run exactly).
+    pub(super) fn loader_at(&self, batch: usize, step: usize) -> Result<Loader> {
+        Loader::new(
+            self.train_data.clone(),
+            self.recipe.clone(),
+            batch,
+            self.config.seed,
+            step,
+        )
+    }
+
     /// Deep copies of every buffer (BN running statistics) of the online and momentum stores.
     fn buffer_copies(&self) -> Result<Vec<(candle_core::Var, Tensor)>> {
-        let stores = std::iter::once(self.method.params()).chain(self.method.momentum_params());
-        stores
+        self.stores()
+            .into_iter()
             .flat_map(|s| s.params.iter())
             .filter(|p| p.kind == crate::models::ParamKind::Buffer)
             .map(|p| Ok((p.var.clone(), p.var.as_tensor().copy()?)))
@@ -327,13 +346,7 @@ impl Run {
             for (var, saved) in buffers {
                 var.set(&saved)?;
             }
-            self.loader = Loader::new(
-                self.train_data.clone(),
-                self.recipe.clone(),
-                self.config.train.batch_size,
-                self.config.seed,
-                s,
-            )?;
+            self.loader = self.loader_at(self.config.train.batch_size, s)?;
             let parts = out
                 .parts
                 .iter()

@@ -2,7 +2,6 @@
 //! refusal for those fixed when the run was built.
 
 use super::run::Run;
-use crate::data::Loader;
 use crate::error::{Error, Result};
 
 /// Short names a user may type for the usual knobs; the method decides which loss a λ or τ
@@ -88,13 +87,7 @@ impl Run {
             for (_, q) in self.method.queues() {
                 q.check_keys_per_step(batch)?;
             }
-            self.loader = Loader::new(
-                self.train_data.clone(),
-                self.recipe.clone(),
-                batch,
-                cfg.seed,
-                self.history.len(),
-            )?;
+            self.loader = self.loader_at(batch, self.history.len())?;
             self.steps_per_epoch = (self.train_data.len() / batch).max(1);
             if cfg.optim.scale_lr_with_batch {
                 self.lr_scale = batch as f64 / 256.0;
