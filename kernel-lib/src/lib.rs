@@ -21,6 +21,7 @@
 
 mod atomic;
 pub mod augment;
+pub mod bench;
 pub mod data;
 pub mod diagnostics;
 mod error;

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use sslab::bench::{time_conv, ConvImpl, RESNET18_CIFAR_CONVS};
 use sslab::train::{Run, RunConfig};
 
 #[derive(Args)]
@@ -9,7 +10,8 @@ pub struct BenchArgs {
     /// Workload: barlow-twins = a full training step (CIFAR ResNet-18 + 2048-2048-2048
     /// projector, 32 px, 64 images × 2 views, forward + backward + LARS update); moco-v2 =
     /// the `moco-v2/cifar` step (ResNet-18, 2-layer head, queue); moco-v3-vit = the
-    /// `moco-v3/vit-tiny` step (ViT-tiny width, 3 blocks, patch 4, AdamW).
+    /// `moco-v3/vit-tiny` step (ViT-tiny width, 3 blocks, patch 4, AdamW); conv = forward,
+    /// input- and weight-gradient GFLOP/s of each convolution shape of a CIFAR ResNet-18.
     workload: String,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
@@ -23,6 +25,9 @@ pub struct BenchArgs {
     /// Device: auto, cpu, cuda.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// For `conv`: time candle's own convolution instead of sslab's kernels (the baseline).
+    #[arg(long)]
+    candle_conv: bool,
     /// Override any config key, e.g. --set diagnostics.grad_spikes=false to time a step
     /// without the gradient-spike tracker (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -34,7 +39,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "barlow-twins" => "barlow-twins/cifar",
         "moco-v2" => "moco-v2/cifar",
         "moco-v3-vit" => "moco-v3/vit-tiny",
-        w => bail!("unknown workload '{w}'; known: barlow-twins, moco-v2, moco-v3-vit"),
+        "conv" => return conv(&a),
+        w => bail!("unknown workload '{w}'; known: barlow-twins, moco-v2, moco-v3-vit, conv"),
     };
     let mut cfg = RunConfig::preset(preset)?;
     cfg.moco.queue_size = cfg.moco.queue_size.min(4096) / a.batch.max(1) * a.batch.max(1);
@@ -89,5 +95,32 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.batch as f64 / median,
         sslab::peak_rss_bytes().unwrap_or(0) as f64 / 1e9
     );
+    // The line `benches/compare.sh` reads, in the format of the PyTorch twins.
+    println!(
+        "RESULT {} step_s={median:.3} images_per_s={:.1} peak_rss_gb={:.2}",
+        a.workload,
+        views / median,
+        sslab::peak_rss_bytes().unwrap_or(0) as f64 / 1e9
+    );
+    Ok(())
+}
+
+fn conv(a: &BenchArgs) -> Result<()> {
+    let imp = if a.candle_conv {
+        ConvImpl::Candle
+    } else {
+        ConvImpl::Sslab
+    };
+    println!(
+        "conv2d on the CPU ({imp:?}), batch {}, median of {} | GFLOP/s (2 x multiply-adds / s)",
+        a.batch, a.steps
+    );
+    for shape in RESNET18_CIFAR_CONVS {
+        let t = time_conv(shape, a.batch, a.steps.max(3), imp)?;
+        println!(
+            "RESULT conv shape={shape} count={} fwd_gflops={:.1} dx_gflops={:.1} dw_gflops={:.1}",
+            shape.count, t.fwd_gflops, t.dx_gflops, t.dw_gflops
+        );
+    }
     Ok(())
 }

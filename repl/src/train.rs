@@ -2,9 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sslab::train::{Run, RunConfig};
+use sslab::train::{Evaluations, Run, RunConfig};
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -50,6 +49,9 @@ pub struct TrainArgs {
     /// Save a checkpoint every N steps into OUT/checkpoints (the last two kept).
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<usize>,
+    /// Also train a linear probe on the frozen features at the end (methods.md §5 protocol).
+    #[arg(long)]
+    linear_probe: bool,
     /// Do not draw DIR/figures/*.png at the end.
     #[arg(long)]
     no_figures: bool,
@@ -132,7 +134,6 @@ fn resume(a: &TrainArgs, dir: &std::path::Path) -> Result<Run> {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let t0 = Instant::now();
     // Build the run first: a config whose data cannot load leaves no output folder behind.
     let mut run = match &a.resume {
         Some(dir) => resume(&a, dir)?,
@@ -177,73 +178,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
             run.total_steps()
         );
     }
-    let init = if let Some(k) = resumed_from.and_then(|_| run.knn_history().first()) {
-        // The saved run's own first kNN is its initialisation value.
-        Some(k.1.clone())
-    } else if a.no_init_knn || resumed_from.is_some() {
-        None
-    } else {
-        let k = run.knn()?;
-        println!(
-            "kNN top-1 at init: {:.2}% (top-5 {:.2}%, k={}, t={})",
-            k.top1, k.top5, k.k, k.t
-        );
-        Some(k)
-    };
-    let probe_init = if a.dense_probe && !a.no_init_knn {
-        let p = run.dense_probe()?;
-        println!(
-            "dense probe at init: mIoU {:.2}%, pixel accuracy {:.2}% ({}x{} grid)",
-            p.miou, p.pixel_acc, p.grid.0, p.grid.1
-        );
-        Some(p)
-    } else {
-        None
-    };
-    let steps = run.total_steps().saturating_sub(run.steps_done());
-    let summary = run.train(steps)?;
-    println!("{summary}");
-    let fin = run.knn()?;
-    println!(
-        "kNN top-1 at end:  {:.2}% (top-5 {:.2}%)",
-        fin.top1, fin.top5
-    );
-    if let Some(i) = &init {
-        println!("kNN top-1 change:  {:+.2} points", fin.top1 - i.top1);
-    }
-    let probe = if a.dense_probe {
-        let p = run.dense_probe()?;
-        println!(
-            "dense probe at end:  mIoU {:.2}%, pixel accuracy {:.2}%",
-            p.miou, p.pixel_acc
-        );
-        Some(p)
-    } else {
-        None
-    };
-    let json = serde_json::json!({
-        "method": cfg.method,
-        "preset": cfg.preset,
-        "data": cfg.data.source,
-        "steps": run.steps_done(),
-        "resumed_from_step": resumed_from,
-        "batch_size": cfg.train.batch_size,
-        "final_loss": summary.last_loss,
-        "first_loss": summary.first_loss,
-        "knn_top1": fin.top1,
-        "knn_top5": fin.top5,
-        "knn_top1_at_init": init.as_ref().map(|k| k.top1),
-        "images_per_sec": summary.images_per_sec,
-        "device": run.device_name(),
-        "seconds": t0.elapsed().as_secs_f64(),
-        "train_seconds": summary.seconds,
-        "peak_rss_bytes": sslab::peak_rss_bytes(),
-        "dense_probe_miou": probe.as_ref().map(|p| p.miou),
-        "dense_probe_pixel_acc": probe.as_ref().map(|p| p.pixel_acc),
-        "dense_probe_miou_at_init": probe_init.as_ref().map(|p| p.miou),
-    });
+    let summary = run.train_to_end(Evaluations {
+        at_init: !a.no_init_knn,
+        linear_probe: a.linear_probe,
+        dense_probe: a.dense_probe,
+    })?;
     let path = a.out.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    summary.save(&path)?;
     println!("wrote {}", path.display());
     if !a.no_figures {
         let figures = run

@@ -1,7 +1,12 @@
-//! Evaluation of learned representations: the weighted kNN monitor and the dense linear probe.
+//! Evaluation of learned representations: the weighted kNN monitor, the linear probe and the
+//! dense linear probe.
 
 mod dense_probe;
 mod knn;
+mod linear_probe;
 
 pub use dense_probe::{dense_probe, mask_to_grid, DenseProbeResult, DenseProbeSettings};
+pub use linear_probe::{
+    linear_probe, linear_probe_on_features, LinearProbeResult, LinearProbeSettings, ProbeSchedule,
+};
 pub use knn::{extract_features, knn_eval, knn_predict, map_batches, KnnResult, KnnSettings};

@@ -238,11 +238,34 @@ impl CustomOp2 for Conv2dOp {
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
-        let dx = dy.apply_op2(w, Conv2dInputGrad(g))?;
-        let dw = x.apply_op2(&dy, Conv2dWeightGrad(g))?;
+        let dx = conv2d_dx(&dy, w, x.dims(), self.stride, self.pad)?;
+        let dw = conv2d_dw(x, &dy, w.dims(), self.stride, self.pad)?;
         Ok((Some(dx), Some(dw)))
     }
+}
+
+/// The input gradient of a convolution of an input shaped `x_dims` (contiguous `dy`).
+pub(crate) fn conv2d_dx(
+    dy: &Tensor,
+    w: &Tensor,
+    x_dims: &[usize],
+    stride: usize,
+    pad: usize,
+) -> CResult<Tensor> {
+    let g = ConvGeom::new(x_dims, w.dims(), stride, pad)?;
+    dy.apply_op2(w, Conv2dInputGrad(g))
+}
+
+/// The weight gradient of a convolution with a kernel shaped `w_dims` (contiguous `dy`).
+pub(crate) fn conv2d_dw(
+    x: &Tensor,
+    dy: &Tensor,
+    w_dims: &[usize],
+    stride: usize,
+    pad: usize,
+) -> CResult<Tensor> {
+    let g = ConvGeom::new(x.dims(), w_dims, stride, pad)?;
+    x.apply_op2(dy, Conv2dWeightGrad(g))
 }
 
 /// `dX = col2im(Wᵀ · dY)`; arguments (dY, W).

@@ -7,7 +7,7 @@
 
 mod backbone;
 mod batchnorm;
-mod cpu_ops;
+pub(crate) mod cpu_ops;
 mod ema;
 mod layers;
 mod mlp;

@@ -205,6 +205,11 @@ pub struct EvalConfig {
     /// Full-batch AdamW steps of the dense linear probe.
     pub dense_probe_steps: usize,
     pub dense_probe_lr: f64,
+    /// Epochs of the linear probe on cached features (the papers' 90-100, scaled down).
+    pub linear_probe_epochs: usize,
+    /// Learning rate of the linear probe on standardised features; 0 = 0.1
+    /// (`LinearProbeSettings::scaled_down`).
+    pub linear_probe_lr: f64,
 }
 
 impl Default for RunConfig {
@@ -363,6 +368,8 @@ impl Default for EvalConfig {
             batch_size: 256,
             dense_probe_steps: 300,
             dense_probe_lr: 0.01,
+            linear_probe_epochs: 30,
+            linear_probe_lr: 0.0,
         }
     }
 }
@@ -727,6 +734,14 @@ impl RunConfig {
             e.dense_probe_lr.is_finite() && e.dense_probe_lr > 0.0,
             "eval.dense_probe_lr",
             || format!("must be > 0, got {}", e.dense_probe_lr),
+        )?;
+        check(e.linear_probe_epochs > 0, "eval.linear_probe_epochs", || {
+            "must be ≥ 1".into()
+        })?;
+        check(
+            e.linear_probe_lr.is_finite() && e.linear_probe_lr >= 0.0,
+            "eval.linear_probe_lr",
+            || format!("must be ≥ 0 (0 = the default), got {}", e.linear_probe_lr),
         )?;
         let d = &self.diagnostics;
         check(

@@ -7,6 +7,7 @@ mod device;
 mod inspect;
 mod presets;
 mod run;
+mod summary;
 mod tune;
 
 pub use config::{
@@ -17,3 +18,4 @@ pub use device::select_device;
 pub use inspect::{Diagnostic, FeatureSource};
 pub use presets::PRESETS;
 pub use run::{Run, StepReport, TrainSummary};
+pub use summary::{Evaluations, RunSummary};

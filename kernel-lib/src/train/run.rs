@@ -8,7 +8,8 @@ use crate::data::{DataSource, Dataset, Loader};
 use crate::diagnostics::{GradSpikeTracker, LayerGroups};
 use crate::error::{Error, Result};
 use crate::eval::{
-    dense_probe, knn_eval, DenseProbeResult, DenseProbeSettings, KnnResult, KnnSettings,
+    dense_probe, knn_eval, linear_probe, DenseProbeResult, DenseProbeSettings, KnnResult,
+    KnnSettings, LinearProbeResult, LinearProbeSettings,
 };
 use crate::methods::{
     BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoV3, MocoV3Spec,
@@ -468,6 +469,38 @@ impl Run {
         )
     }
 
+    /// The linear probe (methods.md §5): a linear classifier on the frozen, evaluation-mode
+    /// backbone features of the train split, trained with the method's protocol (SGD,
+    /// `eval.linear_probe_epochs` epochs on features extracted once) and scored top-1/top-5 on
+    /// the test split.
+    pub fn linear_probe(&self) -> Result<LinearProbeResult> {
+        (self.hooks.linear_probe)(self)
+    }
+
+    /// The probe's settings for this run: the method's protocol with `eval`'s overrides.
+    pub fn linear_probe_settings(&self) -> LinearProbeSettings {
+        let e = &self.config.eval;
+        let vit = self.config.model.backbone == "vit";
+        let mut s = LinearProbeSettings::for_method(&self.config.method, vit)
+            .scaled_down(e.linear_probe_epochs);
+        if e.linear_probe_lr > 0.0 {
+            s.lr = e.linear_probe_lr;
+        }
+        s.feature_batch = e.batch_size;
+        s.seed = self.config.seed;
+        s
+    }
+
+    fn linear_probe_here(&self) -> Result<LinearProbeResult> {
+        linear_probe(
+            self.method.as_ref(),
+            (self.train_data.as_ref(), self.test_data.as_ref()),
+            &self.recipe,
+            self.linear_probe_settings(),
+            &self.device,
+        )
+    }
+
     /// The configuration the run was built from.
     pub fn config(&self) -> &RunConfig {
         &self.config
@@ -538,12 +571,14 @@ impl Run {
 struct Hooks {
     step: fn(&mut Run) -> Result<StepReport>,
     dense_probe: fn(&Run) -> Result<DenseProbeResult>,
+    linear_probe: fn(&Run) -> Result<LinearProbeResult>,
 }
 
 impl Hooks {
     const HERE: Hooks = Hooks {
         step: Run::step_here,
         dense_probe: Run::dense_probe_here,
+        linear_probe: Run::linear_probe_here,
     };
 }
 

@@ -29,6 +29,8 @@ const REPORTING: &[&str] = &[
     "eval.batch_size",
     "eval.dense_probe_steps",
     "eval.dense_probe_lr",
+    "eval.linear_probe_epochs",
+    "eval.linear_probe_lr",
     "diagnostics.every",
     "diagnostics.corr_block",
 ];

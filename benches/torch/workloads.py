@@ -1,0 +1,319 @@
+"""PyTorch twins of `sslab bench` workloads: same models, shapes and hyper-parameters.
+
+Run by `benches/compare.sh`, never by the tests or CI. Each workload prints one line
+`RESULT <workload> key=value ...` in the same format as `sslab bench --machine`, so the
+script can put both side by side. Inputs are random tensors: the step timed is forward,
+backward and the optimizer update, as in sslab (whose step also augments the batch).
+"""
+
+import argparse
+import math
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# --- ResNet-18 with the CIFAR stem (3x3 conv, no max-pool), as sslab's `Stem::Cifar` ---
+class BasicBlock(nn.Module):
+    def __init__(self, inp, out, stride, zero_init):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inp, out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        if zero_init:
+            nn.init.zeros_(self.bn2.weight)
+        self.down = None
+        if stride != 1 or inp != out:
+            self.down = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + (x if self.down is None else self.down(x)))
+
+
+class ResNet18(nn.Module):
+    def __init__(self, width=64, zero_init=True):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        blocks, inp = [], width
+        for i, stride in enumerate([1, 2, 2, 2]):
+            out = width * 2**i
+            blocks += [BasicBlock(inp, out, stride, zero_init), BasicBlock(out, out, 1, zero_init)]
+            inp = out
+        self.blocks = nn.Sequential(*blocks)
+        self.dim = inp
+
+    def forward(self, x):
+        return torch.flatten(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1)
+
+
+def mlp(dims, bias, last_bn=None):
+    """Linear-BN-ReLU hidden layers; last BN None, 'affine' or 'nonaffine'."""
+    layers = []
+    for i in range(len(dims) - 1):
+        last = i == len(dims) - 2
+        layers.append(nn.Linear(dims[i], dims[i + 1], bias=bias))
+        if not last:
+            layers += [nn.BatchNorm1d(dims[i + 1]), nn.ReLU()]
+        elif last_bn is not None:
+            layers.append(nn.BatchNorm1d(dims[i + 1], affine=last_bn == "affine"))
+    return nn.Sequential(*layers)
+
+
+# --- Optimisers as sslab's `optim` module ---
+class Lars(torch.optim.Optimizer):
+    """SGD + momentum 0.9 with the LARS trust ratio on >= 2-D tensors (biases and BN excluded
+    from both weight decay and adaptation), solo-learn's clipped variant."""
+
+    def __init__(self, params, lr, weight_decay, eta, momentum=0.9):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, eta=eta, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if p.ndim > 1:
+                    pn, gn = torch.norm(p), torch.norm(d)
+                    ratio = g["eta"] * pn / (gn + g["weight_decay"] * pn + 1e-8)
+                    ratio = torch.where((pn > 0) & (gn > 0), torch.clamp(ratio / g["lr"], max=1.0), torch.ones_like(pn))
+                    d = (d + g["weight_decay"] * p) * ratio
+                st = self.state[p]
+                buf = st.get("m")
+                if buf is None:
+                    buf = st["m"] = torch.zeros_like(p)
+                buf.mul_(g["momentum"]).add_(d)
+                p.add_(buf, alpha=-g["lr"])
+
+
+# --- Objectives ---
+def bn_standardise(z, eps=1e-5):
+    return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
+
+
+def barlow_twins_loss(z1, z2, lam, scale):
+    n = z1.shape[0]
+    c = bn_standardise(z1).T @ bn_standardise(z2) / n
+    on = (torch.diagonal(c) - 1).pow(2).sum()
+    off = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return scale * (on + lam * off)
+
+
+def ctr(q, k, tau):
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    logits = q @ k.T / tau
+    return 2 * tau * F.cross_entropy(logits, torch.arange(q.shape[0]))
+
+
+# --- Workloads ---
+def barlow_twins(batch, width):
+    net = ResNet18(width)
+    proj = mlp([net.dim, 2048, 2048, 2048], bias=False)
+    model = nn.Sequential(net, proj)
+    opt = Lars(model.parameters(), lr=0.3 * batch / 256, weight_decay=1e-4, eta=0.02)
+    x1, x2 = torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
+
+    def step():
+        loss = barlow_twins_loss(model(x1), model(x2), 0.005, 0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def moco_v2(batch, width, queue=4096, tau=0.1, m=0.99):
+    def encoder():
+        net = ResNet18(width, zero_init=False)
+        return nn.Sequential(net, mlp([net.dim, net.dim, 128], bias=True))
+
+    q_enc, k_enc = encoder(), encoder()
+    k_enc.load_state_dict(q_enc.state_dict())
+    for p in k_enc.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.SGD(q_enc.parameters(), lr=0.06 * batch / 256, momentum=0.9, weight_decay=5e-4)
+    queue_t = F.normalize(torch.randn(128, queue), dim=0)
+    ptr = [0]
+    x1, x2 = torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
+
+    def step():
+        q = F.normalize(q_enc(x1), dim=1)
+        with torch.no_grad():
+            for pq, pk in zip(q_enc.parameters(), k_enc.parameters()):
+                pk.mul_(m).add_(pq.detach(), alpha=1 - m)
+            perm = torch.randperm(batch)  # ShuffleBN on one device: permute, encode, un-permute
+            k = F.normalize(k_enc(x2[perm]), dim=1)[torch.argsort(perm)]
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue_t], 1) / tau
+        loss = F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            queue_t[:, ptr[0] : ptr[0] + batch] = k.T
+            ptr[0] = (ptr[0] + batch) % queue
+        return loss.item()
+
+    return step
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.n1 = nn.LayerNorm(dim, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.n2 = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.heads = heads
+
+    def forward(self, x):
+        b, t, d = x.shape
+        qkv = self.qkv(self.n1(x)).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        a = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, -1)
+        x = x + self.proj((a @ v).transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.n2(x))))
+
+
+class Vit(nn.Module):
+    """ViT as sslab's: conv patch embedding, [CLS], fixed position embedding, pre-norm blocks."""
+
+    def __init__(self, dim=192, depth=3, heads=3, patch=4, size=32):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos", torch.randn(1, (size // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.dim = dim
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        return self.norm(self.blocks(x))[:, 0]
+
+
+def moco_v3_vit(batch, width, tau=0.2, m=0.9, hidden=1024):
+    def encoder():
+        net = Vit()
+        return nn.Sequential(net, mlp([net.dim, hidden, hidden, 256], bias=False, last_bn="nonaffine"))
+
+    online, momentum = encoder(), encoder()
+    momentum.load_state_dict(online.state_dict())
+    for p in momentum.parameters():
+        p.requires_grad_(False)
+    pred = mlp([256, hidden, 256], bias=False, last_bn="nonaffine")
+    params = list(online.parameters()) + list(pred.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3 * batch / 256, weight_decay=0.1)
+    x1, x2 = torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
+
+    def step():
+        q1, q2 = pred(online(x1)), pred(online(x2))
+        with torch.no_grad():
+            for po, pm in zip(online.parameters(), momentum.parameters()):
+                pm.mul_(m).add_(po.detach(), alpha=1 - m)
+            k1, k2 = momentum(x1), momentum(x2)
+        loss = ctr(q1, k2, tau) + ctr(q2, k1, tau)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+# The conv shapes of a CIFAR ResNet-18 at width 64: (in, out, kernel, stride, input size, count).
+CONV_SHAPES = [
+    (3, 64, 3, 1, 32, 1),
+    (64, 64, 3, 1, 32, 4),
+    (64, 128, 3, 2, 32, 1),
+    (128, 128, 3, 1, 16, 3),
+    (64, 128, 1, 2, 32, 1),
+    (128, 256, 3, 2, 16, 1),
+    (256, 256, 3, 1, 8, 3),
+    (128, 256, 1, 2, 16, 1),
+    (256, 512, 3, 2, 8, 1),
+    (512, 512, 3, 1, 4, 3),
+    (256, 512, 1, 2, 8, 1),
+]
+
+
+def conv(batch, reps):
+    for c, o, k, s, h, count in CONV_SHAPES:
+        pad = k // 2
+        x = torch.randn(batch, c, h, h)
+        w = torch.randn(o, c, k, k) * 0.1
+        y = F.conv2d(x, w, None, s, pad)
+        dy = torch.randn_like(y)
+        macs = batch * o * y.shape[2] * y.shape[3] * c * k * k
+        bwd = torch.ops.aten.convolution_backward
+
+        def fwd():
+            F.conv2d(x, w, None, s, pad)
+
+        def dx():
+            bwd(dy, x, w, None, [s, s], [pad, pad], [1, 1], False, [0, 0], 1, [True, False, False])
+
+        def dw():
+            bwd(dy, x, w, None, [s, s], [pad, pad], [1, 1], False, [0, 0], 1, [False, True, False])
+
+        out = []
+        for name, f in (("fwd", fwd), ("dx", dx), ("dw", dw)):
+            f()
+            t = median_time(f, reps)
+            out.append(f"{name}_gflops={2 * macs / t / 1e9:.1f}")
+        print(f"RESULT conv shape={c}x{o}k{k}s{s}@{h} count={count} " + " ".join(out), flush=True)
+
+
+def median_time(f, reps):
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("workload", choices=["barlow-twins", "moco-v2", "moco-v3-vit", "conv"])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
+    if a.workload == "conv":
+        conv(a.batch, max(a.steps, 3))
+        return
+    step = {"barlow-twins": barlow_twins, "moco-v2": moco_v2, "moco-v3-vit": moco_v3_vit}[a.workload](a.batch, a.width)
+    step()  # warm-up
+    times = []
+    for _ in range(a.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - t0)
+        if not math.isfinite(loss):
+            sys.exit(f"non-finite loss {loss}")
+    med = statistics.median(times)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        f"RESULT {a.workload} step_s={med:.3f} images_per_s={2 * a.batch / med:.1f} peak_rss_gb={rss / 1e9:.2f}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

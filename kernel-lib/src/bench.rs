@@ -1,0 +1,179 @@
+//! Convolution micro-benchmarks: the ResNet-18 shapes timed through sslab's CPU kernels and
+//! through candle's own ops, in GFLOP/s, so `sslab bench conv` can set both beside PyTorch's
+//! (`benches/torch/workloads.py conv`).
+
+use crate::models::cpu_ops::{conv2d_dw, conv2d_dx, Conv2dOp};
+use crate::Result;
+use candle_core::{Device, Tensor};
+use std::time::Instant;
+
+/// One convolution of a network: `count` layers of this shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvShape {
+    pub inp: usize,
+    pub out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    /// Input height and width.
+    pub size: usize,
+    pub count: usize,
+}
+
+impl ConvShape {
+    const fn new(
+        inp: usize,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        size: usize,
+        count: usize,
+    ) -> Self {
+        ConvShape {
+            inp,
+            out,
+            kernel,
+            stride,
+            size,
+            count,
+        }
+    }
+
+    /// Padding as in ResNet: `kernel / 2`.
+    pub fn padding(&self) -> usize {
+        self.kernel / 2
+    }
+
+    /// Output height and width.
+    pub fn out_size(&self) -> usize {
+        (self.size + 2 * self.padding() - self.kernel) / self.stride + 1
+    }
+
+    /// Multiply-adds of one pass over `batch` images (forward, dX and dW cost the same).
+    pub fn macs(&self, batch: usize) -> f64 {
+        (batch * self.out * self.out_size().pow(2) * self.inp * self.kernel * self.kernel) as f64
+    }
+}
+
+impl std::fmt::Display for ConvShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}k{}s{}@{}",
+            self.inp, self.out, self.kernel, self.stride, self.size
+        )
+    }
+}
+
+/// The convolutions of a CIFAR ResNet-18 at width 64 (3×3 stem, no max-pool), the same list as
+/// `benches/torch/workloads.py`.
+pub const RESNET18_CIFAR_CONVS: [ConvShape; 11] = [
+    ConvShape::new(3, 64, 3, 1, 32, 1),
+    ConvShape::new(64, 64, 3, 1, 32, 4),
+    ConvShape::new(64, 128, 3, 2, 32, 1),
+    ConvShape::new(128, 128, 3, 1, 16, 3),
+    ConvShape::new(64, 128, 1, 2, 32, 1),
+    ConvShape::new(128, 256, 3, 2, 16, 1),
+    ConvShape::new(256, 256, 3, 1, 8, 3),
+    ConvShape::new(128, 256, 1, 2, 16, 1),
+    ConvShape::new(256, 512, 3, 2, 8, 1),
+    ConvShape::new(512, 512, 3, 1, 4, 3),
+    ConvShape::new(256, 512, 1, 2, 8, 1),
+];
+
+/// Which implementation to time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvImpl {
+    /// sslab's im2col + GEMM kernels with explicit backward (what training uses on the CPU).
+    Sslab,
+    /// candle's `conv2d`, and the `conv_transpose2d` / transposed `conv2d` its autograd runs.
+    Candle,
+}
+
+/// Median throughput of the three passes of one shape.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvTiming {
+    pub shape: ConvShape,
+    pub fwd_gflops: f64,
+    pub dx_gflops: f64,
+    pub dw_gflops: f64,
+}
+
+fn median_seconds(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up: first-touch page faults and rayon start-up stay out of the timing
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    ts.sort_by(f64::total_cmp);
+    Ok(ts[ts.len() / 2])
+}
+
+/// Times forward, input gradient and weight gradient of `shape` on random data on the CPU.
+///
+/// ```
+/// use sslab::bench::{time_conv, ConvImpl, RESNET18_CIFAR_CONVS};
+/// let t = time_conv(RESNET18_CIFAR_CONVS[9], 2, 1, ConvImpl::Sslab)?;
+/// assert!(t.fwd_gflops > 0.0);
+/// # Ok::<(), sslab::Error>(())
+/// ```
+pub fn time_conv(shape: ConvShape, batch: usize, reps: usize, imp: ConvImpl) -> Result<ConvTiming> {
+    let dev = Device::Cpu;
+    let (s, p, k) = (shape.stride, shape.padding(), shape.kernel);
+    let x = Tensor::randn(0f32, 1.0, (batch, shape.inp, shape.size, shape.size), &dev)?;
+    let w = Tensor::randn(0f32, 0.1, (shape.out, shape.inp, k, k), &dev)?;
+    let ho = shape.out_size();
+    let dy = Tensor::randn(0f32, 1.0, (batch, shape.out, ho, ho), &dev)?;
+    let (fwd, dx, dw) = match imp {
+        ConvImpl::Sslab => (
+            median_seconds(reps, || {
+                x.apply_op2(&w, Conv2dOp { stride: s, pad: p })?;
+                Ok(())
+            })?,
+            median_seconds(reps, || {
+                conv2d_dx(&dy, &w, x.dims(), s, p)?;
+                Ok(())
+            })?,
+            median_seconds(reps, || {
+                conv2d_dw(&x, &dy, w.dims(), s, p)?;
+                Ok(())
+            })?,
+        ),
+        ConvImpl::Candle => {
+            // The same calls as candle 0.11's backprop for conv2d.
+            let out_pad = shape.size - ((ho - 1) * s + k - 2 * p);
+            (
+                median_seconds(reps, || {
+                    x.conv2d(&w, p, s, 1, 1)?;
+                    Ok(())
+                })?,
+                median_seconds(reps, || {
+                    dy.conv_transpose2d(&w, p, out_pad, s, 1)?;
+                    Ok(())
+                })?,
+                median_seconds(reps, || {
+                    let g = x
+                        .transpose(0, 1)?
+                        .conv2d(&dy.transpose(0, 1)?, p, 1, s, 1)?
+                        .transpose(0, 1)?;
+                    let (_, _, gh, gw) = g.dims4()?;
+                    let g = if gh > k || gw > k {
+                        g.narrow(2, 0, k)?.narrow(3, 0, k)?
+                    } else {
+                        g
+                    };
+                    g.contiguous()?;
+                    Ok(())
+                })?,
+            )
+        }
+    };
+    let gflops = |t: f64| 2.0 * shape.macs(batch) / t / 1e9;
+    Ok(ConvTiming {
+        shape,
+        fwd_gflops: gflops(fwd),
+        dx_gflops: gflops(dx),
+        dw_gflops: gflops(dw),
+    })
+}
