@@ -4,6 +4,7 @@
 mod bench;
 mod interactive;
 mod shell;
+mod sweep;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,9 @@ struct Cli {
 enum Command {
     /// Train a method headless, print kNN accuracy at init and at the end, write DIR/summary.json.
     Train(train::TrainArgs),
+    /// Run a grid of trainings over config keys and seeds; write results.csv, results.md and
+    /// one figure per metric.
+    Sweep(sweep::SweepArgs),
     /// Time fixed training-step workloads (images/s, peak memory).
     Bench(bench::BenchArgs),
     /// List methods and presets.
@@ -44,6 +48,7 @@ fn main() {
         None | Some(Command::Shell) => interactive::repl(cli.figures),
         Some(Command::Run { file }) => interactive::run_file(&file, cli.figures),
         Some(Command::Train(a)) => train::run(a),
+        Some(Command::Sweep(a)) => sweep::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Presets) => {
             println!("methods: {}", sslab::train::RunConfig::METHODS.join(", "));

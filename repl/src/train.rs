@@ -5,29 +5,36 @@ use clap::Args;
 use sslab::train::{Evaluations, Run, RunConfig};
 use std::path::PathBuf;
 
+/// What picks and adjusts the config of a run: shared by `train` and `sweep`.
 #[derive(Args)]
-pub struct TrainArgs {
+pub struct ConfigArgs {
     /// Method to train: barlow-twins, moco-v1, moco-v2, densecl, moco-v3.
-    method: String,
+    pub method: String,
     /// Preset: a full name (moco-v3/vit-tiny) or the part after the method (vit-tiny); default:
     /// the method's CPU-sized preset.
     #[arg(long)]
-    preset: Option<String>,
+    pub preset: Option<String>,
     /// TOML config file; it may name its own preset and override any key.
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// Total optimisation steps (overrides the preset's budget and schedule length).
     #[arg(long)]
-    steps: Option<usize>,
+    pub steps: Option<usize>,
     /// Data spec: shapes | cifar10:PATH | cifar100:PATH | mnist:PATH | fashion-mnist:PATH | folder:PATH.
     #[arg(long)]
-    data: Option<String>,
+    pub data: Option<String>,
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long)]
-    device: Option<String>,
+    pub device: Option<String>,
     /// Override any config key, e.g. --set optim.lr=0.1 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    pub sets: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    cfg: ConfigArgs,
     /// Output folder for summary.json, config.toml and figures/*.png.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
@@ -57,7 +64,7 @@ pub struct TrainArgs {
     no_figures: bool,
 }
 
-pub fn build_config(a: &TrainArgs) -> Result<RunConfig> {
+pub fn build_config(a: &ConfigArgs) -> Result<RunConfig> {
     let mut cfg = match (&a.config, &a.preset) {
         (Some(path), _) => RunConfig::from_file(path)?,
         // `--preset vit-tiny` is short for `--preset moco-v3/vit-tiny`.
@@ -89,12 +96,16 @@ pub fn build_config(a: &TrainArgs) -> Result<RunConfig> {
     if let Some(d) = &a.data {
         cfg.set("data.source", &format!("{d:?}"))?;
     }
-    apply_overrides(a, &mut cfg)?;
+    apply_overrides(a, None, &mut cfg)?;
     Ok(cfg)
 }
 
 /// `--steps`, `--device`, `--set` and `--checkpoint-every`, for a new run and a resumed one.
-fn apply_overrides(a: &TrainArgs, cfg: &mut RunConfig) -> sslab::Result<()> {
+fn apply_overrides(
+    a: &ConfigArgs,
+    checkpoint_every: Option<usize>,
+    cfg: &mut RunConfig,
+) -> sslab::Result<()> {
     if let Some(s) = a.steps {
         cfg.set("train.steps", &s.to_string())?;
     }
@@ -107,7 +118,7 @@ fn apply_overrides(a: &TrainArgs, cfg: &mut RunConfig) -> sslab::Result<()> {
             .ok_or_else(|| sslab::Error::Invalid(format!("--set {kv}: expected KEY=VALUE")))?;
         cfg.set(k.trim(), v.trim())?;
     }
-    if let Some(n) = a.checkpoint_every {
+    if let Some(n) = checkpoint_every {
         cfg.train.checkpoint_every = n;
     }
     Ok(())
@@ -115,19 +126,20 @@ fn apply_overrides(a: &TrainArgs, cfg: &mut RunConfig) -> sslab::Result<()> {
 
 /// Loads `--resume DIR` with the command line's overrides applied to the saved config.
 fn resume(a: &TrainArgs, dir: &std::path::Path) -> Result<Run> {
-    if a.config.is_some() || a.preset.is_some() || a.data.is_some() {
+    let (c, every) = (&a.cfg, a.checkpoint_every);
+    if c.config.is_some() || c.preset.is_some() || c.data.is_some() {
         bail!("--resume continues the saved config; --config, --preset and --data do not apply");
     }
     let run = Run::load_with(dir, |cfg| {
-        if cfg.method != a.method {
+        if cfg.method != c.method {
             return Err(sslab::Error::Invalid(format!(
                 "{} holds a {} run, not {}",
                 dir.display(),
                 cfg.method,
-                a.method
+                c.method
             )));
         }
-        apply_overrides(a, cfg)
+        apply_overrides(c, every, cfg)
     })
     .with_context(|| format!("resuming from {}", dir.display()))?;
     Ok(run)
@@ -138,7 +150,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut run = match &a.resume {
         Some(dir) => resume(&a, dir)?,
         None => {
-            let cfg = build_config(&a)?;
+            let mut cfg = build_config(&a.cfg)?;
+            if let Some(n) = a.checkpoint_every {
+                cfg.train.checkpoint_every = n;
+            }
             Run::new(cfg)?
         }
     };

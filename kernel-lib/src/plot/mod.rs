@@ -20,6 +20,8 @@ use std::sync::OnceLock;
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Half-heights of error bars, one per point (empty: none).
+    pub errors: Vec<f64>,
 }
 
 impl Series {
@@ -28,6 +30,17 @@ impl Series {
         Series {
             name: name.into(),
             points,
+            errors: Vec::new(),
+        }
+    }
+
+    /// A named series with an error bar of `±errors[i]` at point `i`, drawn with a marker at
+    /// every point (sweep results: a few x values, spread over seeds).
+    pub fn with_errors(name: impl Into<String>, points: Vec<(f64, f64)>, errors: Vec<f64>) -> Self {
+        Series {
+            name: name.into(),
+            points,
+            errors,
         }
     }
 }

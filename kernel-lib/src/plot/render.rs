@@ -102,7 +102,14 @@ fn curves(
     let area = titled(area, title)?;
     let all = || series.iter().flat_map(|s| s.points.iter()).chain(markers);
     let (x0, x1) = bounds(all().map(|p| p.0));
-    let (y0, y1) = bounds(all().map(|p| p.1));
+    // Error bars widen the y range.
+    let bar_ends = series.iter().flat_map(|s| {
+        s.points
+            .iter()
+            .zip(&s.errors)
+            .flat_map(|(p, e)| [p.1 - e, p.1 + e])
+    });
+    let (y0, y1) = bounds(all().map(|p| p.1).chain(bar_ends));
     let font = has_font();
     let mut chart = ChartBuilder::on(&area)
         .margin(8)
@@ -130,6 +137,19 @@ fn curves(
             drawn.label(s.name.clone()).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
             });
+        }
+        if !s.errors.is_empty() {
+            let ok = |p: &&(f64, f64)| p.1.is_finite();
+            chart
+                .draw_series(s.points.iter().filter(ok).map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(err)?;
+            for (&(x, y), &e) in s.points.iter().zip(&s.errors) {
+                if y.is_finite() && e.is_finite() && e > 0.0 {
+                    chart
+                        .draw_series(LineSeries::new([(x, y - e), (x, y + e)], color.stroke_width(1)))
+                        .map_err(err)?;
+                }
+            }
         }
     }
     if !markers.is_empty() {

@@ -8,6 +8,7 @@ mod inspect;
 mod presets;
 mod run;
 mod summary;
+mod sweep;
 mod tune;
 
 pub use config::{
@@ -19,3 +20,4 @@ pub use inspect::{Diagnostic, FeatureSource};
 pub use presets::PRESETS;
 pub use run::{Run, StepReport, TrainSummary};
 pub use summary::{Evaluations, RunSummary};
+pub use sweep::{Sweep, SweepCell, SweepResults};
