@@ -18,10 +18,17 @@ fn clusters(classes: usize, n: usize, d: usize, sd: f32, seed: u64) -> (Tensor, 
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for i in 0..classes * n {
         let c = i % classes;
-        x.extend(centres[c].iter().map(|&v| v + sd * (rng.gen::<f32>() - 0.5)));
+        x.extend(
+            centres[c]
+                .iter()
+                .map(|&v| v + sd * (rng.gen::<f32>() - 0.5)),
+        );
         y.push(c);
     }
-    (Tensor::from_vec(x, (classes * n, d), &Device::Cpu).unwrap(), y)
+    (
+        Tensor::from_vec(x, (classes * n, d), &Device::Cpu).unwrap(),
+        y,
+    )
 }
 
 fn settings() -> LinearProbeSettings {
@@ -58,7 +65,10 @@ fn random_labels_are_memorised_not_generalised() {
 #[test]
 fn schedules_follow_the_protocols() {
     let moco = LinearProbeSettings::for_method("moco-v2", false);
-    assert_eq!((moco.lr, moco.epochs, moco.schedule), (30.0, 100, ProbeSchedule::Steps));
+    assert_eq!(
+        (moco.lr, moco.epochs, moco.schedule),
+        (30.0, 100, ProbeSchedule::Steps)
+    );
     assert_eq!(moco.lr_at(59), 30.0);
     assert!((moco.lr_at(60) - 3.0).abs() < 1e-12);
     assert!((moco.lr_at(80) - 0.3).abs() < 1e-12);
@@ -69,7 +79,10 @@ fn schedules_follow_the_protocols() {
     assert_eq!(LinearProbeSettings::for_method("moco-v3", false).lr, 0.1);
     let small = LinearProbeSettings::for_method("densecl", false).scaled_down(30);
     assert!(small.standardize);
-    assert_eq!((small.epochs, small.lr, small.schedule), (30, 0.1, ProbeSchedule::Steps));
+    assert_eq!(
+        (small.epochs, small.lr, small.schedule),
+        (30, 0.1, ProbeSchedule::Steps)
+    );
 }
 
 #[test]

@@ -523,3 +523,25 @@ fn batched_matmul_matches_candle_in_values_and_gradients_for_every_transpose() {
     assert!(batched_matmul(&a, &a, false, false, true).is_err());
     assert!(batched_matmul(&a, &a, false, true, true).is_ok());
 }
+
+#[test]
+fn fused_non_affine_batchnorm_matches_generic_gradients() {
+    let dev = Device::Cpu;
+    for shape in [vec![8usize, 3, 5, 5], vec![16, 6]] {
+        let mut pb = ParamBuilder::new(3, &dev);
+        let bn = BatchNorm::new(&mut pb, "bn", shape[1], false, 1.0).unwrap();
+        let xt = (Tensor::randn(0f32, 2.0, shape.as_slice(), &dev).unwrap() - 0.7).unwrap();
+        let x = Var::from_tensor(&xt).unwrap();
+        let r = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev).unwrap();
+        let y1 = bn.forward_t(x.as_tensor(), true).unwrap();
+        let y2 = bn.forward_t_generic(x.as_tensor(), true).unwrap();
+        assert!(max_abs_diff(&y1, &y2) < 1e-4, "{shape:?}");
+        let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let d = max_abs_diff(
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-4, "{shape:?}: {d}");
+    }
+}

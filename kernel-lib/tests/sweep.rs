@@ -34,7 +34,8 @@ fn a_two_by_two_sweep_writes_csv_table_and_figures_and_resumes() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 5, "{csv}");
     assert!(
-        lines[0].starts_with("optim.lr,barlow_twins.projector,seed,knn_top1,knn_change,linear_top1"),
+        lines[0]
+            .starts_with("optim.lr,barlow_twins.projector,seed,knn_top1,knn_change,linear_top1"),
         "{}",
         lines[0]
     );
@@ -50,7 +51,11 @@ fn a_two_by_two_sweep_writes_csv_table_and_figures_and_resumes() {
     let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| `")).collect();
     assert_eq!(rows.len(), 4, "{md}");
-    assert!(rows[3].starts_with("| `0.3` | `[16,16]` | 1 |"), "{}", rows[3]);
+    assert!(
+        rows[3].starts_with("| `0.3` | `[16,16]` | 1 |"),
+        "{}",
+        rows[3]
+    );
     assert!(!rows.iter().any(|r| r.contains("|  |")), "{md}");
 
     // Figures: a PNG per plotted metric, a real picture.
@@ -109,7 +114,9 @@ fn bad_sweeps_are_refused_up_front() {
         .vary("optim.lr", &["0.1", "-1"])
         .unwrap_err();
     assert!(e.to_string().contains("optim.lr"), "{e}");
-    let e = Sweep::new(base.clone(), "x").vary("optim.nope", &["1"]).unwrap_err();
+    let e = Sweep::new(base.clone(), "x")
+        .vary("optim.nope", &["1"])
+        .unwrap_err();
     assert!(e.to_string().contains("optim.nope"), "{e}");
     let e = Sweep::new(base, "x").vary("optim.lr", &[]).unwrap_err();
     assert!(e.to_string().contains("at least one value"), "{e}");

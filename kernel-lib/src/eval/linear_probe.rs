@@ -101,7 +101,10 @@ impl LinearProbeSettings {
                 self.lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / e).cos())
             }
             ProbeSchedule::Steps => {
-                let drops = [0.6, 0.8].iter().filter(|&&m| epoch as f64 >= m * e).count();
+                let drops = [0.6, 0.8]
+                    .iter()
+                    .filter(|&&m| epoch as f64 >= m * e)
+                    .count();
                 self.lr * 0.1f64.powi(drops as i32)
             }
         }

@@ -6,7 +6,7 @@
 //! `affine = false` gives the non-affine BN of Barlow Twins' loss normaliser and MoCo v3's last
 //! projector layer.
 
-use super::cpu_ops::{BatchNormOp, BnStats};
+use super::cpu_ops::{BatchNormAffineOp, BatchNormOp, BnStats};
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor, Var};
@@ -138,6 +138,20 @@ impl BatchNorm {
     fn forward_impl(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
         let cs = self.channel_shape(x)?;
         if train {
+            if let (true, Some(w), Some(b)) = (fused && fusable(x), &self.weight, &self.bias) {
+                check_count(x, self.channels)?;
+                let stats = Arc::new(Mutex::new(BnStats::default()));
+                let op = BatchNormAffineOp {
+                    eps: self.eps,
+                    stats: stats.clone(),
+                };
+                let y = x
+                    .contiguous()?
+                    .apply_op3(w.as_tensor(), b.as_tensor(), op)?;
+                let (mean, var) = stats_tensors(&stats, x.device())?;
+                self.update_running(&mean, &var, x.elem_count() / self.channels)?;
+                return Ok(y);
+            }
             let (xhat, mean, var) = self.normalize_batch(x, self.channels, fused)?;
             let count = x.elem_count() / self.channels;
             self.update_running(&mean, &var, count)?;
@@ -161,30 +175,15 @@ impl BatchNorm {
         fused: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let dims = x.dims();
-        let count = x.elem_count() / channels.max(1);
-        if count < 2 {
-            return Err(Error::Shape(format!(
-                "BatchNorm in training mode needs more than one value per channel, got input {dims:?}"
-            )));
-        }
-        if fused && x.device().is_cpu() && x.dtype() == DType::F32 {
+        check_count(x, channels)?;
+        if fused && fusable(x) {
             let stats = Arc::new(Mutex::new(BnStats::default()));
             let xhat = x.contiguous()?.apply_op1(BatchNormOp {
                 eps: self.eps,
                 stats: stats.clone(),
             })?;
-            let (mean, var) = {
-                let st = stats
-                    .lock()
-                    .map_err(|_| Error::Invalid("batchnorm statistics lock poisoned".into()))?;
-                (st.mean.clone(), st.var.clone())
-            };
-            let dev = x.device();
-            return Ok((
-                xhat,
-                Tensor::from_vec(mean, channels, dev)?,
-                Tensor::from_vec(var, channels, dev)?,
-            ));
+            let (mean, var) = stats_tensors(&stats, x.device())?;
+            return Ok((xhat, mean, var));
         }
         let reduce: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
         let mean = x.mean_keepdim(reduce.as_slice())?;
@@ -221,4 +220,31 @@ impl BatchNorm {
             None => y,
         })
     }
+}
+
+/// Whether the CPU kernels apply.
+fn fusable(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+fn check_count(x: &Tensor, channels: usize) -> Result<()> {
+    if x.elem_count() / channels.max(1) < 2 {
+        return Err(Error::Shape(format!(
+            "BatchNorm in training mode needs more than one value per channel, got input {:?}",
+            x.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// The batch mean and biased variance a kernel left in `stats`, as detached tensors.
+fn stats_tensors(stats: &Mutex<BnStats>, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let st = stats
+        .lock()
+        .map_err(|_| Error::Invalid("batchnorm statistics lock poisoned".into()))?;
+    let c = st.mean.len();
+    Ok((
+        Tensor::from_vec(st.mean.clone(), c, dev)?,
+        Tensor::from_vec(st.var.clone(), c, dev)?,
+    ))
 }

@@ -10,7 +10,7 @@
 //!
 //! Other devices use candle's own ops; tests check both paths agree (values and gradients).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -362,6 +362,65 @@ pub(crate) struct BnStats {
     pub inv_std: Vec<f32>,
 }
 
+/// Per-channel batch mean, biased variance and `1/√(var + eps)` of `(n, c, inner)` data,
+/// accumulated in f64.
+fn channel_stats(x: &[f32], (n, c, inner): (usize, usize, usize), eps: f64) -> BnStats {
+    let m = (n * inner) as f64;
+    let per_channel: Vec<(f32, f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let rows = || (0..n).map(|b| &x[(b * c + ch) * inner..][..inner]);
+            let mean = rows().flatten().map(|&v| v as f64).sum::<f64>() / m;
+            let var = rows()
+                .flatten()
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum::<f64>()
+                / m;
+            (mean as f32, var as f32, (1.0 / (var + eps).sqrt()) as f32)
+        })
+        .collect();
+    BnStats {
+        mean: per_channel.iter().map(|p| p.0).collect(),
+        var: per_channel.iter().map(|p| p.1).collect(),
+        inv_std: per_channel.iter().map(|p| p.2).collect(),
+    }
+}
+
+/// `y = (x − mean)·inv_std·scale + shift` per channel (`scale`/`shift` `None`: 1 and 0).
+fn bn_apply(
+    x: &[f32],
+    (c, inner): (usize, usize),
+    st: &BnStats,
+    scale: Option<&[f32]>,
+    shift: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(inner)
+        .zip(x.par_chunks(inner))
+        .enumerate()
+        .for_each(|(i, (yr, xr))| {
+            let ch = i % c;
+            let (mean, a) = (st.mean[ch], st.inv_std[ch] * scale.map_or(1.0, |s| s[ch]));
+            let b = shift.map_or(0.0, |s| s[ch]);
+            yr.iter_mut()
+                .zip(xr)
+                .for_each(|(o, &v)| *o = (v - mean) * a + b);
+        });
+    y
+}
+
+fn store_stats(slot: &Mutex<BnStats>, st: BnStats) {
+    if let Ok(mut s) = slot.lock() {
+        *s = st;
+    }
+}
+
+fn saved_stats(slot: &Mutex<BnStats>) -> CResult<BnStats> {
+    slot.lock()
+        .map(|s| s.clone())
+        .map_err(|_| candle_core::Error::Msg("batchnorm statistics lock poisoned".into()))
+}
+
 /// Training-mode normalisation `x̂ = (x − μ_c)/√(σ²_c + eps)` over all axes but 1.
 pub(crate) struct BatchNormOp {
     pub eps: f64,
@@ -383,65 +442,103 @@ impl CustomOp1 for BatchNormOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = slice(s, l, "batchnorm input")?;
         let (n, c, inner) = bn_dims(l.dims());
-        let m = (n * inner) as f64;
-        let per_channel: Vec<(f32, f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let mut sum = 0f64;
-                for b in 0..n {
-                    sum += x[(b * c + ch) * inner..][..inner]
-                        .iter()
-                        .map(|&v| v as f64)
-                        .sum::<f64>();
-                }
-                let mean = sum / m;
-                let mut ss = 0f64;
-                for b in 0..n {
-                    ss += x[(b * c + ch) * inner..][..inner]
-                        .iter()
-                        .map(|&v| (v as f64 - mean).powi(2))
-                        .sum::<f64>();
-                }
-                let var = ss / m;
-                (
-                    mean as f32,
-                    var as f32,
-                    (1.0 / (var + self.eps).sqrt()) as f32,
-                )
-            })
-            .collect();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(inner)
-            .zip(x.par_chunks(inner))
-            .enumerate()
-            .for_each(|(i, (yr, xr))| {
-                let (mean, _, inv) = per_channel[i % c];
-                yr.iter_mut()
-                    .zip(xr)
-                    .for_each(|(o, &v)| *o = (v - mean) * inv);
-            });
-        if let Ok(mut st) = self.stats.lock() {
-            st.mean = per_channel.iter().map(|p| p.0).collect();
-            st.var = per_channel.iter().map(|p| p.1).collect();
-            st.inv_std = per_channel.iter().map(|p| p.2).collect();
-        }
+        let st = channel_stats(x, (n, c, inner), self.eps);
+        let y = bn_apply(x, (c, inner), &st, None, None);
+        store_stats(&self.stats, st);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, xhat: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
-        let inv_std =
-            self.stats.lock().map(|s| s.inv_std.clone()).map_err(|_| {
-                candle_core::Error::Msg("batchnorm statistics lock poisoned".into())
-            })?;
-        Ok(Some(
-            xhat.apply_op2(&g.contiguous()?, BatchNormGrad { inv_std })?,
+        let st = saved_stats(&self.stats)?;
+        let grad = BatchNormGrad {
+            mean: None,
+            inv_std: st.inv_std,
+            gamma: None,
+            sums: Arc::default(),
+        };
+        Ok(Some(xhat.apply_op2(&g.contiguous()?, grad)?))
+    }
+}
+
+/// Training-mode BatchNorm with its affine part, `y = x̂·γ + β`, in one pass; arguments
+/// (x, γ, β). Its backward gives dx, dγ and dβ from one pass over (x, dy), where candle's
+/// broadcast multiply and add would each reduce the full gradient over three axes.
+pub(crate) struct BatchNormAffineOp {
+    pub eps: f64,
+    pub stats: Arc<Mutex<BnStats>>,
+}
+
+impl CustomOp3 for BatchNormAffineOp {
+    fn name(&self) -> &'static str {
+        "sslab-batchnorm-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "batchnorm input")?;
+        let gamma = slice(s2, l2, "batchnorm weight")?;
+        let beta = slice(s3, l3, "batchnorm bias")?;
+        let (n, c, inner) = bn_dims(l1.dims());
+        if gamma.len() != c || beta.len() != c {
+            candle_core::bail!(
+                "batchnorm: {c} channels, weight {} bias {}",
+                gamma.len(),
+                beta.len()
+            );
+        }
+        let st = channel_stats(x, (n, c, inner), self.eps);
+        let y = bn_apply(x, (c, inner), &st, Some(gamma), Some(beta));
+        store_stats(&self.stats, st);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let st = saved_stats(&self.stats)?;
+        let sums = Arc::new(Mutex::new(Vec::new()));
+        let grad = BatchNormGrad {
+            mean: Some(st.mean),
+            inv_std: st.inv_std,
+            gamma: Some(gamma.to_vec1::<f32>()?),
+            sums: sums.clone(),
+        };
+        let dx = x.apply_op2(&g.contiguous()?, grad)?;
+        let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = sums
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batchnorm gradient lock poisoned".into()))?
+            .iter()
+            .map(|&(sg, sgx)| (sgx as f32, sg as f32))
+            .unzip();
+        let c = dgamma.len();
+        Ok((
+            Some(dx),
+            Some(Tensor::from_vec(dgamma, c, gamma.device())?),
+            Some(Tensor::from_vec(dbeta, c, gamma.device())?),
         ))
     }
 }
 
-/// `dx = inv_std · (g − mean(g) − x̂·mean(g·x̂))` per channel; arguments (x̂, g).
+/// The BatchNorm input gradient `dx = γ·inv_std·(g − mean(g) − x̂·mean(g·x̂))` per channel;
+/// arguments (x̂, g), or (x, g) with `mean` given (x̂ is then recomputed, not stored). The
+/// per-channel sums Σg and Σg·x̂ (dβ and dγ) are left in `sums`.
 struct BatchNormGrad {
+    mean: Option<Vec<f32>>,
     inv_std: Vec<f32>,
+    gamma: Option<Vec<f32>>,
+    sums: Arc<Mutex<Vec<(f64, f64)>>>,
 }
 
 impl CustomOp2 for BatchNormGrad {
@@ -456,36 +553,44 @@ impl CustomOp2 for BatchNormGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let xh = slice(s1, l1, "batchnorm output")?;
+        let xin = slice(s1, l1, "batchnorm input")?;
         let g = slice(s2, l2, "batchnorm gradient")?;
         let (n, c, inner) = bn_dims(l1.dims());
         let m = (n * inner) as f64;
-        let sums: Vec<(f32, f32)> = (0..c)
+        // x̂ of channel `ch` from the input value.
+        let xhat = |ch: usize, v: f32| match &self.mean {
+            Some(mean) => (v - mean[ch]) * self.inv_std[ch],
+            None => v,
+        };
+        let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
                 let (mut sg, mut sgx) = (0f64, 0f64);
                 for b in 0..n {
                     let o = (b * c + ch) * inner;
-                    for (gv, xv) in g[o..o + inner].iter().zip(&xh[o..o + inner]) {
+                    for (gv, xv) in g[o..o + inner].iter().zip(&xin[o..o + inner]) {
                         sg += *gv as f64;
-                        sgx += (*gv as f64) * (*xv as f64);
+                        sgx += (*gv as f64) * (xhat(ch, *xv) as f64);
                     }
                 }
-                ((sg / m) as f32, (sgx / m) as f32)
+                (sg, sgx)
             })
             .collect();
-        let mut dx = vec![0f32; xh.len()];
+        let mut dx = vec![0f32; xin.len()];
         dx.par_chunks_mut(inner)
-            .zip(g.par_chunks(inner).zip(xh.par_chunks(inner)))
+            .zip(g.par_chunks(inner).zip(xin.par_chunks(inner)))
             .enumerate()
             .for_each(|(i, (d, (gr, xr)))| {
                 let ch = i % c;
-                let (mg, mgx) = sums[ch];
-                let inv = self.inv_std[ch];
+                let (mg, mgx) = ((sums[ch].0 / m) as f32, (sums[ch].1 / m) as f32);
+                let k = self.inv_std[ch] * self.gamma.as_ref().map_or(1.0, |gm| gm[ch]);
                 for ((o, &gv), &xv) in d.iter_mut().zip(gr).zip(xr) {
-                    *o = inv * (gv - mg - xv * mgx);
+                    *o = k * (gv - mg - xhat(ch, xv) * mgx);
                 }
             });
+        if let Ok(mut slot) = self.sums.lock() {
+            *slot = sums;
+        }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -141,12 +141,20 @@ fn curves(
         if !s.errors.is_empty() {
             let ok = |p: &&(f64, f64)| p.1.is_finite();
             chart
-                .draw_series(s.points.iter().filter(ok).map(|&p| Circle::new(p, 3, color.filled())))
+                .draw_series(
+                    s.points
+                        .iter()
+                        .filter(ok)
+                        .map(|&p| Circle::new(p, 3, color.filled())),
+                )
                 .map_err(err)?;
             for (&(x, y), &e) in s.points.iter().zip(&s.errors) {
                 if y.is_finite() && e.is_finite() && e > 0.0 {
                     chart
-                        .draw_series(LineSeries::new([(x, y - e), (x, y + e)], color.stroke_width(1)))
+                        .draw_series(LineSeries::new(
+                            [(x, y - e), (x, y + e)],
+                            color.stroke_width(1),
+                        ))
                         .map_err(err)?;
                 }
             }

@@ -735,9 +735,11 @@ impl RunConfig {
             "eval.dense_probe_lr",
             || format!("must be > 0, got {}", e.dense_probe_lr),
         )?;
-        check(e.linear_probe_epochs > 0, "eval.linear_probe_epochs", || {
-            "must be ≥ 1".into()
-        })?;
+        check(
+            e.linear_probe_epochs > 0,
+            "eval.linear_probe_epochs",
+            || "must be ≥ 1".into(),
+        )?;
         check(
             e.linear_probe_lr.is_finite() && e.linear_probe_lr >= 0.0,
             "eval.linear_probe_lr",

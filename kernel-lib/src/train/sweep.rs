@@ -76,8 +76,10 @@ impl Sweep {
             c.set(key, v)?;
             c.validate()?;
         }
-        self.axes
-            .push((key.to_string(), values.iter().map(|v| v.to_string()).collect()));
+        self.axes.push((
+            key.to_string(),
+            values.iter().map(|v| v.to_string()).collect(),
+        ));
         Ok(self)
     }
 
@@ -128,8 +130,10 @@ impl Sweep {
                 }
                 config.seed = self.base.seed + i;
                 config.validate()?;
-                let mut name: Vec<String> =
-                    values.iter().map(|(k, v)| format!("{k}={}", slug(v))).collect();
+                let mut name: Vec<String> = values
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", slug(v)))
+                    .collect();
                 name.push(format!("seed={}", config.seed));
                 cells.push(SweepCell {
                     values: values.clone(),
@@ -194,7 +198,11 @@ fn slug(v: &str) -> String {
 }
 
 fn cell_label(cell: &SweepCell) -> String {
-    let mut parts: Vec<String> = cell.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut parts: Vec<String> = cell
+        .values
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     parts.push(format!("seed={}", cell.seed));
     parts.join(" ")
 }
@@ -390,7 +398,11 @@ impl SweepResults {
             ),
         };
         let mut figs = Vec::new();
-        for m in self.metrics().into_iter().filter(|m| PLOTTED.contains(&m.name)) {
+        for m in self
+            .metrics()
+            .into_iter()
+            .filter(|m| PLOTTED.contains(&m.name))
+        {
             // Lines keyed by the values of the other keys.
             let mut lines: Vec<(String, Vec<(f64, f64)>, Vec<f64>)> = Vec::new();
             for (values, per_metric) in &groups {
@@ -430,7 +442,10 @@ impl SweepResults {
                 series,
                 markers: Vec::new(),
             };
-            figs.push((m.name.to_string(), Figure::from_panels(&[panel], 1, (640, 420))?));
+            figs.push((
+                m.name.to_string(),
+                Figure::from_panels(&[panel], 1, (640, 420))?,
+            ));
         }
         Ok(figs)
     }
