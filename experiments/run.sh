@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The four experiment families of issue 10 at CPU scale on the built-in shapes data.
 #   experiments/run.sh [family ...]    (default: all four; results in experiments/results/)
-# Each family is one `sslab sweep`; re-running skips finished cells. SSLAB overrides the binary.
+# Each family is one `sslab sweep`; re-running skips finished cells. SSLAB overrides the binary;
+# SEEDS=N gives families 2 and 4 more seeds (family 1 always has two).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SSLAB=${SSLAB:-target/release/sslab}
@@ -20,10 +21,11 @@ for f in "${FAMILIES[@]}"; do
         --vary train.batch_size=32,128 --seeds 2 --linear-probe --out "$R/batch-size/$m"
     done ;;
   projector-width)
-    # 2. Barlow Twins projector width 128 / 512 / 2048 (three layers), one epoch, two seeds.
+    # 2. Barlow Twins projector width 128 / 512 / 2048 (three layers), one epoch at batch 128,
+    #    one seed (the 512 cell is the batch-128 cell of family 1, which has two).
     "$SSLAB" sweep barlow-twins --set train.epochs=1 --set train.steps=0 \
       --vary "barlow_twins.projector=[128,128,128],[512,512,512],[2048,2048,2048]" \
-      --seeds 2 --linear-probe --out "$R/projector-width" ;;
+      --seeds "${SEEDS:-1}" --linear-probe --out "$R/projector-width" ;;
   vit-instability)
     # 3. MoCo v3 ViT-tiny: base lr 2e-3 (the preset) and 2e-2 (10x), patch projection learnable
     #    vs frozen, 80 steps; gradient spikes counted and drawn per cell.
@@ -32,8 +34,8 @@ for f in "${FAMILIES[@]}"; do
       --linear-probe --cell-figures --out "$R/vit-instability" ;;
   densecl-vs-moco)
     # 4. DenseCL vs MoCo v2: the same preset, network, data and 100 steps; only the method
-    #    (DenseCL adds the dense head and loss, λ 0.5). Dense probe mIoU and kNN, two seeds.
-    "$SSLAB" sweep densecl --steps 100 --vary 'method="densecl","moco-v2"' --seeds 2 \
+    #    (DenseCL adds the dense head and loss, λ 0.5). Dense probe mIoU and kNN, one seed.
+    "$SSLAB" sweep densecl --steps 100 --vary 'method="densecl","moco-v2"' --seeds "${SEEDS:-1}" \
       --dense-probe --linear-probe --out "$R/densecl-vs-moco" ;;
   *) echo "unknown family $f" >&2; exit 2 ;;
   esac

@@ -111,19 +111,47 @@ def barlow_twins_loss(z1, z2, lam, scale):
 def ctr(q, k, tau):
     q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
     logits = q @ k.T / tau
-    return 2 * tau * F.cross_entropy(logits, torch.arange(q.shape[0]))
+    return 2 * tau * F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
 
 
 # --- Workloads ---
+# Set by main(): where the twins run, and whether they use bf16 autocast / channels-last, as a
+# PyTorch user on a GPU would.
+DEV = torch.device("cpu")
+AMP = False
+CHANNELS_LAST = False
+
+
+def inputs(batch, size=32):
+    x1, x2 = torch.randn(batch, 3, size, size, device=DEV), torch.randn(batch, 3, size, size, device=DEV)
+    if CHANNELS_LAST:
+        x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+    return x1, x2
+
+
+def place(*modules):
+    for m in modules:
+        m.to(DEV)
+        if CHANNELS_LAST:
+            m.to(memory_format=torch.channels_last)
+
+
+def autocast():
+    return torch.autocast(device_type=DEV.type, dtype=torch.bfloat16, enabled=AMP)
+
+
 def barlow_twins(batch, width):
     net = ResNet18(width)
     proj = mlp([net.dim, 2048, 2048, 2048], bias=False)
     model = nn.Sequential(net, proj)
+    place(model)
     opt = Lars(model.parameters(), lr=0.3 * batch / 256, weight_decay=1e-4, eta=0.02)
-    x1, x2 = torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
+    x1, x2 = inputs(batch)
 
     def step():
-        loss = barlow_twins_loss(model(x1), model(x2), 0.005, 0.1)
+        with autocast():
+            z1, z2 = model(x1), model(x2)
+        loss = barlow_twins_loss(z1.float(), z2.float(), 0.005, 0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -139,22 +167,25 @@ def moco_v2(batch, width, queue=4096, tau=0.1, m=0.99):
 
     q_enc, k_enc = encoder(), encoder()
     k_enc.load_state_dict(q_enc.state_dict())
+    place(q_enc, k_enc)
     for p in k_enc.parameters():
         p.requires_grad_(False)
     opt = torch.optim.SGD(q_enc.parameters(), lr=0.06 * batch / 256, momentum=0.9, weight_decay=5e-4)
-    queue_t = F.normalize(torch.randn(128, queue), dim=0)
+    queue_t = F.normalize(torch.randn(128, queue, device=DEV), dim=0)
     ptr = [0]
-    x1, x2 = torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
+    x1, x2 = inputs(batch)
 
     def step():
-        q = F.normalize(q_enc(x1), dim=1)
+        with autocast():
+            q = F.normalize(q_enc(x1).float(), dim=1)
         with torch.no_grad():
             for pq, pk in zip(q_enc.parameters(), k_enc.parameters()):
                 pk.mul_(m).add_(pq.detach(), alpha=1 - m)
-            perm = torch.randperm(batch)  # ShuffleBN on one device: permute, encode, un-permute
-            k = F.normalize(k_enc(x2[perm]), dim=1)[torch.argsort(perm)]
+            perm = torch.randperm(batch, device=DEV)  # ShuffleBN on one device: permute, encode, un-permute
+            with autocast():
+                k = F.normalize(k_enc(x2[perm]).float(), dim=1)[torch.argsort(perm)]
         logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue_t], 1) / tau
-        loss = F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
+        loss = F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=DEV))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -213,17 +244,20 @@ def moco_v3_vit(batch, width, tau=0.2, m=0.9, hidden=1024):
     for p in momentum.parameters():
         p.requires_grad_(False)
     pred = mlp([256, hidden, 256], bias=False, last_bn="nonaffine")
+    place(online, momentum, pred)
     params = list(online.parameters()) + list(pred.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3 * batch / 256, weight_decay=0.1)
-    x1, x2 = torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
+    x1, x2 = inputs(batch)
 
     def step():
-        q1, q2 = pred(online(x1)), pred(online(x2))
+        with autocast():
+            q1, q2 = pred(online(x1)), pred(online(x2))
         with torch.no_grad():
             for po, pm in zip(online.parameters(), momentum.parameters()):
                 pm.mul_(m).add_(po.detach(), alpha=1 - m)
-            k1, k2 = momentum(x1), momentum(x2)
-        loss = ctr(q1, k2, tau) + ctr(q2, k1, tau)
+            with autocast():
+                k1, k2 = momentum(x1), momentum(x2)
+        loss = ctr(q1.float(), k2.float(), tau) + ctr(q2.float(), k1.float(), tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -251,8 +285,8 @@ CONV_SHAPES = [
 def conv(batch, reps):
     for c, o, k, s, h, count in CONV_SHAPES:
         pad = k // 2
-        x = torch.randn(batch, c, h, h)
-        w = torch.randn(o, c, k, k) * 0.1
+        x = torch.randn(batch, c, h, h, device=DEV)
+        w = torch.randn(o, c, k, k, device=DEV) * 0.1
         y = F.conv2d(x, w, None, s, pad)
         dy = torch.randn_like(y)
         macs = batch * o * y.shape[2] * y.shape[3] * c * k * k
@@ -275,11 +309,18 @@ def conv(batch, reps):
         print(f"RESULT conv shape={c}x{o}k{k}s{s}@{h} count={count} " + " ".join(out), flush=True)
 
 
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def median_time(f, reps):
     ts = []
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         f()
+        sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
@@ -291,7 +332,12 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (GPU users' default)")
+    ap.add_argument("--channels-last", action="store_true")
     a = ap.parse_args()
+    global DEV, AMP, CHANNELS_LAST
+    DEV, AMP, CHANNELS_LAST = torch.device(a.device), a.amp, a.channels_last
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
@@ -302,17 +348,18 @@ def main():
     step()  # warm-up
     times = []
     for _ in range(a.steps):
+        sync()
         t0 = time.perf_counter()
-        loss = step()
+        loss = step()  # .item() waits for the device
         times.append(time.perf_counter() - t0)
         if not math.isfinite(loss):
             sys.exit(f"non-finite loss {loss}")
     med = statistics.median(times)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(
-        f"RESULT {a.workload} step_s={med:.3f} images_per_s={2 * a.batch / med:.1f} peak_rss_gb={rss / 1e9:.2f}",
-        flush=True,
-    )
+    if DEV.type == "cuda":
+        mem = f"peak_gpu_gb={torch.cuda.max_memory_allocated() / 1e9:.2f}"
+    else:
+        mem = f"peak_rss_gb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9:.2f}"
+    print(f"RESULT {a.workload} step_s={med:.3f} images_per_s={2 * a.batch / med:.1f} {mem}", flush=True)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
 }
 
 fn conv(a: &BenchArgs) -> Result<()> {
+    if a.device.starts_with("cuda") {
+        bail!("bench conv times sslab's CPU kernels; on CUDA convolutions are candle's (cuDNN)");
+    }
     let imp = if a.candle_conv {
         ConvImpl::Candle
     } else {

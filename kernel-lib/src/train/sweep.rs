@@ -253,6 +253,9 @@ const PLOTTED: &[&str] = &[
     "grad_spikes",
 ];
 
+/// One combination of varied values and, per metric, its values over seeds.
+type Group = (Vec<String>, BTreeMap<&'static str, Vec<f64>>);
+
 /// The finished cells of a sweep with their summaries.
 #[derive(Clone, Debug)]
 pub struct SweepResults {
@@ -307,9 +310,9 @@ impl SweepResults {
         out
     }
 
-    /// Cells grouped over seeds: `(values, metric → per-seed values)`, in grid order.
-    fn groups(&self) -> Vec<(Vec<String>, BTreeMap<&'static str, Vec<f64>>)> {
-        let mut out: Vec<(Vec<String>, BTreeMap<&'static str, Vec<f64>>)> = Vec::new();
+    /// Cells grouped over seeds, in grid order.
+    fn groups(&self) -> Vec<Group> {
+        let mut out: Vec<Group> = Vec::new();
         for (cell, s) in &self.rows {
             let key: Vec<String> = cell.values.iter().map(|(_, v)| v.clone()).collect();
             let idx = match out.iter().position(|(k, _)| *k == key) {
@@ -403,8 +406,8 @@ impl SweepResults {
             .into_iter()
             .filter(|m| PLOTTED.contains(&m.name))
         {
-            // Lines keyed by the values of the other keys.
-            let mut lines: Vec<(String, Vec<(f64, f64)>, Vec<f64>)> = Vec::new();
+            // One line per combination of the other keys.
+            let mut series: Vec<Series> = Vec::new();
             for (values, per_metric) in &groups {
                 let Some(v) = per_metric.get(m.name) else {
                     continue;
@@ -416,25 +419,21 @@ impl SweepResults {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(" ");
-                let i = match lines.iter().position(|l| l.0 == name) {
+                let i = match series.iter().position(|l| l.name == name) {
                     Some(i) => i,
                     None => {
-                        lines.push((name, Vec::new(), Vec::new()));
-                        lines.len() - 1
+                        series.push(Series::with_errors(name, Vec::new(), Vec::new()));
+                        series.len() - 1
                     }
                 };
-                lines[i].1.push((x_of(&values[0]), mean));
-                lines[i].2.push(sd);
+                series[i].points.push((x_of(&values[0]), mean));
+                series[i].errors.push(sd);
             }
-            let series = lines
-                .into_iter()
-                .map(|(name, mut pts, errs)| {
-                    let mut both: Vec<_> = pts.drain(..).zip(errs).collect();
-                    both.sort_by(|a, b| a.0 .0.total_cmp(&b.0 .0));
-                    let (pts, errs) = both.into_iter().unzip();
-                    Series::with_errors(name, pts, errs)
-                })
-                .collect();
+            for line in &mut series {
+                let mut both: Vec<_> = line.points.drain(..).zip(line.errors.drain(..)).collect();
+                both.sort_by(|a, b| a.0 .0.total_cmp(&b.0 .0));
+                (line.points, line.errors) = both.into_iter().unzip();
+            }
             let panel = Panel::Curves {
                 title: format!("{} vs {x_key}", m.name),
                 x_label: x_label.clone(),
