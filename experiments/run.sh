@@ -14,10 +14,10 @@ FAMILIES=("$@")
 for f in "${FAMILIES[@]}"; do
   case $f in
   batch-size)
-    # 1. Barlow Twins vs MoCo v2 at batch 32 and 128, one epoch each (equal epochs: the step
-    #    count follows the batch), two seeds, kNN and linear probe.
+    # 1. Barlow Twins vs MoCo v2 at batch 32 and 128, three epochs each (equal epochs: the
+    #    step count follows the batch), two seeds, kNN and linear probe.
     for m in barlow-twins moco-v2; do
-      "$SSLAB" sweep "$m" --set train.epochs=1 --set train.steps=0 \
+      "$SSLAB" sweep "$m" --set train.epochs="${EPOCHS:-3}" --set train.steps=0 \
         --vary train.batch_size=32,128 --seeds 2 --linear-probe --out "$R/batch-size/$m"
     done ;;
   projector-width)

@@ -545,3 +545,47 @@ fn fused_non_affine_batchnorm_matches_generic_gradients() {
         assert!(d < 1e-4, "{shape:?}: {d}");
     }
 }
+
+#[test]
+fn split_batchnorm_gradients_match_a_per_group_reference() {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::randn(0.5f32, 2.0, (8, 3, 4, 4), &dev).unwrap()).unwrap();
+    let gamma = Tensor::randn(1f32, 0.3, 3, &dev).unwrap();
+    let beta = Tensor::randn(0f32, 0.3, 3, &dev).unwrap();
+    let bn = |name: &str| {
+        let mut pb = ParamBuilder::new(0, &dev);
+        let b = BatchNorm::new(&mut pb, name, 3, true, 1.0).unwrap();
+        b.weight.as_ref().unwrap().set(&gamma).unwrap();
+        b.bias.as_ref().unwrap().set(&beta).unwrap();
+        b
+    };
+    let (split, reference) = (bn("split"), bn("ref"));
+    let y1 = split.forward_split(x.as_tensor(), true, 4).unwrap();
+    let parts: Vec<Tensor> = (0..4)
+        .map(|g| {
+            reference
+                .forward_t_generic(&x.as_tensor().narrow(0, 2 * g, 2).unwrap(), true)
+                .unwrap()
+        })
+        .collect();
+    let y2 = Tensor::cat(&parts, 0).unwrap();
+    assert!(max_abs_diff(&y1, &y2) < 1e-5);
+    let r = Tensor::randn(0f32, 1.0, (8, 3, 4, 4), &dev).unwrap();
+    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let pairs = [
+        (x.as_tensor(), x.as_tensor()),
+        (
+            split.weight.as_ref().unwrap().as_tensor(),
+            reference.weight.as_ref().unwrap().as_tensor(),
+        ),
+        (
+            split.bias.as_ref().unwrap().as_tensor(),
+            reference.bias.as_ref().unwrap().as_tensor(),
+        ),
+    ];
+    for (a, b) in pairs {
+        let d = max_abs_diff(g1.get(a).unwrap(), g2.get(b).unwrap());
+        assert!(d < 1e-4, "gradient differs by {d}");
+    }
+}

@@ -123,16 +123,37 @@ impl BatchNorm {
             .reshape((groups, m, self.channels, inner))?
             .transpose(0, 1)?
             .reshape((m, groups * self.channels, inner))?;
-        let (xhat, mean, var) = self.normalize_batch(&grouped, groups * self.channels, true)?;
-        let xhat = xhat
-            .reshape((m, groups, self.channels, inner))?
-            .transpose(0, 1)?
-            .reshape(dims.as_slice())?;
+        let ungroup = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((m, groups, self.channels, inner))?
+                .transpose(0, 1)?
+                .reshape(dims.as_slice())?)
+        };
         let count = m * inner;
-        let mean = mean.reshape((groups, self.channels))?.mean(0)?;
-        let var = var.reshape((groups, self.channels))?.mean(0)?;
-        self.update_running(&mean, &var, count)?;
-        self.affine(xhat, &cs)
+        let update = |mean: Tensor, var: Tensor| -> Result<()> {
+            let mean = mean.reshape((groups, self.channels))?.mean(0)?;
+            let var = var.reshape((groups, self.channels))?.mean(0)?;
+            self.update_running(&mean, &var, count)
+        };
+        if let (true, Some(w), Some(b)) = (fusable(x), &self.weight, &self.bias) {
+            // γ and β repeated per group: grouped channel g·c + ch takes channel ch's, and the
+            // backward of the repeat sums their gradients over the groups.
+            check_count(&grouped, groups * self.channels)?;
+            let per_group = |v: &Var| Tensor::cat(&vec![v.as_tensor(); groups], 0);
+            let stats = Arc::new(Mutex::new(BnStats::default()));
+            let op = BatchNormAffineOp {
+                eps: self.eps,
+                stats: stats.clone(),
+            };
+            let y = grouped
+                .contiguous()?
+                .apply_op3(&per_group(w)?, &per_group(b)?, op)?;
+            let (mean, var) = stats_tensors(&stats, x.device())?;
+            update(mean, var)?;
+            return ungroup(y);
+        }
+        let (xhat, mean, var) = self.normalize_batch(&grouped, groups * self.channels, true)?;
+        update(mean, var)?;
+        self.affine(ungroup(xhat)?, &cs)
     }
 
     fn forward_impl(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
