@@ -589,3 +589,22 @@ fn split_batchnorm_gradients_match_a_per_group_reference() {
         assert!(d < 1e-4, "gradient differs by {d}");
     }
 }
+
+#[test]
+fn relu_kernel_matches_candle_in_values_and_gradients() {
+    let dev = Device::Cpu;
+    // Big enough to span several parallel chunks, with a non-contiguous input.
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (40, 3, 30, 37), &dev).unwrap()).unwrap();
+    let xt = x.as_tensor().transpose(2, 3).unwrap();
+    let y1 = sslab::models::relu(&xt).unwrap();
+    let y2 = xt.relu().unwrap();
+    assert_eq!(max_abs_diff(&y1, &y2), 0.0);
+    let r = Tensor::randn(0f32, 1.0, y1.dims(), &dev).unwrap();
+    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let d = max_abs_diff(
+        g1.get(x.as_tensor()).unwrap(),
+        g2.get(x.as_tensor()).unwrap(),
+    );
+    assert_eq!(d, 0.0);
+}

@@ -595,6 +595,60 @@ impl CustomOp2 for BatchNormGrad {
     }
 }
 
+/// ReLU in parallel chunks, with a one-pass backward `g·[y > 0]` (candle's is serial forward
+/// and three ops backward: compare, convert, multiply).
+pub(crate) struct ReluOp;
+
+const RELU_CHUNK: usize = 1 << 14;
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        "sslab-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l, "relu input")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(RELU_CHUNK)
+            .zip(x.par_chunks(RELU_CHUNK))
+            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = v.max(0.0)));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(y.apply_op2(&g.contiguous()?, ReluGrad)?))
+    }
+}
+
+/// `g·[y > 0]`; arguments (y, g).
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "sslab-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let y = slice(s1, l1, "relu output")?;
+        let g = slice(s2, l2, "relu gradient")?;
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(RELU_CHUNK)
+            .zip(y.par_chunks(RELU_CHUNK).zip(g.par_chunks(RELU_CHUNK)))
+            .for_each(|(d, (y, g))| {
+                for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+                    *d = if y > 0.0 { g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
 /// Softmax over the last axis, rows in parallel, with an explicit backward. candle's fused
 /// softmax has no backward and its op-built one is several serial passes.
 pub(crate) struct SoftmaxOp;

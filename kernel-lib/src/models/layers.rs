@@ -120,3 +120,11 @@ impl Conv2d {
         Ok(x.conv2d(w, self.padding, self.stride, 1, 1)?)
     }
 }
+
+/// ReLU: on the CPU sslab's parallel kernel with a one-pass backward, elsewhere candle's.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(super::cpu_ops::ReluOp)?);
+    }
+    Ok(x.relu()?)
+}

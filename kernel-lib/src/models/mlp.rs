@@ -105,7 +105,7 @@ impl Mlp {
                 if let Some(bn) = bn {
                     h = bn.forward_t(&h, train)?;
                 }
-                h = h.relu()?;
+                h = super::relu(&h)?;
             }
         }
         if let Some(bn) = &self.last_bn {

@@ -4,7 +4,7 @@
 //! The forward pass returns the last feature map (for dense methods) and its global average.
 
 use super::batchnorm::BatchNorm;
-use super::layers::Conv2d;
+use super::layers::{relu, Conv2d};
 use super::params::ParamBuilder;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -63,14 +63,14 @@ impl Block {
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
             h = bn.forward_split(&conv.forward(&h)?, train, splits)?;
             if i < last {
-                h = h.relu()?;
+                h = relu(&h)?;
             }
         }
         let shortcut = match &self.downsample {
             Some((c, bn)) => bn.forward_split(&c.forward(x)?, train, splits)?,
             None => x.clone(),
         };
-        Ok((h + shortcut)?.relu()?)
+        relu(&(h + shortcut)?)
     }
 }
 
@@ -215,11 +215,11 @@ impl ResNet {
                 x.dims()
             )));
         }
-        let mut h = self
-            .stem
-            .1
-            .forward_split(&self.stem.0.forward(x)?, train, self.bn_splits)?
-            .relu()?;
+        let mut h = relu(&self.stem.1.forward_split(
+            &self.stem.0.forward(x)?,
+            train,
+            self.bn_splits,
+        )?)?;
         if self.maxpool {
             h = max_pool_3x3_s2_p1(&h)?;
         }
