@@ -608,3 +608,38 @@ fn relu_kernel_matches_candle_in_values_and_gradients() {
     );
     assert_eq!(d, 0.0);
 }
+
+#[test]
+fn linear_bias_kernel_matches_broadcast_add_in_values_and_gradients() {
+    let dev = Device::Cpu;
+    let mut pb = ParamBuilder::new(1, &dev);
+    let lin = sslab::models::Linear::new(&mut pb, "fc", 24, 40, true).unwrap();
+    lin.bias
+        .as_ref()
+        .unwrap()
+        .set(&Tensor::randn(0f32, 1.0, 40, &dev).unwrap())
+        .unwrap();
+    // Token-shaped input (3-D) spanning several row blocks.
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 37, 24), &dev).unwrap()).unwrap();
+    let y1 = lin.forward(x.as_tensor()).unwrap();
+    let w = lin.weight.as_tensor();
+    let b = lin.bias.as_ref().unwrap().as_tensor();
+    let y2 = x
+        .as_tensor()
+        .reshape((185, 24))
+        .unwrap()
+        .matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(b)
+        .unwrap()
+        .reshape((5, 37, 40))
+        .unwrap();
+    assert!(max_abs_diff(&y1, &y2) < 1e-5);
+    let r = Tensor::randn(0f32, 1.0, (5, 37, 40), &dev).unwrap();
+    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for t in [x.as_tensor(), w, b] {
+        let d = max_abs_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
+        assert!(d < 1e-4, "gradient differs by {d}");
+    }
+}

@@ -649,6 +649,85 @@ impl CustomOp2 for ReluGrad {
     }
 }
 
+/// `y = x + b` with `b` broadcast over the rows of a `(rows, d)` input; the backward gives
+/// `dx = g` and `db` = column sums of `g` from row blocks in parallel. candle's broadcast add
+/// backward reduces over the leading axis, a strided serial pass.
+pub(crate) struct AddBiasOp;
+
+const ROW_BLOCK: usize = 64;
+
+impl CustomOp2 for AddBiasOp {
+    fn name(&self) -> &'static str {
+        "sslab-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "bias-add input")?;
+        let b = slice(s2, l2, "bias")?;
+        let d = b.len();
+        if d == 0 || l1.dims().last() != Some(&d) {
+            candle_core::bail!("bias of {d} added to input {:?}", l1.dims());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROW_BLOCK)
+            .zip(x.par_chunks(d * ROW_BLOCK))
+            .for_each(|(yo, xi)| {
+                for (yr, xr) in yo.chunks_mut(d).zip(xi.chunks(d)) {
+                    for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
+                        *o = v + bv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let db = g.contiguous()?.apply_op1(ColumnSums(b.elem_count()))?;
+        Ok((Some(g.clone()), Some(db.reshape(b.shape())?)))
+    }
+}
+
+/// Sums a `(rows, d)` input over its rows.
+struct ColumnSums(usize);
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "sslab-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let g = slice(s, l, "bias gradient")?;
+        let d = self.0;
+        let partial: Vec<Vec<f32>> = g
+            .par_chunks(d * ROW_BLOCK)
+            .map(|block| {
+                let mut acc = vec![0f32; d];
+                for row in block.chunks(d) {
+                    acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; d];
+        for p in partial {
+            out.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+}
+
 /// Softmax over the last axis, rows in parallel, with an explicit backward. candle's fused
 /// softmax has no backward and its op-built one is several serial passes.
 pub(crate) struct SoftmaxOp;

@@ -63,6 +63,9 @@ impl Linear {
         };
         let y = flat.matmul(&self.weight.as_tensor().t()?)?;
         let y = match &self.bias {
+            Some(b) if y.device().is_cpu() && y.dtype() == DType::F32 => {
+                y.apply_op2(b.as_tensor(), super::cpu_ops::AddBiasOp)?
+            }
             Some(b) => y.broadcast_add(b.as_tensor())?,
             None => y,
         };
