@@ -10,6 +10,7 @@
 //!
 //! Other devices use candle's own ops; tests check both paths agree (values and gradients).
 
+use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -725,6 +726,58 @@ impl CustomOp1 for ColumnSums {
             out.iter_mut().zip(p).for_each(|(a, v)| *a += v);
         }
         Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+}
+
+/// Exact (erf) GELU in parallel chunks with candle's own `erf_f32`, so values match
+/// `gelu_erf` bit for bit; the backward `Φ(x) + x·φ(x)` is one pass where candle's is nine
+/// serial ops.
+pub(crate) struct GeluOp;
+
+fn gelu_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(RELU_CHUNK)
+        .zip(x.par_chunks(RELU_CHUNK))
+        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
+    y
+}
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "sslab-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l, "gelu input")?;
+        let y = gelu_map(x, |v| {
+            (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        let d = x.apply_op1(GeluDerivative)?;
+        Ok(Some(g.mul(&d)?))
+    }
+}
+
+/// `d gelu / dx = Φ(x) + x·φ(x)`.
+struct GeluDerivative;
+
+impl CustomOp1 for GeluDerivative {
+    fn name(&self) -> &'static str {
+        "sslab-gelu-derivative"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l, "gelu input")?;
+        // 1/√(2π)
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let d = gelu_map(x, |v| {
+            0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+                + v * INV_SQRT_2PI * (-0.5 * v * v).exp()
+        });
+        Ok((CpuStorage::F32(d), l.shape().clone()))
     }
 }
 

@@ -131,3 +131,12 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     }
     Ok(x.relu()?)
 }
+
+/// Exact (erf) GELU: on the CPU sslab's parallel kernel with a one-pass derivative,
+/// elsewhere candle's `gelu_erf`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(super::cpu_ops::GeluOp)?);
+    }
+    Ok(x.gelu_erf()?)
+}
