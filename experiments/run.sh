@@ -2,7 +2,8 @@
 # The four experiment families of issue 10 at CPU scale on the built-in shapes data.
 #   experiments/run.sh [family ...]    (default: all four; results in experiments/results/)
 # Each family is one `sslab sweep`; re-running skips finished cells. SSLAB overrides the binary;
-# SEEDS=N gives families 2 and 4 more seeds (family 1 always has two).
+# SEEDS=N gives families 2 and 4 more seeds, SEEDS1=N family 1 (default 2); EPOCHS=N the
+# length of families 1 and 2 (default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SSLAB=${SSLAB:-target/release/sslab}
@@ -15,15 +16,15 @@ for f in "${FAMILIES[@]}"; do
   case $f in
   batch-size)
     # 1. Barlow Twins vs MoCo v2 at batch 32 and 128, three epochs each (equal epochs: the
-    #    step count follows the batch), two seeds, kNN and linear probe.
+    #    step count follows the batch), two seeds (SEEDS1), kNN and linear probe.
     for m in barlow-twins moco-v2; do
       "$SSLAB" sweep "$m" --set train.epochs="${EPOCHS:-3}" --set train.steps=0 \
-        --vary train.batch_size=32,128 --seeds 2 --linear-probe --out "$R/batch-size/$m"
+        --vary train.batch_size=32,128 --seeds "${SEEDS1:-2}" --linear-probe --out "$R/batch-size/$m"
     done ;;
   projector-width)
-    # 2. Barlow Twins projector width 128 / 512 / 2048 (three layers), one epoch at batch 128,
-    #    one seed (the 512 cell is the batch-128 cell of family 1, which has two).
-    "$SSLAB" sweep barlow-twins --set train.epochs=1 --set train.steps=0 \
+    # 2. Barlow Twins projector width 128 / 512 / 2048 (three layers), three epochs at batch
+    #    128, one seed (the 512 cell is the batch-128 cell of family 1, which has two).
+    "$SSLAB" sweep barlow-twins --set train.epochs="${EPOCHS:-3}" --set train.steps=0 \
       --vary "barlow_twins.projector=[128,128,128],[512,512,512],[2048,2048,2048]" \
       --seeds "${SEEDS:-1}" --linear-probe --out "$R/projector-width" ;;
   vit-instability)
