@@ -147,17 +147,7 @@ pub fn dense_probe(
     let classes = train.num_classes() + 1;
     let (xtr, ytr, grid) = features_and_labels(method, train, recipe, settings.batch, device)?;
     let (xte, yte, _) = features_and_labels(method, test, recipe, settings.batch, device)?;
-    // Standardise with the training statistics: the probe then trains at one learning rate
-    // whatever the backbone's feature scale.
-    let mean = xtr.mean_keepdim(0)?;
-    let std = xtr
-        .broadcast_sub(&mean)?
-        .sqr()?
-        .mean_keepdim(0)?
-        .sqrt()?
-        .clamp(1e-6, f64::MAX)?;
-    let xtr = xtr.broadcast_sub(&mean)?.broadcast_div(&std)?;
-    let xte = xte.broadcast_sub(&mean)?.broadcast_div(&std)?;
+    let (xtr, xte) = super::linear_probe::standardize(&xtr, &xte)?;
     let c = xtr.dim(1)?;
     let mut b = ParamBuilder::new(settings.seed, device);
     let head = Linear::new(&mut b, "probe", c, classes, true)?;

@@ -169,15 +169,7 @@ pub fn linear_probe_on_features(
         )));
     }
     let (xtr, xte) = if s.standardize {
-        let mean = xtr.mean_keepdim(0)?;
-        let std = xtr
-            .broadcast_sub(&mean)?
-            .sqr()?
-            .mean_keepdim(0)?
-            .sqrt()?
-            .clamp(1e-6, f64::MAX)?;
-        let z = |x: &Tensor| -> Result<Tensor> { Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?) };
-        (z(xtr)?, z(xte)?)
+        standardize(xtr, xte)?
     } else {
         (xtr.clone(), xte.clone())
     };
@@ -284,4 +276,18 @@ pub fn linear_probe(
     let (xte, yte) = feats(test)?;
     let classes = train.num_classes().max(test.num_classes());
     linear_probe_on_features((&xtr, &ytr), (&xte, &yte), classes, settings)
+}
+
+/// Both feature sets standardised per column with the training set's mean and (biased)
+/// standard deviation, so a probe trains at one learning rate whatever the feature scale.
+pub(super) fn standardize(train: &Tensor, test: &Tensor) -> Result<(Tensor, Tensor)> {
+    let mean = train.mean_keepdim(0)?;
+    let std = train
+        .broadcast_sub(&mean)?
+        .sqr()?
+        .mean_keepdim(0)?
+        .sqrt()?
+        .clamp(1e-6, f64::MAX)?;
+    let z = |x: &Tensor| -> Result<Tensor> { Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?) };
+    Ok((z(train)?, z(test)?))
 }

@@ -609,11 +609,10 @@ impl CustomOp1 for ReluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = slice(s, l, "relu input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(RELU_CHUNK)
-            .zip(x.par_chunks(RELU_CHUNK))
-            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = v.max(0.0)));
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((
+            CpuStorage::F32(par_map(x, |v| v.max(0.0))),
+            l.shape().clone(),
+        ))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
@@ -734,7 +733,8 @@ impl CustomOp1 for ColumnSums {
 /// serial ops.
 pub(crate) struct GeluOp;
 
-fn gelu_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+/// `f` applied to every element, in parallel chunks.
+fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(RELU_CHUNK)
         .zip(x.par_chunks(RELU_CHUNK))
@@ -749,7 +749,7 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = slice(s, l, "gelu input")?;
-        let y = gelu_map(x, |v| {
+        let y = par_map(x, |v| {
             (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -773,7 +773,7 @@ impl CustomOp1 for GeluDerivative {
         let x = slice(s, l, "gelu input")?;
         // 1/√(2π)
         const INV_SQRT_2PI: f32 = 0.398_942_3;
-        let d = gelu_map(x, |v| {
+        let d = par_map(x, |v| {
             0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
                 + v * INV_SQRT_2PI * (-0.5 * v * v).exp()
         });

@@ -285,17 +285,21 @@ impl SweepResults {
             .collect()
     }
 
+    /// Column names: the varied keys, `seed_column`, then each metric.
+    fn header<'a>(&'a self, seed_column: &'a str, metrics: &[&'static Metric]) -> Vec<&'a str> {
+        self.axes
+            .iter()
+            .map(String::as_str)
+            .chain([seed_column])
+            .chain(metrics.iter().map(|m| m.name))
+            .collect()
+    }
+
     /// One line per cell and seed: the varied values, the seed, then each metric.
     pub fn csv(&self) -> String {
         let metrics = self.metrics();
         let mut out = String::new();
-        let head: Vec<&str> = self
-            .axes
-            .iter()
-            .map(String::as_str)
-            .chain(["seed"])
-            .chain(metrics.iter().map(|m| m.name))
-            .collect();
+        let head = self.header("seed", &metrics);
         out.push_str(&head.join(","));
         out.push('\n');
         for (cell, s) in &self.rows {
@@ -336,13 +340,7 @@ impl SweepResults {
     pub fn markdown(&self) -> String {
         let metrics = self.metrics();
         let mut out = String::new();
-        let head: Vec<&str> = self
-            .axes
-            .iter()
-            .map(String::as_str)
-            .chain(["seeds"])
-            .chain(metrics.iter().map(|m| m.name))
-            .collect();
+        let head = self.header("seeds", &metrics);
         let _ = writeln!(out, "| {} |", head.join(" | "));
         let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
         for (values, per_metric) in self.groups() {
