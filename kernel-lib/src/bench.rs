@@ -106,8 +106,14 @@ fn median_seconds(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64>
         f()?;
         ts.push(t.elapsed().as_secs_f64());
     }
-    ts.sort_by(f64::total_cmp);
-    Ok(ts[ts.len() / 2])
+    Ok(median(&mut ts))
+}
+
+/// The median of timings (the upper one of an even count), the figure every bench reports; 0
+/// for none.
+pub fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Times forward, input gradient and weight gradient of `shape` on random data on the CPU.

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use sslab::bench::{time_conv, ConvImpl, RESNET18_CIFAR_CONVS};
+use sslab::bench::{median, time_conv, ConvImpl, RESNET18_CIFAR_CONVS};
 use sslab::train::{Run, RunConfig};
 
 #[derive(Args)]
@@ -35,6 +35,9 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
     let preset = match a.workload.as_str() {
         "barlow-twins" => "barlow-twins/cifar",
         "moco-v2" => "moco-v2/cifar",
@@ -70,8 +73,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{r}");
         times.push(r.seconds);
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = median(&mut times);
     let views = 2.0 * a.batch as f64;
     println!(
         "{} step ({preset}) | device {} | width {} | {} images x 2 views, 32 px",

@@ -6,10 +6,10 @@
 //! `affine = false` gives the non-affine BN of Barlow Twins' loss normaliser and MoCo v3's last
 //! projector layer.
 
-use super::cpu_ops::{BatchNormAffineOp, BatchNormOp, BnStats};
+use super::cpu_ops::{on_cpu_f32, BatchNormAffineOp, BatchNormOp, BnStats};
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use std::sync::{Arc, Mutex};
 
 /// Batch normalisation over the channel axis (dim 1) of `(n, c)` or `(n, c, h, w)` input.
@@ -134,20 +134,11 @@ impl BatchNorm {
             let var = var.reshape((groups, self.channels))?.mean(0)?;
             self.update_running(&mean, &var, count)
         };
-        if let (true, Some(w), Some(b)) = (fusable(x), &self.weight, &self.bias) {
+        if let (true, Some(w), Some(b)) = (on_cpu_f32(x), &self.weight, &self.bias) {
             // γ and β repeated per group: grouped channel g·c + ch takes channel ch's, and the
             // backward of the repeat sums their gradients over the groups.
-            check_count(&grouped, groups * self.channels)?;
             let per_group = |v: &Var| Tensor::cat(&vec![v.as_tensor(); groups], 0);
-            let stats = Arc::new(Mutex::new(BnStats::default()));
-            let op = BatchNormAffineOp {
-                eps: self.eps,
-                stats: stats.clone(),
-            };
-            let y = grouped
-                .contiguous()?
-                .apply_op3(&per_group(w)?, &per_group(b)?, op)?;
-            let (mean, var) = stats_tensors(&stats, x.device())?;
+            let (y, mean, var) = self.fused_affine(&grouped, &per_group(w)?, &per_group(b)?)?;
             update(mean, var)?;
             return ungroup(y);
         }
@@ -159,17 +150,8 @@ impl BatchNorm {
     fn forward_impl(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
         let cs = self.channel_shape(x)?;
         if train {
-            if let (true, Some(w), Some(b)) = (fused && fusable(x), &self.weight, &self.bias) {
-                check_count(x, self.channels)?;
-                let stats = Arc::new(Mutex::new(BnStats::default()));
-                let op = BatchNormAffineOp {
-                    eps: self.eps,
-                    stats: stats.clone(),
-                };
-                let y = x
-                    .contiguous()?
-                    .apply_op3(w.as_tensor(), b.as_tensor(), op)?;
-                let (mean, var) = stats_tensors(&stats, x.device())?;
+            if let (true, Some(w), Some(b)) = (fused && on_cpu_f32(x), &self.weight, &self.bias) {
+                let (y, mean, var) = self.fused_affine(x, w.as_tensor(), b.as_tensor())?;
                 self.update_running(&mean, &var, x.elem_count() / self.channels)?;
                 return Ok(y);
             }
@@ -197,7 +179,7 @@ impl BatchNorm {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let dims = x.dims();
         check_count(x, channels)?;
-        if fused && fusable(x) {
+        if fused && on_cpu_f32(x) {
             let stats = Arc::new(Mutex::new(BnStats::default()));
             let xhat = x.contiguous()?.apply_op1(BatchNormOp {
                 eps: self.eps,
@@ -216,6 +198,20 @@ impl BatchNorm {
             mean.detach().flatten_all()?,
             var.detach().flatten_all()?,
         ))
+    }
+
+    /// Training-mode BN with scale `w` and shift `b` (one entry per channel of `x`) in the CPU
+    /// kernel; returns y and the detached batch mean and biased variance.
+    fn fused_affine(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        check_count(x, w.elem_count())?;
+        let stats = Arc::new(Mutex::new(BnStats::default()));
+        let op = BatchNormAffineOp {
+            eps: self.eps,
+            stats: stats.clone(),
+        };
+        let y = x.contiguous()?.apply_op3(w, b, op)?;
+        let (mean, var) = stats_tensors(&stats, x.device())?;
+        Ok((y, mean, var))
     }
 
     /// PyTorch's running-statistics update: the running variance takes the *unbiased* batch
@@ -241,11 +237,6 @@ impl BatchNorm {
             None => y,
         })
     }
-}
-
-/// Whether the CPU kernels apply.
-fn fusable(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 fn check_count(x: &Tensor, channels: usize) -> Result<()> {

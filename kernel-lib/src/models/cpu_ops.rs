@@ -25,6 +25,21 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
     }
 }
 
+/// Whether sslab's CPU kernels apply to `x`: they take f32 tensors on the CPU; anything else
+/// goes through candle's own ops.
+pub(crate) fn on_cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// The element-wise sum of per-thread partial results of length `len`.
+fn sum_partials(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    for p in parts {
+        out.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+    }
+    out
+}
+
 /// Geometry of a convolution.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConvGeom {
@@ -346,10 +361,7 @@ impl CustomOp2 for Conv2dWeightGrad {
                 dw
             })
             .collect();
-        let mut dw = vec![0f32; g.o * ckk];
-        for p in partials {
-            dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-        }
+        let dw = sum_partials(partials, g.o * ckk);
         Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, g.k, g.k))))
     }
 }
@@ -720,11 +732,7 @@ impl CustomOp1 for ColumnSums {
                 acc
             })
             .collect();
-        let mut out = vec![0f32; d];
-        for p in partial {
-            out.iter_mut().zip(p).for_each(|(a, v)| *a += v);
-        }
-        Ok((CpuStorage::F32(out), Shape::from(d)))
+        Ok((CpuStorage::F32(sum_partials(partial, d)), Shape::from(d)))
     }
 }
 

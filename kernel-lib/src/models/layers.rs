@@ -1,9 +1,9 @@
 //! Linear and 2-D convolution layers with PyTorch's parameter layouts and initialisations.
 
-use super::cpu_ops::Conv2dOp;
+use super::cpu_ops::{on_cpu_f32, Conv2dOp};
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::Result;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 /// `y = x Wᵀ + b`, W of shape (out, in).
 #[derive(Clone, Debug)]
@@ -63,9 +63,7 @@ impl Linear {
         };
         let y = flat.matmul(&self.weight.as_tensor().t()?)?;
         let y = match &self.bias {
-            Some(b) if y.device().is_cpu() && y.dtype() == DType::F32 => {
-                y.apply_op2(b.as_tensor(), super::cpu_ops::AddBiasOp)?
-            }
+            Some(b) if on_cpu_f32(&y) => y.apply_op2(b.as_tensor(), super::cpu_ops::AddBiasOp)?,
             Some(b) => y.broadcast_add(b.as_tensor())?,
             None => y,
         };
@@ -113,7 +111,7 @@ impl Conv2d {
     /// elsewhere through candle's `conv2d`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.as_tensor();
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
+        if on_cpu_f32(x) {
             let op = Conv2dOp {
                 stride: self.stride,
                 pad: self.padding,
@@ -126,7 +124,7 @@ impl Conv2d {
 
 /// ReLU: on the CPU sslab's parallel kernel with a one-pass backward, elsewhere candle's.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if on_cpu_f32(x) {
         return Ok(x.contiguous()?.apply_op1(super::cpu_ops::ReluOp)?);
     }
     Ok(x.relu()?)
@@ -135,7 +133,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// Exact (erf) GELU: on the CPU sslab's parallel kernel with a one-pass derivative,
 /// elsewhere candle's `gelu_erf`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if on_cpu_f32(x) {
         return Ok(x.contiguous()?.apply_op1(super::cpu_ops::GeluOp)?);
     }
     Ok(x.gelu_erf()?)

@@ -5,11 +5,11 @@
 //! LayerNorm and softmax are written from tensor ops: candle's fused versions have no backward
 //! and would silently stop the gradient (reference/candle-notes.md).
 
-use super::cpu_ops::{BatchNormOp, BatchedMatmulOp, BnStats, SoftmaxOp};
+use super::cpu_ops::{on_cpu_f32, BatchNormOp, BatchedMatmulOp, BnStats, SoftmaxOp};
 use super::layers::Linear;
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
@@ -126,7 +126,7 @@ impl LayerNorm {
 /// BatchNorm of a batch of one whose channels are the rows, so the fused BN kernel (parallel,
 /// explicit backward) does it; otherwise tensor ops.
 pub fn normalize_rows(x: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
-    if fused && x.device().is_cpu() && x.dtype() == DType::F32 {
+    if fused && on_cpu_f32(x) {
         let dims = x.dims().to_vec();
         let d = dims[dims.len() - 1];
         let rows = x.elem_count() / d.max(1);
@@ -148,7 +148,7 @@ pub fn normalize_rows(x: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
 /// Softmax over the last axis with a backward: sslab's parallel kernel on the CPU (`fused`),
 /// else candle's op-built `softmax` (never the fused `softmax_last_dim`, which has none).
 pub fn softmax_last(x: &Tensor, fused: bool) -> Result<Tensor> {
-    if fused && x.device().is_cpu() && x.dtype() == DType::F32 {
+    if fused && on_cpu_f32(x) {
         return Ok(x.contiguous()?.apply_op1(SoftmaxOp)?);
     }
     Ok(candle_nn::ops::softmax(x, D::Minus1)?)
@@ -157,7 +157,7 @@ pub fn softmax_last(x: &Tensor, fused: bool) -> Result<Tensor> {
 /// `op(a) · op(b)` over a leading batch axis (`(batch, m, k)`-shaped operands, `op` = transpose
 /// where flagged): sslab's thread-parallel kernel on the CPU (`fused`), else candle's matmul.
 pub fn batched_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -> Result<Tensor> {
-    if fused && a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+    if fused && on_cpu_f32(a) && on_cpu_f32(b) {
         return Ok(a
             .contiguous()?
             .apply_op2(&b.contiguous()?, BatchedMatmulOp { ta, tb })?);
