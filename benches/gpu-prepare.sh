@@ -27,7 +27,8 @@ exports=$(cd "$SHIM" && "$ROOT/../shared/tools/cuda-toolkit.sh")
 eval "$exports"
 cargo build --release -p sslab-repl --features sslab/cuda,sslab/cudnn --target-dir target/cuda
 mkdir -p .gpu/torch
-cp target/cuda/release/sslab .gpu/sslab
+# gzipped (58 → 15 MB): the device tool carries at most 64 MiB with the working tree.
+gzip -6 -c target/cuda/release/sslab > .gpu/sslab.gz
 cp ../shared/tools/run-on-gpu.sh benches/gpu.sh .gpu/
 cp benches/torch/workloads.py .gpu/torch/
 ls -la .gpu

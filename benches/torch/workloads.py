@@ -140,13 +140,36 @@ def autocast():
     return torch.autocast(device_type=DEV.type, dtype=torch.bfloat16, enabled=AMP)
 
 
+class ResNet50(nn.Module):
+    """torchvision's ResNet-50 (ImageNet stem, stride on the 3x3 conv) without its classifier,
+    as sslab's `arch = resnet50`, `stem = imagenet`."""
+
+    def __init__(self, zero_init=True):
+        super().__init__()
+        import torchvision  # only the GPU-sized presets need it
+
+        self.net = torchvision.models.resnet50(zero_init_residual=zero_init)
+        self.net.fc = nn.Identity()
+        self.dim = 2048
+
+    def forward(self, x):
+        return self.net(x)
+
+
+# Set by main() from --preset: the GPU-sized settings of sslab's presets of the same name.
+PRESET = None
+
+
 def barlow_twins(batch, width):
-    net = ResNet18(width)
-    proj = mlp([net.dim, 2048, 2048, 2048], bias=False)
+    if PRESET == "barlow-twins/imagenet":  # the paper's: ResNet-50, 8192-8192-8192, 224 px
+        net, widths, size, lr = ResNet50(), [8192] * 3, 224, 0.2
+    else:
+        net, widths, size, lr = ResNet18(width), [2048] * 3, 32, 0.3
+    proj = mlp([net.dim] + widths, bias=False)
     model = nn.Sequential(net, proj)
     place(model)
-    opt = Lars(model.parameters(), lr=0.3 * batch / 256, weight_decay=1e-4, eta=0.02)
-    x1, x2 = inputs(batch)
+    opt = Lars(model.parameters(), lr=lr * batch / 256, weight_decay=1e-4 if size == 32 else 1.5e-6, eta=0.02 if size == 32 else 0.001)
+    x1, x2 = inputs(batch, size)
 
     def step():
         with autocast():
@@ -235,8 +258,12 @@ class Vit(nn.Module):
 
 
 def moco_v3_vit(batch, width, tau=0.2, m=0.9, hidden=1024):
+    vit, size = dict(), 32
+    if PRESET == "moco-v3/vit-small":  # ViT-S/16 at 224 px, 4096-wide heads, m 0.99
+        vit, size, m, hidden = dict(dim=384, depth=12, heads=12, patch=16, size=224), 224, 0.99, 4096
+
     def encoder():
-        net = Vit()
+        net = Vit(**vit)
         return nn.Sequential(net, mlp([net.dim, hidden, hidden, 256], bias=False, last_bn="nonaffine"))
 
     online, momentum = encoder(), encoder()
@@ -246,8 +273,8 @@ def moco_v3_vit(batch, width, tau=0.2, m=0.9, hidden=1024):
     pred = mlp([256, hidden, 256], bias=False, last_bn="nonaffine")
     place(online, momentum, pred)
     params = list(online.parameters()) + list(pred.parameters())
-    opt = torch.optim.AdamW(params, lr=2e-3 * batch / 256, weight_decay=0.1)
-    x1, x2 = inputs(batch)
+    opt = torch.optim.AdamW(params, lr=(2e-3 if size == 32 else 1.5e-4) * batch / 256, weight_decay=0.1)
+    x1, x2 = inputs(batch, size)
 
     def step():
         with autocast():
@@ -335,9 +362,10 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (GPU users' default)")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--preset", choices=["barlow-twins/imagenet", "moco-v3/vit-small"], help="GPU-sized setting, as sslab bench --preset")
     a = ap.parse_args()
-    global DEV, AMP, CHANNELS_LAST
-    DEV, AMP, CHANNELS_LAST = torch.device(a.device), a.amp, a.channels_last
+    global DEV, AMP, CHANNELS_LAST, PRESET
+    DEV, AMP, CHANNELS_LAST, PRESET = torch.device(a.device), a.amp, a.channels_last, a.preset
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)

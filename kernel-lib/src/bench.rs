@@ -98,12 +98,15 @@ pub struct ConvTiming {
     pub dw_gflops: f64,
 }
 
-fn median_seconds(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn median_seconds(dev: &Device, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?; // warm-up: first-touch page faults and rayon start-up stay out of the timing
+    dev.synchronize()?;
     let mut ts = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
         let t = Instant::now();
         f()?;
+        // CUDA kernels return before they finish.
+        dev.synchronize()?;
         ts.push(t.elapsed().as_secs_f64());
     }
     Ok(median(&mut ts))
@@ -116,32 +119,45 @@ pub fn median(times: &mut [f64]) -> f64 {
     times.get(times.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Times forward, input gradient and weight gradient of `shape` on random data on the CPU.
+/// Times forward, input gradient and weight gradient of `shape` on random data on `dev`
+/// (sslab's kernels are CPU-only; on CUDA, candle's convolutions are timed).
 ///
 /// ```
+/// use candle_core::Device;
 /// use sslab::bench::{time_conv, ConvImpl, RESNET18_CIFAR_CONVS};
-/// let t = time_conv(RESNET18_CIFAR_CONVS[9], 2, 1, ConvImpl::Sslab)?;
+/// let t = time_conv(RESNET18_CIFAR_CONVS[9], 2, 1, ConvImpl::Sslab, &Device::Cpu)?;
 /// assert!(t.fwd_gflops > 0.0);
 /// # Ok::<(), sslab::Error>(())
 /// ```
-pub fn time_conv(shape: ConvShape, batch: usize, reps: usize, imp: ConvImpl) -> Result<ConvTiming> {
-    let dev = Device::Cpu;
+pub fn time_conv(
+    shape: ConvShape,
+    batch: usize,
+    reps: usize,
+    imp: ConvImpl,
+    dev: &Device,
+) -> Result<ConvTiming> {
+    if imp == ConvImpl::Sslab && !dev.is_cpu() {
+        return Err(crate::Error::Invalid(
+            "sslab's convolution kernels run on the CPU; time ConvImpl::Candle on other devices"
+                .into(),
+        ));
+    }
     let (s, p, k) = (shape.stride, shape.padding(), shape.kernel);
-    let x = Tensor::randn(0f32, 1.0, (batch, shape.inp, shape.size, shape.size), &dev)?;
-    let w = Tensor::randn(0f32, 0.1, (shape.out, shape.inp, k, k), &dev)?;
+    let x = Tensor::randn(0f32, 1.0, (batch, shape.inp, shape.size, shape.size), dev)?;
+    let w = Tensor::randn(0f32, 0.1, (shape.out, shape.inp, k, k), dev)?;
     let ho = shape.out_size();
-    let dy = Tensor::randn(0f32, 1.0, (batch, shape.out, ho, ho), &dev)?;
+    let dy = Tensor::randn(0f32, 1.0, (batch, shape.out, ho, ho), dev)?;
     let (fwd, dx, dw) = match imp {
         ConvImpl::Sslab => (
-            median_seconds(reps, || {
+            median_seconds(dev, reps, || {
                 x.apply_op2(&w, Conv2dOp { stride: s, pad: p })?;
                 Ok(())
             })?,
-            median_seconds(reps, || {
+            median_seconds(dev, reps, || {
                 conv2d_dx(&dy, &w, x.dims(), s, p)?;
                 Ok(())
             })?,
-            median_seconds(reps, || {
+            median_seconds(dev, reps, || {
                 conv2d_dw(&x, &dy, w.dims(), s, p)?;
                 Ok(())
             })?,
@@ -150,15 +166,15 @@ pub fn time_conv(shape: ConvShape, batch: usize, reps: usize, imp: ConvImpl) -> 
             // The same calls as candle 0.11's backprop for conv2d.
             let out_pad = shape.size - ((ho - 1) * s + k - 2 * p);
             (
-                median_seconds(reps, || {
+                median_seconds(dev, reps, || {
                     x.conv2d(&w, p, s, 1, 1)?;
                     Ok(())
                 })?,
-                median_seconds(reps, || {
+                median_seconds(dev, reps, || {
                     dy.conv_transpose2d(&w, p, out_pad, s, 1)?;
                     Ok(())
                 })?,
-                median_seconds(reps, || {
+                median_seconds(dev, reps, || {
                     let g = x
                         .transpose(0, 1)?
                         .conv2d(&dy.transpose(0, 1)?, p, 1, s, 1)?

@@ -49,6 +49,14 @@ fn conv_kernel_matches_candle_values_and_gradients() {
         (2, 3, 8, 16, 7, 2, 3),
         (1, 2, 2, 5, 3, 1, 0),
         (4, 8, 8, 4, 3, 1, 1),
+        // The Winograd path (3×3, stride 1, padding 1, ≥ 16 input channels): sizes that are and
+        // are not multiples of its 4×4 output tile, a 1×1 image, groups of one image and more.
+        (2, 16, 8, 8, 3, 1, 1),
+        (3, 32, 16, 7, 3, 1, 1),
+        (1, 16, 24, 5, 3, 1, 1),
+        (5, 64, 32, 4, 3, 1, 1),
+        (2, 16, 16, 1, 3, 1, 1),
+        (9, 24, 20, 13, 3, 1, 1),
     ];
     for (n, c, o, s, k, stride, pad) in cases {
         let mut pb = ParamBuilder::new(1, &dev);
@@ -86,6 +94,60 @@ fn conv_kernel_matches_candle_values_and_gradients() {
             );
         }
     }
+}
+
+/// The off-CPU convolution (explicit im2col + matrix product) against candle's conv2d: values
+/// and both gradients, on every geometry a ResNet uses (7×7 stem, stride 2, 1×1 shortcuts).
+#[test]
+fn unfolded_conv_matches_candle_values_and_gradients() {
+    let dev = Device::Cpu;
+    // (batch, in, out, size, kernel, stride, pad)
+    let cases = [
+        (2, 3, 4, 8, 3, 1, 1),
+        (3, 4, 6, 9, 3, 2, 1),
+        (2, 4, 6, 8, 3, 2, 1),
+        (1, 5, 3, 7, 1, 1, 0),
+        (2, 4, 8, 8, 1, 2, 0),
+        (2, 3, 8, 16, 7, 2, 3),
+        (2, 3, 5, 15, 7, 2, 3),
+        (1, 2, 2, 5, 3, 1, 0),
+    ];
+    for case in cases {
+        let (n, c, o, s, k, stride, pad) = case;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, s, s), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (o, c, k, k), &dev).unwrap()).unwrap();
+        let ours =
+            sslab::models::conv2d_unfolded(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
+        let theirs = x
+            .as_tensor()
+            .conv2d(w.as_tensor(), pad, stride, 1, 1)
+            .unwrap();
+        assert_eq!(ours.dims(), theirs.dims(), "{case:?}");
+        assert!(
+            max_abs_diff(&ours, &theirs) < 1e-4 * (1.0 + max_abs(&theirs)),
+            "forward {case:?}"
+        );
+        let r = Tensor::randn(0f32, 1.0, theirs.dims(), &dev).unwrap();
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for t in [x.as_tensor(), w.as_tensor()] {
+            let (a, b) = (g1.get(t).unwrap(), g2.get(t).unwrap());
+            assert!(
+                max_abs_diff(a, b) < 1e-4 * (1.0 + max_abs(b)),
+                "gradient {case:?}: {}",
+                max_abs_diff(a, b)
+            );
+        }
+    }
+    // A kernel that does not fit is an error, not a panic.
+    let x = Tensor::zeros((1, 3, 2, 2), candle_core::DType::F32, &dev).unwrap();
+    let w = Tensor::zeros((4, 3, 5, 5), candle_core::DType::F32, &dev).unwrap();
+    assert!(sslab::models::conv2d_unfolded(&x, &w, 1, 0).is_err());
 }
 
 #[test]

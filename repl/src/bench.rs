@@ -28,6 +28,11 @@ pub struct BenchArgs {
     /// For `conv`: time candle's own convolution instead of sslab's kernels (the baseline).
     #[arg(long)]
     candle_conv: bool,
+    /// Run the workload's method from another preset, e.g. `barlow-twins/imagenet` (ResNet-50,
+    /// 224 px, 8192-wide projector) or `moco-v3/vit-small` (ViT-S/16 at 224 px): the GPU-sized
+    /// settings. The view side is the preset's `augment.size`.
+    #[arg(long)]
+    preset: Option<String>,
     /// Override any config key, e.g. --set diagnostics.grad_spikes=false to time a step
     /// without the gradient-spike tracker (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -38,18 +43,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let preset = match a.workload.as_str() {
+    let default_preset = match a.workload.as_str() {
         "barlow-twins" => "barlow-twins/cifar",
         "moco-v2" => "moco-v2/cifar",
         "moco-v3-vit" => "moco-v3/vit-tiny",
         "conv" => return conv(&a),
         w => bail!("unknown workload '{w}'; known: barlow-twins, moco-v2, moco-v3-vit, conv"),
     };
+    let preset = a.preset.as_deref().unwrap_or(default_preset);
     let mut cfg = RunConfig::preset(preset)?;
+    let method = default_preset.split('/').next().unwrap_or_default();
+    if cfg.method != method {
+        bail!(
+            "preset '{preset}' trains {}, not the {} workload's {method}",
+            cfg.method,
+            a.workload
+        );
+    }
     cfg.moco.queue_size = cfg.moco.queue_size.min(4096) / a.batch.max(1) * a.batch.max(1);
     cfg.data.source = "shapes".into();
     cfg.data.shapes.train = a.batch.max(10);
     cfg.data.shapes.test = 10;
+    cfg.data.shapes.size = cfg.augment.size;
     cfg.model.width = a.width;
     cfg.train.batch_size = a.batch;
     cfg.train.steps = a.steps + 1;
@@ -76,11 +91,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let median = median(&mut times);
     let views = 2.0 * a.batch as f64;
     println!(
-        "{} step ({preset}) | device {} | width {} | {} images x 2 views, 32 px",
+        "{} step ({preset}) | device {} | width {} | {} images x 2 views, {} px",
         a.workload,
         run.device_name(),
         a.width,
-        a.batch
+        a.batch,
+        run.config().augment.size
     );
     println!(
         "gradient-spike tracker: {}",
@@ -108,20 +124,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
 }
 
 fn conv(a: &BenchArgs) -> Result<()> {
-    if a.device.starts_with("cuda") {
-        bail!("bench conv times sslab's CPU kernels; on CUDA convolutions are candle's (cuDNN)");
-    }
-    let imp = if a.candle_conv {
+    let dev = sslab::train::select_device(&a.device)?;
+    // Off the CPU the convolutions are candle's (cuDNN with the `cudnn` feature).
+    let imp = if a.candle_conv || !dev.is_cpu() {
         ConvImpl::Candle
     } else {
         ConvImpl::Sslab
     };
     println!(
-        "conv2d on the CPU ({imp:?}), batch {}, median of {} | GFLOP/s (2 x multiply-adds / s)",
+        "conv2d on {dev:?} ({imp:?}), batch {}, median of {} | GFLOP/s (2 x multiply-adds / s)",
         a.batch, a.steps
     );
     for shape in RESNET18_CIFAR_CONVS {
-        let t = time_conv(shape, a.batch, a.steps.max(3), imp)?;
+        let t = time_conv(shape, a.batch, a.steps.max(3), imp, &dev)?;
         println!(
             "RESULT conv shape={shape} count={} fwd_gflops={:.1} dx_gflops={:.1} dw_gflops={:.1}",
             shape.count, t.fwd_gflops, t.dx_gflops, t.dw_gflops

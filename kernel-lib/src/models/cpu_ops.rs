@@ -167,7 +167,7 @@ fn col2im(g: &ConvGeom, cols: &[f32], dx: &mut [f32]) {
 
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, each given by (row stride, col stride).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,

@@ -383,7 +383,12 @@ impl Vit {
 
     /// The [CLS] token after the final LayerNorm, `(n, dim)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_tokens(x)?.narrow(1, 0, 1)?.squeeze(1)?)
+        // Contiguous: candle's CUDA matmul rejects the strided [CLS] rows the head would get.
+        Ok(self
+            .forward_tokens(x)?
+            .narrow(1, 0, 1)?
+            .squeeze(1)?
+            .contiguous()?)
     }
 
     /// The patch tokens after the final LayerNorm as a feature map `(n, dim, g, g)`, for dense
