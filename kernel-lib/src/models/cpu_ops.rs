@@ -85,6 +85,10 @@ impl ConvGeom {
     fn hw_out(&self) -> usize {
         self.ho * self.wo
     }
+    /// Whether the forward and input-gradient passes take [`super::winograd`].
+    fn winograd(&self) -> bool {
+        super::winograd::applies(self.k, self.stride, self.pad, (self.c, self.o))
+    }
     /// A 1×1 stride-1 unpadded conv needs no im2col: the input already is the column matrix.
     fn pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
@@ -227,6 +231,11 @@ impl CustomOp2 for Conv2dOp {
         let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let x = slice(s1, l1, "conv2d input")?;
         let w = slice(s2, l2, "conv2d kernel")?;
+        let shape = Shape::from((g.n, g.o, g.ho, g.wo));
+        if g.winograd() {
+            let y = super::winograd::forward(x, w, (g.n, g.c, g.h, g.w), g.o);
+            return Ok((CpuStorage::F32(y), shape));
+        }
         let (ckk, hw) = (g.ckk(), g.hw_out());
         let mut y = vec![0f32; g.n * g.o * hw];
         y.par_chunks_mut(g.o * hw)
@@ -243,7 +252,7 @@ impl CustomOp2 for Conv2dOp {
                     matmul(g.o, hw, ckk, yn, false, w, (ckk, 1), cols, (hw, 1));
                 },
             );
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(
@@ -302,6 +311,11 @@ impl CustomOp2 for Conv2dInputGrad {
         let g = self.0;
         let dy = slice(s1, l1, "conv2d output gradient")?;
         let w = slice(s2, l2, "conv2d kernel")?;
+        let shape = Shape::from((g.n, g.c, g.h, g.w));
+        if g.winograd() {
+            let dx = super::winograd::input_grad(dy, w, (g.n, g.o, g.ho, g.wo), g.c);
+            return Ok((CpuStorage::F32(dx), shape));
+        }
         let (ckk, hw) = (g.ckk(), g.hw_out());
         let mut dx = vec![0f32; g.n * g.c * g.h * g.w];
         dx.par_chunks_mut(g.c * g.h * g.w)
@@ -317,7 +331,7 @@ impl CustomOp2 for Conv2dInputGrad {
                     }
                 },
             );
-        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
+        Ok((CpuStorage::F32(dx), shape))
     }
 }
 

@@ -15,6 +15,7 @@ mod params;
 mod resnet;
 mod torch_io;
 mod vit;
+mod winograd;
 
 pub use backbone::{Backbone, BackboneConfig};
 pub use batchnorm::BatchNorm;
