@@ -32,7 +32,7 @@ pub(crate) fn on_cpu_f32(x: &Tensor) -> bool {
 }
 
 /// The element-wise sum of per-thread partial results of length `len`.
-fn sum_partials(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+pub(crate) fn sum_partials(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut out = vec![0f32; len];
     for p in parts {
         out.iter_mut().zip(p).for_each(|(a, v)| *a += v);
@@ -353,6 +353,11 @@ impl CustomOp2 for Conv2dWeightGrad {
         let g = self.0;
         let x = slice(s1, l1, "conv2d input")?;
         let dy = slice(s2, l2, "conv2d output gradient")?;
+        let shape = Shape::from((g.o, g.c, g.k, g.k));
+        if g.winograd() {
+            let dw = super::winograd::weight_grad(x, dy, (g.n, g.c, g.h, g.w), g.o);
+            return Ok((CpuStorage::F32(dw), shape));
+        }
         let (ckk, hw) = (g.ckk(), g.hw_out());
         let parts = rayon::current_num_threads().clamp(1, g.n);
         let per = g.n.div_ceil(parts);
@@ -376,7 +381,7 @@ impl CustomOp2 for Conv2dWeightGrad {
             })
             .collect();
         let dw = sum_partials(partials, g.o * ckk);
-        Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, g.k, g.k))))
+        Ok((CpuStorage::F32(dw), shape))
     }
 }
 

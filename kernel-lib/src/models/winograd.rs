@@ -26,6 +26,9 @@ pub(crate) trait Tile {
     const G: &'static [f32];
     /// Aᵀ, m×α.
     const AT: &'static [f32];
+    /// A (α×m) and Gᵀ (3×α), for the weight gradient's transforms.
+    const A: &'static [f32];
+    const GT: &'static [f32];
 }
 
 /// F(2×2, 3×3): 16 products per 4 outputs; exact in f32 up to rounding.
@@ -52,6 +55,19 @@ impl Tile for F2 {
     const AT: &'static [f32] = &[
         1.0, 1.0, 1.0, 0.0,
         0.0, 1.0, -1.0, -1.0,
+    ];
+    #[rustfmt::skip]
+    const A: &'static [f32] = &[
+        1.0, 0.0,
+        1.0, 1.0,
+        1.0, -1.0,
+        0.0, -1.0,
+    ];
+    #[rustfmt::skip]
+    const GT: &'static [f32] = &[
+        1.0, 0.5, 0.5, 0.0,
+        0.0, 0.5, -0.5, 0.0,
+        0.0, 0.5, 0.5, 1.0,
     ];
 }
 
@@ -86,6 +102,21 @@ impl Tile for F4 {
         0.0, 1.0, -1.0, 2.0, -2.0, 0.0,
         0.0, 1.0, 1.0, 4.0, 4.0, 0.0,
         0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
+    ];
+    #[rustfmt::skip]
+    const A: &'static [f32] = &[
+        1.0, 0.0, 0.0, 0.0,
+        1.0, 1.0, 1.0, 1.0,
+        1.0, -1.0, 1.0, -1.0,
+        1.0, 2.0, 4.0, 8.0,
+        1.0, -2.0, 4.0, -8.0,
+        0.0, 0.0, 0.0, 1.0,
+    ];
+    #[rustfmt::skip]
+    const GT: &'static [f32] = &[
+        1.0 / 4.0, -1.0 / 6.0, -1.0 / 6.0, 1.0 / 24.0, 1.0 / 24.0, 0.0,
+        0.0, -1.0 / 6.0, 1.0 / 6.0, 1.0 / 12.0, -1.0 / 12.0, 0.0,
+        0.0, -1.0 / 6.0, -1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0, 1.0,
     ];
 }
 
@@ -184,16 +215,7 @@ fn conv_same<T: Tile>(
     let (m, a) = (T::M, T::ALPHA);
     let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
     let per_image = th * tw;
-    let threads = rayon::current_num_threads().max(1);
-    let groups = n
-        .min(
-            (n * per_image)
-                .div_ceil(TARGET_TILES)
-                .max(threads)
-                .next_multiple_of(threads),
-        )
-        .max(1);
-    let gsz = n.div_ceil(groups);
+    let gsz = group_size(n, per_image);
     let fast = avx2();
     let mut y = vec![0f32; n * o * h * w];
     y.par_chunks_mut(gsz * o * h * w)
@@ -223,6 +245,140 @@ fn conv_same<T: Tile>(
             },
         );
     y
+}
+
+/// Images per group: about [`TARGET_TILES`] tiles, and at least one group per thread.
+fn group_size(n: usize, per_image: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let groups = n
+        .min(
+            (n * per_image)
+                .div_ceil(TARGET_TILES)
+                .max(threads)
+                .next_multiple_of(threads),
+        )
+        .max(1);
+    n.div_ceil(groups)
+}
+
+/// `dW = Σ_tiles Gᵀ (Σ_t dM[ξ][o][t] · V[ξ][c][t]) G` with `dM = A dY Aᵀ` per output tile and
+/// `V` the forward's input transform: the gradient of `U = G g Gᵀ` through the products, one
+/// GEMM per position ξ summed over every tile of the batch.
+fn weight_grad_tiles<T: Tile>(
+    x: &[f32],
+    dy: &[f32],
+    (n, c, h, w): (usize, usize, usize, usize),
+    o: usize,
+) -> Vec<f32> {
+    let (m, a) = (T::M, T::ALPHA);
+    let a2 = a * a;
+    let per_image = h.div_ceil(m) * w.div_ceil(m);
+    let gsz = group_size(n, per_image);
+    let fast = avx2();
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(gsz * c * h * w)
+        .zip(dy.par_chunks(gsz * o * h * w))
+        .fold(
+            || (vec![0f32; a2 * o * c], Vec::new(), Vec::new(), false),
+            |(mut du, mut v, mut dm, started), (xg, dyg)| {
+                let imgs = xg.len() / (c * h * w);
+                let t = imgs * per_image;
+                v.resize(a2 * c * t, 0.0);
+                dm.resize(a2 * o * t, 0.0);
+                transform_in::<T>(xg, &mut v, (imgs, c, h, w), fast);
+                transform_grad_out::<T>(dyg, &mut dm, (imgs, o, h, w), fast);
+                for xi in 0..a2 {
+                    matmul(
+                        o,
+                        c,
+                        t,
+                        &mut du[xi * o * c..(xi + 1) * o * c],
+                        started,
+                        &dm[xi * o * t..(xi + 1) * o * t],
+                        (t, 1),
+                        &v[xi * c * t..(xi + 1) * c * t],
+                        (1, t),
+                    );
+                }
+                (du, v, dm, true)
+            },
+        )
+        .map(|(du, ..)| du)
+        .collect();
+    let du = super::cpu_ops::sum_partials(partials, a2 * o * c);
+    let mut dw = vec![0f32; o * c * 9];
+    dw.par_chunks_mut(c * 9)
+        .enumerate()
+        .for_each(|(oi, dst)| transform_kernel_grad::<T>(&du[oi * c..], (o * c, c), dst, fast));
+    dw
+}
+
+/// `dM[ξ][o][t] = (A dY_tile Aᵀ)[ξ]`, the output gradient's tiles zero-padded past the edge.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn grad_out_transform<T: Tile>(
+    dy: &[f32],
+    dm: &mut [f32],
+    (imgs, o, h, w): (usize, usize, usize, usize),
+) {
+    let (m, a) = (T::M, T::ALPHA);
+    let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
+    let per_image = th * tw;
+    let t_all = imgs * per_image;
+    let ot = o * t_all;
+    let mut d = [[0f32; L]; 16];
+    let mut tmp = [[0f32; L]; 24];
+    let mut out = [[0f32; L]; 36];
+    for oi in 0..o {
+        for t0 in (0..t_all).step_by(L) {
+            let lanes = L.min(t_all - t0);
+            for l in 0..lanes {
+                let t = t0 + l;
+                let (img, ti) = (t / per_image, t % per_image);
+                let (y0, x0) = ((ti / tw) * m, (ti % tw) * m);
+                let plane = &dy[(img * o + oi) * h * w..][..h * w];
+                for r in 0..m {
+                    for q in 0..m {
+                        let (iy, ix) = (y0 + r, x0 + q);
+                        d[r * m + q][l] = if iy < h && ix < w {
+                            plane[iy * w + ix]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+            lanes_mm(T::A, &d, &mut tmp, (a, m, m));
+            lanes_mm_t(&tmp, T::A, &mut out, (a, m, a));
+            for (xi, val) in out[..a * a].iter().enumerate() {
+                dm[xi * ot + oi * t_all + t0..][..lanes].copy_from_slice(&val[..lanes]);
+            }
+        }
+    }
+}
+
+/// One output channel's `dw[c][3×3] = Gᵀ dU[·][c] G`, `L` input channels at a time; `du` starts
+/// at this channel's row and `(stride, c)` are the ξ-plane stride and the row length.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn kernel_grad_row<T: Tile>(du: &[f32], (stride, c): (usize, usize), dst: &mut [f32]) {
+    let a = T::ALPHA;
+    let mut u = [[0f32; L]; 36];
+    let mut tmp = [[0f32; L]; 18];
+    let mut g = [[0f32; L]; 9];
+    for c0 in (0..c).step_by(L) {
+        let lanes = L.min(c - c0);
+        for (xi, val) in u[..a * a].iter_mut().enumerate() {
+            val[..lanes].copy_from_slice(&du[xi * stride + c0..][..lanes]);
+        }
+        lanes_mm(T::GT, &u, &mut tmp, (3, a, a));
+        lanes_mm_t(&tmp, T::GT, &mut g, (3, a, 3));
+        for l in 0..lanes {
+            for (k, gk) in g.iter().enumerate() {
+                dst[(c0 + l) * 9 + k] = gk[l];
+            }
+        }
+    }
 }
 
 /// Tiles transformed together, one per SIMD lane (8 = one AVX2 register of f32).
@@ -374,6 +530,47 @@ unsafe fn output_transform_avx2<T: Tile>(
     output_transform::<T>(mm, y, dims)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_out_transform_avx2<T: Tile>(
+    dy: &[f32],
+    dm: &mut [f32],
+    dims: (usize, usize, usize, usize),
+) {
+    grad_out_transform::<T>(dy, dm, dims)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_grad_row_avx2<T: Tile>(du: &[f32], dims: (usize, usize), dst: &mut [f32]) {
+    kernel_grad_row::<T>(du, dims, dst)
+}
+
+fn transform_grad_out<T: Tile>(
+    dy: &[f32],
+    dm: &mut [f32],
+    dims: (usize, usize, usize, usize),
+    fast: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is `avx2()`, checked on this CPU.
+        return unsafe { grad_out_transform_avx2::<T>(dy, dm, dims) };
+    }
+    let _ = fast;
+    grad_out_transform::<T>(dy, dm, dims)
+}
+
+fn transform_kernel_grad<T: Tile>(du: &[f32], dims: (usize, usize), dst: &mut [f32], fast: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is `avx2()`, checked on this CPU.
+        return unsafe { kernel_grad_row_avx2::<T>(du, dims, dst) };
+    }
+    let _ = fast;
+    kernel_grad_row::<T>(du, dims, dst)
+}
+
 fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -441,6 +638,19 @@ pub(crate) fn input_grad(
         return conv::<F2>(dy, w, (n, h, wd), (o, c), true);
     }
     conv::<F4>(dy, w, (n, h, wd), (o, c), true)
+}
+
+/// Weight gradient of `y = x ⋆ w` (x n×c×h×w, dy n×o×h×w), shaped o×c×3×3.
+pub(crate) fn weight_grad(
+    x: &[f32],
+    dy: &[f32],
+    dims: (usize, usize, usize, usize),
+    o: usize,
+) -> Vec<f32> {
+    if small(dims.2, dims.3) {
+        return weight_grad_tiles::<F2>(x, dy, dims, o);
+    }
+    weight_grad_tiles::<F4>(x, dy, dims, o)
 }
 
 /// Below 8×8, F(2,3): at 4×4 (ResNet-18's last stage at 32 px) F(4,3)'s transformed kernel,
