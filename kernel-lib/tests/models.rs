@@ -150,6 +150,76 @@ fn unfolded_conv_matches_candle_values_and_gradients() {
     assert!(sslab::models::conv2d_unfolded(&x, &w, 1, 0).is_err());
 }
 
+/// BN with the ReLU inside its kernel against BN then candle's ReLU (plain and split BN), and the
+/// residual add-ReLU kernel against candle's add and ReLU: values and every gradient.
+#[test]
+fn fused_relu_kernels_match_separate_ops() {
+    let dev = Device::Cpu;
+    for groups in [1usize, 2] {
+        let mut pb = ParamBuilder::new(5, &dev);
+        let bn = BatchNorm::new(&mut pb, "bn", 6, true, 1.0).unwrap();
+        for p in [&bn.weight, &bn.bias] {
+            p.as_ref()
+                .unwrap()
+                .set(&Tensor::randn(0.5f32, 0.5, 6, &dev).unwrap())
+                .unwrap();
+        }
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (8, 6, 3, 5), &dev).unwrap()).unwrap();
+        let fused = bn.forward_split_relu(x.as_tensor(), true, groups).unwrap();
+        let separate = bn
+            .forward_split(x.as_tensor(), true, groups)
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(max_abs_diff(&fused, &separate) < 1e-5, "groups {groups}");
+        let zeros = fused
+            .eq(0f32)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        assert!(
+            max_abs(&zeros.mean_all().unwrap()) > 0.1,
+            "the ReLU must bite"
+        );
+        let r = Tensor::randn(0f32, 1.0, fused.dims(), &dev).unwrap();
+        let g1 = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (separate * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for t in [
+            x.as_tensor(),
+            bn.weight.as_ref().unwrap().as_tensor(),
+            bn.bias.as_ref().unwrap().as_tensor(),
+        ] {
+            let (a, b) = (g1.get(t).unwrap(), g2.get(t).unwrap());
+            assert!(
+                max_abs_diff(a, b) < 1e-4,
+                "groups {groups}: {}",
+                max_abs_diff(a, b)
+            );
+        }
+    }
+    let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 5, 5), &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 5, 5), &dev).unwrap()).unwrap();
+    let ours = sslab::models::add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+    let theirs = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+    assert!(max_abs_diff(&ours, &theirs) < 1e-6);
+    let r = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+    let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (theirs * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for t in [a.as_tensor(), b.as_tensor()] {
+        assert!(max_abs_diff(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-6);
+    }
+}
+
 #[test]
 fn fused_batchnorm_matches_generic_values_gradients_and_running_stats() {
     let dev = Device::Cpu;

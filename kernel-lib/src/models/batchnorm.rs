@@ -91,13 +91,13 @@ impl BatchNorm {
     /// Normalises `x`; in training mode also updates the running statistics. On the CPU the
     /// training path runs the fused kernel; elsewhere [`BatchNorm::forward_t_generic`].
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_impl(x, train, true)
+        self.forward_impl(x, train, true, false)
     }
 
     /// The device-independent path built from candle tensor ops (used off the CPU, and by the
     /// tests that check the fused kernel against it).
     pub fn forward_t_generic(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_impl(x, train, false)
+        self.forward_impl(x, train, false, false)
     }
 
     /// Split BatchNorm (MoCo's single-device stand-in for per-GPU BN, methods.md §1.3): in
@@ -105,8 +105,25 @@ impl BatchNorm {
     /// own statistics, and the running statistics move towards the average over groups (as the
     /// MoCo CIFAR demo's `SplitBatchNorm`). Evaluation mode, and `groups = 1`, are plain BN.
     pub fn forward_split(&self, x: &Tensor, train: bool, groups: usize) -> Result<Tensor> {
+        self.forward_split_act(x, train, groups, false)
+    }
+
+    /// `relu(forward_split(x))`, with the ReLU inside the CPU kernel: the normalised tensor
+    /// before the ReLU is then never stored, which saves one activation per BN-ReLU pair of a
+    /// ResNet (candle keeps every intermediate of the graph until the backward pass).
+    pub fn forward_split_relu(&self, x: &Tensor, train: bool, groups: usize) -> Result<Tensor> {
+        self.forward_split_act(x, train, groups, true)
+    }
+
+    fn forward_split_act(
+        &self,
+        x: &Tensor,
+        train: bool,
+        groups: usize,
+        relu: bool,
+    ) -> Result<Tensor> {
         if !train || groups <= 1 {
-            return self.forward_t(x, train);
+            return self.forward_impl(x, train, true, relu);
         }
         let cs = self.channel_shape(x)?;
         let dims = x.dims().to_vec();
@@ -138,23 +155,38 @@ impl BatchNorm {
             // γ and β repeated per group: grouped channel g·c + ch takes channel ch's, and the
             // backward of the repeat sums their gradients over the groups.
             let per_group = |v: &Var| Tensor::cat(&vec![v.as_tensor(); groups], 0);
-            let (y, mean, var) = self.fused_affine(&grouped, &per_group(w)?, &per_group(b)?)?;
+            let (y, mean, var) =
+                self.fused_affine(&grouped, &per_group(w)?, &per_group(b)?, relu)?;
             update(mean, var)?;
             return ungroup(y);
         }
         let (xhat, mean, var) = self.normalize_batch(&grouped, groups * self.channels, true)?;
         update(mean, var)?;
-        self.affine(ungroup(xhat)?, &cs)
+        let y = self.affine(ungroup(xhat)?, &cs)?;
+        if relu {
+            return super::layers::relu(&y);
+        }
+        Ok(y)
     }
 
-    fn forward_impl(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
-        let cs = self.channel_shape(x)?;
+    fn forward_impl(&self, x: &Tensor, train: bool, fused: bool, relu: bool) -> Result<Tensor> {
         if train {
             if let (true, Some(w), Some(b)) = (fused && on_cpu_f32(x), &self.weight, &self.bias) {
-                let (y, mean, var) = self.fused_affine(x, w.as_tensor(), b.as_tensor())?;
+                let (y, mean, var) = self.fused_affine(x, w.as_tensor(), b.as_tensor(), relu)?;
                 self.update_running(&mean, &var, x.elem_count() / self.channels)?;
                 return Ok(y);
             }
+        }
+        let y = self.forward_unfused(x, train, fused)?;
+        if relu {
+            return super::layers::relu(&y);
+        }
+        Ok(y)
+    }
+
+    fn forward_unfused(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
+        let cs = self.channel_shape(x)?;
+        if train {
             let (xhat, mean, var) = self.normalize_batch(x, self.channels, fused)?;
             let count = x.elem_count() / self.channels;
             self.update_running(&mean, &var, count)?;
@@ -202,12 +234,19 @@ impl BatchNorm {
 
     /// Training-mode BN with scale `w` and shift `b` (one entry per channel of `x`) in the CPU
     /// kernel; returns y and the detached batch mean and biased variance.
-    fn fused_affine(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn fused_affine(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        relu: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         check_count(x, w.elem_count())?;
         let stats = Arc::new(Mutex::new(BnStats::default()));
         let op = BatchNormAffineOp {
             eps: self.eps,
             stats: stats.clone(),
+            relu,
         };
         let y = x.contiguous()?.apply_op3(w, b, op)?;
         let (mean, var) = stats_tensors(&stats, x.device())?;

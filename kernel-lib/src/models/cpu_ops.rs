@@ -498,6 +498,8 @@ impl CustomOp1 for BatchNormOp {
 pub(crate) struct BatchNormAffineOp {
     pub eps: f64,
     pub stats: Arc<Mutex<BnStats>>,
+    /// Apply a ReLU to the output, in the same pass.
+    pub relu: bool,
 }
 
 impl CustomOp3 for BatchNormAffineOp {
@@ -526,7 +528,11 @@ impl CustomOp3 for BatchNormAffineOp {
             );
         }
         let st = channel_stats(x, (n, c, inner), self.eps);
-        let y = bn_apply(x, (c, inner), &st, Some(gamma), Some(beta));
+        let mut y = bn_apply(x, (c, inner), &st, Some(gamma), Some(beta));
+        if self.relu {
+            y.par_chunks_mut(RELU_CHUNK)
+                .for_each(|ch| ch.iter_mut().for_each(|v| *v = v.max(0.0)));
+        }
         store_stats(&self.stats, st);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -536,10 +542,16 @@ impl CustomOp3 for BatchNormAffineOp {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         g: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let st = saved_stats(&self.stats)?;
+        // The ReLU's mask comes from the output: y > 0 exactly where the pre-ReLU value was.
+        let g = if self.relu {
+            res.apply_op2(&g.contiguous()?, ReluGrad)?
+        } else {
+            g.clone()
+        };
         let sums = Arc::new(Mutex::new(Vec::new()));
         let grad = BatchNormGrad {
             mean: Some(st.mean),
@@ -648,6 +660,54 @@ impl CustomOp1 for ReluOp {
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
         Ok(Some(y.apply_op2(&g.contiguous()?, ReluGrad)?))
+    }
+}
+
+/// `relu(a + b)` in one pass, for a residual block's output: the sum before the ReLU is then
+/// never stored. Backward: `g·[y > 0]` to both arguments.
+pub(crate) struct AddReluOp;
+
+impl CustomOp2 for AddReluOp {
+    fn name(&self) -> &'static str {
+        "sslab-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let a = slice(s1, l1, "residual branch")?;
+        let b = slice(s2, l2, "residual shortcut")?;
+        if l1.dims() != l2.dims() {
+            candle_core::bail!(
+                "add-relu: shapes {:?} and {:?} differ",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(RELU_CHUNK)
+            .zip(a.par_chunks(RELU_CHUNK).zip(b.par_chunks(RELU_CHUNK)))
+            .for_each(|(y, (a, b))| {
+                for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
+                    *y = (a + b).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let d = y.apply_op2(&g.contiguous()?, ReluGrad)?;
+        Ok((Some(d.clone()), Some(d)))
     }
 }
 

@@ -197,6 +197,16 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     Ok(x.relu()?)
 }
 
+/// `relu(a + b)`: on the CPU one kernel (the sum is never stored), elsewhere candle's ops.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(a) && on_cpu_f32(b) {
+        return Ok(a
+            .contiguous()?
+            .apply_op2(&b.contiguous()?, super::cpu_ops::AddReluOp)?);
+    }
+    Ok((a + b)?.relu()?)
+}
+
 /// Exact (erf) GELU: on the CPU sslab's parallel kernel with a one-pass derivative,
 /// elsewhere candle's `gelu_erf`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {

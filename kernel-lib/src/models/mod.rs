@@ -20,7 +20,7 @@ mod winograd;
 pub use backbone::{Backbone, BackboneConfig};
 pub use batchnorm::BatchNorm;
 pub use ema::ema_update;
-pub use layers::{conv2d_unfolded, gelu, relu, Conv2d, Linear};
+pub use layers::{add_relu, conv2d_unfolded, gelu, relu, Conv2d, Linear};
 pub use mlp::{LastBn, Mlp, MlpSpec};
 pub use params::{Init, Param, ParamBuilder, ParamKind, ParamStore};
 pub use resnet::{max_pool_3x3_s2_p1, Depth, ResNet, ResNetConfig, ResNetOutput, Stem};

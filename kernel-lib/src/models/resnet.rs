@@ -4,7 +4,7 @@
 //! The forward pass returns the last feature map (for dense methods) and its global average.
 
 use super::batchnorm::BatchNorm;
-use super::layers::{relu, Conv2d};
+use super::layers::{add_relu, Conv2d};
 use super::params::ParamBuilder;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -61,16 +61,18 @@ impl Block {
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            h = bn.forward_split(&conv.forward(&h)?, train, splits)?;
-            if i < last {
-                h = relu(&h)?;
-            }
+            let c = conv.forward(&h)?;
+            h = if i < last {
+                bn.forward_split_relu(&c, train, splits)?
+            } else {
+                bn.forward_split(&c, train, splits)?
+            };
         }
         let shortcut = match &self.downsample {
             Some((c, bn)) => bn.forward_split(&c.forward(x)?, train, splits)?,
             None => x.clone(),
         };
-        relu(&(h + shortcut)?)
+        add_relu(&h, &shortcut)
     }
 }
 
@@ -215,11 +217,10 @@ impl ResNet {
                 x.dims()
             )));
         }
-        let mut h = relu(&self.stem.1.forward_split(
-            &self.stem.0.forward(x)?,
-            train,
-            self.bn_splits,
-        )?)?;
+        let mut h =
+            self.stem
+                .1
+                .forward_split_relu(&self.stem.0.forward(x)?, train, self.bn_splits)?;
         if self.maxpool {
             h = max_pool_3x3_s2_p1(&h)?;
         }
