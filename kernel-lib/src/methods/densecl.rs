@@ -146,8 +146,9 @@ impl Method for DenseCl {
 
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
         self.pair.queue.check_keys_per_step(view_a.dim(0)?)?;
-        let q = self.pair.encode_queries(view_a)?;
+        // Keys first (detached): see `Moco::direction`.
         let k = self.pair.encode_keys(view_b)?;
+        let q = self.pair.encode_queries(view_a)?;
         let missing = || Error::Invalid("DenseCL encoder lost its dense head".into());
         let (q_grid, k_grid) = (
             q.grid.as_ref().ok_or_else(missing)?,

@@ -385,8 +385,10 @@ impl Moco {
     }
 
     fn direction(&self, x_q: &Tensor, x_k: &Tensor) -> Result<(InfoNce, Tensor)> {
-        let q = self.pair.encode_queries(x_q)?.global;
+        // Keys first: they are detached, so their forward graph is freed before the queries'
+        // exists, and the peak memory holds one encoder's graph, not two.
         let k = self.pair.encode_keys(x_k)?.global;
+        let q = self.pair.encode_queries(x_q)?.global;
         let nce = info_nce_queue(&q, &k, &self.pair.queue.keys()?, self.pair.spec.tau)?;
         Ok((nce, l2_normalize(&k, 1)?))
     }

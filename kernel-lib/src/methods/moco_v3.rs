@@ -163,15 +163,16 @@ impl Method for MocoV3 {
     }
 
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
-        // Each crop goes through the networks on its own: BN statistics are per crop.
+        // Each crop goes through the networks on its own: BN statistics are per crop. Keys
+        // first (detached): see `Moco::direction`.
+        let k1 = self.keys(view_a)?;
+        let k2 = self.keys(view_b)?;
         let q1 = self
             .predictor
             .forward_t(&self.query.forward(view_a)?, true)?;
         let q2 = self
             .predictor
             .forward_t(&self.query.forward(view_b)?, true)?;
-        let k1 = self.keys(view_a)?;
-        let k2 = self.keys(view_b)?;
         let tau = self.spec.tau;
         let l12 = moco_v3_ctr(&q1, &k2, tau)?;
         let l21 = moco_v3_ctr(&q2, &k1, tau)?;

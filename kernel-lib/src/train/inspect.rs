@@ -140,8 +140,10 @@ impl Run {
     pub(super) fn take_monitors(&mut self) -> Result<()> {
         let step = self.history.len();
         let (p, a, b) = self.probe_tensors()?;
-        let fa = self.method.features(&a)?;
-        let fb = self.method.features(&b)?;
+        // Detached as they come: the parameters are variables, so each output holds its whole
+        // forward graph, and four of them were alive at once.
+        let fa = self.method.features(&a)?.detach();
+        let fb = self.method.features(&b)?.detach();
         self.monitors.collapse.push(collapse_stats(step, &fa, &fb)?);
         let c = match &self.last_cross_correlation {
             Some(c) => c.clone(),
@@ -154,10 +156,10 @@ impl Run {
                 &c,
                 self.config.diagnostics.corr_block,
             )?);
-        let ma = self.method.feature_map(&a)?;
+        let ma = self.method.feature_map(&a)?.detach();
         let (_, _, h, w) = ma.dims4()?;
         if h >= 2 && w >= 2 {
-            let mb = self.method.feature_map(&b)?;
+            let mb = self.method.feature_map(&b)?.detach();
             let acc = correspondence_accuracy(&ma, &mb, &p.crops_a, &p.crops_b)?;
             self.monitors.correspondence.push((step, acc));
         }
