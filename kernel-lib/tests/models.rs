@@ -37,17 +37,57 @@ fn max_abs(a: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Convolution geometries of a ResNet and their edges, as (batch, in, out, size, kernel,
+/// stride, pad): 3×3 with and without padding, stride 2 on odd and even sizes, 1×1 shortcuts,
+/// the 7×7 stem.
+const CONV_GEOMETRIES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
+    (2, 3, 4, 8, 3, 1, 1),
+    (3, 4, 6, 9, 3, 2, 1),
+    (1, 5, 3, 7, 1, 1, 0),
+    (2, 4, 8, 8, 1, 2, 0),
+    (2, 3, 8, 16, 7, 2, 3),
+    (1, 2, 2, 5, 3, 1, 0),
+];
+
+/// `ours` (a convolution of `x` by `w` with the case's stride and padding) against candle's
+/// conv2d: values, and the gradients of Σ y ⊙ r for a fixed random r with respect to both.
+fn assert_conv_matches_candle(
+    case: (usize, usize, usize, usize, usize, usize, usize),
+    x: &Var,
+    w: &Var,
+    ours: Tensor,
+) {
+    let (.., stride, pad) = case;
+    let theirs = x
+        .as_tensor()
+        .conv2d(w.as_tensor(), pad, stride, 1, 1)
+        .unwrap();
+    assert_eq!(ours.dims(), theirs.dims(), "{case:?}");
+    let tol = 1e-4 * (1.0 + max_abs(&theirs));
+    assert!(max_abs_diff(&ours, &theirs) < tol, "forward {case:?}");
+    let r = Tensor::randn(0f32, 1.0, theirs.dims(), x.device()).unwrap();
+    let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g2 = (theirs * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for t in [x.as_tensor(), w.as_tensor()] {
+        let (a, b) = (g1.get(t).unwrap(), g2.get(t).unwrap());
+        let tol = 1e-4 * (1.0 + max_abs(b));
+        assert!(
+            max_abs_diff(a, b) < tol,
+            "gradient {case:?}: {}",
+            max_abs_diff(a, b)
+        );
+    }
+}
+
 #[test]
 fn conv_kernel_matches_candle_values_and_gradients() {
     let dev = Device::Cpu;
-    // (batch, in, out, size, kernel, stride, pad)
-    let cases = [
-        (2, 3, 4, 8, 3, 1, 1),
-        (3, 4, 6, 9, 3, 2, 1),
-        (1, 5, 3, 7, 1, 1, 0),
-        (2, 4, 8, 8, 1, 2, 0),
-        (2, 3, 8, 16, 7, 2, 3),
-        (1, 2, 2, 5, 3, 1, 0),
+    let cases = CONV_GEOMETRIES.into_iter().chain([
         (4, 8, 8, 4, 3, 1, 1),
         // The Winograd path (3×3, stride 1, padding 1, ≥ 16 input channels): sizes that are and
         // are not multiples of its 4×4 output tile, a 1×1 image, groups of one image and more.
@@ -57,42 +97,14 @@ fn conv_kernel_matches_candle_values_and_gradients() {
         (5, 64, 32, 4, 3, 1, 1),
         (2, 16, 16, 1, 3, 1, 1),
         (9, 24, 20, 13, 3, 1, 1),
-    ];
-    for (n, c, o, s, k, stride, pad) in cases {
+    ]);
+    for case in cases {
+        let (n, c, o, s, k, stride, pad) = case;
         let mut pb = ParamBuilder::new(1, &dev);
         let conv = Conv2d::new(&mut pb, "c", c, o, k, stride, pad).unwrap();
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, s, s), &dev).unwrap()).unwrap();
         let ours = conv.forward(x.as_tensor()).unwrap();
-        let theirs = x
-            .as_tensor()
-            .conv2d(conv.weight.as_tensor(), pad, stride, 1, 1)
-            .unwrap();
-        assert_eq!(ours.dims(), theirs.dims());
-        let tol = 1e-4 * (1.0 + max_abs(&theirs));
-        assert!(
-            max_abs_diff(&ours, &theirs) < tol,
-            "forward {:?}",
-            (n, c, o, s, k, stride, pad)
-        );
-        // Gradients of a non-trivial scalar: Σ y ⊙ r for a fixed random r.
-        let r = Tensor::randn(0f32, 1.0, theirs.dims(), &dev).unwrap();
-        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (theirs * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for t in [x.as_tensor(), conv.weight.as_tensor()] {
-            let (a, b) = (g1.get(t).unwrap(), g2.get(t).unwrap());
-            let tol = 1e-4 * (1.0 + max_abs(b));
-            assert!(
-                max_abs_diff(a, b) < tol,
-                "gradient {:?}: {}",
-                (n, c, o, s, k, stride, pad),
-                max_abs_diff(a, b)
-            );
-        }
+        assert_conv_matches_candle(case, &x, &conv.weight, ours);
     }
 }
 
@@ -101,48 +113,16 @@ fn conv_kernel_matches_candle_values_and_gradients() {
 #[test]
 fn unfolded_conv_matches_candle_values_and_gradients() {
     let dev = Device::Cpu;
-    // (batch, in, out, size, kernel, stride, pad)
-    let cases = [
-        (2, 3, 4, 8, 3, 1, 1),
-        (3, 4, 6, 9, 3, 2, 1),
-        (2, 4, 6, 8, 3, 2, 1),
-        (1, 5, 3, 7, 1, 1, 0),
-        (2, 4, 8, 8, 1, 2, 0),
-        (2, 3, 8, 16, 7, 2, 3),
-        (2, 3, 5, 15, 7, 2, 3),
-        (1, 2, 2, 5, 3, 1, 0),
-    ];
+    let cases = CONV_GEOMETRIES
+        .into_iter()
+        .chain([(2, 4, 6, 8, 3, 2, 1), (2, 3, 5, 15, 7, 2, 3)]);
     for case in cases {
         let (n, c, o, s, k, stride, pad) = case;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, s, s), &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.5, (o, c, k, k), &dev).unwrap()).unwrap();
         let ours =
             sslab::models::conv2d_unfolded(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
-        let theirs = x
-            .as_tensor()
-            .conv2d(w.as_tensor(), pad, stride, 1, 1)
-            .unwrap();
-        assert_eq!(ours.dims(), theirs.dims(), "{case:?}");
-        assert!(
-            max_abs_diff(&ours, &theirs) < 1e-4 * (1.0 + max_abs(&theirs)),
-            "forward {case:?}"
-        );
-        let r = Tensor::randn(0f32, 1.0, theirs.dims(), &dev).unwrap();
-        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (theirs * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for t in [x.as_tensor(), w.as_tensor()] {
-            let (a, b) = (g1.get(t).unwrap(), g2.get(t).unwrap());
-            assert!(
-                max_abs_diff(a, b) < 1e-4 * (1.0 + max_abs(b)),
-                "gradient {case:?}: {}",
-                max_abs_diff(a, b)
-            );
-        }
+        assert_conv_matches_candle(case, &x, &w, ours);
     }
     // A kernel that does not fit is an error, not a panic.
     let x = Tensor::zeros((1, 3, 2, 2), candle_core::DType::F32, &dev).unwrap();

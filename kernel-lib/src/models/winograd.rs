@@ -179,31 +179,6 @@ fn kernel_row<T: Tile>(tap: &dyn Fn(usize, usize) -> f32, dst: &mut [f32], cols:
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_row_avx2<T: Tile>(
-    tap: &dyn Fn(usize, usize) -> f32,
-    dst: &mut [f32],
-    cols: usize,
-) {
-    kernel_row::<T>(tap, dst, cols)
-}
-
-fn transform_kernel_row<T: Tile>(
-    tap: &dyn Fn(usize, usize) -> f32,
-    dst: &mut [f32],
-    cols: usize,
-    fast: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` is `avx2()`, checked on this CPU.
-        return unsafe { kernel_row_avx2::<T>(tap, dst, cols) };
-    }
-    let _ = fast;
-    kernel_row::<T>(tap, dst, cols)
-}
-
 /// `y (n×o×h×w) = x (n×c×h×w) ⋆ kernel`, 3×3, stride 1, padding 1, where the kernel is given
 /// already transformed by [`transform_kernel`].
 fn conv_same<T: Tile>(
@@ -213,8 +188,7 @@ fn conv_same<T: Tile>(
 ) -> Vec<f32> {
     let (o, c) = (k.rows, k.cols);
     let (m, a) = (T::M, T::ALPHA);
-    let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
-    let per_image = th * tw;
+    let per_image = Tiles::new(m, 1, h, w).per_image;
     let gsz = group_size(n, per_image);
     let fast = avx2();
     let mut y = vec![0f32; n * o * h * w];
@@ -247,6 +221,37 @@ fn conv_same<T: Tile>(
     y
 }
 
+/// The m×m output tiles of `imgs` images of h×w, numbered image by image, row by row.
+#[derive(Clone, Copy)]
+struct Tiles {
+    m: usize,
+    /// Tiles per row.
+    tw: usize,
+    per_image: usize,
+    /// Tiles of all the images.
+    all: usize,
+}
+
+impl Tiles {
+    #[inline(always)]
+    fn new(m: usize, imgs: usize, h: usize, w: usize) -> Self {
+        let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
+        Tiles {
+            m,
+            tw,
+            per_image: th * tw,
+            all: imgs * th * tw,
+        }
+    }
+
+    /// Image, and top-left output pixel (row, column), of tile `t`.
+    #[inline(always)]
+    fn origin(&self, t: usize) -> (usize, usize, usize) {
+        let (img, ti) = (t / self.per_image, t % self.per_image);
+        (img, (ti / self.tw) * self.m, (ti % self.tw) * self.m)
+    }
+}
+
 /// Images per group: about [`TARGET_TILES`] tiles, and at least one group per thread.
 fn group_size(n: usize, per_image: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
@@ -272,7 +277,7 @@ fn weight_grad_tiles<T: Tile>(
 ) -> Vec<f32> {
     let (m, a) = (T::M, T::ALPHA);
     let a2 = a * a;
-    let per_image = h.div_ceil(m) * w.div_ceil(m);
+    let per_image = Tiles::new(m, 1, h, w).per_image;
     let gsz = group_size(n, per_image);
     let fast = avx2();
     let partials: Vec<Vec<f32>> = x
@@ -322,9 +327,8 @@ fn grad_out_transform<T: Tile>(
     (imgs, o, h, w): (usize, usize, usize, usize),
 ) {
     let (m, a) = (T::M, T::ALPHA);
-    let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
-    let per_image = th * tw;
-    let t_all = imgs * per_image;
+    let tiles = Tiles::new(m, imgs, h, w);
+    let t_all = tiles.all;
     let ot = o * t_all;
     let mut d = [[0f32; L]; 16];
     let mut tmp = [[0f32; L]; 24];
@@ -333,9 +337,7 @@ fn grad_out_transform<T: Tile>(
         for t0 in (0..t_all).step_by(L) {
             let lanes = L.min(t_all - t0);
             for l in 0..lanes {
-                let t = t0 + l;
-                let (img, ti) = (t / per_image, t % per_image);
-                let (y0, x0) = ((ti / tw) * m, (ti % tw) * m);
+                let (img, y0, x0) = tiles.origin(t0 + l);
                 let plane = &dy[(img * o + oi) * h * w..][..h * w];
                 for r in 0..m {
                     for q in 0..m {
@@ -450,9 +452,8 @@ fn input_transform<T: Tile>(
     (imgs, c, h, w): (usize, usize, usize, usize),
 ) {
     let (m, a) = (T::M, T::ALPHA);
-    let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
-    let per_image = th * tw;
-    let t_all = imgs * per_image;
+    let tiles = Tiles::new(m, imgs, h, w);
+    let t_all = tiles.all;
     let ct = c * t_all;
     let mut d = [[0f32; L]; 36];
     let mut tmp = [[0f32; L]; 36];
@@ -461,10 +462,10 @@ fn input_transform<T: Tile>(
         for t0 in (0..t_all).step_by(L) {
             let lanes = L.min(t_all - t0);
             for l in 0..lanes {
-                let t = t0 + l;
-                let (img, ti) = (t / per_image, t % per_image);
+                let (img, oy, ox) = tiles.origin(t0 + l);
                 let plane = &x[(img * c + ci) * h * w..][..h * w];
-                let (y0, x0) = (((ti / tw) * m) as isize - 1, ((ti % tw) * m) as isize - 1);
+                // The input patch starts one pixel up and left of the output tile (padding 1).
+                let (y0, x0) = (oy as isize - 1, ox as isize - 1);
                 for r in 0..a {
                     let iy = y0 + r as isize;
                     let row_ok = iy >= 0 && (iy as usize) < h;
@@ -497,9 +498,8 @@ fn output_transform<T: Tile>(
     (imgs, o, h, w): (usize, usize, usize, usize),
 ) {
     let (m, a) = (T::M, T::ALPHA);
-    let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
-    let per_image = th * tw;
-    let t_all = imgs * per_image;
+    let tiles = Tiles::new(m, imgs, h, w);
+    let t_all = tiles.all;
     let ot = o * t_all;
     let mut mt = [[0f32; L]; 36];
     let mut tmp = [[0f32; L]; 24];
@@ -513,13 +513,11 @@ fn output_transform<T: Tile>(
             lanes_mm(T::AT, &mt, &mut tmp, (m, a, a));
             lanes_mm_t(&tmp, T::AT, &mut out, (m, a, m));
             for l in 0..lanes {
-                let t = t0 + l;
-                let (img, ti) = (t / per_image, t % per_image);
-                let (ty, tx) = (ti / tw, ti % tw);
+                let (img, oy, ox) = tiles.origin(t0 + l);
                 let plane = &mut y[(img * o + oi) * h * w..][..h * w];
-                for r in 0..m.min(h - ty * m) {
-                    let row = &mut plane[(ty * m + r) * w + tx * m..];
-                    for (q, dst) in row[..m.min(w - tx * m)].iter_mut().enumerate() {
+                for r in 0..m.min(h - oy) {
+                    let row = &mut plane[(oy + r) * w + ox..];
+                    for (q, dst) in row[..m.min(w - ox)].iter_mut().enumerate() {
                         *dst = out[r * m + q][l];
                     }
                 }
@@ -528,68 +526,33 @@ fn output_transform<T: Tile>(
     }
 }
 
-/// The two transforms compiled for AVX2 + FMA, chosen at run time like the GEMM's kernels (the
-/// crate is built for baseline x86-64).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn input_transform_avx2<T: Tile>(
-    x: &[f32],
-    v: &mut [f32],
-    dims: (usize, usize, usize, usize),
-) {
-    input_transform::<T>(x, v, dims)
+/// Defines `$name(args…, fast)`: `$kernel` compiled for AVX2 + FMA when `fast` (checked on
+/// this CPU by [`avx2`]), else its baseline build. The crate is built for baseline x86-64, and
+/// the transforms only vectorise well with 8-wide registers.
+macro_rules! dispatch {
+    ($name:ident, $kernel:ident, ($($arg:ident: $ty:ty),*)) => {
+        fn $name<T: Tile>($($arg: $ty,)* fast: bool) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn wide<T: Tile>($($arg: $ty),*) {
+                $kernel::<T>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: `fast` is `avx2()`, checked on this CPU.
+                return unsafe { wide::<T>($($arg),*) };
+            }
+            let _ = fast;
+            $kernel::<T>($($arg),*)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn output_transform_avx2<T: Tile>(
-    mm: &[f32],
-    y: &mut [f32],
-    dims: (usize, usize, usize, usize),
-) {
-    output_transform::<T>(mm, y, dims)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn grad_out_transform_avx2<T: Tile>(
-    dy: &[f32],
-    dm: &mut [f32],
-    dims: (usize, usize, usize, usize),
-) {
-    grad_out_transform::<T>(dy, dm, dims)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_grad_row_avx2<T: Tile>(du: &[f32], dims: (usize, usize), dst: &mut [f32]) {
-    kernel_grad_row::<T>(du, dims, dst)
-}
-
-fn transform_grad_out<T: Tile>(
-    dy: &[f32],
-    dm: &mut [f32],
-    dims: (usize, usize, usize, usize),
-    fast: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` is `avx2()`, checked on this CPU.
-        return unsafe { grad_out_transform_avx2::<T>(dy, dm, dims) };
-    }
-    let _ = fast;
-    grad_out_transform::<T>(dy, dm, dims)
-}
-
-fn transform_kernel_grad<T: Tile>(du: &[f32], dims: (usize, usize), dst: &mut [f32], fast: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` is `avx2()`, checked on this CPU.
-        return unsafe { kernel_grad_row_avx2::<T>(du, dims, dst) };
-    }
-    let _ = fast;
-    kernel_grad_row::<T>(du, dims, dst)
-}
+dispatch!(transform_in, input_transform, (x: &[f32], v: &mut [f32], dims: (usize, usize, usize, usize)));
+dispatch!(transform_out, output_transform, (mm: &[f32], y: &mut [f32], dims: (usize, usize, usize, usize)));
+dispatch!(transform_grad_out, grad_out_transform, (dy: &[f32], dm: &mut [f32], dims: (usize, usize, usize, usize)));
+dispatch!(transform_kernel_grad, kernel_grad_row, (du: &[f32], dims: (usize, usize), dst: &mut [f32]));
+dispatch!(transform_kernel_row, kernel_row, (tap: &dyn Fn(usize, usize) -> f32, dst: &mut [f32], cols: usize));
 
 fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -600,31 +563,6 @@ fn avx2() -> bool {
     {
         false
     }
-}
-
-fn transform_in<T: Tile>(x: &[f32], v: &mut [f32], dims: (usize, usize, usize, usize), fast: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` is `avx2()`, checked on this CPU.
-        return unsafe { input_transform_avx2::<T>(x, v, dims) };
-    }
-    let _ = fast;
-    input_transform::<T>(x, v, dims)
-}
-
-fn transform_out<T: Tile>(
-    mm: &[f32],
-    y: &mut [f32],
-    dims: (usize, usize, usize, usize),
-    fast: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: as in `transform_in`.
-        return unsafe { output_transform_avx2::<T>(mm, y, dims) };
-    }
-    let _ = fast;
-    output_transform::<T>(mm, y, dims)
 }
 
 /// Whether a convolution takes the Winograd path: 3×3, stride 1, padding 1 (the output the
