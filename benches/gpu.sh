@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine (see benches/gpu-prepare.sh), in one `run` call with carry [".gpu"]:
-#   1. a CPU-vs-CUDA check of every method's first training steps (same seed: the losses and
-#      the final kNN must agree to float tolerance);
+#   1. a CPU-vs-CUDA check of every method's first training steps (same seed: kNN at init must
+#      be equal and the losses agree to float tolerance; the final kNN is printed beside them);
 #   2. sslab on CUDA vs PyTorch on the same card, workload by workload: the CPU workloads at
 #      batch 256 (and 64), and the GPU-sized presets (ResNet-50 Barlow Twins at 224 px, MoCo v3
 #      ViT-S/16), PyTorch in fp32 and as GPU users run it (bf16 autocast + channels-last).

@@ -162,13 +162,13 @@ PRESET = None
 
 def barlow_twins(batch, width):
     if PRESET == "barlow-twins/imagenet":  # the paper's: ResNet-50, 8192-8192-8192, 224 px
-        net, widths, size, lr = ResNet50(), [8192] * 3, 224, 0.2
-    else:
-        net, widths, size, lr = ResNet18(width), [2048] * 3, 32, 0.3
+        net, widths, size, lr, wd, eta = ResNet50(), [8192] * 3, 224, 0.2, 1.5e-6, 0.001
+    else:  # solo-learn's CIFAR recipe
+        net, widths, size, lr, wd, eta = ResNet18(width), [2048] * 3, 32, 0.3, 1e-4, 0.02
     proj = mlp([net.dim] + widths, bias=False)
     model = nn.Sequential(net, proj)
     place(model)
-    opt = Lars(model.parameters(), lr=lr * batch / 256, weight_decay=1e-4 if size == 32 else 1.5e-6, eta=0.02 if size == 32 else 0.001)
+    opt = Lars(model.parameters(), lr=lr * batch / 256, weight_decay=wd, eta=eta)
     x1, x2 = inputs(batch, size)
 
     def step():

@@ -1,6 +1,7 @@
 //! Models: the CPU conv and BN kernels against candle's own ops (values and gradients), ResNet
 //! shapes, and gradient flow to every trainable tensor.
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use sslab::methods::{
     BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoV3, MocoV3Spec,
@@ -24,6 +25,14 @@ fn tiny_resnet18(pb: &mut ParamBuilder, stem: Stem, zero_init_residual: bool) ->
         zero_init_residual,
     };
     ResNet::new(pb, "r", &cfg).unwrap()
+}
+
+/// Gradients of Σ a ⊙ r and of Σ b ⊙ r for one fixed random r: a non-trivial scalar through
+/// two implementations of the same function, to compare what reaches their inputs.
+fn grads_through(a: &Tensor, b: &Tensor) -> (GradStore, GradStore) {
+    let r = Tensor::randn(0f32, 1.0, a.dims(), a.device()).unwrap();
+    let g = |t: &Tensor| (t * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    (g(a), g(b))
 }
 
 fn max_abs(a: &Tensor) -> f32 {
@@ -65,14 +74,7 @@ fn assert_conv_matches_candle(
     assert_eq!(ours.dims(), theirs.dims(), "{case:?}");
     let tol = 1e-4 * (1.0 + max_abs(&theirs));
     assert!(max_abs_diff(&ours, &theirs) < tol, "forward {case:?}");
-    let r = Tensor::randn(0f32, 1.0, theirs.dims(), x.device()).unwrap();
-    let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g2 = (theirs * &r)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let (g1, g2) = grads_through(&ours, &theirs);
     for t in [x.as_tensor(), w.as_tensor()] {
         let (a, b) = (g1.get(t).unwrap(), g2.get(t).unwrap());
         let tol = 1e-4 * (1.0 + max_abs(b));
@@ -161,14 +163,7 @@ fn fused_relu_kernels_match_separate_ops() {
             max_abs(&zeros.mean_all().unwrap()) > 0.1,
             "the ReLU must bite"
         );
-        let r = Tensor::randn(0f32, 1.0, fused.dims(), &dev).unwrap();
-        let g1 = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (separate * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let (g1, g2) = grads_through(&fused, &separate);
         for t in [
             x.as_tensor(),
             bn.weight.as_ref().unwrap().as_tensor(),
@@ -187,14 +182,7 @@ fn fused_relu_kernels_match_separate_ops() {
     let ours = sslab::models::add_relu(a.as_tensor(), b.as_tensor()).unwrap();
     let theirs = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
     assert!(max_abs_diff(&ours, &theirs) < 1e-6);
-    let r = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
-    let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g2 = (theirs * &r)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let (g1, g2) = grads_through(&ours, &theirs);
     for t in [a.as_tensor(), b.as_tensor()] {
         assert!(max_abs_diff(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-6);
     }
@@ -238,9 +226,7 @@ fn fused_batchnorm_matches_generic_values_gradients_and_running_stats() {
         let y1 = fused.forward_t(x.as_tensor(), true).unwrap();
         let y2 = generic.forward_t_generic(x.as_tensor(), true).unwrap();
         assert!(max_abs_diff(&y1, &y2) < 1e-4, "{shape:?}");
-        let r = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev).unwrap();
-        let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g1, g2) = grads_through(&y1, &y2);
         assert!(
             max_abs_diff(
                 g1.get(x.as_tensor()).unwrap(),
@@ -644,12 +630,10 @@ fn fused_non_affine_batchnorm_matches_generic_gradients() {
         let bn = BatchNorm::new(&mut pb, "bn", shape[1], false, 1.0).unwrap();
         let xt = (Tensor::randn(0f32, 2.0, shape.as_slice(), &dev).unwrap() - 0.7).unwrap();
         let x = Var::from_tensor(&xt).unwrap();
-        let r = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev).unwrap();
         let y1 = bn.forward_t(x.as_tensor(), true).unwrap();
         let y2 = bn.forward_t_generic(x.as_tensor(), true).unwrap();
         assert!(max_abs_diff(&y1, &y2) < 1e-4, "{shape:?}");
-        let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g1, g2) = grads_through(&y1, &y2);
         let d = max_abs_diff(
             g1.get(x.as_tensor()).unwrap(),
             g2.get(x.as_tensor()).unwrap(),
@@ -682,9 +666,7 @@ fn split_batchnorm_gradients_match_a_per_group_reference() {
         .collect();
     let y2 = Tensor::cat(&parts, 0).unwrap();
     assert!(max_abs_diff(&y1, &y2) < 1e-5);
-    let r = Tensor::randn(0f32, 1.0, (8, 3, 4, 4), &dev).unwrap();
-    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (g1, g2) = grads_through(&y1, &y2);
     let pairs = [
         (x.as_tensor(), x.as_tensor()),
         (
@@ -711,9 +693,7 @@ fn relu_kernel_matches_candle_in_values_and_gradients() {
     let y1 = sslab::models::relu(&xt).unwrap();
     let y2 = xt.relu().unwrap();
     assert_eq!(max_abs_diff(&y1, &y2), 0.0);
-    let r = Tensor::randn(0f32, 1.0, y1.dims(), &dev).unwrap();
-    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (g1, g2) = grads_through(&y1, &y2);
     let d = max_abs_diff(
         g1.get(x.as_tensor()).unwrap(),
         g2.get(x.as_tensor()).unwrap(),
@@ -747,9 +727,7 @@ fn linear_bias_kernel_matches_broadcast_add_in_values_and_gradients() {
         .reshape((5, 37, 40))
         .unwrap();
     assert!(max_abs_diff(&y1, &y2) < 1e-5);
-    let r = Tensor::randn(0f32, 1.0, (5, 37, 40), &dev).unwrap();
-    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (g1, g2) = grads_through(&y1, &y2);
     for t in [x.as_tensor(), w, b] {
         let d = max_abs_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
         assert!(d < 1e-4, "gradient differs by {d}");
@@ -763,9 +741,7 @@ fn gelu_kernel_matches_candle_and_its_derivative_finite_differences() {
     let y1 = sslab::models::gelu(x.as_tensor()).unwrap();
     let y2 = x.as_tensor().gelu_erf().unwrap();
     assert_eq!(max_abs_diff(&y1, &y2), 0.0);
-    let r = Tensor::randn(0f32, 1.0, (33, 1000), &dev).unwrap();
-    let g1 = (y1 * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g2 = (y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (g1, g2) = grads_through(&y1, &y2);
     let d = max_abs_diff(
         g1.get(x.as_tensor()).unwrap(),
         g2.get(x.as_tensor()).unwrap(),

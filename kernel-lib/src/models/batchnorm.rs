@@ -162,11 +162,7 @@ impl BatchNorm {
         }
         let (xhat, mean, var) = self.normalize_batch(&grouped, groups * self.channels, true)?;
         update(mean, var)?;
-        let y = self.affine(ungroup(xhat)?, &cs)?;
-        if relu {
-            return super::layers::relu(&y);
-        }
-        Ok(y)
+        then_relu(self.affine(ungroup(xhat)?, &cs)?, relu)
     }
 
     fn forward_impl(&self, x: &Tensor, train: bool, fused: bool, relu: bool) -> Result<Tensor> {
@@ -177,11 +173,7 @@ impl BatchNorm {
                 return Ok(y);
             }
         }
-        let y = self.forward_unfused(x, train, fused)?;
-        if relu {
-            return super::layers::relu(&y);
-        }
-        Ok(y)
+        then_relu(self.forward_unfused(x, train, fused)?, relu)
     }
 
     fn forward_unfused(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
@@ -276,6 +268,14 @@ impl BatchNorm {
             None => y,
         })
     }
+}
+
+/// `relu(y)` where the ReLU could not go inside the fused kernel, else `y`.
+fn then_relu(y: Tensor, relu: bool) -> Result<Tensor> {
+    if relu {
+        return super::layers::relu(&y);
+    }
+    Ok(y)
 }
 
 fn check_count(x: &Tensor, channels: usize) -> Result<()> {

@@ -7,10 +7,11 @@
 //! layers ran above the two cores' FMA peak in `benches/RESULTS.md`.
 //!
 //! Layout: per group of images, the transformed input `V[ξ][c][t]` (ξ over the α² tile
-//! positions, t over the group's tiles), the transformed kernel `U[ξ][o][c]` (once per call),
-//! one GEMM per ξ `M[ξ] = U[ξ] · V[ξ]`, then the inverse transform of `M[·][o][t]` into the
-//! output. The input gradient of such a layer is the same convolution of `dY` with the kernel
-//! transposed over channels and rotated by 180°, so both passes share this code.
+//! positions, t over the group's tiles), the transformed kernel `U[o][ξ][c]` (once per call,
+//! see [`KernelTransform`]), one GEMM per ξ `M[ξ] = U[·][ξ][·] · V[ξ]`, then the inverse
+//! transform of `M[·][o][t]` into the output. The input gradient of such a layer is the same
+//! convolution of `dY` with the kernel transposed over channels and rotated by 180°, so both
+//! passes share this code; the weight gradient reuses the input transform.
 
 use rayon::prelude::*;
 
@@ -284,8 +285,8 @@ fn weight_grad_tiles<T: Tile>(
         .par_chunks(gsz * c * h * w)
         .zip(dy.par_chunks(gsz * o * h * w))
         .fold(
-            || (vec![0f32; a2 * o * c], Vec::new(), Vec::new(), false),
-            |(mut du, mut v, mut dm, started), (xg, dyg)| {
+            || (vec![0f32; a2 * o * c], Vec::new(), Vec::new()),
+            |(mut du, mut v, mut dm), (xg, dyg)| {
                 let imgs = xg.len() / (c * h * w);
                 let t = imgs * per_image;
                 v.resize(a2 * c * t, 0.0);
@@ -298,14 +299,14 @@ fn weight_grad_tiles<T: Tile>(
                         c,
                         t,
                         &mut du[xi * o * c..(xi + 1) * o * c],
-                        started,
+                        true,
                         &dm[xi * o * t..(xi + 1) * o * t],
                         (t, 1),
                         &v[xi * c * t..(xi + 1) * c * t],
                         (1, t),
                     );
                 }
-                (du, v, dm, true)
+                (du, v, dm)
             },
         )
         .map(|(du, ..)| du)
@@ -579,10 +580,7 @@ pub(crate) fn forward(
     (n, c, h, wd): (usize, usize, usize, usize),
     o: usize,
 ) -> Vec<f32> {
-    if small(h, wd) {
-        return conv::<F2>(x, w, (n, h, wd), (o, c), false);
-    }
-    conv::<F4>(x, w, (n, h, wd), (o, c), false)
+    conv(x, w, (n, h, wd), (o, c), false)
 }
 
 /// Input gradient: `dx = dy ⋆ rot180(wᵀ)` (dy n×o×h×w, w o×c×3×3), shaped n×c×h×w.
@@ -592,10 +590,7 @@ pub(crate) fn input_grad(
     (n, o, h, wd): (usize, usize, usize, usize),
     c: usize,
 ) -> Vec<f32> {
-    if small(h, wd) {
-        return conv::<F2>(dy, w, (n, h, wd), (o, c), true);
-    }
-    conv::<F4>(dy, w, (n, h, wd), (o, c), true)
+    conv(dy, w, (n, h, wd), (o, c), true)
 }
 
 /// Weight gradient of `y = x ⋆ w` (x n×c×h×w, dy n×o×h×w), shaped o×c×3×3.
@@ -618,13 +613,26 @@ fn small(h: usize, w: usize) -> bool {
     h < 8 || w < 8
 }
 
-fn conv<T: Tile>(
+/// The convolution of the forward (`input_grad` false) or of the input gradient, on the tile
+/// size [`small`] picks.
+fn conv(
     x: &[f32],
     w: &[f32],
     dims: (usize, usize, usize),
     (o, c): (usize, usize),
     input_grad: bool,
 ) -> Vec<f32> {
-    let k = transform_kernel::<T>(w, o, c, input_grad);
-    conv_same::<T>(x, &k, dims)
+    fn tiled<T: Tile>(
+        x: &[f32],
+        w: &[f32],
+        dims: (usize, usize, usize),
+        (o, c): (usize, usize),
+        input_grad: bool,
+    ) -> Vec<f32> {
+        conv_same::<T>(x, &transform_kernel::<T>(w, o, c, input_grad), dims)
+    }
+    if small(dims.1, dims.2) {
+        return tiled::<F2>(x, w, dims, (o, c), input_grad);
+    }
+    tiled::<F4>(x, w, dims, (o, c), input_grad)
 }
