@@ -28,6 +28,6 @@ pub use torch_io::{
     export_backbone, load_backbone, read_torch_checkpoint, ImportReport, RELEASE_PREFIXES,
 };
 pub use vit::{
-    batched_matmul, normalize_rows, sincos_position_embedding, softmax_last, Vit, VitConfig,
-    VitSize,
+    batched_matmul, normalize_rows, scale_shift_rows, sincos_position_embedding, softmax_last, Vit,
+    VitConfig, VitSize,
 };

@@ -2,10 +2,11 @@
 //! MoCo v3's `vits.py` changes): patch embedding, [CLS] token, fixed 2-D sin-cos position
 //! embedding, pre-norm blocks, final LayerNorm, output = the [CLS] token.
 //!
-//! LayerNorm and softmax are written from tensor ops: candle's fused versions have no backward
-//! and would silently stop the gradient (reference/candle-notes.md).
+//! LayerNorm and softmax are sslab's CPU kernels with explicit backward passes, or tensor ops
+//! elsewhere: candle's fused versions have no backward and would silently stop the gradient
+//! (reference/candle-notes.md).
 
-use super::cpu_ops::{on_cpu_f32, BatchNormOp, BatchedMatmulOp, BnStats, SoftmaxOp};
+use super::cpu_ops::{on_cpu_f32, BatchNormOp, BatchedMatmulOp, BnStats, ScaleShiftOp, SoftmaxOp};
 use super::layers::Linear;
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
@@ -115,10 +116,23 @@ impl LayerNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(normalize_rows(x, self.eps, true)?
-            .broadcast_mul(self.weight.as_tensor())?
-            .broadcast_add(self.bias.as_tensor())?)
+        scale_shift_rows(
+            &normalize_rows(x, self.eps, true)?,
+            self.weight.as_tensor(),
+            self.bias.as_tensor(),
+            true,
+        )
     }
+}
+
+/// `x ⊙ w + b` with `(d,)`-shaped `w` and `b` broadcast over the last axis: LayerNorm's affine
+/// part. `fused` takes the CPU kernel (one pass each way plus one for both column sums) where
+/// it applies; otherwise candle's broadcast ops.
+pub fn scale_shift_rows(x: &Tensor, w: &Tensor, b: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused && on_cpu_f32(x) && on_cpu_f32(w) && on_cpu_f32(b) {
+        return Ok(x.contiguous()?.apply_op3(w, b, ScaleShiftOp)?);
+    }
+    Ok(x.broadcast_mul(w)?.broadcast_add(b)?)
 }
 
 /// LayerNorm without the affine part: each row over the last axis to zero mean and unit
@@ -145,13 +159,17 @@ pub fn normalize_rows(x: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
     Ok(xc.broadcast_div(&(var + eps)?.sqrt()?)?)
 }
 
-/// Softmax over the last axis with a backward: sslab's parallel kernel on the CPU (`fused`),
-/// else candle's op-built `softmax` (never the fused `softmax_last_dim`, which has none).
-pub fn softmax_last(x: &Tensor, fused: bool) -> Result<Tensor> {
+/// `softmax(scale · x)` over the last axis with a backward: sslab's parallel kernel on the CPU
+/// (`fused`, the scale folded in), else candle's op-built `softmax` (never the fused
+/// `softmax_last_dim`, which has none).
+pub fn softmax_last(x: &Tensor, scale: f64, fused: bool) -> Result<Tensor> {
     if fused && on_cpu_f32(x) {
-        return Ok(x.contiguous()?.apply_op1(SoftmaxOp)?);
+        let op = SoftmaxOp {
+            scale: scale as f32,
+        };
+        return Ok(x.contiguous()?.apply_op1(op)?);
     }
-    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    Ok(candle_nn::ops::softmax(&(x * scale)?, D::Minus1)?)
 }
 
 /// `op(a) · op(b)` over a leading batch axis (`(batch, m, k)`-shaped operands, `op` = transpose
@@ -233,8 +251,8 @@ impl Block {
             Ok(qkv.get(i)?.contiguous()?.reshape((n * self.heads, t, hd))?)
         };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scores = (batched_matmul(&q, &k, false, true, true)? * (hd as f64).powf(-0.5))?;
-        let attn = softmax_last(&scores, true)?;
+        let scores = batched_matmul(&q, &k, false, true, true)?;
+        let attn = softmax_last(&scores, (hd as f64).powf(-0.5), true)?;
         let out = batched_matmul(&attn, &v, false, false, true)?
             .reshape((n, self.heads, t, hd))?
             .transpose(1, 2)?
