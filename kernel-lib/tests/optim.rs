@@ -280,11 +280,11 @@ fn optimizer_state_round_trips() {
     let mut opt = Optimizer::new(kind, &ps, m, o).unwrap();
     opt.step(&grads(&wv, &bv, &[1.0; 4], &[1.0; 2], 1.0), 0.1)
         .unwrap();
-    let st = opt.state();
+    let st = opt.state().unwrap();
     let mut other = Optimizer::new(kind, &ps, m, o).unwrap();
     other.load_state(&st).unwrap();
     assert_eq!(other.steps(), 1);
-    for ((ka, ta), (kb, tb)) in st.buffers.iter().zip(other.state().buffers.iter()) {
+    for ((ka, ta), (kb, tb)) in st.buffers.iter().zip(other.state().unwrap().buffers.iter()) {
         assert_eq!(ka, kb);
         let d = (ta - tb)
             .unwrap()
@@ -348,5 +348,137 @@ fn lars_clip_lr_variant_caps_the_step_at_sgd() {
                 "η={eta}: {a} vs {expected}"
             );
         }
+    }
+}
+
+#[test]
+fn fused_cpu_updates_match_the_tensor_op_rules_for_every_optimizer() {
+    // The in-place CPU kernels against the tensor-op form (what other devices run), over four
+    // steps with changing gradients, for every rule and both groups (decay + trust ratio on
+    // the 2-D tensor; the 1-D one excluded, with its own rate). 40 000 weights span several
+    // parallel chunks, so the chunked norms are exercised.
+    let kinds = [
+        OptimKind::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+        },
+        OptimKind::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        },
+        OptimKind::Lars {
+            momentum: 0.9,
+            eta: 0.02,
+            clip_lr: false,
+        },
+        OptimKind::Lars {
+            momentum: 0.9,
+            eta: 0.02,
+            clip_lr: true,
+        },
+        OptimKind::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        OptimKind::Lamb {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+        },
+    ];
+    let multi = GroupSettings {
+        lr_mult: 1.0,
+        weight_decay: 0.05,
+        adapt: true,
+    };
+    let one = GroupSettings {
+        lr_mult: 0.5,
+        weight_decay: 0.0,
+        adapt: false,
+    };
+    let rand = |n: usize, seed: u64| -> Vec<f32> {
+        // A fixed pseudo-random sequence (splitmix64), the same for both runs.
+        (0..n as u64)
+            .map(|i| {
+                let mut z = (i + seed * 1_000_003).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    };
+    for kind in kinds {
+        let run = |fused: bool| {
+            let (ps, wv, bv) = store(&rand(40_000, 1), &rand(300, 2));
+            let mut opt = Optimizer::new(kind, &ps, multi, one).unwrap();
+            opt.set_fused(fused);
+            for step in 0..4u64 {
+                let g = grads(
+                    &wv,
+                    &bv,
+                    &rand(40_000, 10 + step),
+                    &rand(300, 20 + step),
+                    0.3,
+                );
+                opt.step(&g, 0.1).unwrap();
+            }
+            let buffers = opt.state().unwrap().buffers;
+            (vec_of(&wv), vec_of(&bv), buffers)
+        };
+        let (wa, ba, sa) = run(true);
+        let (wb, bb, sb) = run(false);
+        // Norm-wise relative error of the updates: elementwise ratios blow up at weights that
+        // pass near zero, where both carry the same f32 rounding of earlier steps.
+        let rel = |a: &[f32], b: &[f32], base: &[f32]| {
+            let d: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+            let step: Vec<f32> = b.iter().zip(base).map(|(x, y)| x - y).collect();
+            norm(&d) / norm(&step)
+        };
+        let (w0, b0) = (rand(40_000, 1), rand(300, 2));
+        assert!(
+            rel(&wa, &wb, &w0) < 1e-4,
+            "{kind:?}: weights {}",
+            rel(&wa, &wb, &w0)
+        );
+        assert!(
+            rel(&ba, &bb, &b0) < 1e-4,
+            "{kind:?}: biases {}",
+            rel(&ba, &bb, &b0)
+        );
+        for ((ka, ta), (_, tb)) in sa.iter().zip(&sb) {
+            let (a, b) = (
+                ta.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                tb.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            let zero = vec![0f32; a.len()];
+            assert!(rel(&a, &b, &zero) < 1e-5, "{kind:?}: buffer {ka}");
+        }
+    }
+}
+
+#[test]
+fn a_saved_optimizer_state_is_a_snapshot() {
+    // Buffers are updated in place: what `state()` returned must not move with later steps.
+    let (ps, wv, bv) = store(&[1.0, -1.0, 0.5, 2.0], &[0.0, 1.0]);
+    let (m, o) = lars(0.0);
+    let kind = OptimKind::Lars {
+        momentum: 0.9,
+        eta: 0.001,
+        clip_lr: false,
+    };
+    let mut opt = Optimizer::new(kind, &ps, m, o).unwrap();
+    opt.step(&grads(&wv, &bv, &[1.0; 4], &[1.0; 2], 1.0), 0.1)
+        .unwrap();
+    let st = opt.state().unwrap();
+    let before: Vec<Vec<f32>> = st
+        .buffers
+        .iter()
+        .map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect();
+    opt.step(&grads(&wv, &bv, &[2.0; 4], &[3.0; 2], 1.0), 0.1)
+        .unwrap();
+    for ((_, t), b) in st.buffers.iter().zip(&before) {
+        assert_eq!(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b);
     }
 }

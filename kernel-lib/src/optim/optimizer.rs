@@ -1,6 +1,8 @@
-//! The optimisers. Updates run as tensor ops on the parameters' device; the LARS/LAMB trust
-//! ratios are computed on the device too (no host round trip per tensor).
+//! The optimisers. On the CPU each update is a few in-place parallel passes (`fused.rs`);
+//! elsewhere it runs as tensor ops on the parameters' device, the LARS/LAMB trust ratios
+//! included (no host round trip per tensor).
 
+use super::fused;
 use crate::error::{Error, Result};
 use crate::models::ParamStore;
 use candle_core::backprop::GradStore;
@@ -61,6 +63,7 @@ pub struct Optimizer {
     groups: [GroupSettings; 2],
     slots: Vec<Slot>,
     step: usize,
+    fused: bool,
 }
 
 /// `g + wd·p` (coupled L2 decay), skipping the op when `wd` is 0.
@@ -91,16 +94,19 @@ impl Optimizer {
         let slots = params
             .trainable()
             .map(|p| {
-                let zeros = p.var.zeros_like()?;
                 let n_state = match kind {
                     OptimKind::Sgd { .. } | OptimKind::Lars { .. } => 1,
                     OptimKind::AdamW { .. } | OptimKind::Lamb { .. } => 2,
                 };
+                // One allocation per buffer: they are updated in place.
+                let state = (0..n_state)
+                    .map(|_| p.var.zeros_like())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
                 Ok(Slot {
                     name: p.name.clone(),
                     var: p.var.clone(),
                     group: usize::from(p.var.rank() <= 1),
-                    state: vec![zeros; n_state],
+                    state,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -109,6 +115,7 @@ impl Optimizer {
             groups: [multi_dim, one_dim],
             slots,
             step: 0,
+            fused: true,
         })
     }
 
@@ -116,6 +123,12 @@ impl Optimizer {
     pub fn set_lr_mults(&mut self, multi_dim: f64, one_dim: f64) {
         self.groups[0].lr_mult = multi_dim;
         self.groups[1].lr_mult = one_dim;
+    }
+
+    /// Whether CPU updates take the fused in-place kernels (the default) or the tensor-op
+    /// form that other devices run; the two agree to float rounding, and tests compare them.
+    pub fn set_fused(&mut self, on: bool) {
+        self.fused = on;
     }
 
     /// Steps taken so far.
@@ -139,6 +152,12 @@ impl Optimizer {
             };
             let gs = self.groups[slot.group];
             let lr = lr * gs.lr_mult;
+            let mut operands = vec![slot.var.as_tensor(), g];
+            operands.extend(&slot.state);
+            if self.fused && fused::applies(&operands) {
+                fused::step(self.kind, gs, lr, t, slot.var.as_tensor(), g, &slot.state)?;
+                continue;
+            }
             let p = slot.var.as_tensor().detach();
             let g = g.detach();
             let new_p = match self.kind {
@@ -211,18 +230,18 @@ impl Optimizer {
         Ok(())
     }
 
-    /// The state for a checkpoint.
-    pub fn state(&self) -> OptimizerState {
+    /// The state for a checkpoint: copies, since the buffers are updated in place.
+    pub fn state(&self) -> Result<OptimizerState> {
         let mut buffers = Vec::new();
         for s in &self.slots {
             for (i, t) in s.state.iter().enumerate() {
-                buffers.push((format!("{}#{i}", s.name), t.clone()));
+                buffers.push((format!("{}#{i}", s.name), t.copy()?));
             }
         }
-        OptimizerState {
+        Ok(OptimizerState {
             step: self.step,
             buffers,
-        }
+        })
     }
 
     /// Restores a state saved by [`Optimizer::state`] for the same parameters.
@@ -243,7 +262,8 @@ impl Optimizer {
                         s.state[i].dims()
                     )));
                 }
-                s.state[i] = t.to_device(s.var.device())?;
+                // A copy: the buffers are updated in place, `st` must stay as it was.
+                s.state[i] = t.to_device(s.var.device())?.copy()?;
             }
         }
         self.step = st.step;

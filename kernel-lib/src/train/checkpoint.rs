@@ -54,7 +54,7 @@ impl Run {
                 tensors.insert(format!("param/{}", p.name), p.var.as_tensor().clone());
             }
         }
-        for (k, t) in self.optimizer.state().buffers {
+        for (k, t) in self.optimizer.state()?.buffers {
             tensors.insert(format!("optim/{k}"), t);
         }
         let mut queue_ptrs = Vec::new();

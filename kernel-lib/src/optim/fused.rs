@@ -1,0 +1,271 @@
+//! The optimisers' update on the CPU as a few parallel passes that write each parameter and its
+//! buffers in place. The tensor-op form of the same rules (kept for other devices, and as the
+//! reference the tests compare against) allocates a fresh copy of every parameter per op: LARS
+//! over Barlow Twins' 20 M parameters was ten passes, several of them single-threaded.
+//!
+//! Norms are summed in f64 from per-chunk partial sums, so they do not depend on the thread
+//! count.
+
+use super::optimizer::{GroupSettings, OptimKind};
+use crate::error::Result;
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Storage, Tensor};
+use rayon::prelude::*;
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Elements per parallel work unit.
+const CHUNK: usize = 1 << 14;
+
+/// Whether the fused update applies: every tensor f32, on the CPU, contiguous.
+pub(super) fn applies(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous())
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("fused optimiser step: expected contiguous f32 tensors"),
+    }
+}
+
+/// `f(dst_chunk, [src_chunks])` over aligned chunks of a tensor written in place and `N`
+/// tensors of its length, in parallel.
+fn chunked<const N: usize>(
+    dst: &mut CpuStorage,
+    dst_l: &Layout,
+    srcs: [(&CpuStorage, &Layout); N],
+    f: &(impl Fn(&mut [f32], [&[f32]; N]) + Sync),
+) -> CResult<()> {
+    let d = match (dst, dst_l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => &mut v[a..b],
+        _ => candle_core::bail!("fused optimiser step: expected a contiguous f32 parameter"),
+    };
+    let mut s = [&[][..]; N];
+    for (slot, (st, l)) in s.iter_mut().zip(srcs) {
+        *slot = contiguous(st, l)?;
+        if slot.len() != d.len() {
+            candle_core::bail!(
+                "fused optimiser step: {} vs {} elements",
+                slot.len(),
+                d.len()
+            );
+        }
+    }
+    d.par_chunks_mut(CHUNK).enumerate().for_each(|(i, dc)| {
+        let lo = i * CHUNK;
+        f(dc, s.map(|x| &x[lo..lo + dc.len()]));
+    });
+    Ok(())
+}
+
+/// An in-place pass with one source.
+struct Pass1<F>(F);
+
+impl<F: Fn(&mut [f32], [&[f32]; 1]) + Sync> InplaceOp2 for Pass1<F> {
+    fn name(&self) -> &'static str {
+        "sslab-optimizer-pass"
+    }
+
+    fn cpu_fwd(&self, d: &mut CpuStorage, dl: &Layout, a: &CpuStorage, al: &Layout) -> CResult<()> {
+        chunked(d, dl, [(a, al)], &self.0)
+    }
+}
+
+/// An in-place pass with two sources.
+struct Pass2<F>(F);
+
+impl<F: Fn(&mut [f32], [&[f32]; 2]) + Sync> InplaceOp3 for Pass2<F> {
+    fn name(&self) -> &'static str {
+        "sslab-optimizer-pass"
+    }
+
+    fn cpu_fwd(
+        &self,
+        d: &mut CpuStorage,
+        dl: &Layout,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> CResult<()> {
+        chunked(d, dl, [(a, al), (b, bl)], &self.0)
+    }
+}
+
+/// `f` over a tensor written in place and one source.
+fn pass1(dst: &Tensor, a: &Tensor, f: impl Fn(&mut [f32], [&[f32]; 1]) + Sync) -> Result<()> {
+    Ok(dst.inplace_op2(a, &Pass1(f))?)
+}
+
+/// `f` over a tensor written in place and two sources.
+fn pass2(
+    dst: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    f: impl Fn(&mut [f32], [&[f32]; 2]) + Sync,
+) -> Result<()> {
+    Ok(dst.inplace_op3(a, b, &Pass2(f))?)
+}
+
+/// `K` sums of `f([chunks])` over aligned chunks of `N` equally long tensors, in f64.
+fn sums<const N: usize, const K: usize>(
+    ts: [&Tensor; N],
+    f: impl Fn([&[f32]; N]) -> [f64; K] + Sync,
+) -> Result<[f64; K]> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut s = [&[][..]; N];
+    for (slot, (st, l)) in s.iter_mut().zip(&guards) {
+        *slot = match &**st {
+            Storage::Cpu(c) => contiguous(c, l)?,
+            _ => Err(candle_core::Error::Msg(
+                "fused optimiser step: expected CPU tensors".into(),
+            ))?,
+        };
+    }
+    let len = s.first().map_or(0, |x| x.len());
+    let parts: Vec<[f64; K]> = (0..len.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|i| {
+            let (lo, hi) = (i * CHUNK, len.min((i + 1) * CHUNK));
+            f(s.map(|x| &x[lo..hi]))
+        })
+        .collect();
+    Ok(parts.iter().fold([0.0; K], |mut acc, p| {
+        acc.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+        acc
+    }))
+}
+
+/// LARS/LAMB's trust ratio `scale·num/den`, or 1 unless both norms are positive.
+pub(super) fn trust(num: f64, den: f64, scale: f64) -> f64 {
+    if num > 0.0 && den > 0.0 {
+        scale * num / den
+    } else {
+        1.0
+    }
+}
+
+/// One update of parameter `p` with gradient `g` and buffers `state`, in place; `t` is the
+/// 1-based step count (Adam's bias correction).
+pub(super) fn step(
+    kind: OptimKind,
+    gs: GroupSettings,
+    lr: f64,
+    t: i32,
+    p: &Tensor,
+    g: &Tensor,
+    state: &[Tensor],
+) -> Result<()> {
+    let wd = gs.weight_decay as f32;
+    match kind {
+        OptimKind::Sgd { momentum, nesterov } => {
+            let (mu, lr) = (momentum as f32, lr as f32);
+            pass2(&state[0], g, p, |b, [g, p]| {
+                for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
+                    *b = mu * *b + (g + wd * p);
+                }
+            })?;
+            pass2(p, &state[0], g, |p, [b, g]| {
+                for ((p, &b), &g) in p.iter_mut().zip(b).zip(g) {
+                    let d = if nesterov { g + wd * *p + mu * b } else { b };
+                    *p -= lr * d;
+                }
+            })
+        }
+        OptimKind::Lars {
+            momentum,
+            eta,
+            clip_lr,
+        } => {
+            // The gradient is scaled by q after the decay term is added (none if not adapted).
+            let (q, wd) = if !gs.adapt {
+                (1.0, 0.0)
+            } else {
+                let wd64 = gs.weight_decay;
+                let [pp, gg, dd] = sums([p, g], |[p, g]| {
+                    let mut acc = [0f64; 3];
+                    for (&p, &g) in p.iter().zip(g) {
+                        let (p, g) = (p as f64, g as f64);
+                        let d = (g as f32 + wd * p as f32) as f64;
+                        acc[0] += p * p;
+                        acc[1] += g * g;
+                        acc[2] += d * d;
+                    }
+                    acc
+                })?;
+                let pn = pp.sqrt();
+                let q = if clip_lr {
+                    let q = trust(pn, gg.sqrt() + wd64 * pn + 1e-8, eta);
+                    if lr > 0.0 {
+                        (q / lr).clamp(0.0, 1.0)
+                    } else {
+                        1.0
+                    }
+                } else {
+                    trust(pn, dd.sqrt(), eta)
+                };
+                (q as f32, wd)
+            };
+            let (mu, lr) = (momentum as f32, lr as f32);
+            pass2(&state[0], g, p, |b, [g, p]| {
+                for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
+                    *b = mu * *b + (g + wd * p) * q;
+                }
+            })?;
+            pass1(p, &state[0], |p, [b]| {
+                for (p, &b) in p.iter_mut().zip(b) {
+                    *p -= lr * b;
+                }
+            })
+        }
+        OptimKind::AdamW { beta1, beta2, eps } | OptimKind::Lamb { beta1, beta2, eps } => {
+            // 1 − β in f64 first: in f32, 1 − 0.999 is 1.3e-5 off.
+            let (b1, c1) = (beta1 as f32, (1.0 - beta1) as f32);
+            let (b2, c2) = (beta2 as f32, (1.0 - beta2) as f32);
+            pass1(&state[0], g, |m, [g]| {
+                for (m, &g) in m.iter_mut().zip(g) {
+                    *m = b1 * *m + c1 * g;
+                }
+            })?;
+            pass1(&state[1], g, |v, [g]| {
+                for (v, &g) in v.iter_mut().zip(g) {
+                    *v = b2 * *v + c2 * (g * g);
+                }
+            })?;
+            let bc1 = (1.0 - beta1.powi(t)) as f32;
+            let bc2 = (1.0 - beta2.powi(t)) as f32;
+            let eps = eps as f32;
+            let dir = move |m: f32, v: f32| (m / bc1) / ((v / bc2).sqrt() + eps);
+            if matches!(kind, OptimKind::AdamW { .. }) {
+                let (lr, keep) = (lr as f32, (1.0 - lr * gs.weight_decay) as f32);
+                return pass2(p, &state[0], &state[1], |p, [m, v]| {
+                    for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                        *p = *p * keep - lr * dir(m, v);
+                    }
+                });
+            }
+            let q = if gs.adapt {
+                let [pp, rr] = sums([p, &state[0], &state[1]], |[p, m, v]| {
+                    let mut acc = [0f64; 2];
+                    for ((&p, &m), &v) in p.iter().zip(m).zip(v) {
+                        let r = (dir(m, v) + wd * p) as f64;
+                        acc[0] += (p as f64) * (p as f64);
+                        acc[1] += r * r;
+                    }
+                    acc
+                })?;
+                trust(pp.sqrt(), rr.sqrt(), 1.0) as f32
+            } else {
+                1.0
+            };
+            let lr = lr as f32;
+            pass2(p, &state[0], &state[1], |p, [m, v]| {
+                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                    *p -= lr * q * (dir(m, v) + wd * *p);
+                }
+            })
+        }
+    }
+}
