@@ -55,7 +55,18 @@ pub fn ema_update(target: &ParamStore, online: &ParamStore, m: f64) -> Result<()
         if !o.kind.trainable() || m == 1.0 {
             continue;
         }
-        let next = ((t.var.as_tensor().detach() * m)? + (o.var.as_tensor().detach() * (1.0 - m))?)?;
+        let (tt, ot) = (t.var.as_tensor(), o.var.as_tensor());
+        if crate::optim::fused::applies(&[tt, ot]) {
+            // In place, one parallel pass (three allocating ops otherwise).
+            let (a, b) = (m as f32, (1.0 - m) as f32);
+            crate::optim::fused::pass1(tt, ot, |t, [o]| {
+                for (t, &o) in t.iter_mut().zip(o) {
+                    *t = a * *t + b * o;
+                }
+            })?;
+            continue;
+        }
+        let next = ((tt.detach() * m)? + (ot.detach() * (1.0 - m))?)?;
         t.var.set(&next)?;
     }
     Ok(())

@@ -17,7 +17,7 @@ type CResult<T> = candle_core::Result<T>;
 const CHUNK: usize = 1 << 14;
 
 /// Whether the fused update applies: every tensor f32, on the CPU, contiguous.
-pub(super) fn applies(tensors: &[&Tensor]) -> bool {
+pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous())
@@ -95,7 +95,11 @@ impl<F: Fn(&mut [f32], [&[f32]; 2]) + Sync> InplaceOp3 for Pass2<F> {
 }
 
 /// `f` over a tensor written in place and one source.
-fn pass1(dst: &Tensor, a: &Tensor, f: impl Fn(&mut [f32], [&[f32]; 1]) + Sync) -> Result<()> {
+pub(crate) fn pass1(
+    dst: &Tensor,
+    a: &Tensor,
+    f: impl Fn(&mut [f32], [&[f32]; 1]) + Sync,
+) -> Result<()> {
     Ok(dst.inplace_op2(a, &Pass1(f))?)
 }
 

@@ -6,7 +6,7 @@
 //! have its own learning rate (Barlow Twins' 0.0048 vs 0.2). State is a list of tensors per
 //! parameter plus the step count, so it can be saved and restored.
 
-mod fused;
+pub(crate) mod fused;
 mod optimizer;
 mod schedule;
 
