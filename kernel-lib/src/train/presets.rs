@@ -397,9 +397,8 @@ pub fn moco_v3_resnet50() -> RunConfig {
 
 /// CPU-sized MoCo v3 ViT on the shapes: ViT-tiny width (192, 3 heads) at 3 blocks, patch 4 at
 /// 32 px (64 tokens), heads 1024 → 256, AdamW with the paper's wd 0.1, base lr 2e-3 (5e-4 at
-/// batch 64) after half an epoch of warmup, batch 64 for 200 steps (a ViT step costs about
-/// twice a tiny ResNet's on the CPU), BYOL augmentations at 32 px (no blur), crops from 0.4,
-/// momentum m₀ 0.9 → 1.
+/// batch 64) after half an epoch of warmup, batch 64 for 360 steps (8.5 minutes on 2
+/// cores), BYOL augmentations at 32 px (no blur), crops from 0.4, momentum m₀ 0.9 → 1.
 pub fn moco_v3_vit_tiny() -> RunConfig {
     let mut c = moco_v3_vit_small();
     c.preset = "moco-v3/vit-tiny".into();
@@ -414,15 +413,17 @@ pub fn moco_v3_vit_tiny() -> RunConfig {
     };
     c.moco_v3.hidden = 1024;
     // m₀ 0.9 (one of the paper's ablation values, §2.5): with 0.99 the momentum encoder
-    // trails by ~100 of the 200 steps. kNN +5.7 with 0.99, +9.1 with 0.9 (+7.7 with 0.9 at
-    // twice the lr; +8.6 with 0.9 over 250 steps).
+    // trails by ~100 of 200 steps. At 200 steps kNN +5.7 with 0.99, +9.1 with 0.9 (+7.7 at
+    // twice the lr). The step budget matters most, and single runs are noisy: 320 steps gave
+    // +13.7 (seed 0) and +8.3 (seed 1); 360 steps +15.2 (seed 1, 8.5 min with figures);
+    // 400 steps +16.2 and +14.4 but 9.2 min, too near the 10-minute budget.
     c.moco_v3.momentum = 0.9;
     c.optim.lr = 2e-3;
     c.optim.warmup_epochs = 0.5;
     c.train = TrainConfig {
         batch_size: 64,
         epochs: 0.0,
-        steps: 200,
+        steps: 360,
         log_every: 20,
         ..TrainConfig::default()
     };
