@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 type CResult<T> = candle_core::Result<T>;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -1001,10 +1001,16 @@ fn exp_nonpositive(x: f32) -> f32 {
     (p * r * r + r + 1.0) * scale
 }
 
+/// Φ(x), the standard normal CDF.
+#[inline(always)]
+fn normal_cdf(x: f32) -> f32 {
+    0.5 * (1.0 + erf_poly(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 #[inline(always)]
 fn gelu_chunk(x: &[f32], y: &mut [f32]) {
     for (y, &v) in y.iter_mut().zip(x) {
-        *y = (erf_poly(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v;
+        *y = normal_cdf(v) * v;
     }
 }
 
@@ -1015,7 +1021,7 @@ fn gelu_grad_chunk(x: &[f32], g: &[f32], dx: &mut [f32]) {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     for ((d, &v), &g) in dx.iter_mut().zip(x).zip(g) {
         let phi = exp_nonpositive(-0.5 * v * v) * INV_SQRT_2PI;
-        *d = g * (0.5 * (1.0 + erf_poly(v * std::f32::consts::FRAC_1_SQRT_2)) + v * phi);
+        *d = g * (normal_cdf(v) + v * phi);
     }
 }
 
@@ -1025,13 +1031,13 @@ macro_rules! wide {
     ($name:ident = $body:ident($($arg:ident: $ty:ty),*)) => {
         fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
+            if avx2() {
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
+                unsafe fn wide($($arg: $ty),*) {
                     $body($($arg),*)
                 }
                 // SAFETY: AVX2 and FMA were detected on this CPU.
-                return unsafe { avx2($($arg),*) };
+                return unsafe { wide($($arg),*) };
             }
             $body($($arg),*)
         }
@@ -1042,9 +1048,16 @@ wide!(gelu_wide = gelu_chunk(x: &[f32], y: &mut [f32]));
 wide!(gelu_grad_wide = gelu_grad_chunk(x: &[f32], g: &[f32], dx: &mut [f32]));
 wide!(softmax_row_wide = softmax_row(x: &[f32], y: &mut [f32], scale: f32));
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+/// Whether this CPU has AVX2 and FMA (the hand-vectorised kernels here and in `winograd.rs`).
+pub(crate) fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 impl CustomOp1 for GeluOp {

@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu_ops::matmul;
+use super::cpu_ops::{avx2, matmul};
 
 /// Output tile side `m` and the transform matrices of F(m×m, 3×3), with `α = m + 2`.
 pub(crate) trait Tile {
@@ -554,17 +554,6 @@ dispatch!(transform_out, output_transform, (mm: &[f32], y: &mut [f32], dims: (us
 dispatch!(transform_grad_out, grad_out_transform, (dy: &[f32], dm: &mut [f32], dims: (usize, usize, usize, usize)));
 dispatch!(transform_kernel_grad, kernel_grad_row, (du: &[f32], dims: (usize, usize), dst: &mut [f32]));
 dispatch!(transform_kernel_row, kernel_row, (tap: &dyn Fn(usize, usize) -> f32, dst: &mut [f32], cols: usize));
-
-fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// Whether a convolution takes the Winograd path: 3×3, stride 1, padding 1 (the output the
 /// input's size) and enough input channels for the per-position GEMMs to pay.

@@ -8,6 +8,7 @@
 
 use super::optimizer::{GroupSettings, OptimKind};
 use crate::error::Result;
+use crate::models::cpu_ops::slice;
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -21,13 +22,6 @@ pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous())
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("fused optimiser step: expected contiguous f32 tensors"),
-    }
 }
 
 /// `f(dst_chunk, [src_chunks])` over aligned chunks of a tensor written in place and `N`
@@ -44,7 +38,7 @@ fn chunked<const N: usize>(
     };
     let mut s = [&[][..]; N];
     for (slot, (st, l)) in s.iter_mut().zip(srcs) {
-        *slot = contiguous(st, l)?;
+        *slot = slice(st, l, "optimiser operand")?;
         if slot.len() != d.len() {
             candle_core::bail!(
                 "fused optimiser step: {} vs {} elements",
@@ -122,13 +116,18 @@ fn sums<const N: usize, const K: usize>(
     let mut s = [&[][..]; N];
     for (slot, (st, l)) in s.iter_mut().zip(&guards) {
         *slot = match &**st {
-            Storage::Cpu(c) => contiguous(c, l)?,
+            Storage::Cpu(c) => slice(c, l, "optimiser operand")?,
             _ => Err(candle_core::Error::Msg(
                 "fused optimiser step: expected CPU tensors".into(),
             ))?,
         };
     }
     let len = s.first().map_or(0, |x| x.len());
+    if s.iter().any(|x| x.len() != len) {
+        Err(candle_core::Error::Msg(
+            "fused optimiser step: operands of different lengths".into(),
+        ))?;
+    }
     let parts: Vec<[f64; K]> = (0..len.div_ceil(CHUNK))
         .into_par_iter()
         .map(|i| {
