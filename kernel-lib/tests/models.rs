@@ -99,6 +99,12 @@ fn conv_kernel_matches_candle_values_and_gradients() {
         (5, 64, 32, 4, 3, 1, 1),
         (2, 16, 16, 1, 3, 1, 1),
         (9, 24, 20, 13, 3, 1, 1),
+        // The im2col path's image groups (several images per GEMM when an image has few
+        // output pixels): uneven last groups, pointwise and strided 1×1, a 1×1 output.
+        (7, 8, 12, 6, 3, 2, 1),
+        (5, 8, 6, 3, 1, 1, 0),
+        (6, 4, 8, 6, 1, 2, 0),
+        (5, 3, 4, 2, 3, 2, 1),
     ]);
     for case in cases {
         let (n, c, o, s, k, stride, pad) = case;
