@@ -184,16 +184,20 @@ fn col2im(g: &ConvGeom, cols: &[f32], dx: &mut [f32]) {
 /// measured no faster.
 const IM2COL_COLS: usize = 256;
 
-impl ConvGeom {
-    /// Images per weight-gradient GEMM on the im2col path: about [`IM2COL_COLS`] output
-    /// pixels, and at least one group per thread.
-    fn im2col_group(&self) -> usize {
-        let threads = rayon::current_num_threads().max(1);
-        IM2COL_COLS
-            .div_ceil(self.hw_out())
-            .min(self.n.div_ceil(threads))
-            .max(1)
-    }
+/// Images per group when `n` images of `per_image` columns each are cut into groups of about
+/// `target` columns for one GEMM each, with at least one group per thread (and a multiple of
+/// the thread count, so the threads get equal shares).
+pub(crate) fn images_per_group(n: usize, per_image: usize, target: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let groups = n
+        .min(
+            (n * per_image)
+                .div_ceil(target)
+                .max(threads)
+                .next_multiple_of(threads),
+        )
+        .max(1);
+    n.div_ceil(groups)
 }
 
 /// The column matrix of a group of images (ckk × images·hw, image by image): the input itself
@@ -415,7 +419,7 @@ impl CustomOp2 for Conv2dWeightGrad {
             return Ok((CpuStorage::F32(dw), shape));
         }
         let (ckk, hw, o, chw) = (g.ckk(), g.hw_out(), g.o, g.c * g.h * g.w);
-        let group = g.im2col_group();
+        let group = images_per_group(g.n, hw, IM2COL_COLS);
         let groups = g.n.div_ceil(group);
         let parts = rayon::current_num_threads().clamp(1, groups);
         let per = groups.div_ceil(parts);

@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu_ops::{avx2, matmul};
+use super::cpu_ops::{avx2, images_per_group, matmul};
 
 /// Output tile side `m` and the transform matrices of F(m×m, 3×3), with `α = m + 2`.
 pub(crate) trait Tile {
@@ -190,7 +190,7 @@ fn conv_same<T: Tile>(
     let (o, c) = (k.rows, k.cols);
     let (m, a) = (T::M, T::ALPHA);
     let per_image = Tiles::new(m, 1, h, w).per_image;
-    let gsz = group_size(n, per_image);
+    let gsz = images_per_group(n, per_image, TARGET_TILES);
     let fast = avx2();
     let mut y = vec![0f32; n * o * h * w];
     y.par_chunks_mut(gsz * o * h * w)
@@ -253,20 +253,6 @@ impl Tiles {
     }
 }
 
-/// Images per group: about [`TARGET_TILES`] tiles, and at least one group per thread.
-fn group_size(n: usize, per_image: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    let groups = n
-        .min(
-            (n * per_image)
-                .div_ceil(TARGET_TILES)
-                .max(threads)
-                .next_multiple_of(threads),
-        )
-        .max(1);
-    n.div_ceil(groups)
-}
-
 /// `dW = Σ_tiles Gᵀ (Σ_t dM[ξ][o][t] · V[ξ][c][t]) G` with `dM = A dY Aᵀ` per output tile and
 /// `V` the forward's input transform: the gradient of `U = G g Gᵀ` through the products, one
 /// GEMM per position ξ summed over every tile of the batch.
@@ -279,7 +265,7 @@ fn weight_grad_tiles<T: Tile>(
     let (m, a) = (T::M, T::ALPHA);
     let a2 = a * a;
     let per_image = Tiles::new(m, 1, h, w).per_image;
-    let gsz = group_size(n, per_image);
+    let gsz = images_per_group(n, per_image, TARGET_TILES);
     let fast = avx2();
     let partials: Vec<Vec<f32>> = x
         .par_chunks(gsz * c * h * w)
