@@ -99,6 +99,18 @@ fn conv_kernel_matches_candle_values_and_gradients() {
         (5, 64, 32, 4, 3, 1, 1),
         (2, 16, 16, 1, 3, 1, 1),
         (9, 24, 20, 13, 3, 1, 1),
+        // Its stride-2 tile (2×2 outputs from a 5×5 patch): even and odd sides, a partial last
+        // tile, a 1×1 image, one image and groups of several.
+        (2, 16, 32, 8, 3, 2, 1),
+        (3, 32, 16, 7, 3, 2, 1),
+        (1, 16, 24, 5, 3, 2, 1),
+        (9, 24, 16, 13, 3, 2, 1),
+        (40, 16, 16, 4, 3, 2, 1),
+        (2, 16, 16, 1, 3, 2, 1),
+        // Its weight gradient, taken from 16×16 outputs on: groups of two images and one, and
+        // an odd side with a partial last tile.
+        (3, 16, 16, 32, 3, 2, 1),
+        (1, 16, 24, 33, 3, 2, 1),
         // The im2col path's image groups (several images per GEMM when an image has few
         // output pixels): uneven last groups, pointwise and strided 1×1, a 1×1 output.
         (7, 8, 12, 6, 3, 2, 1),

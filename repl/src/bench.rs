@@ -28,6 +28,10 @@ pub struct BenchArgs {
     /// For `conv`: time candle's own convolution instead of sslab's kernels (the baseline).
     #[arg(long)]
     candle_conv: bool,
+    /// For `conv`: time only the shapes whose name (as printed, e.g. `256x512k3s2@8`) contains
+    /// this text, to look at one layer without waiting for the others.
+    #[arg(long)]
+    shape: Option<String>,
     /// Run the workload's method from another preset, e.g. `barlow-twins/imagenet` (ResNet-50,
     /// 224 px, 8192-wide projector) or `moco-v3/vit-small` (ViT-S/16 at 224 px): the GPU-sized
     /// settings. The view side is the preset's `augment.size`.
@@ -135,7 +139,15 @@ fn conv(a: &BenchArgs) -> Result<()> {
         "conv2d on {dev:?} ({imp:?}), batch {}, median of {} | GFLOP/s (2 x multiply-adds / s)",
         a.batch, a.steps
     );
-    for shape in RESNET18_CIFAR_CONVS {
+    let only = a.shape.as_deref().unwrap_or("");
+    let shapes: Vec<_> = RESNET18_CIFAR_CONVS
+        .into_iter()
+        .filter(|s| s.to_string().contains(only))
+        .collect();
+    if shapes.is_empty() {
+        bail!("--shape {only}: no ResNet-18 convolution matches (e.g. 256x512k3s2@8)");
+    }
+    for shape in shapes {
         let t = time_conv(shape, a.batch, a.steps.max(3), imp, &dev)?;
         println!(
             "RESULT conv shape={shape} count={} fwd_gflops={:.1} dx_gflops={:.1} dw_gflops={:.1}",

@@ -84,9 +84,18 @@ impl ConvGeom {
     fn hw_out(&self) -> usize {
         self.ho * self.wo
     }
-    /// Whether the forward and input-gradient passes take [`super::winograd`].
+    /// Whether the forward pass takes [`super::winograd`].
     fn winograd(&self) -> bool {
         super::winograd::applies(self.k, self.stride, self.pad, (self.c, self.o))
+    }
+    /// Whether the input-gradient pass takes it.
+    fn winograd_input_grad(&self) -> bool {
+        super::winograd::applies_input_grad(self.k, self.stride, self.pad, (self.c, self.o))
+    }
+    /// Whether the weight-gradient pass takes it.
+    fn winograd_weight_grad(&self) -> bool {
+        let (k, s, p, ch) = (self.k, self.stride, self.pad, (self.c, self.o));
+        super::winograd::applies_weight_grad(k, s, p, ch, (self.ho, self.wo))
     }
     /// A 1×1 stride-1 unpadded conv needs no im2col: the input already is the column matrix.
     fn pointwise(&self) -> bool {
@@ -246,13 +255,41 @@ pub(crate) fn matmul(
     dst: &mut [f32],
     accumulate: bool,
     lhs: &[f32],
-    (lrs, lcs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[f32],
-    (rrs, rcs): (usize, usize),
+    rhs_strides: (usize, usize),
 ) {
-    debug_assert!(dst.len() >= m * n);
-    // SAFETY: the slices outlive the call and hold the strided extents described: the callers
-    // pass extents derived from the same `ConvGeom` that sized the buffers.
+    matmul_ld(
+        (m, n, k),
+        (dst, n),
+        accumulate,
+        (lhs, lhs_strides),
+        (rhs, rhs_strides),
+    )
+}
+
+/// [`matmul`] into a `dst` whose rows lie `ld` apart (the interleaved per-position matrices
+/// of `winograd.rs`).
+pub(crate) fn matmul_ld(
+    (m, n, k): (usize, usize, usize),
+    (dst, ld): (&mut [f32], usize),
+    accumulate: bool,
+    (lhs, (lrs, lcs)): (&[f32], (usize, usize)),
+    (rhs, (rrs, rcs)): (&[f32], (usize, usize)),
+) {
+    assert!(
+        m == 0 || n == 0 || dst.len() >= (m - 1) * ld + n,
+        "matmul: destination too short"
+    );
+    assert!(
+        m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs,
+        "matmul: left operand too short"
+    );
+    assert!(
+        k == 0 || n == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs,
+        "matmul: right operand too short"
+    );
+    // SAFETY: the asserts above check that every strided extent lies inside its slice.
     unsafe {
         gemm::gemm(
             m,
@@ -260,7 +297,7 @@ pub(crate) fn matmul(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            ld as isize,
             accumulate,
             lhs.as_ptr(),
             lcs as isize,
@@ -301,7 +338,7 @@ impl CustomOp2 for Conv2dOp {
         let w = slice(s2, l2, "conv2d kernel")?;
         let shape = Shape::from((g.n, g.o, g.ho, g.wo));
         if g.winograd() {
-            let y = super::winograd::forward(x, w, (g.n, g.c, g.h, g.w), g.o);
+            let y = super::winograd::forward(x, w, (g.n, g.c, g.h, g.w), g.o, g.stride);
             return Ok((CpuStorage::F32(y), shape));
         }
         let (ckk, hw, chw) = (g.ckk(), g.hw_out(), g.c * g.h * g.w);
@@ -372,7 +409,7 @@ impl CustomOp2 for Conv2dInputGrad {
         let dy = slice(s1, l1, "conv2d output gradient")?;
         let w = slice(s2, l2, "conv2d kernel")?;
         let shape = Shape::from((g.n, g.c, g.h, g.w));
-        if g.winograd() {
+        if g.winograd_input_grad() {
             let dx = super::winograd::input_grad(dy, w, (g.n, g.o, g.ho, g.wo), g.c);
             return Ok((CpuStorage::F32(dx), shape));
         }
@@ -414,8 +451,8 @@ impl CustomOp2 for Conv2dWeightGrad {
         let x = slice(s1, l1, "conv2d input")?;
         let dy = slice(s2, l2, "conv2d output gradient")?;
         let shape = Shape::from((g.o, g.c, g.k, g.k));
-        if g.winograd() {
-            let dw = super::winograd::weight_grad(x, dy, (g.n, g.c, g.h, g.w), g.o);
+        if g.winograd_weight_grad() {
+            let dw = super::winograd::weight_grad(x, dy, (g.n, g.c, g.h, g.w), g.o, g.stride);
             return Ok((CpuStorage::F32(dw), shape));
         }
         let (ckk, hw, o, chw) = (g.ckk(), g.hw_out(), g.o, g.c * g.h * g.w);

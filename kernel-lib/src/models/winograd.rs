@@ -15,12 +15,15 @@
 
 use rayon::prelude::*;
 
-use super::cpu_ops::{avx2, images_per_group, matmul};
+use super::cpu_ops::{avx2, images_per_group, matmul_ld};
 
-/// Output tile side `m` and the transform matrices of F(m×m, 3×3), with `α = m + 2`.
+/// Output tile side `m`, the convolution's stride, and the transform matrices of F(m×m, 3×3),
+/// whose input patch (α×α, starting one pixel up and left of the tile's first output's window)
+/// has as many rows as the transformed tile: `α = m + 2` at stride 1, `2m + 1` at stride 2.
 pub(crate) trait Tile {
     const M: usize;
     const ALPHA: usize;
+    const STRIDE: usize;
     /// Bᵀ, α×α (row-major).
     const BT: &'static [f32];
     /// G, α×3.
@@ -30,6 +33,11 @@ pub(crate) trait Tile {
     /// A (α×m) and Gᵀ (3×α), for the weight gradient's transforms.
     const A: &'static [f32];
     const GT: &'static [f32];
+    /// The distinct rows of G (`NU` of them): the transformed kernel is computed and stored
+    /// once per pair of them, and `U_OF[i]` says which one row i of G is.
+    const GU: &'static [f32] = Self::G;
+    const NU: usize = Self::ALPHA;
+    const U_OF: &'static [usize] = &[0, 1, 2, 3, 4, 5];
 }
 
 /// F(2×2, 3×3): 16 products per 4 outputs; exact in f32 up to rounding.
@@ -38,6 +46,7 @@ pub(crate) struct F2;
 impl Tile for F2 {
     const M: usize = 2;
     const ALPHA: usize = 4;
+    const STRIDE: usize = 1;
     #[rustfmt::skip]
     const BT: &'static [f32] = &[
         1.0, 0.0, -1.0, 0.0,
@@ -79,6 +88,7 @@ pub(crate) struct F4;
 impl Tile for F4 {
     const M: usize = 4;
     const ALPHA: usize = 6;
+    const STRIDE: usize = 1;
     #[rustfmt::skip]
     const BT: &'static [f32] = &[
         4.0, 0.0, -5.0, 0.0, 1.0, 0.0,
@@ -121,13 +131,87 @@ impl Tile for F4 {
     ];
 }
 
+/// Stride 2, 2×2 outputs from a 5×5 patch with 25 products instead of 36. Polyphase: along
+/// each axis the even input pixels meet only the middle tap (two products for two outputs) and
+/// the odd ones the outer taps, a stride-1 correlation of 2 taps done as Winograd F(2,2) (three
+/// products); in 1-D, `y₀ = m₀ + m₁ + m₃`, `y₁ = m₁ + m₂ + m₄` with `m₀ = (x₀ − x₂)w₀`,
+/// `m₁ = x₂(w₀ + w₂)`, `m₂ = (x₄ − x₂)w₂`, `m₃ = x₁w₁`, `m₄ = x₃w₁`. Every coefficient is ±1, so
+/// it rounds no worse than im2col.
+pub(crate) struct S2;
+
+impl Tile for S2 {
+    const M: usize = 2;
+    const ALPHA: usize = 5;
+    const STRIDE: usize = 2;
+    #[rustfmt::skip]
+    const BT: &'static [f32] = &[
+        1.0, 0.0, -1.0, 0.0, 0.0,
+        0.0, 0.0, 1.0, 0.0, 0.0,
+        0.0, 0.0, -1.0, 0.0, 1.0,
+        0.0, 1.0, 0.0, 0.0, 0.0,
+        0.0, 0.0, 0.0, 1.0, 0.0,
+    ];
+    #[rustfmt::skip]
+    const G: &'static [f32] = &[
+        1.0, 0.0, 0.0,
+        1.0, 0.0, 1.0,
+        0.0, 0.0, 1.0,
+        0.0, 1.0, 0.0,
+        0.0, 1.0, 0.0,
+    ];
+    #[rustfmt::skip]
+    const AT: &'static [f32] = &[
+        1.0, 1.0, 0.0, 1.0, 0.0,
+        0.0, 1.0, 1.0, 0.0, 1.0,
+    ];
+    #[rustfmt::skip]
+    const A: &'static [f32] = &[
+        1.0, 0.0,
+        1.0, 1.0,
+        0.0, 1.0,
+        1.0, 0.0,
+        0.0, 1.0,
+    ];
+    #[rustfmt::skip]
+    const GT: &'static [f32] = &[
+        1.0, 1.0, 0.0, 0.0, 0.0,
+        0.0, 0.0, 0.0, 1.0, 1.0,
+        0.0, 1.0, 1.0, 0.0, 0.0,
+    ];
+    // m₃ and m₄ both take the middle tap: 16 distinct kernel planes instead of 25.
+    #[rustfmt::skip]
+    const GU: &'static [f32] = &[
+        1.0, 0.0, 0.0,
+        1.0, 0.0, 1.0,
+        0.0, 0.0, 1.0,
+        0.0, 1.0, 0.0,
+    ];
+    const NU: usize = 4;
+    const U_OF: &'static [usize] = &[0, 1, 2, 3, 3];
+}
+
+/// Output side of a 3×3, padding-1 convolution of stride `T::STRIDE` over an input side `h`.
+fn out_side<T: Tile>(h: usize) -> usize {
+    (h - 1) / T::STRIDE + 1
+}
+
+/// Floats between one channel's transformed tiles and the next's in `V[c][ξ][t]` (and in the
+/// products `M[o][ξ][t]`): each channel's α² rows of tiles lie together, so the transforms
+/// read and write a few KB at a time instead of α² far-apart streams (they were 2× slower),
+/// plus one cache line, so that the per-position GEMMs' rows, this far apart, do not all fall
+/// into the same few cache sets (a stride of a multiple of 2 KB halved the weight-gradient
+/// GEMM's speed).
+fn channel_row<T: Tile>(tiles: usize) -> usize {
+    T::ALPHA * T::ALPHA * tiles + 16
+}
+
 /// Tiles of the group's GEMMs to aim for: enough columns for the GEMM to run at speed, few
 /// enough that a group's transformed input stays in the last-level cache.
 const TARGET_TILES: usize = 128;
 
-/// The transformed kernel `U`, laid out `[r][ξ][q]` for output channel r and input channel q,
-/// so that each task owns whole rows; the GEMM for position ξ reads `U[·][ξ][·]` with row
-/// stride `α²·q`.
+/// The transformed kernel `U`, laid out `[r][ξu][q]` for output channel r, distinct position
+/// ξu (`NU²` of them, see [`Tile::GU`]) and input channel q, so that each task owns whole rows;
+/// the GEMM for position ξ reads `U[·][ξu][·]` with row stride `NU²·q`.
 struct KernelTransform {
     u: Vec<f32>,
     /// Output channels of the convolution computed (rows of each `U[ξ]`).
@@ -139,87 +223,124 @@ struct KernelTransform {
 /// `U = G g Gᵀ` for a kernel `w` (o×c×3×3); with `input_grad`, for the kernel of the input
 /// gradient instead, `g'[c][o] = rot180(w[o][c])` (so rows are c and columns o).
 fn transform_kernel<T: Tile>(w: &[f32], o: usize, c: usize, input_grad: bool) -> KernelTransform {
-    let a2 = T::ALPHA * T::ALPHA;
+    let a2 = T::NU * T::NU;
     let (rows, cols) = if input_grad { (c, o) } else { (o, c) };
+    // Where row r's taps start, and the distance between consecutive columns' taps.
+    let (row_stride, col_stride) = if input_grad { (9, c * 9) } else { (c * 9, 9) };
     let mut u = vec![0f32; rows * a2 * cols];
     let fast = avx2();
     u.par_chunks_mut(a2 * cols)
         .enumerate()
         .for_each(|(r, dst)| {
-            let tap = |q: usize, k: usize| {
-                if input_grad {
-                    w[(q * c + r) * 9 + 8 - k]
-                } else {
-                    w[(r * c + q) * 9 + k]
-                }
+            let taps = KernelTaps {
+                w: &w[r * row_stride..],
+                col_stride,
+                flip: input_grad,
             };
-            transform_kernel_row::<T>(&tap, dst, cols, fast)
+            transform_kernel_row::<T>(taps, dst, cols, fast)
         });
     KernelTransform { u, rows, cols }
 }
 
+/// One row of a kernel: the 3×3 taps of column q start at `w[q·col_stride]`, read in reverse
+/// order (rotated by 180°) when `flip`.
+#[derive(Clone, Copy)]
+struct KernelTaps<'a> {
+    w: &'a [f32],
+    col_stride: usize,
+    flip: bool,
+}
+
 /// One row of U (`[ξ][q]`), `L` input channels at a time.
 #[inline(always)]
-fn kernel_row<T: Tile>(tap: &dyn Fn(usize, usize) -> f32, dst: &mut [f32], cols: usize) {
-    let a = T::ALPHA;
+fn kernel_row<T: Tile>(taps: KernelTaps, dst: &mut [f32], cols: usize) {
+    let a = T::NU;
     let mut g = [[0f32; L]; 9];
     let mut tmp = [[0f32; L]; 18];
     let mut uu = [[0f32; L]; 36];
     for q0 in (0..cols).step_by(L) {
         let lanes = L.min(cols - q0);
-        for (k, gk) in g.iter_mut().enumerate() {
-            for (l, v) in gk[..lanes].iter_mut().enumerate() {
-                *v = tap(q0 + l, k);
+        for l in 0..lanes {
+            let src = &taps.w[(q0 + l) * taps.col_stride..][..9];
+            for (k, gk) in g.iter_mut().enumerate() {
+                gk[l] = src[if taps.flip { 8 - k } else { k }];
             }
         }
-        lanes_mm(T::G, &g, &mut tmp, (a, 3, 3));
-        lanes_mm_t(&tmp, T::G, &mut uu, (a, 3, a));
+        lanes_mm(T::GU, &g, &mut tmp, (a, 3, 3));
+        lanes_mm_t(&tmp, T::GU, &mut uu, (a, 3, a));
         for (xi, val) in uu[..a * a].iter().enumerate() {
             store(&mut dst[xi * cols + q0..], val, lanes);
         }
     }
 }
 
-/// `y (n×o×h×w) = x (n×c×h×w) ⋆ kernel`, 3×3, stride 1, padding 1, where the kernel is given
-/// already transformed by [`transform_kernel`].
-fn conv_same<T: Tile>(
+/// `y (n×o×ho×wo) = x (n×c×h×w) ⋆ kernel`, 3×3, stride `T::STRIDE`, padding 1, where the
+/// kernel is given already transformed by [`transform_kernel`].
+fn conv_tiled<T: Tile>(
     x: &[f32],
     k: &KernelTransform,
     (n, h, w): (usize, usize, usize),
 ) -> Vec<f32> {
     let (o, c) = (k.rows, k.cols);
     let (m, a) = (T::M, T::ALPHA);
-    let per_image = Tiles::new(m, 1, h, w).per_image;
+    let (ho, wo) = (out_side::<T>(h), out_side::<T>(w));
+    let per_image = Tiles::new(m, 1, ho, wo).per_image;
     let gsz = images_per_group(n, per_image, TARGET_TILES);
     let fast = avx2();
-    let mut y = vec![0f32; n * o * h * w];
-    y.par_chunks_mut(gsz * o * h * w)
+    let mut y = vec![0f32; n * o * ho * wo];
+    y.par_chunks_mut(gsz * o * ho * wo)
         .zip(x.par_chunks(gsz * c * h * w))
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(v, mm): &mut (Vec<f32>, Vec<f32>), (yg, xg)| {
+        .for_each(|(yg, xg)| {
+            with_scratch(|v, mm| {
                 let imgs = xg.len() / (c * h * w);
                 let t = imgs * per_image;
-                v.resize(a * a * c * t, 0.0);
-                mm.resize(a * a * o * t, 0.0);
+                let row = channel_row::<T>(t);
+                let (v, mm) = (grow(v, c * row), grow(mm, o * row));
+                let (v, mm) = (&mut *v, &mut *mm);
                 transform_in::<T>(xg, v, (imgs, c, h, w), fast);
+                let nu = T::NU;
                 for xi in 0..a * a {
-                    matmul(
-                        o,
-                        t,
-                        c,
-                        &mut mm[xi * o * t..(xi + 1) * o * t],
+                    let xu = T::U_OF[xi / a] * nu + T::U_OF[xi % a];
+                    matmul_ld(
+                        (o, t, c),
+                        (&mut mm[xi * t..], row),
                         false,
-                        &k.u[xi * c..],
-                        (a * a * c, 1),
-                        &v[xi * c * t..(xi + 1) * c * t],
-                        (t, 1),
+                        (&k.u[xu * c..], (nu * nu * c, 1)),
+                        (&v[xi * t..], (row, 1)),
                     );
                 }
-                transform_out::<T>(mm, yg, (imgs, o, h, w), fast);
-            },
-        );
+                transform_out::<T>(mm, yg, (imgs, o, ho, wo), fast);
+            })
+        });
     y
+}
+
+thread_local! {
+    /// Per-thread transformed input and products, kept between calls: allocating (and
+    /// zeroing) several MB per layer and group cost as much as an output transform.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
+/// Runs `f` with this thread's two scratch buffers (fresh ones if they are in use).
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (a, b) = &mut *bufs;
+            f(a, b)
+        }
+        Err(_) => f(&mut Vec::new(), &mut Vec::new()),
+    })
+}
+
+/// The first `len` floats of `buf`, grown if needed; the contents are stale, to be
+/// overwritten.
+fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }
 
 /// The m×m output tiles of `imgs` images of h×w, numbered image by image, row by row.
@@ -264,38 +385,37 @@ fn weight_grad_tiles<T: Tile>(
 ) -> Vec<f32> {
     let (m, a) = (T::M, T::ALPHA);
     let a2 = a * a;
-    let per_image = Tiles::new(m, 1, h, w).per_image;
+    let (ho, wo) = (out_side::<T>(h), out_side::<T>(w));
+    let per_image = Tiles::new(m, 1, ho, wo).per_image;
     let gsz = images_per_group(n, per_image, TARGET_TILES);
     let fast = avx2();
     let partials: Vec<Vec<f32>> = x
         .par_chunks(gsz * c * h * w)
-        .zip(dy.par_chunks(gsz * o * h * w))
+        .zip(dy.par_chunks(gsz * o * ho * wo))
         .fold(
-            || (vec![0f32; a2 * o * c], Vec::new(), Vec::new()),
-            |(mut du, mut v, mut dm), (xg, dyg)| {
-                let imgs = xg.len() / (c * h * w);
-                let t = imgs * per_image;
-                v.resize(a2 * c * t, 0.0);
-                dm.resize(a2 * o * t, 0.0);
-                transform_in::<T>(xg, &mut v, (imgs, c, h, w), fast);
-                transform_grad_out::<T>(dyg, &mut dm, (imgs, o, h, w), fast);
-                for xi in 0..a2 {
-                    matmul(
-                        o,
-                        c,
-                        t,
-                        &mut du[xi * o * c..(xi + 1) * o * c],
-                        true,
-                        &dm[xi * o * t..(xi + 1) * o * t],
-                        (t, 1),
-                        &v[xi * c * t..(xi + 1) * c * t],
-                        (1, t),
-                    );
-                }
-                (du, v, dm)
+            || vec![0f32; a2 * o * c],
+            |mut du, (xg, dyg)| {
+                with_scratch(|v, dm| {
+                    let imgs = xg.len() / (c * h * w);
+                    let t = imgs * per_image;
+                    let row = channel_row::<T>(t);
+                    let (v, dm) = (grow(v, c * row), grow(dm, o * row));
+                    let (v, dm) = (&mut *v, &mut *dm);
+                    transform_in::<T>(xg, v, (imgs, c, h, w), fast);
+                    transform_grad_out::<T>(dyg, dm, (imgs, o, ho, wo), fast);
+                    for xi in 0..a2 {
+                        matmul_ld(
+                            (o, c, t),
+                            (&mut du[xi * o * c..], c),
+                            true,
+                            (&dm[xi * t..], (row, 1)),
+                            (&v[xi * t..], (1, row)),
+                        );
+                    }
+                });
+                du
             },
         )
-        .map(|(du, ..)| du)
         .collect();
     let du = super::cpu_ops::sum_partials(partials, a2 * o * c);
     let mut dw = vec![0f32; o * c * 9];
@@ -316,7 +436,7 @@ fn grad_out_transform<T: Tile>(
     let (m, a) = (T::M, T::ALPHA);
     let tiles = Tiles::new(m, imgs, h, w);
     let t_all = tiles.all;
-    let ot = o * t_all;
+    let row = channel_row::<T>(t_all);
     let mut d = [[0f32; L]; 16];
     let mut tmp = [[0f32; L]; 24];
     let mut out = [[0f32; L]; 36];
@@ -340,7 +460,7 @@ fn grad_out_transform<T: Tile>(
             lanes_mm(T::A, &d, &mut tmp, (a, m, m));
             lanes_mm_t(&tmp, T::A, &mut out, (a, m, a));
             for (xi, val) in out[..a * a].iter().enumerate() {
-                store(&mut dm[xi * ot + oi * t_all + t0..], val, lanes);
+                store(&mut dm[oi * row + xi * t_all + t0..], val, lanes);
             }
         }
     }
@@ -371,13 +491,14 @@ fn kernel_grad_row<T: Tile>(du: &[f32], (stride, c): (usize, usize), dst: &mut [
 }
 
 /// Writes `lanes` values of `val` to the front of `dst`; a full register as one fixed-size
-/// move (a slice copy of run-time length is a call to `memcpy`, 3% of a training step).
+/// move. The partial copy is a separate, cold function: inline, LLVM merged both copies into
+/// one `memcpy` call of variable length (5% of a training step).
 #[inline(always)]
 fn store(dst: &mut [f32], val: &[f32; L], lanes: usize) {
     if let (true, Some(d)) = (lanes == L, dst.first_chunk_mut::<L>()) {
         *d = *val;
     } else {
-        dst[..lanes].copy_from_slice(&val[..lanes]);
+        copy_partial(&mut dst[..lanes], &val[..lanes]);
     }
 }
 
@@ -387,8 +508,14 @@ fn load(val: &mut [f32; L], src: &[f32], lanes: usize) {
     if let (true, Some(s)) = (lanes == L, src.first_chunk::<L>()) {
         *val = *s;
     } else {
-        val[..lanes].copy_from_slice(&src[..lanes]);
+        copy_partial(&mut val[..lanes], &src[..lanes]);
     }
+}
+
+#[cold]
+#[inline(never)]
+fn copy_partial(dst: &mut [f32], src: &[f32]) {
+    dst.copy_from_slice(src);
 }
 
 /// Tiles transformed together, one per SIMD lane (8 = one AVX2 register of f32).
@@ -403,6 +530,9 @@ fn lanes_mm(l: &[f32], r: &[[f32; L]], out: &mut [[f32; L]], (rr, q, s): (usize,
             let mut acc = [0f32; L];
             for k in 0..q {
                 let coef = l[i * q + k];
+                if coef == 0.0 {
+                    continue;
+                }
                 for (a, v) in acc.iter_mut().zip(&r[k * s + j]) {
                     *a += coef * v;
                 }
@@ -420,6 +550,9 @@ fn lanes_mm_t(l: &[[f32; L]], c: &[f32], out: &mut [[f32; L]], (rr, q, s): (usiz
             let mut acc = [0f32; L];
             for k in 0..q {
                 let coef = c[j * q + k];
+                if coef == 0.0 {
+                    continue;
+                }
                 for (a, v) in acc.iter_mut().zip(&l[i * q + k]) {
                     *a += coef * v;
                 }
@@ -429,7 +562,11 @@ fn lanes_mm_t(l: &[[f32; L]], c: &[f32], out: &mut [[f32; L]], (rr, q, s): (usiz
     }
 }
 
-/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile of `imgs` images, zero outside.
+/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile of `imgs` images (h×w), zero outside.
+///
+/// Each channel's planes are first copied into a zero-bordered scratch that holds every
+/// tile's whole patch, so that the patches can be read without bounds checks, a row of eight
+/// tiles at a time (see [`gather_patches`]).
 // The lane index addresses the tile-major scratch arrays at computed positions.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -438,44 +575,220 @@ fn input_transform<T: Tile>(
     v: &mut [f32],
     (imgs, c, h, w): (usize, usize, usize, usize),
 ) {
-    let (m, a) = (T::M, T::ALPHA);
-    let tiles = Tiles::new(m, imgs, h, w);
+    let (m, a, s) = (T::M, T::ALPHA, T::STRIDE);
+    let tiles = Tiles::new(m, imgs, out_side::<T>(h), out_side::<T>(w));
     let t_all = tiles.all;
-    let ct = c * t_all;
+    let row = channel_row::<T>(t_all);
+    // The last tile's patch ends at padded row (th − 1)·m·s + α (one row of padding on top).
+    let th = tiles.per_image / tiles.tw;
+    let (ph, pw) = ((th - 1) * m * s + a, (tiles.tw - 1) * m * s + a);
+    // `L` floats of slack: the vector gather reads whole registers past a patch row's end.
+    let mut pad = vec![0f32; imgs * ph * pw + L];
+    // Where each tile's patch starts in `pad`.
+    let starts: Vec<usize> = (0..t_all)
+        .map(|t| {
+            let (img, oy, ox) = tiles.origin(t);
+            img * ph * pw + oy * s * pw + ox * s
+        })
+        .collect();
+    let fast = avx2();
     let mut d = [[0f32; L]; 36];
     let mut tmp = [[0f32; L]; 36];
     let mut vv = [[0f32; L]; 36];
     for ci in 0..c {
+        for img in 0..imgs {
+            let plane = &x[(img * c + ci) * h * w..][..h * w];
+            let dst = &mut pad[img * ph * pw..];
+            for (iy, row) in plane.chunks_exact(w).enumerate() {
+                copy_short(&mut dst[(iy + 1) * pw + 1..][..w], row);
+            }
+        }
         for t0 in (0..t_all).step_by(L) {
             let lanes = L.min(t_all - t0);
-            for l in 0..lanes {
-                let (img, oy, ox) = tiles.origin(t0 + l);
-                let plane = &x[(img * c + ci) * h * w..][..h * w];
-                // The input patch starts one pixel up and left of the output tile (padding 1).
-                let (y0, x0) = (oy as isize - 1, ox as isize - 1);
-                for r in 0..a {
-                    let iy = y0 + r as isize;
-                    let row_ok = iy >= 0 && (iy as usize) < h;
-                    for q in 0..a {
-                        let ix = x0 + q as isize;
-                        d[r * a + q][l] = if row_ok && ix >= 0 && (ix as usize) < w {
-                            plane[iy as usize * w + ix as usize]
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-            }
+            gather_patches::<T>(&pad, &starts[t0..t0 + lanes], pw, &mut d, fast);
             lanes_mm(T::BT, &d, &mut tmp, (a, a, a));
             lanes_mm_t(&tmp, T::BT, &mut vv, (a, a, a));
             for (xi, val) in vv[..a * a].iter().enumerate() {
-                store(&mut v[xi * ct + ci * t_all + t0..], val, lanes);
+                store(&mut v[ci * row + xi * t_all + t0..], val, lanes);
             }
         }
     }
 }
 
-/// `y[o][tile] = Aᵀ M[·][o][t] A`, clipped at the image's edge.
+/// `dst = src` for the short rows of small feature maps, without a call to `memcpy` (a
+/// slice copy of run-time length is one; 4-float rows made it 5% of a training step).
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(L);
+    let mut s = src.chunks_exact(L);
+    for (d, s) in (&mut d).zip(&mut s) {
+        if let (Ok(d), Ok(s)) = (<&mut [f32; L]>::try_from(d), <&[f32; L]>::try_from(s)) {
+            *d = *s;
+        }
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
+/// `d[r·α + q][l] = pad[starts[l] + r·pw + q]`: the α×α patch of each lane's tile, lanes past
+/// `starts.len()` left as they are (their results are never stored).
+#[inline(always)]
+fn gather_patches<T: Tile>(
+    pad: &[f32],
+    starts: &[usize],
+    pw: usize,
+    d: &mut [[f32; L]; 36],
+    fast: bool,
+) {
+    let a = T::ALPHA;
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is `avx2()`, checked on this CPU.
+        return unsafe { simd::gather_patches(a, pad, starts, pw, d) };
+    }
+    let _ = fast;
+    for (l, &st) in starts.iter().enumerate() {
+        for r in 0..a {
+            let row = &pad[st + r * pw..][..a];
+            for q in 0..a {
+                d[r * a + q][l] = row[q];
+            }
+        }
+    }
+}
+
+/// Writes each lane's m×m output tile `out[r·m + q][l]` at `y[offs[l] + r·w + q]`, where
+/// `offs[l]` is `None` for a tile clipped by the image's edge (those go through `clipped`).
+#[inline(always)]
+fn scatter_tiles<T: Tile>(
+    out: &[[f32; L]; 16],
+    y: &mut [f32],
+    offs: &[Option<usize>],
+    w: usize,
+    fast: bool,
+) {
+    let m = T::M;
+    #[cfg(target_arch = "x86_64")]
+    if fast && (m == 2 || m == 4) {
+        // SAFETY: `fast` is `avx2()`, checked on this CPU.
+        return unsafe { simd::scatter_tiles(m, out, y, offs, w) };
+    }
+    let _ = fast;
+    for (l, off) in offs.iter().enumerate() {
+        if let Some(off) = off {
+            for r in 0..m {
+                for q in 0..m {
+                    y[off + r * w + q] = out[r * m + q][l];
+                }
+            }
+        }
+    }
+}
+
+/// The AVX2 forms of the lane gathers and scatters: eight registers (one per tile) transposed
+/// into eight lanes, instead of a scalar move per value (the transforms' main cost).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::L;
+
+    /// `out[j][i] = r[i][j]`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+
+    /// See `super::gather_patches`; `pad` holds `L` floats of slack past the last patch.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn gather_patches(
+        a: usize,
+        pad: &[f32],
+        starts: &[usize],
+        pw: usize,
+        d: &mut [[f32; L]; 36],
+    ) {
+        for r in 0..a {
+            let mut rows = [_mm256_setzero_ps(); L];
+            for (row, &st) in rows.iter_mut().zip(starts) {
+                let src = &pad[st + r * pw..][..L];
+                // SAFETY: `src` holds L = 8 floats.
+                *row = unsafe { _mm256_loadu_ps(src.as_ptr()) };
+            }
+            let cols = transpose8(rows);
+            for (q, col) in cols[..a].iter().enumerate() {
+                // SAFETY: each entry of `d` holds L = 8 floats.
+                unsafe { _mm256_storeu_ps(d[r * a + q].as_mut_ptr(), *col) };
+            }
+        }
+    }
+
+    /// See `super::scatter_tiles`, for m = 2 or 4.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn scatter_tiles(
+        m: usize,
+        out: &[[f32; L]; 16],
+        y: &mut [f32],
+        offs: &[Option<usize>],
+        w: usize,
+    ) {
+        for r in 0..m {
+            let mut rows = [_mm256_setzero_ps(); L];
+            for (q, row) in rows[..m].iter_mut().enumerate() {
+                // SAFETY: each entry of `out` holds L = 8 floats.
+                *row = unsafe { _mm256_loadu_ps(out[r * m + q].as_ptr()) };
+            }
+            let cols = transpose8(rows);
+            for (col, off) in cols.iter().zip(offs) {
+                let Some(off) = off else { continue };
+                let lo = _mm256_castps256_ps128(*col);
+                if m == 4 {
+                    let dst = &mut y[off + r * w..][..4];
+                    // SAFETY: `dst` holds 4 floats.
+                    unsafe { _mm_storeu_ps(dst.as_mut_ptr(), lo) };
+                } else {
+                    let dst = &mut y[off + r * w..][..2];
+                    let mut four = [0f32; 4];
+                    // SAFETY: `four` holds 4 floats.
+                    unsafe { _mm_storeu_ps(four.as_mut_ptr(), lo) };
+                    dst.copy_from_slice(&four[..2]);
+                }
+            }
+        }
+    }
+}
+
+/// `y[o][tile] = Aᵀ M[o][·][t] A`,
+/// clipped at the image's edge.
 // The lane index addresses the tile-major scratch arrays at computed positions.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -487,19 +800,36 @@ fn output_transform<T: Tile>(
     let (m, a) = (T::M, T::ALPHA);
     let tiles = Tiles::new(m, imgs, h, w);
     let t_all = tiles.all;
-    let ot = o * t_all;
+    let row = channel_row::<T>(t_all);
+    // Where each tile starts in its image's first channel, if the whole tile is inside.
+    let offs: Vec<Option<usize>> = (0..t_all)
+        .map(|t| {
+            let (img, oy, ox) = tiles.origin(t);
+            (oy + m <= h && ox + m <= w).then_some(img * o * h * w + oy * w + ox)
+        })
+        .collect();
+    let fast = avx2();
     let mut mt = [[0f32; L]; 36];
     let mut tmp = [[0f32; L]; 24];
     let mut out = [[0f32; L]; 16];
+    let mut lane_offs = [None; L];
     for oi in 0..o {
+        let plane0 = oi * h * w;
         for t0 in (0..t_all).step_by(L) {
             let lanes = L.min(t_all - t0);
             for (xi, val) in mt[..a * a].iter_mut().enumerate() {
-                load(val, &mm[xi * ot + oi * t_all + t0..], lanes);
+                load(val, &mm[oi * row + xi * t_all + t0..], lanes);
             }
             lanes_mm(T::AT, &mt, &mut tmp, (m, a, a));
             lanes_mm_t(&tmp, T::AT, &mut out, (m, a, m));
+            for (dst, off) in lane_offs[..lanes].iter_mut().zip(&offs[t0..]) {
+                *dst = off.map(|off| off + plane0);
+            }
+            scatter_tiles::<T>(&out, y, &lane_offs[..lanes], w, fast);
             for l in 0..lanes {
+                if offs[t0 + l].is_some() {
+                    continue;
+                }
                 let (img, oy, ox) = tiles.origin(t0 + l);
                 let plane = &mut y[(img * o + oi) * h * w..][..h * w];
                 for r in 0..m.min(h - oy) {
@@ -539,46 +869,90 @@ dispatch!(transform_in, input_transform, (x: &[f32], v: &mut [f32], dims: (usize
 dispatch!(transform_out, output_transform, (mm: &[f32], y: &mut [f32], dims: (usize, usize, usize, usize)));
 dispatch!(transform_grad_out, grad_out_transform, (dy: &[f32], dm: &mut [f32], dims: (usize, usize, usize, usize)));
 dispatch!(transform_kernel_grad, kernel_grad_row, (du: &[f32], dims: (usize, usize), dst: &mut [f32]));
-dispatch!(transform_kernel_row, kernel_row, (tap: &dyn Fn(usize, usize) -> f32, dst: &mut [f32], cols: usize));
+dispatch!(transform_kernel_row, kernel_row, (taps: KernelTaps, dst: &mut [f32], cols: usize));
 
-/// Whether a convolution takes the Winograd path: 3×3, stride 1, padding 1 (the output the
-/// input's size) and enough input channels for the per-position GEMMs to pay.
-/// Both channel counts matter: the input gradient is the same convolution with them swapped.
+/// Whether a convolution's forward takes the Winograd path: 3×3, padding 1, stride 1 or 2, and
+/// enough input channels for the per-position GEMMs to pay. Both channel counts matter: the
+/// input gradient is the same convolution with them swapped.
 pub(crate) fn applies(k: usize, stride: usize, pad: usize, channels: (usize, usize)) -> bool {
-    k == 3 && stride == 1 && pad == 1 && channels.0 >= 16 && channels.1 >= 16
+    k == 3 && (stride == 1 || stride == 2) && pad == 1 && channels.0 >= 16 && channels.1 >= 16
 }
 
-/// Forward: `y = x ⋆ w` (x n×c×h×w, w o×c×3×3).
+/// Whether the input gradient takes it too: only at stride 1, where it is a convolution of the
+/// same shape (at stride 2 it is a transposed convolution, left to col2im).
+pub(crate) fn applies_input_grad(
+    k: usize,
+    stride: usize,
+    pad: usize,
+    channels: (usize, usize),
+) -> bool {
+    stride == 1 && applies(k, stride, pad, channels)
+}
+
+/// Whether the weight gradient takes it: at stride 2 only from 16×16 outputs on. Below, its
+/// fixed costs (a 25-plane partial gradient per thread, summed and transformed back) outweigh
+/// the products it saves over im2col's grouped GEMM (measured on ResNet-18's layers: 64→128 at
+/// 32 px 155-159 vs 133 GFLOP/s, but 128→256 at 16 px 147-150 vs 157-159).
+pub(crate) fn applies_weight_grad(
+    k: usize,
+    stride: usize,
+    pad: usize,
+    channels: (usize, usize),
+    out: (usize, usize),
+) -> bool {
+    applies(k, stride, pad, channels) && (stride == 1 || out.0.min(out.1) >= 16)
+}
+
+/// Forward: `y = x ⋆ w` (x n×c×h×w, w o×c×3×3) at `stride` 1 or 2.
 pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
     (n, c, h, wd): (usize, usize, usize, usize),
     o: usize,
+    stride: usize,
 ) -> Vec<f32> {
-    conv(x, w, (n, h, wd), (o, c), false)
+    fn tiled<T: Tile>(
+        x: &[f32],
+        w: &[f32],
+        dims: (usize, usize, usize),
+        (o, c): (usize, usize),
+    ) -> Vec<f32> {
+        conv_tiled::<T>(x, &transform_kernel::<T>(w, o, c, false), dims)
+    }
+    match (stride, small(h, wd)) {
+        (2, _) => tiled::<S2>(x, w, (n, h, wd), (o, c)),
+        (_, true) => tiled::<F2>(x, w, (n, h, wd), (o, c)),
+        _ => tiled::<F4>(x, w, (n, h, wd), (o, c)),
+    }
 }
 
-/// Input gradient: `dx = dy ⋆ rot180(wᵀ)` (dy n×o×h×w, w o×c×3×3), shaped n×c×h×w.
+/// Input gradient at stride 1: `dx = dy ⋆ rot180(wᵀ)` (dy n×o×h×w, w o×c×3×3), shaped n×c×h×w.
 pub(crate) fn input_grad(
     dy: &[f32],
     w: &[f32],
     (n, o, h, wd): (usize, usize, usize, usize),
     c: usize,
 ) -> Vec<f32> {
-    conv(dy, w, (n, h, wd), (o, c), true)
+    if small(h, wd) {
+        return conv_tiled::<F2>(dy, &transform_kernel::<F2>(w, o, c, true), (n, h, wd));
+    }
+    conv_tiled::<F4>(dy, &transform_kernel::<F4>(w, o, c, true), (n, h, wd))
 }
 
-/// Weight gradient of `y = x ⋆ w` (x n×c×h×w, dy n×o×h×w), shaped o×c×3×3.
+/// Weight gradient of `y = x ⋆ w` (x n×c×h×w, dy n×o×ho×wo) at `stride` 1 or 2, shaped
+/// o×c×3×3.
 pub(crate) fn weight_grad(
     x: &[f32],
     dy: &[f32],
     dims: (usize, usize, usize, usize),
     o: usize,
+    stride: usize,
 ) -> Vec<f32> {
-    if small(dims.2, dims.3) {
-        return weight_grad_tiles::<F2>(x, dy, dims, o);
+    match (stride, small(dims.2, dims.3)) {
+        (2, _) => weight_grad_tiles::<S2>(x, dy, dims, o),
+        (_, true) => weight_grad_tiles::<F2>(x, dy, dims, o),
+        _ => weight_grad_tiles::<F4>(x, dy, dims, o),
     }
-    weight_grad_tiles::<F4>(x, dy, dims, o)
 }
 
 /// Below 8×8, F(2,3): at 4×4 (ResNet-18's last stage at 32 px) F(4,3)'s transformed kernel,
@@ -586,28 +960,4 @@ pub(crate) fn weight_grad(
 /// 180 GFLOP/s on 512 channels).
 fn small(h: usize, w: usize) -> bool {
     h < 8 || w < 8
-}
-
-/// The convolution of the forward (`input_grad` false) or of the input gradient, on the tile
-/// size [`small`] picks.
-fn conv(
-    x: &[f32],
-    w: &[f32],
-    dims: (usize, usize, usize),
-    (o, c): (usize, usize),
-    input_grad: bool,
-) -> Vec<f32> {
-    fn tiled<T: Tile>(
-        x: &[f32],
-        w: &[f32],
-        dims: (usize, usize, usize),
-        (o, c): (usize, usize),
-        input_grad: bool,
-    ) -> Vec<f32> {
-        conv_same::<T>(x, &transform_kernel::<T>(w, o, c, input_grad), dims)
-    }
-    if small(dims.1, dims.2) {
-        return tiled::<F2>(x, w, dims, (o, c), input_grad);
-    }
-    tiled::<F4>(x, w, dims, (o, c), input_grad)
 }
