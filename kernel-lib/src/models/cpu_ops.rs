@@ -90,7 +90,8 @@ impl ConvGeom {
     }
     /// Whether the input-gradient pass takes it.
     fn winograd_input_grad(&self) -> bool {
-        super::winograd::applies_input_grad(self.k, self.stride, self.pad, (self.c, self.o))
+        let (k, s, p, ch) = (self.k, self.stride, self.pad, (self.c, self.o));
+        super::winograd::applies_input_grad(k, s, p, ch, (self.ho, self.wo))
     }
     /// Whether the weight-gradient pass takes it.
     fn winograd_weight_grad(&self) -> bool {
@@ -410,7 +411,8 @@ impl CustomOp2 for Conv2dInputGrad {
         let w = slice(s2, l2, "conv2d kernel")?;
         let shape = Shape::from((g.n, g.c, g.h, g.w));
         if g.winograd_input_grad() {
-            let dx = super::winograd::input_grad(dy, w, (g.n, g.o, g.ho, g.wo), g.c);
+            let (dims, x_dims) = ((g.n, g.o, g.ho, g.wo), (g.c, g.h, g.w));
+            let dx = super::winograd::input_grad(dy, w, dims, x_dims, g.stride);
             return Ok((CpuStorage::F32(dx), shape));
         }
         let (ckk, hw) = (g.ckk(), g.hw_out());

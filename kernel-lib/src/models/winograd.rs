@@ -524,12 +524,31 @@ const L: usize = 8;
 /// A lane-wise `L (r×q) · R (q×s)` where `R` and `out` hold `L` tiles per entry: the constant
 /// matrix entries fold away (zeros, ones) once inlined, and the lane loop vectorises.
 #[inline(always)]
-fn lanes_mm(l: &[f32], r: &[[f32; L]], out: &mut [[f32; L]], (rr, q, s): (usize, usize, usize)) {
+fn lanes_mm(l: &[f32], r: &[[f32; L]], out: &mut [[f32; L]], dims: (usize, usize, usize)) {
+    lanes_cm(l, (dims.1, 1), r, out, dims)
+}
+
+/// A lane-wise `L (r×q) · Cᵀ` where `C` (s×q) is the constant matrix.
+#[inline(always)]
+fn lanes_mm_t(l: &[[f32; L]], c: &[f32], out: &mut [[f32; L]], dims: (usize, usize, usize)) {
+    lanes_mc(l, c, (1, dims.1), out, dims)
+}
+
+/// `out (r×s) = C · R` for a constant `C` (r×q) read at `c[i·crs + k·ccs]`. Zero entries are
+/// skipped: `0·x` cannot be folded away in IEEE arithmetic.
+#[inline(always)]
+fn lanes_cm(
+    c: &[f32],
+    (crs, ccs): (usize, usize),
+    r: &[[f32; L]],
+    out: &mut [[f32; L]],
+    (rr, q, s): (usize, usize, usize),
+) {
     for i in 0..rr {
         for j in 0..s {
             let mut acc = [0f32; L];
             for k in 0..q {
-                let coef = l[i * q + k];
+                let coef = c[i * crs + k * ccs];
                 if coef == 0.0 {
                     continue;
                 }
@@ -542,14 +561,20 @@ fn lanes_mm(l: &[f32], r: &[[f32; L]], out: &mut [[f32; L]], (rr, q, s): (usize,
     }
 }
 
-/// A lane-wise `L (r×q) · Cᵀ` where `C` (s×q) is the constant matrix.
+/// `out (r×s) = L · C` for a constant `C` (q×s) read at `c[k·crs + j·ccs]`.
 #[inline(always)]
-fn lanes_mm_t(l: &[[f32; L]], c: &[f32], out: &mut [[f32; L]], (rr, q, s): (usize, usize, usize)) {
+fn lanes_mc(
+    l: &[[f32; L]],
+    c: &[f32],
+    (crs, ccs): (usize, usize),
+    out: &mut [[f32; L]],
+    (rr, q, s): (usize, usize, usize),
+) {
     for i in 0..rr {
         for j in 0..s {
             let mut acc = [0f32; L];
             for k in 0..q {
-                let coef = c[j * q + k];
+                let coef = c[k * crs + j * ccs];
                 if coef == 0.0 {
                     continue;
                 }
@@ -562,11 +587,46 @@ fn lanes_mm_t(l: &[[f32; L]], c: &[f32], out: &mut [[f32; L]], (rr, q, s): (usiz
     }
 }
 
-/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for every channel and tile of `imgs` images (h×w), zero outside.
-///
-/// Each channel's planes are first copied into a zero-bordered scratch that holds every
-/// tile's whole patch, so that the patches can be read without bounds checks, a row of eight
-/// tiles at a time (see [`gather_patches`]).
+/// Where a group's tiles read their input: a zero-bordered copy of one channel's planes
+/// (`ph`×`pw` per image, one pixel of padding on top and left) that holds every tile's whole
+/// α×α patch, so that patches are read and written without bounds checks, a row of eight tiles
+/// at a time (see [`gather_patches`]).
+struct PatchGrid {
+    ph: usize,
+    pw: usize,
+    /// Where each tile's patch starts in the copy.
+    starts: Vec<usize>,
+}
+
+impl PatchGrid {
+    #[inline(always)]
+    fn new<T: Tile>(tiles: &Tiles) -> Self {
+        let (m, a, s) = (T::M, T::ALPHA, T::STRIDE);
+        // The last tile's patch ends at padded row (th − 1)·m·s + α.
+        let th = tiles.per_image / tiles.tw;
+        let (ph, pw) = ((th - 1) * m * s + a, (tiles.tw - 1) * m * s + a);
+        let starts = (0..tiles.all)
+            .map(|t| {
+                let (img, oy, ox) = tiles.origin(t);
+                img * ph * pw + oy * s * pw + ox * s
+            })
+            .collect();
+        PatchGrid { ph, pw, starts }
+    }
+
+    /// Floats of the copy for `imgs` images, with `L` of slack: the vector gathers and
+    /// scatters move whole registers past a patch row's end.
+    fn len(&self, imgs: usize) -> usize {
+        imgs * self.ph * self.pw + L
+    }
+
+    /// Pixel (iy, ix) of image `img` in the copy.
+    fn at(&self, img: usize, iy: usize, ix: usize) -> usize {
+        img * self.ph * self.pw + (iy + 1) * self.pw + ix + 1
+    }
+}
+
+/// `V[c][ξ][t] = (Bᵀ d B)[ξ]` for every channel and tile of `imgs` images (h×w), zero outside.
 // The lane index addresses the tile-major scratch arrays at computed positions.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -575,22 +635,12 @@ fn input_transform<T: Tile>(
     v: &mut [f32],
     (imgs, c, h, w): (usize, usize, usize, usize),
 ) {
-    let (m, a, s) = (T::M, T::ALPHA, T::STRIDE);
-    let tiles = Tiles::new(m, imgs, out_side::<T>(h), out_side::<T>(w));
+    let a = T::ALPHA;
+    let tiles = Tiles::new(T::M, imgs, out_side::<T>(h), out_side::<T>(w));
     let t_all = tiles.all;
     let row = channel_row::<T>(t_all);
-    // The last tile's patch ends at padded row (th − 1)·m·s + α (one row of padding on top).
-    let th = tiles.per_image / tiles.tw;
-    let (ph, pw) = ((th - 1) * m * s + a, (tiles.tw - 1) * m * s + a);
-    // `L` floats of slack: the vector gather reads whole registers past a patch row's end.
-    let mut pad = vec![0f32; imgs * ph * pw + L];
-    // Where each tile's patch starts in `pad`.
-    let starts: Vec<usize> = (0..t_all)
-        .map(|t| {
-            let (img, oy, ox) = tiles.origin(t);
-            img * ph * pw + oy * s * pw + ox * s
-        })
-        .collect();
+    let grid = PatchGrid::new::<T>(&tiles);
+    let mut pad = vec![0f32; grid.len(imgs)];
     let fast = avx2();
     let mut d = [[0f32; L]; 36];
     let mut tmp = [[0f32; L]; 36];
@@ -598,18 +648,58 @@ fn input_transform<T: Tile>(
     for ci in 0..c {
         for img in 0..imgs {
             let plane = &x[(img * c + ci) * h * w..][..h * w];
-            let dst = &mut pad[img * ph * pw..];
-            for (iy, row) in plane.chunks_exact(w).enumerate() {
-                copy_short(&mut dst[(iy + 1) * pw + 1..][..w], row);
+            for (iy, src) in plane.chunks_exact(w).enumerate() {
+                copy_short(&mut pad[grid.at(img, iy, 0)..][..w], src);
             }
         }
         for t0 in (0..t_all).step_by(L) {
             let lanes = L.min(t_all - t0);
-            gather_patches::<T>(&pad, &starts[t0..t0 + lanes], pw, &mut d, fast);
+            gather_patches::<T>(&pad, &grid.starts[t0..t0 + lanes], grid.pw, &mut d, fast);
             lanes_mm(T::BT, &d, &mut tmp, (a, a, a));
             lanes_mm_t(&tmp, T::BT, &mut vv, (a, a, a));
             for (xi, val) in vv[..a * a].iter().enumerate() {
                 store(&mut v[ci * row + xi * t_all + t0..], val, lanes);
+            }
+        }
+    }
+}
+
+/// The adjoint of [`input_transform`]: `dx = Σ_tiles B dV[c][·][t] Bᵀ`, each tile's α×α patch
+/// added where the forward read it (neighbouring patches overlap), for `imgs` images (h×w).
+// The lane index addresses the tile-major scratch arrays at computed positions.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn input_transform_adjoint<T: Tile>(
+    dv: &[f32],
+    dx: &mut [f32],
+    (imgs, c, h, w): (usize, usize, usize, usize),
+) {
+    let a = T::ALPHA;
+    let tiles = Tiles::new(T::M, imgs, out_side::<T>(h), out_side::<T>(w));
+    let t_all = tiles.all;
+    let row = channel_row::<T>(t_all);
+    let grid = PatchGrid::new::<T>(&tiles);
+    let mut pad = vec![0f32; grid.len(imgs)];
+    let fast = avx2();
+    let mut vv = [[0f32; L]; 36];
+    let mut tmp = [[0f32; L]; 36];
+    let mut d = [[0f32; L]; 36];
+    for ci in 0..c {
+        pad.fill(0.0);
+        for t0 in (0..t_all).step_by(L) {
+            let lanes = L.min(t_all - t0);
+            for (xi, val) in vv[..a * a].iter_mut().enumerate() {
+                load(val, &dv[ci * row + xi * t_all + t0..], lanes);
+            }
+            // B dV Bᵀ with B = (Bᵀ)ᵀ: Bᵀ read transposed on the left, as it is on the right.
+            lanes_cm(T::BT, (1, a), &vv, &mut tmp, (a, a, a));
+            lanes_mc(&tmp, T::BT, (a, 1), &mut d, (a, a, a));
+            scatter_add_patches::<T>(&d, &mut pad, &grid.starts[t0..t0 + lanes], grid.pw, fast);
+        }
+        for img in 0..imgs {
+            let plane = &mut dx[(img * c + ci) * h * w..][..h * w];
+            for (iy, dst) in plane.chunks_exact_mut(w).enumerate() {
+                copy_short(dst, &pad[grid.at(img, iy, 0)..][..w]);
             }
         }
     }
@@ -653,6 +743,31 @@ fn gather_patches<T: Tile>(
             let row = &pad[st + r * pw..][..a];
             for q in 0..a {
                 d[r * a + q][l] = row[q];
+            }
+        }
+    }
+}
+
+/// `pad[starts[l] + r·pw + q] += d[r·α + q][l]`, lane after lane (neighbouring patches overlap).
+#[inline(always)]
+fn scatter_add_patches<T: Tile>(
+    d: &[[f32; L]; 36],
+    pad: &mut [f32],
+    starts: &[usize],
+    pw: usize,
+    fast: bool,
+) {
+    let a = T::ALPHA;
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is `avx2()`, checked on this CPU.
+        return unsafe { simd::scatter_add_patches(a, d, pad, starts, pw) };
+    }
+    let _ = fast;
+    for (l, &st) in starts.iter().enumerate() {
+        for r in 0..a {
+            for (q, dst) in pad[st + r * pw..][..a].iter_mut().enumerate() {
+                *dst += d[r * a + q][l];
             }
         }
     }
@@ -747,6 +862,35 @@ mod simd {
             for (q, col) in cols[..a].iter().enumerate() {
                 // SAFETY: each entry of `d` holds L = 8 floats.
                 unsafe { _mm256_storeu_ps(d[r * a + q].as_mut_ptr(), *col) };
+            }
+        }
+    }
+
+    /// See `super::scatter_add_patches`; `pad` holds `L` floats of slack past the last patch
+    /// (the registers' lanes past α add zeros there).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn scatter_add_patches(
+        a: usize,
+        d: &[[f32; L]; 36],
+        pad: &mut [f32],
+        starts: &[usize],
+        pw: usize,
+    ) {
+        for r in 0..a {
+            let mut rows = [_mm256_setzero_ps(); L];
+            for (q, row) in rows[..a].iter_mut().enumerate() {
+                // SAFETY: each entry of `d` holds L = 8 floats.
+                *row = unsafe { _mm256_loadu_ps(d[r * a + q].as_ptr()) };
+            }
+            let cols = transpose8(rows);
+            for (col, &st) in cols.iter().zip(starts) {
+                let dst = &mut pad[st + r * pw..][..L];
+                // SAFETY: `dst` holds L = 8 floats.
+                unsafe {
+                    let sum = _mm256_add_ps(_mm256_loadu_ps(dst.as_ptr()), *col);
+                    _mm256_storeu_ps(dst.as_mut_ptr(), sum);
+                }
             }
         }
     }
@@ -866,27 +1010,31 @@ macro_rules! dispatch {
 }
 
 dispatch!(transform_in, input_transform, (x: &[f32], v: &mut [f32], dims: (usize, usize, usize, usize)));
+dispatch!(transform_in_adjoint, input_transform_adjoint, (dv: &[f32], dx: &mut [f32], dims: (usize, usize, usize, usize)));
 dispatch!(transform_out, output_transform, (mm: &[f32], y: &mut [f32], dims: (usize, usize, usize, usize)));
 dispatch!(transform_grad_out, grad_out_transform, (dy: &[f32], dm: &mut [f32], dims: (usize, usize, usize, usize)));
 dispatch!(transform_kernel_grad, kernel_grad_row, (du: &[f32], dims: (usize, usize), dst: &mut [f32]));
 dispatch!(transform_kernel_row, kernel_row, (taps: KernelTaps, dst: &mut [f32], cols: usize));
 
 /// Whether a convolution's forward takes the Winograd path: 3×3, padding 1, stride 1 or 2, and
-/// enough input channels for the per-position GEMMs to pay. Both channel counts matter: the
-/// input gradient is the same convolution with them swapped.
+/// enough channels for the per-position GEMMs to pay. Both channel counts matter: at stride 1
+/// the input gradient is the same convolution with them swapped.
 pub(crate) fn applies(k: usize, stride: usize, pad: usize, channels: (usize, usize)) -> bool {
     k == 3 && (stride == 1 || stride == 2) && pad == 1 && channels.0 >= 16 && channels.1 >= 16
 }
 
-/// Whether the input gradient takes it too: only at stride 1, where it is a convolution of the
-/// same shape (at stride 2 it is a transposed convolution, left to col2im).
+/// Whether the input gradient takes it: at stride 2 only up to 4×4 outputs, where im2col's
+/// per-image GEMM has 16 columns. From 8×8 on, col2im was faster than the tile adjoint's
+/// scatter of overlapping patches (ResNet-18's layers, GFLOP/s: 64→128 at 32 px 125-130 vs
+/// 149-151, 128→256 at 16 px 151-160 vs 178-181, 256→512 at 8 px 164-167 vs 151-160).
 pub(crate) fn applies_input_grad(
     k: usize,
     stride: usize,
     pad: usize,
     channels: (usize, usize),
+    out: (usize, usize),
 ) -> bool {
-    stride == 1 && applies(k, stride, pad, channels)
+    applies(k, stride, pad, channels) && (stride == 1 || out.0.max(out.1) <= 4)
 }
 
 /// Whether the weight gradient takes it: at stride 2 only from 16×16 outputs on. Below, its
@@ -926,17 +1074,62 @@ pub(crate) fn forward(
     }
 }
 
-/// Input gradient at stride 1: `dx = dy ⋆ rot180(wᵀ)` (dy n×o×h×w, w o×c×3×3), shaped n×c×h×w.
+/// Input gradient: `dx (n×c×h×w)` of `y = x ⋆ w` from `dy (n×o×ho×wo)`, w o×c×3×3. At stride
+/// 1 it is the same convolution of `dy` with the kernel transposed and rotated by 180°; at
+/// stride 2 it runs the forward's products backwards ([`input_grad_strided`]).
 pub(crate) fn input_grad(
     dy: &[f32],
     w: &[f32],
-    (n, o, h, wd): (usize, usize, usize, usize),
-    c: usize,
+    (n, o, ho, wo): (usize, usize, usize, usize),
+    (c, h, wd): (usize, usize, usize),
+    stride: usize,
 ) -> Vec<f32> {
-    if small(h, wd) {
-        return conv_tiled::<F2>(dy, &transform_kernel::<F2>(w, o, c, true), (n, h, wd));
+    match (stride, small(ho, wo)) {
+        (2, _) => input_grad_strided::<S2>(dy, w, (n, o, ho, wo), (c, h, wd)),
+        (_, true) => conv_tiled::<F2>(dy, &transform_kernel::<F2>(w, o, c, true), (n, ho, wo)),
+        _ => conv_tiled::<F4>(dy, &transform_kernel::<F4>(w, o, c, true), (n, ho, wo)),
     }
-    conv_tiled::<F4>(dy, &transform_kernel::<F4>(w, o, c, true), (n, h, wd))
+}
+
+/// The input gradient through the tile algorithm itself: `dM = A dY Aᵀ` per output tile,
+/// `dV[ξ] = U[ξ]ᵀ · dM[ξ]` (one GEMM per position over the group's tiles), then the adjoint of
+/// the input transform adds `B dV Bᵀ` into each tile's patch.
+fn input_grad_strided<T: Tile>(
+    dy: &[f32],
+    w: &[f32],
+    (n, o, ho, wo): (usize, usize, usize, usize),
+    (c, h, wd): (usize, usize, usize),
+) -> Vec<f32> {
+    let (a, nu) = (T::ALPHA, T::NU);
+    let k = transform_kernel::<T>(w, o, c, false);
+    let per_image = Tiles::new(T::M, 1, ho, wo).per_image;
+    let gsz = images_per_group(n, per_image, TARGET_TILES);
+    let fast = avx2();
+    let mut dx = vec![0f32; n * c * h * wd];
+    dx.par_chunks_mut(gsz * c * h * wd)
+        .zip(dy.par_chunks(gsz * o * ho * wo))
+        .for_each(|(dxg, dyg)| {
+            with_scratch(|dm, dv| {
+                let imgs = dyg.len() / (o * ho * wo);
+                let t = imgs * per_image;
+                let row = channel_row::<T>(t);
+                let (dm, dv) = (grow(dm, o * row), grow(dv, c * row));
+                let (dm, dv) = (&mut *dm, &mut *dv);
+                transform_grad_out::<T>(dyg, dm, (imgs, o, ho, wo), fast);
+                for xi in 0..a * a {
+                    let xu = T::U_OF[xi / a] * nu + T::U_OF[xi % a];
+                    matmul_ld(
+                        (c, t, o),
+                        (&mut dv[xi * t..], row),
+                        false,
+                        (&k.u[xu * c..], (1, nu * nu * c)),
+                        (&dm[xi * t..], (row, 1)),
+                    );
+                }
+                transform_in_adjoint::<T>(dv, dxg, (imgs, c, h, wd), fast);
+            })
+        });
+    dx
 }
 
 /// Weight gradient of `y = x ⋆ w` (x n×c×h×w, dy n×o×ho×wo) at `stride` 1 or 2, shaped
