@@ -117,6 +117,10 @@ fn conv_kernel_matches_candle_values_and_gradients() {
         (5, 8, 6, 3, 1, 1, 0),
         (6, 4, 8, 6, 1, 2, 0),
         (5, 3, 4, 2, 3, 2, 1),
+        // The narrow weight-gradient product (≤ 32 taps per output channel, as the stem's 27):
+        // a last block of 2 of its 4 rows, and pixel counts that leave a tail past 8 lanes.
+        (2, 3, 10, 9, 3, 1, 1),
+        (3, 2, 7, 5, 3, 2, 1),
     ]);
     for case in cases {
         let (n, c, o, s, k, stride, pad) = case;
