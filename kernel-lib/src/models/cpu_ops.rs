@@ -4,7 +4,8 @@
 //!
 //! * Convolution runs as im2col + GEMM per sample (parallel over the batch); its input gradient
 //!   is GEMM + col2im and its weight gradient GEMMs over groups of samples — instead of
-//!   candle's direct `conv_transpose2d` loop. Stride-1 3×3 layers take [`super::winograd`].
+//!   candle's direct `conv_transpose2d` loop. 3×3 layers of 16 or more channels take
+//!   [`super::winograd`] (at stride 2: the forward always, the gradients where measured faster).
 //! * Batch normalisation computes the normalised activations in two passes and its gradient in
 //!   two more, instead of ~10 generic ops each with its own backward.
 //!

@@ -1,17 +1,20 @@
-//! Winograd F(m×m, 3×3) convolution for the stride-1, padding-1 3×3 layers that hold most of a
-//! ResNet's FLOPs (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks").
+//! Winograd convolution for the 3×3, padding-1 layers that hold most of a ResNet's FLOPs (Lavin
+//! & Gray 2016, "Fast Algorithms for Convolutional Neural Networks"): F(m×m, 3×3) at stride 1,
+//! and a polyphase tile at stride 2 ([`S2`]).
 //!
 //! An im2col convolution does 9 multiply-adds per output and input channel; Winograd's minimal
-//! filtering does (m+2)²/m² of them (4 for F(2,3), 2.25 for F(4,3)) at the price of cheap
-//! additions before and after. PyTorch's oneDNN takes this path on the CPU, which is why its 3×3
-//! layers ran above the two cores' FMA peak in `benches/RESULTS.md`.
+//! filtering does (m+2)²/m² of them (4 for F(2,3), 2.25 for F(4,3), 6.25 for the stride-2
+//! tile) at the price of cheap additions before and after. PyTorch's oneDNN takes this path on
+//! the CPU, which is why its 3×3 layers ran above the two cores' FMA peak in
+//! `benches/RESULTS.md`.
 //!
-//! Layout: per group of images, the transformed input `V[ξ][c][t]` (ξ over the α² tile
-//! positions, t over the group's tiles), the transformed kernel `U[o][ξ][c]` (once per call,
-//! see [`KernelTransform`]), one GEMM per ξ `M[ξ] = U[·][ξ][·] · V[ξ]`, then the inverse
-//! transform of `M[·][o][t]` into the output. The input gradient of such a layer is the same
-//! convolution of `dY` with the kernel transposed over channels and rotated by 180°, so both
-//! passes share this code; the weight gradient reuses the input transform.
+//! Layout: per group of images, the transformed input `V[c][ξ][t]` (ξ over the α² tile
+//! positions, t over the group's tiles; see [`channel_row`]), the transformed kernel
+//! `U[o][ξ][c]` (once per call, see [`KernelTransform`]), one GEMM per ξ `M[·][ξ][·] =
+//! U[·][ξ][·] · V[·][ξ][·]`, then the inverse transform of `M[o][·][t]` into the output. At
+//! stride 1 the input gradient is the same convolution of `dY` with the kernel transposed over
+//! channels and rotated by 180°, so both passes share this code; at stride 2 it runs the
+//! products backwards ([`input_grad_strided`]). The weight gradient reuses the input transform.
 
 use rayon::prelude::*;
 
@@ -282,37 +285,93 @@ fn conv_tiled<T: Tile>(
     (n, h, w): (usize, usize, usize),
 ) -> Vec<f32> {
     let (o, c) = (k.rows, k.cols);
-    let (m, a) = (T::M, T::ALPHA);
     let (ho, wo) = (out_side::<T>(h), out_side::<T>(w));
-    let per_image = Tiles::new(m, 1, ho, wo).per_image;
-    let gsz = images_per_group(n, per_image, TARGET_TILES);
     let fast = avx2();
     let mut y = vec![0f32; n * o * ho * wo];
-    y.par_chunks_mut(gsz * o * ho * wo)
-        .zip(x.par_chunks(gsz * c * h * w))
-        .for_each(|(yg, xg)| {
-            with_scratch(|v, mm| {
-                let imgs = xg.len() / (c * h * w);
-                let t = imgs * per_image;
-                let row = channel_row::<T>(t);
-                let (v, mm) = (grow(v, c * row), grow(mm, o * row));
-                let (v, mm) = (&mut *v, &mut *mm);
-                transform_in::<T>(xg, v, (imgs, c, h, w), fast);
-                let nu = T::NU;
-                for xi in 0..a * a {
-                    let xu = T::U_OF[xi / a] * nu + T::U_OF[xi % a];
-                    matmul_ld(
-                        (o, t, c),
-                        (&mut mm[xi * t..], row),
-                        false,
-                        (&k.u[xu * c..], (nu * nu * c, 1)),
-                        (&v[xi * t..], (row, 1)),
-                    );
-                }
-                transform_out::<T>(mm, yg, (imgs, o, ho, wo), fast);
+    let sizes = (c * h * w, o * ho * wo);
+    over_groups::<T>((x, &mut y), sizes, (n, ho, wo), (c, o), |xg, yg, g| {
+        transform_in::<T>(xg, g.first, (g.imgs, c, h, w), fast);
+        position_products::<T>(k, false, (g.first, g.second), (g.tiles, g.row));
+        transform_out::<T>(g.second, yg, (g.imgs, o, ho, wo), fast);
+    });
+    y
+}
+
+/// `dst[·][ξ][·] = U[ξ] · src[·][ξ][·]` for every tile position ξ (`Uᵀ` when `transposed`),
+/// over a group of `tiles` tiles whose channel rows are `row` apart in both buffers.
+fn position_products<T: Tile>(
+    k: &KernelTransform,
+    transposed: bool,
+    (src, dst): (&[f32], &mut [f32]),
+    (tiles, row): (usize, usize),
+) {
+    let (a, nu, q) = (T::ALPHA, T::NU, k.cols);
+    let plane = nu * nu * q;
+    let (m, inner, strides) = if transposed {
+        (k.cols, k.rows, (1, plane))
+    } else {
+        (k.rows, k.cols, (plane, 1))
+    };
+    for xi in 0..a * a {
+        let xu = T::U_OF[xi / a] * nu + T::U_OF[xi % a];
+        matmul_ld(
+            (m, tiles, inner),
+            (&mut dst[xi * tiles..], row),
+            false,
+            (&k.u[xu * q..], strides),
+            (&src[xi * tiles..], (row, 1)),
+        );
+    }
+}
+
+/// One group of images in a tiled pass, with this thread's scratch (see [`over_groups`]).
+struct Group<'a> {
+    imgs: usize,
+    /// Tiles of the group.
+    tiles: usize,
+    /// A channel's row in the scratch buffers ([`channel_row`]).
+    row: usize,
+    first: &'a mut [f32],
+    second: &'a mut [f32],
+}
+
+/// Runs `f(src_group, dst_group, group)` in parallel over the groups of images of
+/// [`images_per_group`], where an image holds `sizes.0` floats of `src` and `sizes.1` of `dst`
+/// and has (ho, wo) outputs; the group's two scratch buffers hold `channels.0` and
+/// `channels.1` channel rows.
+fn over_groups<T: Tile>(
+    (src, dst): (&[f32], &mut [f32]),
+    sizes: (usize, usize),
+    (n, ho, wo): (usize, usize, usize),
+    channels: (usize, usize),
+    f: impl Fn(&[f32], &mut [f32], Group) + Sync,
+) {
+    let per_image = Tiles::new(T::M, 1, ho, wo).per_image;
+    let gsz = images_per_group(n, per_image, TARGET_TILES);
+    dst.par_chunks_mut(gsz * sizes.1)
+        .zip(src.par_chunks(gsz * sizes.0))
+        .for_each(|(dg, sg)| {
+            with_scratch(|first, second| {
+                let imgs = sg.len() / sizes.0;
+                let tiles = imgs * per_image;
+                let row = channel_row::<T>(tiles);
+                let (first, second) = (
+                    grow(first, channels.0 * row),
+                    grow(second, channels.1 * row),
+                );
+                f(
+                    sg,
+                    dg,
+                    Group {
+                        imgs,
+                        tiles,
+                        row,
+                        first,
+                        second,
+                    },
+                )
             })
         });
-    y
 }
 
 thread_local! {
@@ -614,10 +673,14 @@ impl PatchGrid {
         PatchGrid { ph, pw, starts }
     }
 
-    /// Floats of the copy for `imgs` images, with `L` of slack: the vector gathers and
-    /// scatters move whole registers past a patch row's end.
-    fn len(&self, imgs: usize) -> usize {
-        imgs * self.ph * self.pw + L
+    /// The tiles of `imgs` images (h×w) at the layer's stride, a channel's row in `V`
+    /// ([`channel_row`]), their grid, and the zeroed copy, with `L` floats of slack: the vector
+    /// gathers and scatters move whole registers past a patch row's end.
+    fn for_group<T: Tile>(imgs: usize, h: usize, w: usize) -> (usize, usize, Self, Vec<f32>) {
+        let tiles = Tiles::new(T::M, imgs, out_side::<T>(h), out_side::<T>(w));
+        let grid = Self::new::<T>(&tiles);
+        let pad = vec![0f32; imgs * grid.ph * grid.pw + L];
+        (tiles.all, channel_row::<T>(tiles.all), grid, pad)
     }
 
     /// Pixel (iy, ix) of image `img` in the copy.
@@ -636,15 +699,8 @@ fn input_transform<T: Tile>(
     (imgs, c, h, w): (usize, usize, usize, usize),
 ) {
     let a = T::ALPHA;
-    let tiles = Tiles::new(T::M, imgs, out_side::<T>(h), out_side::<T>(w));
-    let t_all = tiles.all;
-    let row = channel_row::<T>(t_all);
-    let grid = PatchGrid::new::<T>(&tiles);
-    let mut pad = vec![0f32; grid.len(imgs)];
-    let fast = avx2();
-    let mut d = [[0f32; L]; 36];
-    let mut tmp = [[0f32; L]; 36];
-    let mut vv = [[0f32; L]; 36];
+    let (t_all, row, grid, mut pad) = PatchGrid::for_group::<T>(imgs, h, w);
+    let ([mut d, mut tmp, mut vv], fast) = ([[[0f32; L]; 36]; 3], avx2());
     for ci in 0..c {
         for img in 0..imgs {
             let plane = &x[(img * c + ci) * h * w..][..h * w];
@@ -675,15 +731,8 @@ fn input_transform_adjoint<T: Tile>(
     (imgs, c, h, w): (usize, usize, usize, usize),
 ) {
     let a = T::ALPHA;
-    let tiles = Tiles::new(T::M, imgs, out_side::<T>(h), out_side::<T>(w));
-    let t_all = tiles.all;
-    let row = channel_row::<T>(t_all);
-    let grid = PatchGrid::new::<T>(&tiles);
-    let mut pad = vec![0f32; grid.len(imgs)];
-    let fast = avx2();
-    let mut vv = [[0f32; L]; 36];
-    let mut tmp = [[0f32; L]; 36];
-    let mut d = [[0f32; L]; 36];
+    let (t_all, row, grid, mut pad) = PatchGrid::for_group::<T>(imgs, h, w);
+    let ([mut vv, mut tmp, mut d], fast) = ([[[0f32; L]; 36]; 3], avx2());
     for ci in 0..c {
         pad.fill(0.0);
         for t0 in (0..t_all).step_by(L) {
@@ -1100,35 +1149,15 @@ fn input_grad_strided<T: Tile>(
     (n, o, ho, wo): (usize, usize, usize, usize),
     (c, h, wd): (usize, usize, usize),
 ) -> Vec<f32> {
-    let (a, nu) = (T::ALPHA, T::NU);
     let k = transform_kernel::<T>(w, o, c, false);
-    let per_image = Tiles::new(T::M, 1, ho, wo).per_image;
-    let gsz = images_per_group(n, per_image, TARGET_TILES);
     let fast = avx2();
     let mut dx = vec![0f32; n * c * h * wd];
-    dx.par_chunks_mut(gsz * c * h * wd)
-        .zip(dy.par_chunks(gsz * o * ho * wo))
-        .for_each(|(dxg, dyg)| {
-            with_scratch(|dm, dv| {
-                let imgs = dyg.len() / (o * ho * wo);
-                let t = imgs * per_image;
-                let row = channel_row::<T>(t);
-                let (dm, dv) = (grow(dm, o * row), grow(dv, c * row));
-                let (dm, dv) = (&mut *dm, &mut *dv);
-                transform_grad_out::<T>(dyg, dm, (imgs, o, ho, wo), fast);
-                for xi in 0..a * a {
-                    let xu = T::U_OF[xi / a] * nu + T::U_OF[xi % a];
-                    matmul_ld(
-                        (c, t, o),
-                        (&mut dv[xi * t..], row),
-                        false,
-                        (&k.u[xu * c..], (1, nu * nu * c)),
-                        (&dm[xi * t..], (row, 1)),
-                    );
-                }
-                transform_in_adjoint::<T>(dv, dxg, (imgs, c, h, wd), fast);
-            })
-        });
+    let sizes = (o * ho * wo, c * h * wd);
+    over_groups::<T>((dy, &mut dx), sizes, (n, ho, wo), (o, c), |dyg, dxg, g| {
+        transform_grad_out::<T>(dyg, g.first, (g.imgs, o, ho, wo), fast);
+        position_products::<T>(&k, true, (g.first, g.second), (g.tiles, g.row));
+        transform_in_adjoint::<T>(g.second, dxg, (g.imgs, c, h, wd), fast);
+    });
     dx
 }
 
