@@ -32,6 +32,18 @@ pub(crate) fn on_cpu_f32(x: &Tensor) -> bool {
 }
 
 /// The element-wise sum of per-thread partial results of length `len`.
+/// `groups` split into one contiguous range per thread: gradients summed part by part and
+/// then over the parts in order come out the same in every run with the same thread count
+/// (rayon's `fold` splits where work-stealing happens to, which moved training results by
+/// float rounding between runs on a busy machine).
+pub(crate) fn fixed_parts(groups: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = rayon::current_num_threads().clamp(1, groups.max(1));
+    let per = groups.div_ceil(parts);
+    (0..parts)
+        .map(|p| (p * per).min(groups)..((p + 1) * per).min(groups))
+        .collect()
+}
+
 pub(crate) fn sum_partials(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut out = vec![0f32; len];
     for p in parts {
@@ -460,15 +472,12 @@ impl CustomOp2 for Conv2dWeightGrad {
         }
         let (ckk, hw, o, chw) = (g.ckk(), g.hw_out(), g.o, g.c * g.h * g.w);
         let group = images_per_group(g.n, hw, IM2COL_COLS);
-        let groups = g.n.div_ceil(group);
-        let parts = rayon::current_num_threads().clamp(1, groups);
-        let per = groups.div_ceil(parts);
-        let partials: Vec<Vec<f32>> = (0..parts)
+        let partials: Vec<Vec<f32>> = fixed_parts(g.n.div_ceil(group))
             .into_par_iter()
-            .map(|p| {
+            .map(|part| {
                 let mut dw = vec![0f32; o * ckk];
                 let (mut cols, mut dyg) = (Vec::new(), Vec::new());
-                for (i, gi) in (p * per..((p + 1) * per).min(groups)).enumerate() {
+                for (i, gi) in part.enumerate() {
                     let imgs = gi * group..((gi + 1) * group).min(g.n);
                     let ld = imgs.len() * hw;
                     let c = group_cols(&g, &x[imgs.start * chw..imgs.end * chw], &mut cols);

@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu_ops::{avx2, images_per_group, matmul_ld};
+use super::cpu_ops::{avx2, fixed_parts, images_per_group, matmul_ld};
 
 /// Output tile side `m`, the convolution's stride, and the transform matrices of F(m×m, 3×3),
 /// whose input patch (α×α, starting one pixel up and left of the tile's first output's window)
@@ -448,20 +448,21 @@ fn weight_grad_tiles<T: Tile>(
     let per_image = Tiles::new(m, 1, ho, wo).per_image;
     let gsz = images_per_group(n, per_image, TARGET_TILES);
     let fast = avx2();
-    let partials: Vec<Vec<f32>> = x
-        .par_chunks(gsz * c * h * w)
-        .zip(dy.par_chunks(gsz * o * ho * wo))
-        .fold(
-            || vec![0f32; a2 * o * c],
-            |mut du, (xg, dyg)| {
+    let partials: Vec<Vec<f32>> = fixed_parts(n.div_ceil(gsz))
+        .into_par_iter()
+        .map(|part| {
+            let mut du = vec![0f32; a2 * o * c];
+            for gi in part {
+                let imgs = gi * gsz..((gi + 1) * gsz).min(n);
+                let xg = &x[imgs.start * c * h * w..imgs.end * c * h * w];
+                let dyg = &dy[imgs.start * o * ho * wo..imgs.end * o * ho * wo];
                 with_scratch(|v, dm| {
-                    let imgs = xg.len() / (c * h * w);
-                    let t = imgs * per_image;
+                    let t = imgs.len() * per_image;
                     let row = channel_row::<T>(t);
                     let (v, dm) = (grow(v, c * row), grow(dm, o * row));
                     let (v, dm) = (&mut *v, &mut *dm);
-                    transform_in::<T>(xg, v, (imgs, c, h, w), fast);
-                    transform_grad_out::<T>(dyg, dm, (imgs, o, ho, wo), fast);
+                    transform_in::<T>(xg, v, (imgs.len(), c, h, w), fast);
+                    transform_grad_out::<T>(dyg, dm, (imgs.len(), o, ho, wo), fast);
                     for xi in 0..a2 {
                         matmul_ld(
                             (o, c, t),
@@ -472,9 +473,9 @@ fn weight_grad_tiles<T: Tile>(
                         );
                     }
                 });
-                du
-            },
-        )
+            }
+            du
+        })
         .collect();
     let du = super::cpu_ops::sum_partials(partials, a2 * o * c);
     let mut dw = vec![0f32; o * c * 9];
