@@ -31,19 +31,37 @@ pub(crate) fn on_cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
-/// The element-wise sum of per-thread partial results of length `len`.
-/// `groups` split into one contiguous range per thread: gradients summed part by part and
-/// then over the parts in order come out the same in every run with the same thread count
-/// (rayon's `fold` splits where work-stealing happens to, which moved training results by
-/// float rounding between runs on a busy machine).
-pub(crate) fn fixed_parts(groups: usize) -> Vec<std::ops::Range<usize>> {
+/// `Σ` over the groups of `group` images out of `n` of what `f(state, acc, images, first)`
+/// adds into `acc` (`len` floats; `first`: `acc` still holds the zeros it started with).
+/// The groups are split into one contiguous range per thread, each summed in order into its
+/// own partial, and the partials summed in order: the result is the same in every run with the
+/// same thread count (rayon's `fold` splits where work-stealing happens to, which moved
+/// training results by float rounding between runs on a busy machine). `state` is one
+/// `init()` per range, for buffers reused across its groups.
+pub(crate) fn sum_over_groups<S>(
+    (n, group): (usize, usize),
+    len: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &mut [f32], std::ops::Range<usize>, bool) + Sync,
+) -> Vec<f32> {
+    let groups = n.div_ceil(group.max(1));
     let parts = rayon::current_num_threads().clamp(1, groups.max(1));
     let per = groups.div_ceil(parts);
-    (0..parts)
-        .map(|p| (p * per).min(groups)..((p + 1) * per).min(groups))
-        .collect()
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let (mut acc, mut state) = (vec![0f32; len], init());
+            for (i, gi) in ((p * per).min(groups)..((p + 1) * per).min(groups)).enumerate() {
+                let images = gi * group..((gi + 1) * group).min(n);
+                f(&mut state, &mut acc, images, i == 0);
+            }
+            acc
+        })
+        .collect();
+    sum_partials(partials, len)
 }
 
+/// The element-wise sum of per-thread partial results of length `len`.
 pub(crate) fn sum_partials(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut out = vec![0f32; len];
     for p in parts {
@@ -472,30 +490,22 @@ impl CustomOp2 for Conv2dWeightGrad {
         }
         let (ckk, hw, o, chw) = (g.ckk(), g.hw_out(), g.o, g.c * g.h * g.w);
         let group = images_per_group(g.n, hw, IM2COL_COLS);
-        let partials: Vec<Vec<f32>> = fixed_parts(g.n.div_ceil(group))
-            .into_par_iter()
-            .map(|part| {
-                let mut dw = vec![0f32; o * ckk];
-                let (mut cols, mut dyg) = (Vec::new(), Vec::new());
-                for (i, gi) in part.enumerate() {
-                    let imgs = gi * group..((gi + 1) * group).min(g.n);
-                    let ld = imgs.len() * hw;
-                    let c = group_cols(&g, &x[imgs.start * chw..imgs.end * chw], &mut cols);
-                    let d = to_group_matrix(
-                        &dy[imgs.start * o * hw..imgs.end * o * hw],
-                        (o, hw),
-                        &mut dyg,
-                    );
-                    if ckk <= NARROW {
-                        matmul_nt_narrow(d, c, (o, ckk, ld, ld), &mut dw, i > 0);
-                    } else {
-                        matmul(o, ckk, ld, &mut dw, i > 0, d, (ld, 1), c, (1, ld));
-                    }
+        let init = || (Vec::new(), Vec::new());
+        let dw = sum_over_groups(
+            (g.n, group),
+            o * ckk,
+            init,
+            |(cols, dyg), dw, imgs, first| {
+                let ld = imgs.len() * hw;
+                let c = group_cols(&g, &x[imgs.start * chw..imgs.end * chw], cols);
+                let d = to_group_matrix(&dy[imgs.start * o * hw..imgs.end * o * hw], (o, hw), dyg);
+                if ckk <= NARROW {
+                    matmul_nt_narrow(d, c, (o, ckk, ld, ld), dw, !first);
+                } else {
+                    matmul(o, ckk, ld, dw, !first, d, (ld, 1), c, (1, ld));
                 }
-                dw
-            })
-            .collect();
-        let dw = sum_partials(partials, o * ckk);
+            },
+        );
         Ok((CpuStorage::F32(dw), shape))
     }
 }

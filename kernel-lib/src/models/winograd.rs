@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu_ops::{avx2, fixed_parts, images_per_group, matmul_ld};
+use super::cpu_ops::{avx2, images_per_group, matmul_ld, sum_over_groups};
 
 /// Output tile side `m`, the convolution's stride, and the transform matrices of F(m×m, 3×3),
 /// whose input patch (α×α, starting one pixel up and left of the tile's first output's window)
@@ -448,36 +448,31 @@ fn weight_grad_tiles<T: Tile>(
     let per_image = Tiles::new(m, 1, ho, wo).per_image;
     let gsz = images_per_group(n, per_image, TARGET_TILES);
     let fast = avx2();
-    let partials: Vec<Vec<f32>> = fixed_parts(n.div_ceil(gsz))
-        .into_par_iter()
-        .map(|part| {
-            let mut du = vec![0f32; a2 * o * c];
-            for gi in part {
-                let imgs = gi * gsz..((gi + 1) * gsz).min(n);
-                let xg = &x[imgs.start * c * h * w..imgs.end * c * h * w];
-                let dyg = &dy[imgs.start * o * ho * wo..imgs.end * o * ho * wo];
-                with_scratch(|v, dm| {
-                    let t = imgs.len() * per_image;
-                    let row = channel_row::<T>(t);
-                    let (v, dm) = (grow(v, c * row), grow(dm, o * row));
-                    let (v, dm) = (&mut *v, &mut *dm);
-                    transform_in::<T>(xg, v, (imgs.len(), c, h, w), fast);
-                    transform_grad_out::<T>(dyg, dm, (imgs.len(), o, ho, wo), fast);
-                    for xi in 0..a2 {
-                        matmul_ld(
-                            (o, c, t),
-                            (&mut du[xi * o * c..], c),
-                            true,
-                            (&dm[xi * t..], (row, 1)),
-                            (&v[xi * t..], (1, row)),
-                        );
-                    }
-                });
-            }
-            du
-        })
-        .collect();
-    let du = super::cpu_ops::sum_partials(partials, a2 * o * c);
+    let du = sum_over_groups(
+        (n, gsz),
+        a2 * o * c,
+        || (),
+        |_, du, imgs, _| {
+            let xg = &x[imgs.start * c * h * w..imgs.end * c * h * w];
+            let dyg = &dy[imgs.start * o * ho * wo..imgs.end * o * ho * wo];
+            with_scratch(|v, dm| {
+                let t = imgs.len() * per_image;
+                let row = channel_row::<T>(t);
+                let (v, dm) = (grow(v, c * row), grow(dm, o * row));
+                transform_in::<T>(xg, v, (imgs.len(), c, h, w), fast);
+                transform_grad_out::<T>(dyg, dm, (imgs.len(), o, ho, wo), fast);
+                for xi in 0..a2 {
+                    matmul_ld(
+                        (o, c, t),
+                        (&mut du[xi * o * c..], c),
+                        true,
+                        (&dm[xi * t..], (row, 1)),
+                        (&v[xi * t..], (1, row)),
+                    );
+                }
+            });
+        },
+    );
     let mut dw = vec![0f32; o * c * 9];
     dw.par_chunks_mut(c * 9)
         .enumerate()
@@ -824,7 +819,8 @@ fn scatter_add_patches<T: Tile>(
 }
 
 /// Writes each lane's m×m output tile `out[r·m + q][l]` at `y[offs[l] + r·w + q]`, where
-/// `offs[l]` is `None` for a tile clipped by the image's edge (those go through `clipped`).
+/// `offs[l]` is `None` for a tile clipped by the image's edge (those are skipped here and
+/// written by [`output_transform`]).
 #[inline(always)]
 fn scatter_tiles<T: Tile>(
     out: &[[f32; L]; 16],
@@ -981,8 +977,7 @@ mod simd {
     }
 }
 
-/// `y[o][tile] = Aᵀ M[o][·][t] A`,
-/// clipped at the image's edge.
+/// `y[o][tile] = Aᵀ M[o][·][t] A`, clipped at the image's edge.
 // The lane index addresses the tile-major scratch arrays at computed positions.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
@@ -1109,19 +1104,23 @@ pub(crate) fn forward(
     o: usize,
     stride: usize,
 ) -> Vec<f32> {
-    fn tiled<T: Tile>(
-        x: &[f32],
-        w: &[f32],
-        dims: (usize, usize, usize),
-        (o, c): (usize, usize),
-    ) -> Vec<f32> {
-        conv_tiled::<T>(x, &transform_kernel::<T>(w, o, c, false), dims)
-    }
     match (stride, small(h, wd)) {
-        (2, _) => tiled::<S2>(x, w, (n, h, wd), (o, c)),
-        (_, true) => tiled::<F2>(x, w, (n, h, wd), (o, c)),
-        _ => tiled::<F4>(x, w, (n, h, wd), (o, c)),
+        (2, _) => conv_with::<S2>(x, w, (n, h, wd), (o, c), false),
+        (_, true) => conv_with::<F2>(x, w, (n, h, wd), (o, c), false),
+        _ => conv_with::<F4>(x, w, (n, h, wd), (o, c), false),
     }
+}
+
+/// [`conv_tiled`] with `w` transformed for `T` (for the stride-1 input gradient when
+/// `input_grad`, see [`transform_kernel`]).
+fn conv_with<T: Tile>(
+    x: &[f32],
+    w: &[f32],
+    dims: (usize, usize, usize),
+    (o, c): (usize, usize),
+    input_grad: bool,
+) -> Vec<f32> {
+    conv_tiled::<T>(x, &transform_kernel::<T>(w, o, c, input_grad), dims)
 }
 
 /// Input gradient: `dx (n×c×h×w)` of `y = x ⋆ w` from `dy (n×o×ho×wo)`, w o×c×3×3. At stride
@@ -1136,8 +1135,8 @@ pub(crate) fn input_grad(
 ) -> Vec<f32> {
     match (stride, small(ho, wo)) {
         (2, _) => input_grad_strided::<S2>(dy, w, (n, o, ho, wo), (c, h, wd)),
-        (_, true) => conv_tiled::<F2>(dy, &transform_kernel::<F2>(w, o, c, true), (n, ho, wo)),
-        _ => conv_tiled::<F4>(dy, &transform_kernel::<F4>(w, o, c, true), (n, ho, wo)),
+        (_, true) => conv_with::<F2>(dy, w, (n, ho, wo), (o, c), true),
+        _ => conv_with::<F4>(dy, w, (n, ho, wo), (o, c), true),
     }
 }
 
