@@ -19,13 +19,15 @@
 // Notebook users lose every variable on a panic: library code returns errors instead.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+#[macro_use]
+mod names;
 mod atomic;
 pub mod augment;
-pub mod bench;
 pub mod data;
 pub mod diagnostics;
 mod error;
 pub mod eval;
+pub mod kernels;
 pub mod methods;
 pub mod models;
 pub mod objectives;
@@ -51,7 +53,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 ///
 /// Every candle op allocates a fresh buffer; with glibc's defaults large ones are `mmap`ed and
 /// unmapped again, so each step re-faults and zeroes its pages (20-70% of a CPU step in
-/// `reference/candle-notes.md`). Raising the mmap and trim thresholds makes the heap reuse
+/// `docs/kernels.md`). Raising the mmap and trim thresholds makes the heap reuse
 /// them. Called once by `Run::new`; harmless to call again.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -1,4 +1,4 @@
-//! The Barlow Twins loss pinned to independently computed values (methods.md §8 item 3) and its
+//! The Barlow Twins loss pinned to independently computed values (docs/recipes.md §8 item 3) and its
 //! gradient checked against central finite differences in f64.
 
 mod common;
@@ -84,7 +84,7 @@ fn invariant_to_positive_affine_maps_and_sign_flips_diagonal() {
 
 #[test]
 fn random_gaussian_views_match_expected_loss() {
-    // E[L] ≈ D + λ·D(D−1)/B for independent Gaussian embeddings (methods.md §8.3).
+    // E[L] ≈ D + λ·D(D−1)/B for independent Gaussian embeddings (docs/recipes.md §8.3).
     let (b, d) = (256usize, 64usize);
     let dev = Device::Cpu;
     let mut total = 0.0;

@@ -6,6 +6,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use sslab::eval::{linear_probe_on_features, LinearProbeSettings, ProbeSchedule};
+use sslab::methods::MethodKind;
 use sslab::prelude::*;
 
 /// `n` points per class around `classes` random centres in `d` dimensions, with noise `sd`.
@@ -32,7 +33,7 @@ fn clusters(classes: usize, n: usize, d: usize, sd: f32, seed: u64) -> (Tensor, 
 }
 
 fn settings() -> LinearProbeSettings {
-    LinearProbeSettings::for_method("barlow-twins", false).scaled_down(20)
+    LinearProbeSettings::for_method(MethodKind::BarlowTwins, false).scaled_down(20)
 }
 
 #[test]
@@ -64,7 +65,7 @@ fn random_labels_are_memorised_not_generalised() {
 
 #[test]
 fn schedules_follow_the_protocols() {
-    let moco = LinearProbeSettings::for_method("moco-v2", false);
+    let moco = LinearProbeSettings::for_method(MethodKind::MocoV2, false);
     assert_eq!(
         (moco.lr, moco.epochs, moco.schedule),
         (30.0, 100, ProbeSchedule::Steps)
@@ -72,12 +73,15 @@ fn schedules_follow_the_protocols() {
     assert_eq!(moco.lr_at(59), 30.0);
     assert!((moco.lr_at(60) - 3.0).abs() < 1e-12);
     assert!((moco.lr_at(80) - 0.3).abs() < 1e-12);
-    let vit = LinearProbeSettings::for_method("moco-v3", true);
+    let vit = LinearProbeSettings::for_method(MethodKind::MocoV3, true);
     assert_eq!((vit.lr, vit.epochs, vit.weight_decay), (3.0, 90, 0.0));
     assert_eq!(vit.lr_at(0), 3.0);
     assert!((vit.lr_at(45) - 1.5).abs() < 1e-12);
-    assert_eq!(LinearProbeSettings::for_method("moco-v3", false).lr, 0.1);
-    let small = LinearProbeSettings::for_method("densecl", false).scaled_down(30);
+    assert_eq!(
+        LinearProbeSettings::for_method(MethodKind::MocoV3, false).lr,
+        0.1
+    );
+    let small = LinearProbeSettings::for_method(MethodKind::DenseCl, false).scaled_down(30);
     assert!(small.standardize);
     assert_eq!(
         (small.epochs, small.lr, small.schedule),

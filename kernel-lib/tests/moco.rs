@@ -1,4 +1,4 @@
-//! MoCo v1/v2 and DenseCL: the InfoNCE values of methods.md §8 items 1, 2, the queue FIFO (item
+//! MoCo v1/v2 and DenseCL: the InfoNCE values of docs/recipes.md §8 items 1, 2, the queue FIFO (item
 //! 5), the EMA (item 4), DenseCL's correspondence and loss identities (item 7), and the
 //! momentum encoder really being a separate, EMA-moved copy.
 

@@ -1,4 +1,4 @@
-//! MoCo v3: the loss values of methods.md §8 items 1 and 2, its gradient against finite
+//! MoCo v3: the loss values of docs/recipes.md §8 items 1 and 2, its gradient against finite
 //! differences, the momentum schedule (item 4), the sin-cos table (item 8), the frozen patch
 //! projection, and the predictor's absence from the momentum encoder.
 
@@ -33,7 +33,7 @@ fn perfect_positives_with_orthogonal_negatives() {
         let expect = 2.0 * tau * (1.0 + (b as f64 - 1.0) * (-1.0 / tau).exp()).ln();
         assert!((l - expect).abs() < 1e-5, "B {b}: {l} vs {expect}");
     }
-    // The value methods.md gives for B = 4096, τ = 0.2.
+    // The value docs/recipes.md gives for B = 4096, τ = 0.2.
     let v = 2.0 * 0.2 * (1.0 + 4095.0 * (-5f64).exp()).ln();
     assert!((v - 1.3412).abs() < 1e-4);
 }
@@ -182,7 +182,7 @@ fn moco_v3_runs_on_resnet_and_vit_deterministically() {
     }
     // A ViT is refused for the ResNet-only methods.
     let mut c = RunConfig::preset("moco-v2/tiny").unwrap();
-    c.model.backbone = "vit".into();
+    c.model.backbone = sslab::models::BackboneKind::Vit;
     assert!(c
         .validate()
         .unwrap_err()

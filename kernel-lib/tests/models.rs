@@ -207,7 +207,7 @@ fn fused_relu_kernels_match_separate_ops() {
     }
     let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 5, 5), &dev).unwrap()).unwrap();
     let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 5, 5), &dev).unwrap()).unwrap();
-    let ours = sslab::models::add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+    let ours = sslab::kernels::add_relu(a.as_tensor(), b.as_tensor()).unwrap();
     let theirs = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
     assert!(max_abs_diff(&ours, &theirs) < 1e-6);
     let (g1, g2) = grads_through(&ours, &theirs);
@@ -598,7 +598,7 @@ fn split_batchnorm_normalises_each_group_alone_and_averages_running_stats() {
 
 #[test]
 fn fused_layernorm_and_softmax_match_tensor_ops_in_values_and_gradients() {
-    use sslab::models::{normalize_rows, softmax_last};
+    use sslab::kernels::{normalize_rows, softmax_last};
     let dev = Device::Cpu;
     let x = Var::from_tensor(&Tensor::randn(0.3f32, 2.0, (3, 5, 7), &dev).unwrap()).unwrap();
     let w = Tensor::randn(0f32, 1.0, (3, 5, 7), &dev).unwrap();
@@ -620,7 +620,7 @@ fn fused_layernorm_and_softmax_match_tensor_ops_in_values_and_gradients() {
 
 #[test]
 fn fused_scale_shift_matches_broadcast_ops_in_values_and_all_three_gradients() {
-    use sslab::models::scale_shift_rows;
+    use sslab::kernels::scale_shift_rows;
     let dev = Device::Cpu;
     // 200 rows: several row blocks, so the parallel column sums are exercised.
     let var = |shape: &[usize]| {
@@ -642,7 +642,7 @@ fn fused_scale_shift_matches_broadcast_ops_in_values_and_all_three_gradients() {
 
 #[test]
 fn batched_matmul_matches_candle_in_values_and_gradients_for_every_transpose() {
-    use sslab::models::batched_matmul;
+    use sslab::kernels::batched_matmul;
     let dev = Device::Cpu;
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
         let (batch, m, k, n) = (6, 5, 4, 3);
@@ -741,7 +741,7 @@ fn relu_kernel_matches_candle_in_values_and_gradients() {
     // Big enough to span several parallel chunks, with a non-contiguous input.
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (40, 3, 30, 37), &dev).unwrap()).unwrap();
     let xt = x.as_tensor().transpose(2, 3).unwrap();
-    let y1 = sslab::models::relu(&xt).unwrap();
+    let y1 = sslab::kernels::relu(&xt).unwrap();
     let y2 = xt.relu().unwrap();
     assert_eq!(max_abs_diff(&y1, &y2), 0.0);
     let (g1, g2) = grads_through(&y1, &y2);
@@ -789,7 +789,7 @@ fn linear_bias_kernel_matches_broadcast_add_in_values_and_gradients() {
 fn gelu_kernel_matches_candle_and_its_derivative_finite_differences() {
     let dev = Device::Cpu;
     let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (33, 1000), &dev).unwrap()).unwrap();
-    let y1 = sslab::models::gelu(x.as_tensor()).unwrap();
+    let y1 = sslab::kernels::gelu(x.as_tensor()).unwrap();
     let y2 = x.as_tensor().gelu_erf().unwrap();
     let d = max_abs_diff(&y1, &y2);
     assert!(d < 2e-6, "value differs from candle's gelu_erf by {d}");
@@ -802,7 +802,7 @@ fn gelu_kernel_matches_candle_and_its_derivative_finite_differences() {
     // And the derivative itself against central differences in f64 at a few points.
     for v in [-3.0f32, -0.7, 0.0, 0.4, 2.5] {
         let t = Var::from_tensor(&Tensor::new(&[v], &dev).unwrap()).unwrap();
-        let g = sslab::models::gelu(t.as_tensor())
+        let g = sslab::kernels::gelu(t.as_tensor())
             .unwrap()
             .sum_all()
             .unwrap()
@@ -822,7 +822,7 @@ fn gelu_kernel_is_exact_to_float_precision_on_a_dense_grid() {
     let dev = Device::Cpu;
     let xs: Vec<f32> = (0..=36_000).map(|i| -9.0 + i as f32 * 5e-4).collect();
     let x = Var::from_tensor(&Tensor::new(xs.as_slice(), &dev).unwrap()).unwrap();
-    let y = sslab::models::gelu(x.as_tensor()).unwrap();
+    let y = sslab::kernels::gelu(x.as_tensor()).unwrap();
     let dx = y.sum_all().unwrap().backward().unwrap();
     let dx = dx.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
     let y = y.to_vec1::<f32>().unwrap();

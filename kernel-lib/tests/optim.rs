@@ -1,4 +1,4 @@
-//! Optimisers and schedules against hand-computed updates (methods.md §0.6, §8 items 4 and 6).
+//! Optimisers and schedules against hand-computed updates (docs/recipes.md §0.6, §8 items 4 and 6).
 
 use candle_core::{Device, Tensor, Var};
 use sslab::models::{Init, ParamBuilder, ParamKind, ParamStore};

@@ -71,7 +71,7 @@ fn bad_configs_error_instead_of_panicking() {
 #[test]
 fn huge_learning_rate_reports_non_finite_loss_without_applying_it() {
     let mut c = small();
-    c.optim.kind = "sgd".into();
+    c.optim.kind = sslab::optim::OptimName::Sgd;
     c.optim.lr = 1e30;
     c.optim.scale_lr_with_batch = false;
     let mut run = Run::new(c).unwrap();

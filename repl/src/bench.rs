@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use sslab::bench::{median, time_conv, ConvImpl, RESNET18_CIFAR_CONVS};
+use sslab::kernels::bench::{median, time_conv, ConvImpl, RESNET18_CIFAR_CONVS};
 use sslab::train::{Run, RunConfig};
 
 #[derive(Args)]
@@ -43,16 +43,35 @@ pub struct BenchArgs {
     sets: Vec<String>,
 }
 
+/// The presets a step benchmark starts from, one per workload of `benches/compare.sh`.
+const BENCH_PRESETS: [&str; 3] = ["barlow-twins/cifar", "moco-v2/cifar", "moco-v3/vit-tiny"];
+
+/// A workload's name: its preset's method, with `-vit` for a ViT preset (`moco-v3-vit`).
+fn workload_name(preset: &str) -> String {
+    match preset.split_once('/') {
+        Some((method, variant)) if variant.starts_with("vit") => format!("{method}-vit"),
+        Some((method, _)) => method.to_string(),
+        None => preset.to_string(),
+    }
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let default_preset = match a.workload.as_str() {
-        "barlow-twins" => "barlow-twins/cifar",
-        "moco-v2" => "moco-v2/cifar",
-        "moco-v3-vit" => "moco-v3/vit-tiny",
-        "conv" => return conv(&a),
-        w => bail!("unknown workload '{w}'; known: barlow-twins, moco-v2, moco-v3-vit, conv"),
+    if a.workload == "conv" {
+        return conv(&a);
+    }
+    let Some(default_preset) = BENCH_PRESETS
+        .into_iter()
+        .find(|p| workload_name(p) == a.workload)
+    else {
+        let known: Vec<String> = BENCH_PRESETS.iter().map(|p| workload_name(p)).collect();
+        bail!(
+            "unknown workload '{}'; known: {}, conv",
+            a.workload,
+            known.join(", ")
+        );
     };
     let preset = a.preset.as_deref().unwrap_or(default_preset);
     let mut cfg = RunConfig::preset(preset)?;

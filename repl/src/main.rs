@@ -51,7 +51,7 @@ fn main() {
         Some(Command::Sweep(a)) => sweep::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Presets) => {
-            println!("methods: {}", sslab::train::RunConfig::METHODS.join(", "));
+            println!("methods: {}", sslab::methods::names().join(", "));
             println!("presets: {}", sslab::train::PRESETS.join(", "));
             Ok(())
         }

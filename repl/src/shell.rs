@@ -432,7 +432,7 @@ fn cmd_show(s: &mut Session, args: &[&str]) -> Result<Flow> {
         }
         "sim" => {
             let point = parse_point(args.get(1))?;
-            let source = if run.method().name() == "densecl" {
+            let source = if run.method().has_dense_head() {
                 FeatureSource::DenseHead
             } else {
                 FeatureSource::Backbone
@@ -642,7 +642,10 @@ pub fn complete(line: &str) -> (usize, Vec<String>) {
     let before: Vec<&str> = line[..start].split_whitespace().collect();
     let pool: Vec<String> = match before.as_slice() {
         [] => COMMANDS.iter().map(|c| c.name.to_string()).collect(),
-        ["new"] => RunConfig::METHODS.iter().map(|m| m.to_string()).collect(),
+        ["new"] => sslab::methods::names()
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
         ["new", m] => PRESETS
             .iter()
             .filter_map(|p| p.strip_prefix(&format!("{m}/")).map(String::from))

@@ -56,7 +56,7 @@ pub struct TrainArgs {
     /// Save a checkpoint every N steps into OUT/checkpoints (the last two kept).
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<usize>,
-    /// Also train a linear probe on the frozen features at the end (methods.md §5 protocol).
+    /// Also train a linear probe on the frozen features at the end (docs/recipes.md §5 protocol).
     #[arg(long)]
     linear_probe: bool,
     /// Do not draw DIR/figures/*.png at the end.
@@ -86,7 +86,7 @@ pub fn build_config(a: &ConfigArgs) -> Result<RunConfig> {
             );
         }
     }
-    if cfg.method != a.method {
+    if cfg.method != a.method.as_str() {
         bail!(
             "method '{}' does not match the config's method '{}'",
             a.method,
@@ -131,7 +131,7 @@ fn resume(a: &TrainArgs, dir: &std::path::Path) -> Result<Run> {
         bail!("--resume continues the saved config; --config, --preset and --data do not apply");
     }
     let run = Run::load_with(dir, |cfg| {
-        if cfg.method != c.method {
+        if cfg.method != c.method.as_str() {
             return Err(sslab::Error::Invalid(format!(
                 "{} holds a {} run, not {}",
                 dir.display(),

@@ -2,7 +2,7 @@
 //! two views of one image is known), flips, colour jitter in random order, grayscale, Gaussian
 //! blur, solarize, normalisation, and the two-view recipes of each method.
 //!
-//! Semantics follow torchvision/PIL as used by the official code (methods.md §0.7). Everything
+//! Semantics follow torchvision/PIL as used by the official code (docs/recipes.md §0.7). Everything
 //! here is pure CPU code over `Vec`s: no tensors, no device.
 
 mod blur;
@@ -18,4 +18,4 @@ pub use color::{
 };
 pub use geometry::{random_resized_crop_box, resized_crop, CropBox, Interpolation};
 pub use image::{FloatImage, Image};
-pub use recipe::{TwoViewRecipe, View, ViewAug, IMAGENET_MEAN, IMAGENET_STD};
+pub use recipe::{RecipeName, TwoViewRecipe, View, ViewAug, IMAGENET_MEAN, IMAGENET_STD};

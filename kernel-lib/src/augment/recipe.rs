@@ -1,10 +1,11 @@
-//! Per-method two-view recipes (methods.md §1.5, §2.7, §3.3, §6).
+//! Per-method two-view recipes (docs/recipes.md §1.5, §2.7, §3.3, §6).
 
 use super::blur::gaussian_blur;
 use super::color::{color_jitter, grayscale, normalize, solarize, JitterParams};
 use super::geometry::{random_resized_crop_box, resized_crop, CropBox, Interpolation};
 use super::image::Image;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
 /// ImageNet channel means, used by every ImageNet recipe and by lightly on CIFAR.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -114,6 +115,40 @@ impl ViewAug {
     }
 }
 
+/// The named two-view recipes (`augment.recipe`): each method's own, BYOL's, and the 32-px
+/// CIFAR variants. The names are serde's kebab-case of the variants (`moco-v2-cifar`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecipeName {
+    MocoV1,
+    MocoV2,
+    Byol,
+    BarlowTwins,
+    MocoV3,
+    MocoV2Cifar,
+    ByolCifar,
+}
+
+config_names!(RecipeName {
+    MocoV1,
+    MocoV2,
+    Byol,
+    BarlowTwins,
+    MocoV3,
+    MocoV2Cifar,
+    ByolCifar,
+});
+
+impl RecipeName {
+    /// The recipe a name means, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        use serde::de::IntoDeserializer;
+        let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            name.into_deserializer();
+        Self::deserialize(de).ok()
+    }
+}
+
 /// The two views' pipelines of a method (identical for symmetric recipes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TwoViewRecipe {
@@ -123,21 +158,16 @@ pub struct TwoViewRecipe {
 }
 
 impl TwoViewRecipe {
-    /// Recipe names accepted by [`TwoViewRecipe::named`].
-    pub const NAMES: &'static [&'static str] = &[
-        "moco-v1",
-        "moco-v2",
-        "byol",
-        "barlow-twins",
-        "moco-v3",
-        "moco-v2-cifar",
-        "byol-cifar",
-    ];
-
     /// A recipe by name at output size `size` with crop scale lower bound `scale_min` (`None`:
     /// the recipe's own). `byol` is the asymmetric BYOL recipe shared by Barlow Twins (bicubic)
-    /// and MoCo v3 (bilinear); the `-cifar` variants are the 32-px recipes of methods.md §6.
+    /// and MoCo v3 (bilinear); the `-cifar` variants are the 32-px recipes of docs/recipes.md §6.
     pub fn named(name: &str, size: usize, scale_min: Option<f32>) -> Option<Self> {
+        Some(Self::new(RecipeName::parse(name)?, size, scale_min))
+    }
+
+    /// The recipe `name` at output size `size` with crop scale lower bound `scale_min`
+    /// (`None`: the recipe's own).
+    pub fn new(name: RecipeName, size: usize, scale_min: Option<f32>) -> Self {
         let byol = |interp, smin: f32, blur_a: f32, blur_b: f32| {
             let mut a = ViewAug::base(size, scale_min.unwrap_or(smin));
             a.interpolation = interp;
@@ -149,27 +179,27 @@ impl TwoViewRecipe {
             (a, b)
         };
         let (a, b) = match name {
-            "moco-v1" => {
+            RecipeName::MocoV1 => {
                 let mut a = ViewAug::base(size, scale_min.unwrap_or(0.2));
                 a.jitter.hue = 0.4;
                 a.jitter_p = 1.0;
                 a.gray_before_jitter = true;
                 (a.clone(), a)
             }
-            "moco-v2" => {
+            RecipeName::MocoV2 => {
                 let mut a = ViewAug::base(size, scale_min.unwrap_or(0.2));
                 a.blur_p = 0.5;
                 (a.clone(), a)
             }
-            "byol" | "moco-v3" => byol(Interpolation::Bilinear, 0.08, 1.0, 0.1),
-            "barlow-twins" => byol(Interpolation::Bicubic, 0.08, 1.0, 0.1),
-            "moco-v2-cifar" => {
+            RecipeName::Byol | RecipeName::MocoV3 => byol(Interpolation::Bilinear, 0.08, 1.0, 0.1),
+            RecipeName::BarlowTwins => byol(Interpolation::Bicubic, 0.08, 1.0, 0.1),
+            RecipeName::MocoV2Cifar => {
                 let mut a = ViewAug::base(size, scale_min.unwrap_or(0.08));
                 a.mean = CIFAR_MEAN;
                 a.std = CIFAR_STD;
                 (a.clone(), a)
             }
-            "byol-cifar" => {
+            RecipeName::ByolCifar => {
                 let (mut a, mut b) = byol(Interpolation::Bilinear, 0.08, 0.0, 0.0);
                 for v in [&mut a, &mut b] {
                     v.mean = CIFAR_MEAN;
@@ -177,12 +207,11 @@ impl TwoViewRecipe {
                 }
                 (a, b)
             }
-            _ => return None,
         };
-        Some(TwoViewRecipe {
-            name: name.to_string(),
+        TwoViewRecipe {
+            name: name.as_str().to_string(),
             a,
             b,
-        })
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Per-layer gradient magnitudes and spike detection (MoCo v3 §4.2, methods.md §2.8).
+//! Per-layer gradient magnitudes and spike detection (MoCo v3 §4.2, docs/recipes.md §2.8).
 //!
 //! The paper traces ViT training instability to sudden gradient spikes that appear first in the
 //! patch projection and a few iterations later in the last layers. The tracker records, after

@@ -1,6 +1,6 @@
 //! Weighted kNN (InstDisc style, as in the MoCo CIFAR demo and lightly): L2-normalise the
 //! features, take the k most similar bank features, weight each by `exp(sim/t)`, sum the weights
-//! per class, predict the argmax (methods.md §5).
+//! per class, predict the argmax (docs/recipes.md §5).
 
 use crate::augment::{normalize, resized_crop, Interpolation, TwoViewRecipe};
 use crate::data::Dataset;

@@ -1,4 +1,4 @@
-//! The linear probe (methods.md §5): a linear classifier on frozen, evaluation-mode backbone
+//! The linear probe (docs/recipes.md §5): a linear classifier on frozen, evaluation-mode backbone
 //! features, trained with SGD (momentum 0.9) and scored top-1/top-5 on the test split.
 //!
 //! The papers train it on augmented crops for 90-100 epochs; on small data sslab extracts the
@@ -11,7 +11,7 @@ use super::knn::map_batches;
 use crate::augment::TwoViewRecipe;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::methods::Method;
+use crate::methods::{Method, MethodKind};
 use crate::models::{Init, ParamBuilder, ParamKind};
 use crate::objectives::cross_entropy;
 use crate::optim::{GroupSettings, OptimKind, Optimizer};
@@ -50,23 +50,25 @@ pub struct LinearProbeSettings {
 }
 
 impl LinearProbeSettings {
-    /// The paper protocol of methods.md §5 for `method` (`vit` for a ViT backbone), at batch
+    /// The paper protocol of docs/recipes.md §5 for `method` (`vit` for a ViT backbone), at batch
     /// 256: MoCo v1/v2 and DenseCL lr 30, wd 0, steps, 100 epochs; MoCo v3 lr 0.1 (ResNet) or
     /// 3 (ViT) × B/256, wd 0, cosine, 90 epochs; Barlow Twins lr 0.3, wd 1e-6, cosine, 100
     /// epochs. Raw features, as the papers.
     ///
     /// ```
     /// use sslab::eval::{LinearProbeSettings, ProbeSchedule};
-    /// let s = LinearProbeSettings::for_method("barlow-twins", false);
+    /// use sslab::methods::MethodKind;
+    /// let s = LinearProbeSettings::for_method(MethodKind::BarlowTwins, false);
     /// assert_eq!((s.lr, s.weight_decay, s.schedule), (0.3, 1e-6, ProbeSchedule::Cosine));
     /// assert!(!s.standardize);
     /// ```
-    pub fn for_method(method: &str, vit: bool) -> Self {
-        let (lr, weight_decay, schedule, epochs) = match method {
-            "barlow-twins" => (0.3, 1e-6, ProbeSchedule::Cosine, 100),
-            "moco-v3" if vit => (3.0, 0.0, ProbeSchedule::Cosine, 90),
-            "moco-v3" => (0.1, 0.0, ProbeSchedule::Cosine, 90),
-            _ => (30.0, 0.0, ProbeSchedule::Steps, 100),
+    pub fn for_method(method: MethodKind, vit: bool) -> Self {
+        let p = (method.info().probe)(vit);
+        let (lr, weight_decay, epochs) = (p.lr, p.weight_decay, p.epochs);
+        let schedule = if p.cosine {
+            ProbeSchedule::Cosine
+        } else {
+            ProbeSchedule::Steps
         };
         LinearProbeSettings {
             epochs,
@@ -133,10 +135,11 @@ pub struct LinearProbeResult {
 /// ```
 /// use sslab::candle::{Device, Tensor};
 /// use sslab::eval::{linear_probe_on_features, LinearProbeSettings};
+/// use sslab::methods::MethodKind;
 /// // Two classes told apart by the sign of the first coordinate.
 /// let x = Tensor::new(&[[1f32, 0.3], [2.0, -0.5], [-1.0, 0.2], [-2.0, -0.1]], &Device::Cpu)?;
 /// let y = [0usize, 0, 1, 1];
-/// let s = LinearProbeSettings::for_method("barlow-twins", false).scaled_down(30);
+/// let s = LinearProbeSettings::for_method(MethodKind::BarlowTwins, false).scaled_down(30);
 /// let r = linear_probe_on_features((&x, &y), (&x, &y), 2, s)?;
 /// assert_eq!(r.top1, 100.0);
 /// # Ok::<(), sslab::Error>(())

@@ -1,12 +1,77 @@
-//! Barlow Twins (Zbontar et al. 2021; methods.md §3): a ResNet, a bias-free projector with BN +
+//! Barlow Twins (Zbontar et al. 2021; docs/recipes.md §3): a ResNet, a bias-free projector with BN +
 //! ReLU on its hidden layers, and the cross-correlation loss. Both views share every weight; no
 //! momentum encoder, predictor or stop-gradient.
 
-use super::{ForwardOutput, Method};
+use super::{ForwardOutput, Method, MethodSetup};
 use crate::error::{Error, Result};
 use crate::models::{LastBn, Mlp, MlpSpec, ParamBuilder, ParamStore, ResNet, ResNetConfig};
 use crate::objectives::barlow_twins_loss;
 use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Barlow Twins' head and loss.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BarlowTwinsConfig {
+    /// Projector widths after the backbone.
+    pub projector: Vec<usize>,
+    pub lambda: f64,
+    pub scale_loss: f64,
+}
+
+impl Default for BarlowTwinsConfig {
+    fn default() -> Self {
+        BarlowTwinsConfig {
+            projector: vec![8192, 8192, 8192],
+            lambda: 0.0051,
+            scale_loss: 1.0,
+        }
+    }
+}
+impl BarlowTwinsConfig {
+    /// Range checks; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.projector.is_empty() || self.projector.contains(&0) {
+            return Err(Error::config(
+                "barlow_twins.projector",
+                format!(
+                    "needs one or more positive widths, got {:?}",
+                    self.projector
+                ),
+            ));
+        }
+        check_lambda(self.lambda)?;
+        if !(self.scale_loss.is_finite() && self.scale_loss > 0.0) {
+            return Err(Error::config(
+                "barlow_twins.scale_loss",
+                format!("must be > 0, got {}", self.scale_loss),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// λ ≥ 0, in a config and mid-run alike.
+fn check_lambda(v: f64) -> Result<()> {
+    if v.is_finite() && v >= 0.0 {
+        return Ok(());
+    }
+    Err(Error::config(
+        "barlow_twins.lambda",
+        format!("must be ≥ 0, got {v}"),
+    ))
+}
+
+/// Builds the method a run's config describes.
+pub(super) fn build(s: &MethodSetup, device: &Device) -> Result<Box<dyn Method>> {
+    let spec = BarlowTwinsSpec {
+        backbone: s.model.resnet(),
+        projector: s.barlow_twins.projector.clone(),
+        lambda: s.barlow_twins.lambda,
+        scale_loss: s.barlow_twins.scale_loss,
+    };
+    Ok(Box::new(BarlowTwins::new(&spec, s.seed, device)?))
+}
 
 /// Architecture and loss settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,12 +147,7 @@ impl Method for BarlowTwins {
         if key != "barlow_twins.lambda" {
             return Ok(false);
         }
-        if !(value.is_finite() && value >= 0.0) {
-            return Err(crate::error::Error::config(
-                key,
-                format!("must be ≥ 0, got {value}"),
-            ));
-        }
+        check_lambda(value)?;
         self.set_lambda(value);
         Ok(true)
     }

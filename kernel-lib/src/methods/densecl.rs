@@ -1,13 +1,73 @@
-//! DenseCL (Wang et al. 2021; methods.md §4): MoCo v2 plus a dense head contrasting every
+//! DenseCL (Wang et al. 2021; docs/recipes.md §4): MoCo v2 plus a dense head contrasting every
 //! location of the last feature map with its best-matching location in the other view.
 
 use super::moco::{MocoSpec, MocoVersion, MomentumPair};
 use super::queue::KeyQueue;
-use super::{ForwardOutput, Method};
+use super::{ForwardOutput, Method, MethodSetup};
 use crate::error::{Error, Result};
 use crate::models::ParamStore;
 use crate::objectives::{dense_correspondence, densecl_loss, l2_normalize, DenseClInputs};
 use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// DenseCL's dense branch (docs/recipes.md §4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DenseClConfig {
+    /// Weight λ of the dense loss.
+    pub lambda: f64,
+    /// λ = 0 for this many first steps (official hook, off by default).
+    pub lambda_warmup_steps: usize,
+}
+
+impl Default for DenseClConfig {
+    fn default() -> Self {
+        DenseClConfig {
+            lambda: 0.5,
+            lambda_warmup_steps: 0,
+        }
+    }
+}
+impl DenseClConfig {
+    /// Range checks; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        check_lambda(self.lambda)
+    }
+}
+
+/// λ in [0, 1], in a config and mid-run alike.
+fn check_lambda(lambda: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&lambda) {
+        return Ok(());
+    }
+    Err(Error::config(
+        "densecl.lambda",
+        format!("must be in [0, 1], got {lambda}"),
+    ))
+}
+
+/// Checks what DenseCL needs beyond the sections' own ranges: MoCo's batch rules, and the
+/// official code's one-directional loss.
+pub(super) fn validate(s: &MethodSetup) -> Result<()> {
+    s.moco.validate_batch(s.batch_size)?;
+    if s.moco.symmetric {
+        return Err(Error::config(
+            "moco.symmetric",
+            "DenseCL's loss is asymmetric in the official code",
+        ));
+    }
+    Ok(())
+}
+
+/// Builds DenseCL as a run's config describes it (MoCo v2's encoders and queue).
+pub(super) fn build(s: &MethodSetup, device: &Device) -> Result<Box<dyn Method>> {
+    let spec = DenseClSpec {
+        moco: s.moco.spec(MocoVersion::V2, s.model.resnet()),
+        lambda: s.densecl.lambda,
+        lambda_warmup_steps: s.densecl.lambda_warmup_steps,
+    };
+    Ok(Box::new(DenseCl::new(&spec, s.seed, device)?))
+}
 
 /// DenseCL's settings on top of MoCo v2's.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,12 +141,7 @@ impl DenseCl {
 
     /// Changes λ (meaningful mid-run).
     pub fn set_lambda(&mut self, lambda: f64) -> Result<()> {
-        if !(0.0..=1.0).contains(&lambda) {
-            return Err(Error::config(
-                "densecl.lambda",
-                format!("must be in [0, 1], got {lambda}"),
-            ));
-        }
+        check_lambda(lambda)?;
         self.lambda = lambda;
         Ok(())
     }
@@ -106,6 +161,10 @@ impl DenseCl {
 impl Method for DenseCl {
     fn name(&self) -> &'static str {
         "densecl"
+    }
+
+    fn has_dense_head(&self) -> bool {
+        true
     }
 
     fn set_param(&mut self, key: &str, value: f64) -> Result<bool> {

@@ -1,11 +1,11 @@
-//! MoCo v1/v2 (He et al. 2020, Chen et al. 2020; methods.md §1): a query encoder trained by
+//! MoCo v1/v2 (He et al. 2020, Chen et al. 2020; docs/recipes.md §1): a query encoder trained by
 //! InfoNCE against keys from a momentum (EMA) encoder and a FIFO queue of earlier keys.
 //!
 //! The pieces DenseCL shares (the two encoders, ShuffleBN, the queue and the EMA) live here and
 //! are reused by [`super::DenseCl`].
 
 use super::queue::KeyQueue;
-use super::{ForwardOutput, Method};
+use super::{ForwardOutput, Method, MethodSetup, MomentumSchedule};
 use crate::error::{Error, Result};
 use crate::models::{
     ema_update, LastBn, Mlp, MlpSpec, ParamBuilder, ParamStore, ResNet, ResNetConfig, ResNetOutput,
@@ -16,6 +16,138 @@ use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// MoCo's head, queue, temperature and momentum encoder (docs/recipes.md §1); DenseCL uses the same.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MocoConfig {
+    /// Embedding width.
+    pub dim: usize,
+    /// Hidden width of the v2/DenseCL MLP heads; 0 = the backbone's width.
+    pub hidden: usize,
+    /// Queue length K; a multiple of the keys enqueued per step (the batch, ×2 if symmetric).
+    pub queue_size: usize,
+    /// Temperature τ (v1 0.07, v2 0.2).
+    pub tau: f64,
+    /// EMA momentum m (the start value under the cosine schedule).
+    pub momentum: f64,
+    /// `fixed` (MoCo v1/v2, DenseCL) or `cosine` (towards 1, as MoCo v3/BYOL).
+    pub momentum_schedule: MomentumSchedule,
+    /// Sum both directions and enqueue both key sets (MoCo's CIFAR demo option).
+    pub symmetric: bool,
+    /// BatchNorm groups (single-device ShuffleBN); must divide the batch.
+    pub bn_splits: usize,
+    /// Shuffle the key batch across the BN groups.
+    pub shuffle_bn: bool,
+}
+
+impl Default for MocoConfig {
+    fn default() -> Self {
+        MocoConfig {
+            dim: 128,
+            hidden: 0,
+            queue_size: 65536,
+            tau: 0.2,
+            momentum: 0.999,
+            momentum_schedule: MomentumSchedule::Fixed,
+            symmetric: false,
+            bn_splits: 8,
+            shuffle_bn: true,
+        }
+    }
+}
+impl MocoConfig {
+    /// Range checks of the section alone; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.dim == 0 {
+            return Err(Error::config("moco.dim", "must be ≥ 1"));
+        }
+        check_tau(self.tau)?;
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err(Error::config(
+                "moco.momentum",
+                format!("must be in [0, 1], got {}", self.momentum),
+            ));
+        }
+        if self.bn_splits < 1 {
+            return Err(Error::config("moco.bn_splits", "must be ≥ 1"));
+        }
+        Ok(())
+    }
+
+    /// What the section needs of the batch: BatchNorm groups that divide it into groups of two
+    /// or more, and a queue that is a multiple of the keys enqueued per step.
+    pub fn validate_batch(&self, batch: usize) -> Result<()> {
+        if !(batch.is_multiple_of(self.bn_splits) && batch / self.bn_splits >= 2) {
+            return Err(Error::config(
+                "moco.bn_splits",
+                format!(
+                    "{} BatchNorm groups must divide the batch of {batch} into groups of ≥ 2",
+                    self.bn_splits
+                ),
+            ));
+        }
+        let per_step = if self.symmetric { 2 * batch } else { batch };
+        if !(self.queue_size >= per_step && self.queue_size.is_multiple_of(per_step)) {
+            return Err(Error::config(
+                "moco.queue_size",
+                format!(
+                    "must be a multiple of the {per_step} keys enqueued per step (batch{}), got {}",
+                    if self.symmetric {
+                        " × 2, symmetric"
+                    } else {
+                        ""
+                    },
+                    self.queue_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The architecture this section describes, on `backbone`.
+    pub fn spec(&self, version: MocoVersion, backbone: ResNetConfig) -> MocoSpec {
+        MocoSpec {
+            backbone,
+            version,
+            dim: self.dim,
+            hidden: self.hidden,
+            queue_size: self.queue_size,
+            tau: self.tau,
+            momentum: self.momentum,
+            cosine_momentum: self.momentum_schedule == MomentumSchedule::Cosine,
+            symmetric: self.symmetric,
+            bn_splits: self.bn_splits,
+            shuffle_bn: self.shuffle_bn,
+        }
+    }
+}
+
+/// τ > 0, in a config and mid-run alike.
+fn check_tau(tau: f64) -> Result<()> {
+    if tau > 0.0 && tau.is_finite() {
+        return Ok(());
+    }
+    Err(Error::config("moco.tau", format!("must be > 0, got {tau}")))
+}
+
+/// Checks what MoCo v1/v2 need beyond the section's own ranges.
+pub(super) fn validate(s: &MethodSetup) -> Result<()> {
+    s.moco.validate_batch(s.batch_size)
+}
+
+/// Builds MoCo v1 as a run's config describes it.
+pub(super) fn build_v1(s: &MethodSetup, device: &Device) -> Result<Box<dyn Method>> {
+    let spec = s.moco.spec(MocoVersion::V1, s.model.resnet());
+    Ok(Box::new(Moco::new(&spec, s.seed, device)?))
+}
+
+/// Builds MoCo v2 as a run's config describes it.
+pub(super) fn build_v2(s: &MethodSetup, device: &Device) -> Result<Box<dyn Method>> {
+    let spec = s.moco.spec(MocoVersion::V2, s.model.resnet());
+    Ok(Box::new(Moco::new(&spec, s.seed, device)?))
+}
 
 /// Which MoCo.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +173,7 @@ pub struct MocoSpec {
     pub tau: f64,
     /// EMA momentum m (the starting value when `cosine_momentum`).
     pub momentum: f64,
-    /// Raise m towards 1 on a half cosine over the run (methods.md §2.5) instead of fixing it.
+    /// Raise m towards 1 on a half cosine over the run (docs/recipes.md §2.5) instead of fixing it.
     pub cosine_momentum: bool,
     /// Sum both directions and enqueue both key sets (the official CIFAR demo's option).
     pub symmetric: bool,
@@ -261,9 +393,7 @@ impl MomentumPair {
 
     /// Changes τ of the InfoNCE.
     pub fn set_tau(&mut self, tau: f64) -> Result<()> {
-        if !(tau > 0.0 && tau.is_finite()) {
-            return Err(Error::config("moco.tau", format!("must be > 0, got {tau}")));
-        }
+        check_tau(tau)?;
         self.spec.tau = tau;
         Ok(())
     }

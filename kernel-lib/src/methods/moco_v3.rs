@@ -1,9 +1,9 @@
-//! MoCo v3 (Chen, Xie, He 2021; methods.md §2): online = backbone + projector + predictor,
+//! MoCo v3 (Chen, Xie, He 2021; docs/recipes.md §2): online = backbone + projector + predictor,
 //! momentum encoder = EMA of backbone + projector (not the predictor), no queue, symmetrised
 //! `ctr(q1, k2) + ctr(q2, k1)` with the 2τ factor. Works on ResNets and ViTs; with a ViT the
 //! patch projection can stay frozen at its random init (the paper's fix for gradient spikes).
 
-use super::{ForwardOutput, Method};
+use super::{ForwardOutput, Method, MethodSetup, MomentumSchedule};
 use crate::error::{Error, Result};
 use crate::models::{
     ema_update, Backbone, BackboneConfig, LastBn, Mlp, MlpSpec, ParamBuilder, ParamStore,
@@ -11,6 +11,76 @@ use crate::models::{
 use crate::objectives::{l2_normalize, moco_v3_ctr};
 use crate::optim::cosine_momentum;
 use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// MoCo v3's heads, temperature and momentum (docs/recipes.md §2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MocoV3Config {
+    /// Hidden width of projector and predictor.
+    pub hidden: usize,
+    /// Output width.
+    pub dim: usize,
+    /// τ (0.2 for ViT, 1.0 for ResNet-50).
+    pub tau: f64,
+    /// m₀.
+    pub momentum: f64,
+    /// `cosine` (to 1, per iteration; the paper) or `fixed`.
+    pub momentum_schedule: MomentumSchedule,
+}
+
+impl Default for MocoV3Config {
+    fn default() -> Self {
+        MocoV3Config {
+            hidden: 4096,
+            dim: 256,
+            tau: 0.2,
+            momentum: 0.99,
+            momentum_schedule: MomentumSchedule::Cosine,
+        }
+    }
+}
+impl MocoV3Config {
+    /// Range checks; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.hidden == 0 || self.dim == 0 {
+            return Err(Error::config("moco_v3.hidden", "head widths must be ≥ 1"));
+        }
+        check_tau(self.tau)?;
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err(Error::config(
+                "moco_v3.momentum",
+                format!("must be in [0, 1], got {}", self.momentum),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// τ > 0, in a config and mid-run alike.
+fn check_tau(tau: f64) -> Result<()> {
+    if tau > 0.0 && tau.is_finite() {
+        return Ok(());
+    }
+    Err(Error::config(
+        "moco_v3.tau",
+        format!("must be > 0, got {tau}"),
+    ))
+}
+
+/// Builds MoCo v3 (ResNet or ViT, as `model.backbone` says) as a run's config describes it.
+pub(super) fn build(s: &MethodSetup, device: &Device) -> Result<Box<dyn Method>> {
+    let v3 = s.moco_v3;
+    let spec = MocoV3Spec {
+        backbone: s.model.backbone(s.view_size),
+        hidden: v3.hidden,
+        dim: v3.dim,
+        tau: v3.tau,
+        momentum: v3.momentum,
+        cosine_momentum: v3.momentum_schedule == MomentumSchedule::Cosine,
+    };
+    Ok(Box::new(MocoV3::new(&spec, s.seed, device)?))
+}
 
 /// Architecture and loss settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,7 +94,7 @@ pub struct MocoV3Spec {
     pub tau: f64,
     /// m₀ of the momentum (0.99 for ViT).
     pub momentum: f64,
-    /// Raise m from m₀ to 1 on a half cosine per iteration (methods.md §2.5).
+    /// Raise m from m₀ to 1 on a half cosine per iteration (docs/recipes.md §2.5).
     pub cosine_momentum: bool,
 }
 
@@ -199,9 +269,7 @@ impl Method for MocoV3 {
         if key != "moco_v3.tau" {
             return Ok(false);
         }
-        if !(value > 0.0 && value.is_finite()) {
-            return Err(Error::config(key, format!("must be > 0, got {value}")));
-        }
+        check_tau(value)?;
         self.spec.tau = value;
         Ok(true)
     }

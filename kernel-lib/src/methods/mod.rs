@@ -1,5 +1,10 @@
 //! One file per SSL method, each wiring models and an objective behind the [`Method`] trait that
-//! `train::Run` drives.
+//! `train::Run` drives. A method's file holds all of it: its config section (with `Default` and
+//! `validate`), heads, forward, after-step, and how it is built from a run's config.
+//!
+//! [`REGISTRY`] is the only list of methods: what a run, the presets, the probes and the front
+//! ends need to know of a method they read from its [`MethodInfo`]. Adding a method is one new
+//! file, one registry line and its presets.
 
 mod barlow_twins;
 mod densecl;
@@ -7,15 +12,255 @@ mod moco;
 mod moco_v3;
 mod queue;
 
-pub use barlow_twins::{BarlowTwins, BarlowTwinsSpec};
-pub use densecl::{DenseCl, DenseClSpec};
-pub use moco::{Moco, MocoSpec, MocoVersion};
-pub use moco_v3::{MocoV3, MocoV3Spec};
+pub use barlow_twins::{BarlowTwins, BarlowTwinsConfig, BarlowTwinsSpec};
+pub use densecl::{DenseCl, DenseClConfig, DenseClSpec};
+pub use moco::{Moco, MocoConfig, MocoSpec, MocoVersion};
+pub use moco_v3::{MocoV3, MocoV3Config, MocoV3Spec};
 pub use queue::KeyQueue;
 
-use crate::error::Result;
-use crate::models::ParamStore;
-use candle_core::Tensor;
+use crate::error::{Error, Result};
+use crate::models::{BackboneKind, ModelConfig, ParamStore};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The methods sslab trains, as a config's `method` key names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum MethodKind {
+    BarlowTwins,
+    MocoV1,
+    MocoV2,
+    DenseCl,
+    MocoV3,
+}
+
+impl MethodKind {
+    /// The name a config and the command line use (`barlow-twins`, `densecl`, ...).
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+
+    /// The same as [`MethodKind::name`].
+    pub fn as_str(self) -> &'static str {
+        self.name()
+    }
+
+    /// The registry entry of this method.
+    pub fn info(self) -> &'static MethodInfo {
+        // Every kind has exactly one entry (a test checks it); the first is only a fallback
+        // the registry never needs.
+        REGISTRY
+            .iter()
+            .find(|m| m.kind == self)
+            .unwrap_or(&REGISTRY[0])
+    }
+
+    /// The method a name means; the error lists the known ones.
+    pub fn parse(name: &str) -> Result<Self> {
+        REGISTRY
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.kind)
+            .ok_or_else(|| {
+                Error::config(
+                    "method",
+                    format!("unknown method '{name}'; known: {}", names().join(", ")),
+                )
+            })
+    }
+}
+
+impl fmt::Display for MethodKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PartialEq<&str> for MethodKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
+impl TryFrom<String> for MethodKind {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        MethodKind::parse(&s)
+            .map_err(|_| format!("unknown method '{s}'; known: {}", names().join(", ")))
+    }
+}
+
+impl From<MethodKind> for String {
+    fn from(k: MethodKind) -> String {
+        k.name().to_string()
+    }
+}
+
+/// How a momentum encoder's momentum moves over a run (`moco.momentum_schedule`,
+/// `moco_v3.momentum_schedule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MomentumSchedule {
+    /// The configured momentum throughout (MoCo v1/v2, DenseCL).
+    Fixed,
+    /// From the configured value towards 1 on a half cosine (MoCo v3, BYOL).
+    Cosine,
+}
+
+config_names!(MomentumSchedule { Fixed, Cosine });
+
+/// The parts of a run's config a method is built from.
+#[derive(Clone, Copy, Debug)]
+pub struct MethodSetup<'a> {
+    pub model: &'a ModelConfig,
+    pub barlow_twins: &'a BarlowTwinsConfig,
+    pub moco: &'a MocoConfig,
+    pub densecl: &'a DenseClConfig,
+    pub moco_v3: &'a MocoV3Config,
+    /// View side in pixels (a ViT's patch grid depends on it).
+    pub view_size: usize,
+    pub batch_size: usize,
+    /// Seed of the weights.
+    pub seed: u64,
+}
+
+/// The linear-probe protocol a method's paper evaluates with, at batch 256.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProbeProtocol {
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Cosine (else step decay at 60 % and 80 %).
+    pub cosine: bool,
+    pub epochs: usize,
+}
+
+/// What the rest of sslab knows of a method.
+pub struct MethodInfo {
+    pub kind: MethodKind,
+    /// The `method` key's value.
+    pub name: &'static str,
+    /// The preset a bare method name means (`sslab train densecl`).
+    pub default_preset: &'static str,
+    /// Whether `model.backbone = "vit"` is allowed.
+    pub takes_vit: bool,
+    /// The loss hyper-parameters the short names `lambda`/`λ` and `tau`/`τ` mean.
+    pub lambda_key: &'static str,
+    pub tau_key: &'static str,
+    /// The probe protocol for a ResNet and for a ViT backbone.
+    pub probe: fn(vit: bool) -> ProbeProtocol,
+    /// Checks across sections beyond each section's own ranges.
+    pub validate: fn(&MethodSetup) -> Result<()>,
+    /// Builds the method with weights drawn from the setup's seed.
+    pub build: fn(&MethodSetup, &Device) -> Result<Box<dyn Method>>,
+}
+
+/// MoCo v1/v2 and DenseCL: lr 30, no decay, step decay, 100 epochs.
+fn moco_probe(_vit: bool) -> ProbeProtocol {
+    ProbeProtocol {
+        lr: 30.0,
+        weight_decay: 0.0,
+        cosine: false,
+        epochs: 100,
+    }
+}
+
+fn no_checks(_: &MethodSetup) -> Result<()> {
+    Ok(())
+}
+
+/// Every method, in the order help texts list them.
+pub static REGISTRY: [MethodInfo; 5] = [
+    MethodInfo {
+        kind: MethodKind::BarlowTwins,
+        name: "barlow-twins",
+        default_preset: "barlow-twins/tiny",
+        takes_vit: false,
+        lambda_key: "barlow_twins.lambda",
+        tau_key: "moco.tau",
+        probe: |_| ProbeProtocol {
+            lr: 0.3,
+            weight_decay: 1e-6,
+            cosine: true,
+            epochs: 100,
+        },
+        validate: no_checks,
+        build: barlow_twins::build,
+    },
+    MethodInfo {
+        kind: MethodKind::MocoV1,
+        name: "moco-v1",
+        default_preset: "moco-v1/tiny",
+        takes_vit: false,
+        lambda_key: "barlow_twins.lambda",
+        tau_key: "moco.tau",
+        probe: moco_probe,
+        validate: moco::validate,
+        build: moco::build_v1,
+    },
+    MethodInfo {
+        kind: MethodKind::MocoV2,
+        name: "moco-v2",
+        default_preset: "moco-v2/tiny",
+        takes_vit: false,
+        lambda_key: "barlow_twins.lambda",
+        tau_key: "moco.tau",
+        probe: moco_probe,
+        validate: moco::validate,
+        build: moco::build_v2,
+    },
+    MethodInfo {
+        kind: MethodKind::DenseCl,
+        name: "densecl",
+        default_preset: "densecl/tiny",
+        takes_vit: false,
+        lambda_key: "densecl.lambda",
+        tau_key: "moco.tau",
+        probe: moco_probe,
+        validate: densecl::validate,
+        build: densecl::build,
+    },
+    MethodInfo {
+        kind: MethodKind::MocoV3,
+        name: "moco-v3",
+        default_preset: "moco-v3/vit-tiny",
+        takes_vit: true,
+        lambda_key: "barlow_twins.lambda",
+        tau_key: "moco_v3.tau",
+        probe: |vit| ProbeProtocol {
+            lr: if vit { 3.0 } else { 0.1 },
+            weight_decay: 0.0,
+            cosine: true,
+            epochs: 90,
+        },
+        validate: no_checks,
+        build: moco_v3::build,
+    },
+];
+
+/// Every method's name, in registry order.
+pub fn names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|m| m.name).collect()
+}
+
+impl MethodSetup<'_> {
+    /// Every check of the method's sections: their own ranges, the backbone, and the method's
+    /// checks across sections.
+    pub fn validate(&self, kind: MethodKind) -> Result<()> {
+        self.barlow_twins.validate()?;
+        self.moco_v3.validate()?;
+        self.moco.validate()?;
+        self.densecl.validate()?;
+        let info = kind.info();
+        if self.model.backbone == BackboneKind::Vit && !info.takes_vit {
+            return Err(Error::config(
+                "model.backbone",
+                format!("{} is built on a ResNet; vit is for moco-v3", info.name),
+            ));
+        }
+        (info.validate)(self)
+    }
+}
 
 /// The result of one training forward pass.
 #[derive(Clone, Debug)]
@@ -71,6 +316,12 @@ pub trait Method: Send {
     /// Evaluation-mode last backbone feature map `(n, c, h, w)`, for dense probes and
     /// similarity maps.
     fn feature_map(&self, images: &Tensor) -> Result<Tensor>;
+
+    /// Whether the method has a dense projection head (DenseCL): similarity maps then default
+    /// to its output.
+    fn has_dense_head(&self) -> bool {
+        false
+    }
 
     /// Evaluation-mode dense projection head on the feature map `(n, d, h, w)`, for methods
     /// that have one (DenseCL).

@@ -1,4 +1,4 @@
-//! MoCo's dictionary as a queue (methods.md §1.2): K keys from earlier batches, the oldest
+//! MoCo's dictionary as a queue (docs/recipes.md §1.2): K keys from earlier batches, the oldest
 //! overwritten first.
 
 use crate::error::{Error, Result};

@@ -6,11 +6,10 @@
 //! `affine = false` gives the non-affine BN of Barlow Twins' loss normaliser and MoCo v3's last
 //! projector layer.
 
-use super::cpu_ops::{on_cpu_f32, BatchNormAffineOp, BatchNormOp, BnStats};
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
+use crate::kernels::{batch_norm_affine_train, batch_norm_train};
 use candle_core::{Tensor, Var};
-use std::sync::{Arc, Mutex};
 
 /// Batch normalisation over the channel axis (dim 1) of `(n, c)` or `(n, c, h, w)` input.
 #[derive(Clone, Debug)]
@@ -100,7 +99,7 @@ impl BatchNorm {
         self.forward_impl(x, train, false, false)
     }
 
-    /// Split BatchNorm (MoCo's single-device stand-in for per-GPU BN, methods.md §1.3): in
+    /// Split BatchNorm (MoCo's single-device stand-in for per-GPU BN, docs/recipes.md §1.3): in
     /// training mode the batch is cut into `groups` consecutive groups, each normalised with its
     /// own statistics, and the running statistics move towards the average over groups (as the
     /// MoCo CIFAR demo's `SplitBatchNorm`). Evaluation mode, and `groups = 1`, are plain BN.
@@ -151,24 +150,25 @@ impl BatchNorm {
             let var = var.reshape((groups, self.channels))?.mean(0)?;
             self.update_running(&mean, &var, count)
         };
-        if let (true, Some(w), Some(b)) = (on_cpu_f32(x), &self.weight, &self.bias) {
+        if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
             // γ and β repeated per group: grouped channel g·c + ch takes channel ch's, and the
             // backward of the repeat sums their gradients over the groups.
             let per_group = |v: &Var| Tensor::cat(&vec![v.as_tensor(); groups], 0);
             let (y, mean, var) =
-                self.fused_affine(&grouped, &per_group(w)?, &per_group(b)?, relu)?;
+                batch_norm_affine_train(&grouped, &per_group(w)?, &per_group(b)?, self.eps, relu)?;
             update(mean, var)?;
             return ungroup(y);
         }
-        let (xhat, mean, var) = self.normalize_batch(&grouped, groups * self.channels, true)?;
+        let (xhat, mean, var) = batch_norm_train(&grouped, self.eps, true)?;
         update(mean, var)?;
         then_relu(self.affine(ungroup(xhat)?, &cs)?, relu)
     }
 
     fn forward_impl(&self, x: &Tensor, train: bool, fused: bool, relu: bool) -> Result<Tensor> {
         if train {
-            if let (true, Some(w), Some(b)) = (fused && on_cpu_f32(x), &self.weight, &self.bias) {
-                let (y, mean, var) = self.fused_affine(x, w.as_tensor(), b.as_tensor(), relu)?;
+            if let (true, Some(w), Some(b)) = (fused, &self.weight, &self.bias) {
+                let (w, b) = (w.as_tensor(), b.as_tensor());
+                let (y, mean, var) = batch_norm_affine_train(x, w, b, self.eps, relu)?;
                 self.update_running(&mean, &var, x.elem_count() / self.channels)?;
                 return Ok(y);
             }
@@ -179,7 +179,7 @@ impl BatchNorm {
     fn forward_unfused(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
         let cs = self.channel_shape(x)?;
         if train {
-            let (xhat, mean, var) = self.normalize_batch(x, self.channels, fused)?;
+            let (xhat, mean, var) = batch_norm_train(x, self.eps, fused)?;
             let count = x.elem_count() / self.channels;
             self.update_running(&mean, &var, count)?;
             return self.affine(xhat, &cs);
@@ -190,59 +190,6 @@ impl BatchNorm {
             .broadcast_sub(&mean)?
             .broadcast_div(&(var + self.eps)?.sqrt()?)?;
         self.affine(y, &cs)
-    }
-
-    /// Normalises `(n, channels, ...)` input with its batch statistics; returns x̂ and the
-    /// detached per-channel mean and biased variance. `fused` picks the CPU kernel where it
-    /// applies.
-    fn normalize_batch(
-        &self,
-        x: &Tensor,
-        channels: usize,
-        fused: bool,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let dims = x.dims();
-        check_count(x, channels)?;
-        if fused && on_cpu_f32(x) {
-            let stats = Arc::new(Mutex::new(BnStats::default()));
-            let xhat = x.contiguous()?.apply_op1(BatchNormOp {
-                eps: self.eps,
-                stats: stats.clone(),
-            })?;
-            let (mean, var) = stats_tensors(&stats, x.device())?;
-            return Ok((xhat, mean, var));
-        }
-        let reduce: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
-        let mean = x.mean_keepdim(reduce.as_slice())?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(reduce.as_slice())?;
-        let xhat = centred.broadcast_div(&(var.clone() + self.eps)?.sqrt()?)?;
-        Ok((
-            xhat,
-            mean.detach().flatten_all()?,
-            var.detach().flatten_all()?,
-        ))
-    }
-
-    /// Training-mode BN with scale `w` and shift `b` (one entry per channel of `x`) in the CPU
-    /// kernel; returns y and the detached batch mean and biased variance.
-    fn fused_affine(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        relu: bool,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        check_count(x, w.elem_count())?;
-        let stats = Arc::new(Mutex::new(BnStats::default()));
-        let op = BatchNormAffineOp {
-            eps: self.eps,
-            stats: stats.clone(),
-            relu,
-        };
-        let y = x.contiguous()?.apply_op3(w, b, op)?;
-        let (mean, var) = stats_tensors(&stats, x.device())?;
-        Ok((y, mean, var))
     }
 
     /// PyTorch's running-statistics update: the running variance takes the *unbiased* batch
@@ -273,29 +220,7 @@ impl BatchNorm {
 /// `relu(y)` where the ReLU could not go inside the fused kernel, else `y`.
 fn then_relu(y: Tensor, relu: bool) -> Result<Tensor> {
     if relu {
-        return super::layers::relu(&y);
+        return crate::kernels::relu(&y);
     }
     Ok(y)
-}
-
-fn check_count(x: &Tensor, channels: usize) -> Result<()> {
-    if x.elem_count() / channels.max(1) < 2 {
-        return Err(Error::Shape(format!(
-            "BatchNorm in training mode needs more than one value per channel, got input {:?}",
-            x.dims()
-        )));
-    }
-    Ok(())
-}
-
-/// The batch mean and biased variance a kernel left in `stats`, as detached tensors.
-fn stats_tensors(stats: &Mutex<BnStats>, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
-    let st = stats
-        .lock()
-        .map_err(|_| Error::Invalid("batchnorm statistics lock poisoned".into()))?;
-    let c = st.mean.len();
-    Ok((
-        Tensor::from_vec(st.mean.clone(), c, dev)?,
-        Tensor::from_vec(st.var.clone(), c, dev)?,
-    ))
 }

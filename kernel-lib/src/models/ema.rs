@@ -1,4 +1,4 @@
-//! The momentum (key) encoder of MoCo, DenseCL and MoCo v3 (methods.md §0.3): a separate copy of
+//! The momentum (key) encoder of MoCo, DenseCL and MoCo v3 (docs/recipes.md §0.3): a separate copy of
 //! the online encoder's tensors, moved towards it by an exponential moving average and never
 //! trained.
 
@@ -55,19 +55,7 @@ pub fn ema_update(target: &ParamStore, online: &ParamStore, m: f64) -> Result<()
         if !o.kind.trainable() || m == 1.0 {
             continue;
         }
-        let (tt, ot) = (t.var.as_tensor(), o.var.as_tensor());
-        if crate::optim::fused::applies(&[tt, ot]) {
-            // In place, one parallel pass (three allocating ops otherwise).
-            let (a, b) = (m as f32, (1.0 - m) as f32);
-            crate::optim::fused::pass1(tt, ot, |t, [o]| {
-                for (t, &o) in t.iter_mut().zip(o) {
-                    *t = a * *t + b * o;
-                }
-            })?;
-            continue;
-        }
-        let next = ((tt.detach() * m)? + (ot.detach() * (1.0 - m))?)?;
-        t.var.set(&next)?;
+        crate::kernels::ema(&t.var, o.var.as_tensor(), m)?;
     }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Linear and 2-D convolution layers with PyTorch's parameter layouts and initialisations.
 
-use super::cpu_ops::{on_cpu_f32, Conv2dOp};
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::Result;
+use crate::kernels;
 use candle_core::{Tensor, Var};
 
 /// `y = x Wᵀ + b`, W of shape (out, in).
@@ -63,8 +63,7 @@ impl Linear {
         };
         let y = flat.matmul(&self.weight.as_tensor().t()?)?;
         let y = match &self.bias {
-            Some(b) if on_cpu_f32(&y) => y.apply_op2(b.as_tensor(), super::cpu_ops::AddBiasOp)?,
-            Some(b) => y.broadcast_add(b.as_tensor())?,
+            Some(b) => kernels::add_bias(&y, b.as_tensor())?,
             None => y,
         };
         let mut out = dims;
@@ -111,15 +110,7 @@ impl Conv2d {
     /// through candle's `conv2d` (cuDNN with the `cudnn` feature). [`conv2d_unfolded`] is the
     /// measured alternative there.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.as_tensor();
-        if on_cpu_f32(x) {
-            let op = Conv2dOp {
-                stride: self.stride,
-                pad: self.padding,
-            };
-            return Ok(x.contiguous()?.apply_op2(&w.contiguous()?, op)?);
-        }
-        Ok(x.conv2d(w, self.padding, self.stride, 1, 1)?)
+        kernels::conv2d(x, self.weight.as_tensor(), self.stride, self.padding)
     }
 }
 
@@ -187,31 +178,4 @@ pub fn conv2d_unfolded(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Res
     }
     let cols = Tensor::stack(&views, 2)?.reshape((n, c * k * k, ho * wo))?;
     Ok(w2.broadcast_matmul(&cols)?.reshape((n, o, ho, wo))?)
-}
-
-/// ReLU: on the CPU sslab's parallel kernel with a one-pass backward, elsewhere candle's.
-pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(x) {
-        return Ok(x.contiguous()?.apply_op1(super::cpu_ops::ReluOp)?);
-    }
-    Ok(x.relu()?)
-}
-
-/// `relu(a + b)`: on the CPU one kernel (the sum is never stored), elsewhere candle's ops.
-pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(a) && on_cpu_f32(b) {
-        return Ok(a
-            .contiguous()?
-            .apply_op2(&b.contiguous()?, super::cpu_ops::AddReluOp)?);
-    }
-    Ok((a + b)?.relu()?)
-}
-
-/// Exact (erf) GELU: on the CPU sslab's parallel kernel with a one-pass derivative,
-/// elsewhere candle's `gelu_erf`.
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(x) {
-        return Ok(x.contiguous()?.apply_op1(super::cpu_ops::GeluOp)?);
-    }
-    Ok(x.gelu_erf()?)
 }

@@ -1,4 +1,4 @@
-//! One MLP builder for every projector and predictor in methods.md: layer count and widths,
+//! One MLP builder for every projector and predictor in docs/recipes.md: layer count and widths,
 //! bias on/off, BN + ReLU on hidden layers, and an optional (affine or not) BN on the output.
 
 use super::batchnorm::BatchNorm;
@@ -105,7 +105,7 @@ impl Mlp {
                 if let Some(bn) = bn {
                     h = bn.forward_t(&h, train)?;
                 }
-                h = super::relu(&h)?;
+                h = crate::kernels::relu(&h)?;
             }
         }
         if let Some(bn) = &self.last_bn {

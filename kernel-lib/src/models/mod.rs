@@ -7,7 +7,6 @@
 
 mod backbone;
 mod batchnorm;
-pub(crate) mod cpu_ops;
 mod ema;
 mod layers;
 mod mlp;
@@ -15,19 +14,15 @@ mod params;
 mod resnet;
 mod torch_io;
 mod vit;
-mod winograd;
 
-pub use backbone::{Backbone, BackboneConfig};
+pub use backbone::{Backbone, BackboneConfig, BackboneKind, ModelConfig};
 pub use batchnorm::BatchNorm;
 pub use ema::ema_update;
-pub use layers::{add_relu, conv2d_unfolded, gelu, relu, Conv2d, Linear};
+pub use layers::{conv2d_unfolded, Conv2d, Linear};
 pub use mlp::{LastBn, Mlp, MlpSpec};
 pub use params::{Init, Param, ParamBuilder, ParamKind, ParamStore};
 pub use resnet::{max_pool_3x3_s2_p1, Depth, ResNet, ResNetConfig, ResNetOutput, Stem};
 pub use torch_io::{
     export_backbone, load_backbone, read_torch_checkpoint, ImportReport, RELEASE_PREFIXES,
 };
-pub use vit::{
-    batched_matmul, normalize_rows, scale_shift_rows, sincos_position_embedding, softmax_last, Vit,
-    VitConfig, VitSize,
-};
+pub use vit::{sincos_position_embedding, Vit, VitConfig, VitSize};

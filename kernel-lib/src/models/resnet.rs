@@ -4,9 +4,10 @@
 //! The forward pass returns the last feature map (for dense methods) and its global average.
 
 use super::batchnorm::BatchNorm;
-use super::layers::{add_relu, Conv2d};
+use super::layers::Conv2d;
 use super::params::ParamBuilder;
 use crate::error::{Error, Result};
+use crate::kernels::add_relu;
 use candle_core::Tensor;
 
 /// Network depth.

@@ -1,18 +1,17 @@
-//! Vision Transformer as MoCo v3 builds it (methods.md §2.4; timm 0.4.9 `VisionTransformer` with
+//! Vision Transformer as MoCo v3 builds it (docs/recipes.md §2.4; timm 0.4.9 `VisionTransformer` with
 //! MoCo v3's `vits.py` changes): patch embedding, [CLS] token, fixed 2-D sin-cos position
 //! embedding, pre-norm blocks, final LayerNorm, output = the [CLS] token.
 //!
 //! LayerNorm and softmax are sslab's CPU kernels with explicit backward passes, or tensor ops
 //! elsewhere: candle's fused versions have no backward and would silently stop the gradient
-//! (reference/candle-notes.md).
+//! (docs/kernels.md).
 
-use super::cpu_ops::{on_cpu_f32, BatchNormOp, BatchedMatmulOp, BnStats, ScaleShiftOp, SoftmaxOp};
 use super::layers::Linear;
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
-use candle_core::{Tensor, Var, D};
+use crate::kernels::{batched_matmul, gelu, normalize_rows, scale_shift_rows, softmax_last};
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex};
 
 /// Named ViT sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,66 +124,6 @@ impl LayerNorm {
     }
 }
 
-/// `x ⊙ w + b` with `(d,)`-shaped `w` and `b` broadcast over the last axis: LayerNorm's affine
-/// part. `fused` takes the CPU kernel (one pass each way plus one for both column sums) where
-/// it applies; otherwise candle's broadcast ops.
-pub fn scale_shift_rows(x: &Tensor, w: &Tensor, b: &Tensor, fused: bool) -> Result<Tensor> {
-    if fused && on_cpu_f32(x) && on_cpu_f32(w) && on_cpu_f32(b) {
-        return Ok(x.contiguous()?.apply_op3(w, b, ScaleShiftOp)?);
-    }
-    Ok(x.broadcast_mul(w)?.broadcast_add(b)?)
-}
-
-/// LayerNorm without the affine part: each row over the last axis to zero mean and unit
-/// (biased) variance. `fused` takes the CPU kernel where it applies: normalising each row is
-/// BatchNorm of a batch of one whose channels are the rows, so the fused BN kernel (parallel,
-/// explicit backward) does it; otherwise tensor ops.
-pub fn normalize_rows(x: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
-    if fused && on_cpu_f32(x) {
-        let dims = x.dims().to_vec();
-        let d = dims[dims.len() - 1];
-        let rows = x.elem_count() / d.max(1);
-        return Ok(x
-            .contiguous()?
-            .reshape((1, rows, d))?
-            .apply_op1(BatchNormOp {
-                eps,
-                stats: Arc::new(Mutex::new(BnStats::default())),
-            })?
-            .reshape(dims)?);
-    }
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(xc.broadcast_div(&(var + eps)?.sqrt()?)?)
-}
-
-/// `softmax(scale · x)` over the last axis with a backward: sslab's parallel kernel on the CPU
-/// (`fused`, the scale folded in), else candle's op-built `softmax` (never the fused
-/// `softmax_last_dim`, which has none).
-pub fn softmax_last(x: &Tensor, scale: f64, fused: bool) -> Result<Tensor> {
-    if fused && on_cpu_f32(x) {
-        let op = SoftmaxOp {
-            scale: scale as f32,
-        };
-        return Ok(x.contiguous()?.apply_op1(op)?);
-    }
-    Ok(candle_nn::ops::softmax(&(x * scale)?, D::Minus1)?)
-}
-
-/// `op(a) · op(b)` over a leading batch axis (`(batch, m, k)`-shaped operands, `op` = transpose
-/// where flagged): sslab's thread-parallel kernel on the CPU (`fused`), else candle's matmul.
-pub fn batched_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -> Result<Tensor> {
-    if fused && on_cpu_f32(a) && on_cpu_f32(b) {
-        return Ok(a
-            .contiguous()?
-            .apply_op2(&b.contiguous()?, BatchedMatmulOp { ta, tb })?);
-    }
-    let a = if ta { a.transpose(1, 2)? } else { a.clone() };
-    let b = if tb { b.transpose(1, 2)? } else { b.clone() };
-    Ok(a.matmul(&b)?)
-}
-
 /// A linear layer with MoCo v3's ViT init: uniform weights within `bound`, zero bias.
 fn dense(b: &mut ParamBuilder, name: &str, inp: usize, out: usize, bound: f32) -> Result<Linear> {
     Linear::with_init(
@@ -262,7 +201,7 @@ impl Block {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.attention(&self.norm1.forward(x)?)?)?;
-        let h = super::gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
+        let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
         Ok((&x + self.fc2.forward(&h)?)?)
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! `L = Σᵢ (1 − Cᵢᵢ)² + λ Σᵢ Σ_{j≠i} Cᵢⱼ²` with `C = ẑ_Aᵀ ẑ_B / N`, where ẑ is each view's
 //! embedding normalised per dimension over the batch. This follows the official code
-//! (methods.md §3.2): a non-affine BatchNorm in training mode, i.e. batch mean and *biased*
+//! (docs/recipes.md §3.2): a non-affine BatchNorm in training mode, i.e. batch mean and *biased*
 //! variance with eps 1e-5, and division by the batch size N; identical views then give
 //! `Cᵢᵢ = var/(var+eps) ≈ 1`. (The paper's pseudocode uses the unbiased std, giving (N−1)/N.)
 

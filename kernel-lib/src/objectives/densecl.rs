@@ -1,4 +1,4 @@
-//! DenseCL's correspondence and losses (Wang et al. 2021; methods.md §4.2). Pure functions, so
+//! DenseCL's correspondence and losses (Wang et al. 2021; docs/recipes.md §4.2). Pure functions, so
 //! diagnostics (similarity maps, correspondence accuracy) reuse exactly what training uses.
 
 use super::info_nce::{cross_entropy_first, info_nce_queue, l2_normalize};

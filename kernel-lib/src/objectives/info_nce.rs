@@ -1,4 +1,4 @@
-//! InfoNCE against a queue of negatives (MoCo v1/v2 and DenseCL's global branch; methods.md
+//! InfoNCE against a queue of negatives (MoCo v1/v2 and DenseCL's global branch; docs/recipes.md
 //! §0.2, §1.2): a (1 + K)-way softmax classification whose class 0 is the positive key.
 
 use crate::error::{Error, Result};

@@ -1,4 +1,4 @@
-//! MoCo v3's contrastive loss (Chen, Xie, He 2021; methods.md §2.2): keys from the current batch
+//! MoCo v3's contrastive loss (Chen, Xie, He 2021; docs/recipes.md §2.2): keys from the current batch
 //! (no queue), the positive of row i is column i, and each direction is scaled by 2τ.
 
 use super::info_nce::{cross_entropy, l2_normalize};

@@ -1,47 +1,12 @@
-//! The optimisers. On the CPU each update is a few in-place parallel passes (`fused.rs`);
+//! The optimisers. On the CPU each update is a few in-place parallel passes (`kernels::optim_update`);
 //! elsewhere it runs as tensor ops on the parameters' device, the LARS/LAMB trust ratios
 //! included (no host round trip per tensor).
 
-use super::fused;
 use crate::error::{Error, Result};
+use crate::kernels::optim_update::{self as fused, GroupSettings, OptimKind};
 use crate::models::ParamStore;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-
-/// Which update rule, with its own hyper-parameters.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum OptimKind {
-    /// PyTorch SGD: `g += wd·p; buf = μ·buf + g; p -= lr·(nesterov ? g + μ·buf : buf)`.
-    Sgd { momentum: f64, nesterov: bool },
-    /// LARS as in the MoCo v3 and Barlow Twins code (methods.md §0.6): for adapted tensors
-    /// `g += wd·p; g *= η‖p‖/‖g‖` (ratio 1 if a norm is 0), then `μ = m·μ + g; p -= lr·μ`.
-    /// No epsilon, no clipping.
-    ///
-    /// With `clip_lr` it is the Lightning-Bolts LARS that solo-learn uses instead: ratio
-    /// `η‖p‖/(‖g‖ + wd‖p‖ + 1e-8)` clipped to at most `1/lr` (`min(ratio/lr, 1)`), so a step is
-    /// never larger than plain SGD's at the same rate.
-    Lars {
-        momentum: f64,
-        eta: f64,
-        clip_lr: bool,
-    },
-    /// PyTorch AdamW (decoupled decay `p -= lr·wd·p`, bias-corrected moments).
-    AdamW { beta1: f64, beta2: f64, eps: f64 },
-    /// LAMB (You et al. 2020): the AdamW direction `r = m̂/(√v̂+ε) + wd·p`, scaled by the trust
-    /// ratio ‖p‖/‖r‖ for adapted tensors.
-    Lamb { beta1: f64, beta2: f64, eps: f64 },
-}
-
-/// Settings of one parameter group.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct GroupSettings {
-    /// Learning rate multiplier relative to the scheduled rate.
-    pub lr_mult: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Whether LARS/LAMB apply the trust ratio to this group.
-    pub adapt: bool,
-}
 
 /// Saved optimiser state: the step count and per-parameter buffers by name.
 #[derive(Clone, Debug)]

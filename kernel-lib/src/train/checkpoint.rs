@@ -8,6 +8,7 @@
 //! ShuffleBN's permutation of (seed, step), so the step count restores every random stream.
 
 use super::config::RunConfig;
+use super::folders::step_folders;
 use super::run::{Run, StepReport};
 use crate::atomic;
 use crate::error::{Error, Result};
@@ -126,7 +127,7 @@ impl Run {
             .map_err(|e| Error::data(&run_json, format!("its config is invalid: {e}")))?;
         adjust(&mut config)?;
         config.validate()?;
-        if config.method != m.method {
+        if config.method.name() != m.method {
             return Err(Error::data(
                 &run_json,
                 format!("method '{}' but config for '{}'", m.method, config.method),
@@ -230,22 +231,6 @@ impl Run {
     pub fn export_backbone(&self, path: impl AsRef<Path>) -> Result<usize> {
         export_backbone(self.method.params(), path)
     }
-}
-
-/// The `step-*` checkpoint folders of `dir`, oldest first (zero-padded names sort by step);
-/// with `complete`, only those whose `run.json` was written.
-pub(super) fn step_folders(dir: &Path, complete: bool) -> std::io::Result<Vec<PathBuf>> {
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-                && (!complete || p.join("run.json").is_file())
-        })
-        .collect();
-    steps.sort();
-    Ok(steps)
 }
 
 /// A folder with `run.json`, or a folder of `step-*` checkpoints (the newest complete one).

@@ -2,17 +2,21 @@
 //! rejected with a message naming the key. A file may start from a preset (`preset = "..."`) and
 //! override any field; `RunConfig::set("optim.lr", "0.1")` does the same for one key.
 
+use crate::augment::RecipeName;
 use crate::data::ShapesConfig;
 use crate::error::{Error, Result};
-use crate::models::{Depth, Stem, VitSize};
+pub use crate::methods::{BarlowTwinsConfig, DenseClConfig, MocoConfig, MocoV3Config};
+use crate::methods::{MethodKind, MethodSetup};
+pub use crate::models::ModelConfig;
+use crate::optim::{OptimName, ScheduleKind};
 use serde::{Deserialize, Serialize};
 
 /// Everything a run needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
-    /// Method name: `barlow-twins`, `moco-v1`, `moco-v2`, `densecl` or `moco-v3`.
-    pub method: String,
+    /// The method (`methods::REGISTRY` lists them).
+    pub method: MethodKind,
     /// The preset this config started from (informational; set by `preset()`).
     pub preset: String,
     /// Seed of weights, data order and augmentations.
@@ -43,99 +47,16 @@ pub struct DataConfig {
     pub shapes: ShapesConfig,
 }
 
-/// The backbone.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// `resnet` (the `arch`, `stem`, `width` keys) or `vit` (the `vit_*` keys; MoCo v3 only).
-    pub backbone: String,
-    /// `resnet18`, `resnet34` or `resnet50`.
-    pub arch: Depth,
-    /// `imagenet` or `cifar`.
-    pub stem: Stem,
-    /// First-stage channels (64 in the papers).
-    pub width: usize,
-    pub zero_init_residual: bool,
-    /// ViT size: `tiny` (192 wide, 3 heads), `small` (384, 12), `base` (768, 12).
-    pub vit_size: VitSize,
-    /// Transformer blocks (12 in the paper).
-    pub vit_depth: usize,
-    /// Patch side (16 at 224 px, 4 at 32 px).
-    pub patch: usize,
-    /// Keep the ViT's patch projection at its random initialisation (MoCo v3's fix).
-    pub frozen_patch_projection: bool,
-}
-
 /// The two-view augmentation recipe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
-    /// One of `TwoViewRecipe::NAMES`.
-    pub recipe: String,
+    /// The named recipe (`augment::RecipeName`).
+    pub recipe: RecipeName,
     /// View side in pixels.
     pub size: usize,
     /// Lower bound of the crop area fraction; unset = the recipe's own.
     pub scale_min: Option<f32>,
-}
-
-/// Barlow Twins' head and loss.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BarlowTwinsConfig {
-    /// Projector widths after the backbone.
-    pub projector: Vec<usize>,
-    pub lambda: f64,
-    pub scale_loss: f64,
-}
-
-/// MoCo's head, queue, temperature and momentum encoder (methods.md §1); DenseCL uses the same.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MocoConfig {
-    /// Embedding width.
-    pub dim: usize,
-    /// Hidden width of the v2/DenseCL MLP heads; 0 = the backbone's width.
-    pub hidden: usize,
-    /// Queue length K; a multiple of the keys enqueued per step (the batch, ×2 if symmetric).
-    pub queue_size: usize,
-    /// Temperature τ (v1 0.07, v2 0.2).
-    pub tau: f64,
-    /// EMA momentum m (the start value under the cosine schedule).
-    pub momentum: f64,
-    /// `fixed` (MoCo v1/v2, DenseCL) or `cosine` (towards 1, as MoCo v3/BYOL).
-    pub momentum_schedule: String,
-    /// Sum both directions and enqueue both key sets (MoCo's CIFAR demo option).
-    pub symmetric: bool,
-    /// BatchNorm groups (single-device ShuffleBN); must divide the batch.
-    pub bn_splits: usize,
-    /// Shuffle the key batch across the BN groups.
-    pub shuffle_bn: bool,
-}
-
-/// MoCo v3's heads, temperature and momentum (methods.md §2).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MocoV3Config {
-    /// Hidden width of projector and predictor.
-    pub hidden: usize,
-    /// Output width.
-    pub dim: usize,
-    /// τ (0.2 for ViT, 1.0 for ResNet-50).
-    pub tau: f64,
-    /// m₀.
-    pub momentum: f64,
-    /// `cosine` (to 1, per iteration; the paper) or `fixed`.
-    pub momentum_schedule: String,
-}
-
-/// DenseCL's dense branch (methods.md §4).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DenseClConfig {
-    /// Weight λ of the dense loss.
-    pub lambda: f64,
-    /// λ = 0 for this many first steps (official hook, off by default).
-    pub lambda_warmup_steps: usize,
 }
 
 /// Optimiser and learning-rate schedule.
@@ -143,7 +64,7 @@ pub struct DenseClConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     /// `sgd`, `lars`, `adamw` or `lamb`.
-    pub kind: String,
+    pub kind: OptimName,
     /// Base learning rate of ≥2-D tensors.
     pub lr: f64,
     /// Base learning rate of 1-D tensors (biases, BN); unset = `lr`. (TOML has no null: to
@@ -169,7 +90,7 @@ pub struct OptimConfig {
     /// Cosine end point as a fraction of the base rate.
     pub final_lr_frac: f64,
     /// `cosine` (after the warmup) or `steps` (×`gamma` at each of `milestones`).
-    pub schedule: String,
+    pub schedule: ScheduleKind,
     /// Epochs at which `steps` multiplies the rate by `gamma` (MoCo v1: 120, 160).
     pub milestones: Vec<f64>,
     pub gamma: f64,
@@ -212,11 +133,6 @@ pub struct EvalConfig {
     pub linear_probe_lr: f64,
 }
 
-impl Default for RunConfig {
-    fn default() -> Self {
-        super::presets::barlow_twins_tiny()
-    }
-}
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
@@ -225,77 +141,19 @@ impl Default for DataConfig {
         }
     }
 }
-impl Default for ModelConfig {
-    fn default() -> Self {
-        ModelConfig {
-            backbone: "resnet".into(),
-            arch: Depth::R18,
-            stem: Stem::Cifar,
-            width: 64,
-            zero_init_residual: true,
-            vit_size: VitSize::Small,
-            vit_depth: 12,
-            patch: 16,
-            frozen_patch_projection: false,
-        }
-    }
-}
 impl Default for AugmentConfig {
     fn default() -> Self {
         AugmentConfig {
-            recipe: "byol-cifar".into(),
+            recipe: RecipeName::ByolCifar,
             size: 32,
             scale_min: None,
-        }
-    }
-}
-impl Default for BarlowTwinsConfig {
-    fn default() -> Self {
-        BarlowTwinsConfig {
-            projector: vec![8192, 8192, 8192],
-            lambda: 0.0051,
-            scale_loss: 1.0,
-        }
-    }
-}
-impl Default for MocoConfig {
-    fn default() -> Self {
-        MocoConfig {
-            dim: 128,
-            hidden: 0,
-            queue_size: 65536,
-            tau: 0.2,
-            momentum: 0.999,
-            momentum_schedule: "fixed".into(),
-            symmetric: false,
-            bn_splits: 8,
-            shuffle_bn: true,
-        }
-    }
-}
-impl Default for MocoV3Config {
-    fn default() -> Self {
-        MocoV3Config {
-            hidden: 4096,
-            dim: 256,
-            tau: 0.2,
-            momentum: 0.99,
-            momentum_schedule: "cosine".into(),
-        }
-    }
-}
-impl Default for DenseClConfig {
-    fn default() -> Self {
-        DenseClConfig {
-            lambda: 0.5,
-            lambda_warmup_steps: 0,
         }
     }
 }
 impl Default for OptimConfig {
     fn default() -> Self {
         OptimConfig {
-            kind: "lars".into(),
+            kind: OptimName::Lars,
             lr: 0.2,
             lr_1d: None,
             scale_lr_with_batch: true,
@@ -309,7 +167,7 @@ impl Default for OptimConfig {
             eps: 1e-8,
             warmup_epochs: 10.0,
             final_lr_frac: 0.001,
-            schedule: "cosine".into(),
+            schedule: ScheduleKind::Cosine,
             milestones: vec![120.0, 160.0],
             gamma: 0.1,
             per_epoch: false,
@@ -400,45 +258,8 @@ fn check(ok: bool, key: &str, msg: impl FnOnce() -> String) -> Result<()> {
 }
 
 impl RunConfig {
-    /// Methods sslab can train.
-    pub const METHODS: &'static [&'static str] =
-        &["barlow-twins", "moco-v1", "moco-v2", "densecl", "moco-v3"];
-
-    /// A named preset (see [`super::presets::PRESETS`]); `barlow-twins` alone means its default.
-    pub fn preset(name: &str) -> Result<Self> {
-        super::presets::preset(name)
-    }
-
-    /// Parses a TOML config. With `preset = "NAME"` the file overrides that preset; without, it
-    /// overrides the named `method`'s tiny preset (or `barlow-twins/tiny` when neither is set).
-    pub fn from_toml_str(text: &str) -> Result<Self> {
-        let over: toml::Value = toml::from_str(text)
-            .map_err(|e| Error::config("<toml>", e.to_string().trim().replace('\n', " ")))?;
-        let base = match (
-            over.get("preset").and_then(|v| v.as_str()),
-            over.get("method").and_then(|v| v.as_str()),
-        ) {
-            (Some(p), _) => Self::preset(p)?,
-            (None, Some(m)) if Self::METHODS.contains(&m) => Self::preset(m)?,
-            _ => Self::default(),
-        };
-        base.with_overrides(over)
-    }
-
-    /// Reads a TOML config file.
-    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
-        let p = path.as_ref();
-        let text = std::fs::read_to_string(p).map_err(|e| Error::data(p, e.to_string()))?;
-        Self::from_toml_str(&text).map_err(|e| match e {
-            Error::Config { key, msg } => Error::Config {
-                key: format!("{}: {key}", p.display()),
-                msg,
-            },
-            other => other,
-        })
-    }
-
-    fn with_overrides(&self, over: toml::Value) -> Result<Self> {
+    /// `self` with the keys of `over` replacing its own, validated.
+    pub(super) fn with_overrides(&self, over: toml::Value) -> Result<Self> {
         let mut base = toml::Value::try_from(self)
             .map_err(|e| Error::Invalid(format!("cannot serialise config: {e}")))?;
         merge(&mut base, over);
@@ -478,17 +299,6 @@ impl RunConfig {
     /// Checks ranges and names; the error names the offending key.
     pub fn validate(&self) -> Result<()> {
         check(
-            Self::METHODS.contains(&self.method.as_str()),
-            "method",
-            || {
-                format!(
-                    "unknown method '{}'; known: {}",
-                    self.method,
-                    Self::METHODS.join(", ")
-                )
-            },
-        )?;
-        check(
             self.device == "auto" || self.device == "cpu" || self.device.starts_with("cuda"),
             "device",
             || format!("'{}' is not auto, cpu, cuda or cuda:N", self.device),
@@ -504,22 +314,6 @@ impl RunConfig {
                 s.train, s.test
             )
         })?;
-        check(
-            self.model.width > 0 && self.model.width <= 1024,
-            "model.width",
-            || format!("must be in 1..=1024, got {}", self.model.width),
-        )?;
-        check(
-            crate::augment::TwoViewRecipe::NAMES.contains(&self.augment.recipe.as_str()),
-            "augment.recipe",
-            || {
-                format!(
-                    "unknown recipe '{}'; known: {}",
-                    self.augment.recipe,
-                    crate::augment::TwoViewRecipe::NAMES.join(", ")
-                )
-            },
-        )?;
         check(matches!(self.augment.size, 8..=512), "augment.size", || {
             format!("must be in 8..=512, got {}", self.augment.size)
         })?;
@@ -528,118 +322,9 @@ impl RunConfig {
                 format!("must be in (0, 1], got {m}")
             })?;
         }
-        let bt = &self.barlow_twins;
-        check(
-            !bt.projector.is_empty() && !bt.projector.contains(&0),
-            "barlow_twins.projector",
-            || format!("needs one or more positive widths, got {:?}", bt.projector),
-        )?;
-        check(
-            bt.lambda.is_finite() && bt.lambda >= 0.0,
-            "barlow_twins.lambda",
-            || format!("must be ≥ 0, got {}", bt.lambda),
-        )?;
-        check(
-            bt.scale_loss.is_finite() && bt.scale_loss > 0.0,
-            "barlow_twins.scale_loss",
-            || format!("must be > 0, got {}", bt.scale_loss),
-        )?;
-        let m = &self.model;
-        check(
-            m.backbone == "resnet" || m.backbone == "vit",
-            "model.backbone",
-            || format!("must be resnet or vit, got '{}'", m.backbone),
-        )?;
-        check(
-            m.backbone == "resnet" || self.method == "moco-v3",
-            "model.backbone",
-            || format!("{} is built on a ResNet; vit is for moco-v3", self.method),
-        )?;
-        if m.backbone == "vit" {
-            check(m.vit_depth >= 1, "model.vit_depth", || "must be ≥ 1".into())?;
-            check(
-                m.patch >= 1 && self.augment.size.is_multiple_of(m.patch),
-                "model.patch",
-                || {
-                    format!(
-                        "patch {} must divide the view size {}",
-                        m.patch, self.augment.size
-                    )
-                },
-            )?;
-        }
-        let v3 = &self.moco_v3;
-        check(v3.hidden > 0 && v3.dim > 0, "moco_v3.hidden", || {
-            "head widths must be ≥ 1".into()
-        })?;
-        check(v3.tau.is_finite() && v3.tau > 0.0, "moco_v3.tau", || {
-            format!("must be > 0, got {}", v3.tau)
-        })?;
-        check(
-            (0.0..=1.0).contains(&v3.momentum),
-            "moco_v3.momentum",
-            || format!("must be in [0, 1], got {}", v3.momentum),
-        )?;
-        check(
-            ["fixed", "cosine"].contains(&v3.momentum_schedule.as_str()),
-            "moco_v3.momentum_schedule",
-            || format!("must be fixed or cosine, got '{}'", v3.momentum_schedule),
-        )?;
-        let mc = &self.moco;
-        check(mc.dim > 0, "moco.dim", || "must be ≥ 1".into())?;
-        check(mc.tau.is_finite() && mc.tau > 0.0, "moco.tau", || {
-            format!("must be > 0, got {}", mc.tau)
-        })?;
-        check((0.0..=1.0).contains(&mc.momentum), "moco.momentum", || {
-            format!("must be in [0, 1], got {}", mc.momentum)
-        })?;
-        check(
-            ["fixed", "cosine"].contains(&mc.momentum_schedule.as_str()),
-            "moco.momentum_schedule",
-            || format!("must be fixed or cosine, got '{}'", mc.momentum_schedule),
-        )?;
-        check(mc.bn_splits >= 1, "moco.bn_splits", || "must be ≥ 1".into())?;
-        if ["moco-v1", "moco-v2", "densecl"].contains(&self.method.as_str()) {
-            let b = self.train.batch_size;
-            check(
-                b.is_multiple_of(mc.bn_splits) && b / mc.bn_splits >= 2,
-                "moco.bn_splits",
-                || {
-                    format!(
-                        "{} BatchNorm groups must divide the batch of {b} into groups of ≥ 2",
-                        mc.bn_splits
-                    )
-                },
-            )?;
-            let per_step = if mc.symmetric { 2 * b } else { b };
-            check(
-                mc.queue_size >= per_step && mc.queue_size.is_multiple_of(per_step),
-                "moco.queue_size",
-                || {
-                    format!(
-                        "must be a multiple of the {per_step} keys enqueued per step (batch{}), got {}",
-                        if mc.symmetric { " × 2, symmetric" } else { "" },
-                        mc.queue_size
-                    )
-                },
-            )?;
-            check(
-                !(self.method == "densecl" && mc.symmetric),
-                "moco.symmetric",
-                || "DenseCL's loss is asymmetric in the official code".into(),
-            )?;
-        }
-        check(
-            (0.0..=1.0).contains(&self.densecl.lambda),
-            "densecl.lambda",
-            || format!("must be in [0, 1], got {}", self.densecl.lambda),
-        )?;
+        self.model.validate(self.augment.size)?;
+        self.method_setup().validate(self.method)?;
         let o = &self.optim;
-        check(
-            ["cosine", "steps"].contains(&o.schedule.as_str()),
-            "optim.schedule",
-            || format!("must be cosine or steps, got '{}'", o.schedule),
-        )?;
         check(
             o.milestones.iter().all(|m| m.is_finite() && *m >= 0.0),
             "optim.milestones",
@@ -648,16 +333,6 @@ impl RunConfig {
         check(o.gamma.is_finite() && o.gamma > 0.0, "optim.gamma", || {
             format!("must be > 0, got {}", o.gamma)
         })?;
-        check(
-            ["sgd", "lars", "adamw", "lamb"].contains(&o.kind.as_str()),
-            "optim.kind",
-            || {
-                format!(
-                    "unknown optimizer '{}'; known: sgd, lars, adamw, lamb",
-                    o.kind
-                )
-            },
-        )?;
         check(o.lr.is_finite() && o.lr > 0.0, "optim.lr", || {
             format!("must be > 0, got {}", o.lr)
         })?;
@@ -765,6 +440,20 @@ impl RunConfig {
             || format!("must be in 1..=1024, got {}", d.corr_block),
         )?;
         Ok(())
+    }
+
+    /// The parts of this config a method is built from.
+    pub fn method_setup(&self) -> MethodSetup<'_> {
+        MethodSetup {
+            model: &self.model,
+            barlow_twins: &self.barlow_twins,
+            moco: &self.moco,
+            densecl: &self.densecl,
+            moco_v3: &self.moco_v3,
+            view_size: self.augment.size,
+            batch_size: self.train.batch_size,
+            seed: self.seed,
+        }
     }
 
     /// Shrinks the run when the environment asks for a quick pass (`SSLAB_BUDGET=small`, as

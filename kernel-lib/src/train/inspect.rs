@@ -5,10 +5,10 @@
 
 use super::run::Run;
 use crate::augment::{Image, ViewAug};
-use crate::data::{make_batch, Batch};
+use crate::data::make_batch;
 use crate::diagnostics::{
-    collapse_stats, correlation_strip, correspondence_accuracy, cross_correlation, similarity_map,
-    CollapseStats, CorrelationSnapshot, CorrespondenceAccuracy, GradSpikeTracker, SimilarityMap,
+    correlation_strip, similarity_map, CollapseStats, CorrelationSnapshot, CorrespondenceAccuracy,
+    GradSpikeTracker, SimilarityMap,
 };
 use crate::error::{Error, Result};
 use crate::plot::{Figure, Panel, RgbImage, Series, Tile};
@@ -16,7 +16,6 @@ use candle_core::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Numbers and the figure that shows them.
 #[derive(Clone, Debug)]
@@ -44,16 +43,6 @@ pub enum FeatureSource {
     Backbone,
     /// DenseCL's dense projection head on that map.
     DenseHead,
-}
-
-/// What the periodic monitors have recorded.
-#[derive(Default)]
-pub(super) struct Monitors {
-    /// Two views of held-out images, drawn once with a fixed seed.
-    probe: Option<Arc<Batch>>,
-    correlation: Vec<CorrelationSnapshot>,
-    collapse: Vec<CollapseStats>,
-    correspondence: Vec<(usize, CorrespondenceAccuracy)>,
 }
 
 /// Undoes a view's normalisation for display.
@@ -94,78 +83,6 @@ fn panel(title: &str, y: &str, series: Vec<Series>) -> Panel {
 }
 
 impl Run {
-    /// Steps between monitor measurements.
-    pub(super) fn monitor_every(&self) -> usize {
-        match self.config.diagnostics.every {
-            0 => (self.total_steps / 10).max(1),
-            n => n,
-        }
-    }
-
-    fn probe(&mut self) -> Result<Arc<Batch>> {
-        if let Some(p) = &self.monitors.probe {
-            return Ok(p.clone());
-        }
-        let n = self
-            .config
-            .diagnostics
-            .probe_images
-            .min(self.test_data.len());
-        if n < 2 {
-            return Err(Error::Invalid(
-                "the monitors need at least 2 test images".into(),
-            ));
-        }
-        let batch = Arc::new(make_batch(
-            self.test_data.as_ref(),
-            &self.recipe,
-            n,
-            self.config.seed ^ 0xD1A6,
-            0,
-        ));
-        self.monitors.probe = Some(batch.clone());
-        Ok(batch)
-    }
-
-    fn probe_tensors(&mut self) -> Result<(Arc<Batch>, Tensor, Tensor)> {
-        let p = self.probe()?;
-        let shape = (p.indices.len(), 3, p.size, p.size);
-        let a = Tensor::from_vec(p.a.clone(), shape, &self.device)?;
-        let b = Tensor::from_vec(p.b.clone(), shape, &self.device)?;
-        Ok((p, a, b))
-    }
-
-    /// Measures the collapse, cross-correlation and correspondence monitors on the probe images
-    /// now (training calls this every `diagnostics.every` steps).
-    pub(super) fn take_monitors(&mut self) -> Result<()> {
-        let step = self.history.len();
-        let (p, a, b) = self.probe_tensors()?;
-        // Detached as they come: the parameters are variables, so each output holds its whole
-        // forward graph, and four of them were alive at once.
-        let fa = self.method.features(&a)?.detach();
-        let fb = self.method.features(&b)?.detach();
-        self.monitors.collapse.push(collapse_stats(step, &fa, &fb)?);
-        let c = match &self.last_cross_correlation {
-            Some(c) => c.clone(),
-            None => cross_correlation(&fa, &fb)?,
-        };
-        self.monitors
-            .correlation
-            .push(CorrelationSnapshot::top_left(
-                step,
-                &c,
-                self.config.diagnostics.corr_block,
-            )?);
-        let ma = self.method.feature_map(&a)?.detach();
-        let (_, _, h, w) = ma.dims4()?;
-        if h >= 2 && w >= 2 {
-            let mb = self.method.feature_map(&b)?.detach();
-            let acc = correspondence_accuracy(&ma, &mb, &p.crops_a, &p.crops_b)?;
-            self.monitors.correspondence.push((step, acc));
-        }
-        Ok(())
-    }
-
     /// Per-layer gradient norms of every step and the detected spikes, drawn as MoCo v3's
     /// figure: relative gradient magnitude of the first and last layers over the loss curve.
     pub fn grad_spikes(&self) -> Result<Diagnostic<GradSpikeTracker>> {
@@ -475,7 +392,7 @@ impl Run {
             save("correspondence.png", &c.figure)?;
         }
         let centre = self.recipe.a.size / 2;
-        let source = if self.method.name() == "densecl" {
+        let source = if self.method.has_dense_head() {
             FeatureSource::DenseHead
         } else {
             FeatureSource::Backbone

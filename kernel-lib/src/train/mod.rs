@@ -4,7 +4,9 @@
 mod checkpoint;
 mod config;
 mod device;
+mod folders;
 mod inspect;
+mod monitors;
 mod presets;
 mod run;
 mod summary;

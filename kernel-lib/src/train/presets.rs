@@ -1,10 +1,13 @@
-//! Named configurations. Paper presets follow methods.md exactly; `*/tiny` keeps the structure
+//! Named configurations. Paper presets follow docs/recipes.md exactly; `*/tiny` keeps the structure
 //! but shrinks width, batch and resolution so a run takes minutes on two CPU cores.
 
 use super::config::*;
+use crate::augment::RecipeName;
 use crate::data::ShapesConfig;
 use crate::error::{Error, Result};
-use crate::models::{Depth, Stem};
+use crate::methods::MethodKind;
+use crate::models::{BackboneKind, Depth, Stem};
+use crate::optim::{OptimName, ScheduleKind};
 
 /// Smallest crop (area fraction) of the CPU-sized presets on the built-in shapes.
 const TINY_CROP_MIN: f32 = 0.4;
@@ -29,21 +32,22 @@ pub const PRESETS: &[&str] = &[
     "moco-v3/cifar",
 ];
 
-/// Looks a preset up; a bare method name means its CPU-sized preset (`tiny`; `vit-tiny` for
-/// MoCo v3).
+/// Looks a preset up; a bare method name means the method's default preset (its registry
+/// entry's: `tiny`, or `vit-tiny` for MoCo v3). The one place a preset name is resolved.
 pub fn preset(name: &str) -> Result<RunConfig> {
-    let cfg = match name {
-        "barlow-twins" | "barlow-twins/tiny" => barlow_twins_tiny(),
+    let id = MethodKind::parse(name).map_or(name, |k| k.info().default_preset);
+    let cfg = match id {
+        "barlow-twins/tiny" => barlow_twins_tiny(),
         "barlow-twins/cifar" => barlow_twins_cifar(),
         "barlow-twins/imagenet" => barlow_twins_imagenet(),
-        "moco-v1" | "moco-v1/tiny" => moco_v1_tiny(),
+        "moco-v1/tiny" => moco_v1_tiny(),
         "moco-v1/imagenet" => moco_v1_imagenet(),
-        "moco-v2" | "moco-v2/tiny" => moco_v2_tiny(),
+        "moco-v2/tiny" => moco_v2_tiny(),
         "moco-v2/cifar" => moco_v2_cifar(),
         "moco-v2/imagenet" => moco_v2_imagenet(),
-        "densecl" | "densecl/tiny" => densecl_tiny(),
+        "densecl/tiny" => densecl_tiny(),
         "densecl/imagenet" => densecl_imagenet(),
-        "moco-v3" | "moco-v3/vit-tiny" => moco_v3_vit_tiny(),
+        "moco-v3/vit-tiny" => moco_v3_vit_tiny(),
         "moco-v3/resnet" => moco_v3_resnet_tiny(),
         "moco-v3/vit-small" => moco_v3_vit_small(),
         "moco-v3/vit-base" => moco_v3_vit_base(),
@@ -60,13 +64,58 @@ pub fn preset(name: &str) -> Result<RunConfig> {
     Ok(cfg)
 }
 
-/// Paper setting (methods.md §3): ResNet-50, projector 8192-8192-8192, λ 0.0051, LARS
+/// The default config is the `barlow-twins/tiny` preset: what `sslab train` runs without
+/// arguments, and what a partial config file starts from when it names neither a preset nor a
+/// method.
+impl Default for RunConfig {
+    fn default() -> Self {
+        barlow_twins_tiny()
+    }
+}
+
+impl RunConfig {
+    /// A named preset (see [`PRESETS`]); `barlow-twins` alone means its default.
+    pub fn preset(name: &str) -> Result<Self> {
+        preset(name)
+    }
+
+    /// Parses a TOML config. With `preset = "NAME"` the file overrides that preset; without, it
+    /// overrides the named `method`'s tiny preset (or `barlow-twins/tiny` when neither is set).
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let over: toml::Value = toml::from_str(text)
+            .map_err(|e| Error::config("<toml>", e.to_string().trim().replace('\n', " ")))?;
+        let base = match (
+            over.get("preset").and_then(|v| v.as_str()),
+            over.get("method").and_then(|v| v.as_str()),
+        ) {
+            (Some(p), _) => Self::preset(p)?,
+            (None, Some(m)) if MethodKind::parse(m).is_ok() => Self::preset(m)?,
+            _ => barlow_twins_tiny(),
+        };
+        base.with_overrides(over)
+    }
+
+    /// Reads a TOML config file.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let p = path.as_ref();
+        let text = std::fs::read_to_string(p).map_err(|e| Error::data(p, e.to_string()))?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            Error::Config { key, msg } => Error::Config {
+                key: format!("{}: {key}", p.display()),
+                msg,
+            },
+            other => other,
+        })
+    }
+}
+
+/// Paper setting (docs/recipes.md §3): ResNet-50, projector 8192-8192-8192, λ 0.0051, LARS
 /// (η 0.001, wd 1.5e-6 as in the paper; the code default is 1e-6), lr 0.2 for weights and
 /// 0.0048 for biases/BN, both × B/256, 10 warmup epochs then cosine to 0.001×, B = 2048,
 /// 1000 epochs, bicubic BYOL augmentations at 224 px. Needs ImageNet: `data.source`.
 pub fn barlow_twins_imagenet() -> RunConfig {
     RunConfig {
-        method: "barlow-twins".into(),
+        method: MethodKind::BarlowTwins,
         preset: "barlow-twins/imagenet".into(),
         seed: 0,
         device: "auto".into(),
@@ -82,7 +131,7 @@ pub fn barlow_twins_imagenet() -> RunConfig {
             ..ModelConfig::default()
         },
         augment: AugmentConfig {
-            recipe: "barlow-twins".into(),
+            recipe: RecipeName::BarlowTwins,
             size: 224,
             scale_min: None,
         },
@@ -100,7 +149,7 @@ pub fn barlow_twins_imagenet() -> RunConfig {
     }
 }
 
-/// solo-learn's CIFAR recipe (methods.md §6.1): ResNet-18 (CIFAR stem), projector
+/// solo-learn's CIFAR recipe (docs/recipes.md §6.1): ResNet-18 (CIFAR stem), projector
 /// 2048-2048-2048, λ 0.005, scale_loss 0.1, LARS lr 0.3 (× B/256), η 0.02, wd 1e-4, biases and
 /// BN excluded, 10 warmup epochs + cosine, B = 256, 1000 epochs, BYOL augmentations at 32 px
 /// without blur; solo-learn's LARS variant clips the adaptive rate (`lars_clip_lr`).
@@ -116,7 +165,7 @@ pub fn barlow_twins_cifar() -> RunConfig {
         ..ModelConfig::default()
     };
     c.augment = AugmentConfig {
-        recipe: "byol-cifar".into(),
+        recipe: RecipeName::ByolCifar,
         size: 32,
         scale_min: None,
     };
@@ -171,21 +220,21 @@ pub fn barlow_twins_tiny() -> RunConfig {
     c
 }
 
-/// MoCo v1 (methods.md §1): ResNet-50 with a linear 128-d head, τ 0.07, K 65536, m 0.999, SGD
+/// MoCo v1 (docs/recipes.md §1): ResNet-50 with a linear 128-d head, τ 0.07, K 65536, m 0.999, SGD
 /// lr 0.03 (no batch scaling), momentum 0.9, wd 1e-4 on every tensor, ×0.1 at epochs 120 and
 /// 160 of 200, B = 256; ShuffleBN over 8 groups of 32 (the 8 GPUs); InstDisc augmentations.
 pub fn moco_v1_imagenet() -> RunConfig {
     let mut c = barlow_twins_imagenet();
-    c.method = "moco-v1".into();
+    c.method = MethodKind::MocoV1;
     c.preset = "moco-v1/imagenet".into();
     c.model.zero_init_residual = false;
-    c.augment.recipe = "moco-v1".into();
+    c.augment.recipe = RecipeName::MocoV1;
     c.moco = MocoConfig {
         tau: 0.07,
         ..MocoConfig::default()
     };
     c.optim = OptimConfig {
-        kind: "sgd".into(),
+        kind: OptimName::Sgd,
         lr: 0.03,
         lr_1d: None,
         scale_lr_with_batch: false,
@@ -194,7 +243,7 @@ pub fn moco_v1_imagenet() -> RunConfig {
         momentum: 0.9,
         warmup_epochs: 0.0,
         final_lr_frac: 0.0,
-        schedule: "steps".into(),
+        schedule: ScheduleKind::Steps,
         milestones: vec![120.0, 160.0],
         gamma: 0.1,
         per_epoch: true,
@@ -211,18 +260,18 @@ pub fn moco_v1_imagenet() -> RunConfig {
 }
 
 /// MoCo v2: v1 with the 2-layer MLP head (no BN), τ 0.2, "aug+" (blur) and a per-epoch cosine
-/// from 0.03 to 0, 200 epochs (methods.md §1.4).
+/// from 0.03 to 0, 200 epochs (docs/recipes.md §1.4).
 pub fn moco_v2_imagenet() -> RunConfig {
     let mut c = moco_v1_imagenet();
-    c.method = "moco-v2".into();
+    c.method = MethodKind::MocoV2;
     c.preset = "moco-v2/imagenet".into();
-    c.augment.recipe = "moco-v2".into();
+    c.augment.recipe = RecipeName::MocoV2;
     c.moco.tau = 0.2;
-    c.optim.schedule = "cosine".into();
+    c.optim.schedule = ScheduleKind::Cosine;
     c
 }
 
-/// The official MoCo CIFAR-10 demo (methods.md §6.3): ResNet-18 (CIFAR stem), K 4096, m 0.99,
+/// The official MoCo CIFAR-10 demo (docs/recipes.md §6.3): ResNet-18 (CIFAR stem), K 4096, m 0.99,
 /// τ 0.1, B = 512, SGD lr 0.06, wd 5e-4, cosine, 8 BN groups, crops of the default scale
 /// 0.08–1 without blur, 200 epochs. The demo's encoder ends in a linear layer; this preset keeps
 /// v2's MLP head (set `method = "moco-v1"`, τ 0.1, for the demo's exact head).
@@ -238,7 +287,7 @@ pub fn moco_v2_cifar() -> RunConfig {
         ..ModelConfig::default()
     };
     c.augment = AugmentConfig {
-        recipe: "moco-v2-cifar".into(),
+        recipe: RecipeName::MocoV2Cifar,
         size: 32,
         scale_min: None,
     };
@@ -278,21 +327,21 @@ pub fn moco_v2_tiny() -> RunConfig {
 /// at 32 px, step decay at 60% and 80% of the run).
 pub fn moco_v1_tiny() -> RunConfig {
     let mut c = moco_v2_tiny();
-    c.method = "moco-v1".into();
+    c.method = MethodKind::MocoV1;
     c.preset = "moco-v1/tiny".into();
-    c.augment.recipe = "moco-v1".into();
+    c.augment.recipe = RecipeName::MocoV1;
     c.moco.tau = 0.07;
-    c.optim.schedule = "steps".into();
+    c.optim.schedule = ScheduleKind::Steps;
     // 300 steps of 39 per epoch: epochs 4.6 and 6.2, i.e. 60% and 80% of the run.
     c.optim.milestones = vec![4.6, 6.2];
     c
 }
 
-/// DenseCL (methods.md §4): MoCo v2 on ResNet-50 plus the dense head, λ 0.5, two queues of
+/// DenseCL (docs/recipes.md §4): MoCo v2 on ResNet-50 plus the dense head, λ 0.5, two queues of
 /// 65536, m 0.999, τ 0.2, SGD lr 0.03, wd 1e-4, cosine, B = 256, 200 epochs, "aug+".
 pub fn densecl_imagenet() -> RunConfig {
     let mut c = moco_v2_imagenet();
-    c.method = "densecl".into();
+    c.method = MethodKind::DenseCl;
     c.preset = "densecl/imagenet".into();
     c.optim.per_epoch = true;
     c
@@ -301,31 +350,31 @@ pub fn densecl_imagenet() -> RunConfig {
 /// DenseCL sized as `moco-v2/tiny`: the 32-px CIFAR stem leaves a 4×4 grid of locations.
 pub fn densecl_tiny() -> RunConfig {
     let mut c = moco_v2_tiny();
-    c.method = "densecl".into();
+    c.method = MethodKind::DenseCl;
     c.preset = "densecl/tiny".into();
     c
 }
 
-/// MoCo v3 ViT-S/16 (methods.md §2): 12 blocks, 384 wide, 12 heads, patch 16 at 224 px; 3-layer
+/// MoCo v3 ViT-S/16 (docs/recipes.md §2): 12 blocks, 384 wide, 12 heads, patch 16 at 224 px; 3-layer
 /// projector and 2-layer predictor (4096 hidden, 256 out, non-affine last BN), τ 0.2, m 0.99 →
 /// 1 (cosine per iteration), AdamW lr 1.5e-4 × B/256, wd 0.1 on every tensor, 40 warmup epochs
 /// then cosine to 0, B = 4096, 300 epochs, asymmetric BYOL augmentations (crop min 0.08).
 pub fn moco_v3_vit_small() -> RunConfig {
     let mut c = barlow_twins_imagenet();
-    c.method = "moco-v3".into();
+    c.method = MethodKind::MocoV3;
     c.preset = "moco-v3/vit-small".into();
     c.model = ModelConfig {
-        backbone: "vit".into(),
+        backbone: BackboneKind::Vit,
         vit_size: crate::models::VitSize::Small,
         vit_depth: 12,
         patch: 16,
         frozen_patch_projection: false,
         ..ModelConfig::default()
     };
-    c.augment.recipe = "moco-v3".into();
+    c.augment.recipe = RecipeName::MocoV3;
     c.moco_v3 = MocoV3Config::default();
     c.optim = OptimConfig {
-        kind: "adamw".into(),
+        kind: OptimName::Adamw,
         lr: 1.5e-4,
         lr_1d: None,
         scale_lr_with_batch: true,
@@ -345,7 +394,7 @@ pub fn moco_v3_vit_small() -> RunConfig {
     c
 }
 
-/// MoCo v3 ViT-B/16 (methods.md §2.4, §2.6): `moco-v3/vit-small` at base width (768, 12
+/// MoCo v3 ViT-B/16 (docs/recipes.md §2.4, §2.6): `moco-v3/vit-small` at base width (768, 12
 /// heads, 12 blocks); same optimiser (AdamW 1.5e-4 × B/256, wd 0.1, 40 warmup epochs of 300).
 pub fn moco_v3_vit_base() -> RunConfig {
     let mut c = moco_v3_vit_small();
@@ -354,13 +403,13 @@ pub fn moco_v3_vit_base() -> RunConfig {
     c
 }
 
-/// solo-learn's MoCo v3 on CIFAR (methods.md §6.1): ResNet-18 (CIFAR stem), projector
+/// solo-learn's MoCo v3 on CIFAR (docs/recipes.md §6.1): ResNet-18 (CIFAR stem), projector
 /// 512→4096→256 and predictor 256→4096→256 as the official ResNet branch, τ 0.2, m 0.99 → 1,
 /// LARS lr 0.3 (× B/256) with η 0.02, clipping, 1-D tensors excluded, wd 1e-6; BYOL
 /// augmentations at 32 px without blur; B = 256, 1000 epochs.
 pub fn moco_v3_cifar() -> RunConfig {
     let mut c = barlow_twins_cifar();
-    c.method = "moco-v3".into();
+    c.method = MethodKind::MocoV3;
     c.preset = "moco-v3/cifar".into();
     c.moco_v3 = MocoV3Config {
         hidden: 4096,
@@ -372,7 +421,7 @@ pub fn moco_v3_cifar() -> RunConfig {
     c
 }
 
-/// MoCo v3 ResNet-50, 100 epochs (methods.md §2.6): 2-layer projector (last BN non-affine),
+/// MoCo v3 ResNet-50, 100 epochs (docs/recipes.md §2.6): 2-layer projector (last BN non-affine),
 /// 2-layer predictor without last BN, τ 1.0, m 0.99 → 1, LARS lr 0.6 × B/256 with wd 1e-6 and
 /// 1-D tensors excluded, 10 warmup epochs, B = 4096, crops from 0.2, zero-init residuals.
 pub fn moco_v3_resnet50() -> RunConfig {
@@ -382,7 +431,7 @@ pub fn moco_v3_resnet50() -> RunConfig {
     c.augment.scale_min = Some(0.2);
     c.moco_v3.tau = 1.0;
     c.optim = OptimConfig {
-        kind: "lars".into(),
+        kind: OptimName::Lars,
         lr: 0.6,
         lr_1d: None,
         weight_decay: 1e-6,
@@ -407,7 +456,7 @@ pub fn moco_v3_vit_tiny() -> RunConfig {
     c.model.vit_depth = 3;
     c.model.patch = 4;
     c.augment = AugmentConfig {
-        recipe: "byol-cifar".into(),
+        recipe: RecipeName::ByolCifar,
         size: 32,
         scale_min: Some(TINY_CROP_MIN),
     };
@@ -441,10 +490,10 @@ pub fn moco_v3_vit_tiny() -> RunConfig {
 /// 480 steps, not the 180 the preset started with: at 180 the schedule ends while the loss is
 /// still falling steeply, and the end point moved by ±4 kNN points with float-rounding-level
 /// changes to the kernels (+6.1 to +19.5 over the commits since; seed 1 +9.7). 360 steps gave
-/// +25.0 and +14.4 (seeds 0, 1); 480 steps +29.5 and +23.9 (methods.md §2.6 trains 100+ epochs).
+/// +25.0 and +14.4 (seeds 0, 1); 480 steps +29.5 and +23.9 (docs/recipes.md §2.6 trains 100+ epochs).
 pub fn moco_v3_resnet_tiny() -> RunConfig {
     let mut c = barlow_twins_tiny();
-    c.method = "moco-v3".into();
+    c.method = MethodKind::MocoV3;
     c.preset = "moco-v3/resnet".into();
     c.model.zero_init_residual = false;
     c.moco_v3 = MocoV3Config {

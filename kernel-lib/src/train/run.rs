@@ -2,7 +2,8 @@
 
 use super::config::RunConfig;
 use super::device::{device_name, select_device};
-use super::inspect::Monitors;
+use super::folders::prune_checkpoints;
+use super::monitors::{Monitors, ProbeSource};
 use crate::augment::TwoViewRecipe;
 use crate::data::{DataSource, Dataset, Loader};
 use crate::diagnostics::{GradSpikeTracker, LayerGroups};
@@ -11,16 +12,14 @@ use crate::eval::{
     dense_probe, knn_eval, linear_probe, DenseProbeResult, DenseProbeSettings, KnnResult,
     KnnSettings, LinearProbeResult, LinearProbeSettings,
 };
-use crate::methods::{
-    BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoV3, MocoV3Spec,
-    MocoVersion,
-};
-use crate::models::{BackboneConfig, ResNetConfig, VitConfig};
-use crate::optim::{GroupSettings, LrSchedule, OptimKind, Optimizer};
+use crate::methods::Method;
+use crate::models::BackboneKind;
+use crate::optim::{GroupSettings, LrSchedule, OptimKind, OptimName, Optimizer, ScheduleKind};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -135,17 +134,11 @@ impl Run {
                 "train and test splits must not be empty".into(),
             ));
         }
-        let recipe = TwoViewRecipe::named(
-            &config.augment.recipe,
+        let recipe = TwoViewRecipe::new(
+            config.augment.recipe,
             config.augment.size,
             config.augment.scale_min,
-        )
-        .ok_or_else(|| {
-            Error::config(
-                "augment.recipe",
-                format!("unknown recipe '{}'", config.augment.recipe),
-            )
-        })?;
+        );
         let batch = config.train.batch_size;
         let steps_per_epoch = train_data.len() / batch.max(1);
         let total_steps = if config.train.steps > 0 {
@@ -155,7 +148,7 @@ impl Run {
         };
         let warmup = ((config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize)
             .min(total_steps);
-        let method = build_method(&config, &device)?;
+        let method = (config.method.info().build)(&config.method_setup(), &device)?;
         let mut warnings = Vec::new();
         for (name, q) in method.queues() {
             if q.len() > train_data.len() {
@@ -171,32 +164,26 @@ impl Run {
             eprintln!("warning: {w}");
         }
         let o = &config.optim;
-        let kind = match o.kind.as_str() {
-            "sgd" => OptimKind::Sgd {
+        let kind = match o.kind {
+            OptimName::Sgd => OptimKind::Sgd {
                 momentum: o.momentum,
                 nesterov: o.nesterov,
             },
-            "lars" => OptimKind::Lars {
+            OptimName::Lars => OptimKind::Lars {
                 momentum: o.momentum,
                 eta: o.eta,
                 clip_lr: o.lars_clip_lr,
             },
-            "adamw" => OptimKind::AdamW {
+            OptimName::Adamw => OptimKind::AdamW {
                 beta1: o.betas.0,
                 beta2: o.betas.1,
                 eps: o.eps,
             },
-            "lamb" => OptimKind::Lamb {
+            OptimName::Lamb => OptimKind::Lamb {
                 beta1: o.betas.0,
                 beta2: o.betas.1,
                 eps: o.eps,
             },
-            k => {
-                return Err(Error::config(
-                    "optim.kind",
-                    format!("unknown optimizer '{k}'"),
-                ))
-            }
         };
         let multi = GroupSettings {
             lr_mult: o.lr,
@@ -209,8 +196,8 @@ impl Run {
             adapt: !o.exclude_1d,
         };
         let optimizer = Optimizer::new(kind, method.params(), multi, one)?;
-        let schedule = match o.schedule.as_str() {
-            "steps" => LrSchedule::Steps {
+        let schedule = match o.schedule {
+            ScheduleKind::Steps => LrSchedule::Steps {
                 warmup,
                 milestones: o
                     .milestones
@@ -219,7 +206,7 @@ impl Run {
                     .collect(),
                 gamma: o.gamma,
             },
-            _ => LrSchedule::WarmupCosine {
+            ScheduleKind::Cosine => LrSchedule::WarmupCosine {
                 warmup,
                 total: total_steps,
                 final_frac: o.final_lr_frac,
@@ -324,6 +311,24 @@ impl Run {
         &self.warnings
     }
 
+    /// Measures the periodic monitors on the probe images now (training does this every
+    /// `diagnostics.every` steps).
+    pub(super) fn take_monitors(&mut self) -> Result<()> {
+        let src = ProbeSource {
+            test_data: self.test_data.as_ref(),
+            recipe: &self.recipe,
+            images: self.config.diagnostics.probe_images,
+            seed: self.config.seed,
+            device: &self.device,
+        };
+        let cc = (
+            self.last_cross_correlation.as_ref(),
+            self.config.diagnostics.corr_block,
+        );
+        let step = self.history.len();
+        self.monitors.take(step, self.method.as_ref(), &src, cc)
+    }
+
     /// One optimisation step. A non-finite loss returns an error and leaves the weights as they
     /// were.
     pub fn step(&mut self) -> Result<StepReport> {
@@ -392,7 +397,8 @@ impl Run {
             images_per_sec: 2.0 * n as f64 / seconds.max(1e-9),
         };
         self.history.push(report.clone());
-        if report.step.is_multiple_of(self.monitor_every()) || report.step == 1 {
+        let every = Monitors::every(self.config.diagnostics.every, self.total_steps);
+        if report.step.is_multiple_of(every) || report.step == 1 {
             self.take_monitors()?;
         }
         let every = self.config.train.checkpoint_every;
@@ -408,14 +414,33 @@ impl Run {
     /// `n` steps with a progress line every `train.log_every` steps (plain text, so it streams
     /// into notebooks). Stops at the first error; completed steps are kept.
     pub fn train(&mut self, n: usize) -> Result<TrainSummary> {
+        let (log_every, total) = (self.config.train.log_every, self.total_steps);
+        let mut out = std::io::stdout();
+        let mut i = 0;
+        self.train_with(n, |r| {
+            i += 1;
+            if i % log_every == 0 || i == n {
+                let _ = writeln!(out, "{r}  [{}/{total}]", r.step);
+                let _ = out.flush();
+            }
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// Up to `n` steps, calling `on_step` after each: what a front end builds its progress
+    /// display and its interrupt on (`ControlFlow::Break` stops after the step just taken).
+    /// Stops at the first error; completed steps are kept.
+    pub fn train_with(
+        &mut self,
+        n: usize,
+        mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
+    ) -> Result<TrainSummary> {
         let t0 = Instant::now();
         let first = self.history.len();
-        let mut out = std::io::stdout();
-        for i in 0..n {
+        for _ in 0..n {
             let r = self.step()?;
-            if (i + 1) % self.config.train.log_every == 0 || i + 1 == n {
-                let _ = writeln!(out, "{r}  [{}/{}]", r.step, self.total_steps);
-                let _ = out.flush();
+            if on_step(&r).is_break() {
+                break;
             }
         }
         let done = &self.history[first..];
@@ -473,7 +498,7 @@ impl Run {
         )
     }
 
-    /// The linear probe (methods.md §5): a linear classifier on the frozen, evaluation-mode
+    /// The linear probe (docs/recipes.md §5): a linear classifier on the frozen, evaluation-mode
     /// backbone features of the train split, trained with the method's protocol (SGD,
     /// `eval.linear_probe_epochs` epochs on features extracted once) and scored top-1/top-5 on
     /// the test split.
@@ -484,8 +509,8 @@ impl Run {
     /// The probe's settings for this run: the method's protocol with `eval`'s overrides.
     pub fn linear_probe_settings(&self) -> LinearProbeSettings {
         let e = &self.config.eval;
-        let vit = self.config.model.backbone == "vit";
-        let mut s = LinearProbeSettings::for_method(&self.config.method, vit)
+        let vit = self.config.model.backbone == BackboneKind::Vit;
+        let mut s = LinearProbeSettings::for_method(self.config.method, vit)
             .scaled_down(e.linear_probe_epochs);
         if e.linear_probe_lr > 0.0 {
             s.lr = e.linear_probe_lr;
@@ -584,87 +609,4 @@ impl Hooks {
         dense_probe: Run::dense_probe_here,
         linear_probe: Run::linear_probe_here,
     };
-}
-
-/// Deletes all but the newest `keep` `step-*` checkpoint folders of `dir` (best effort: a
-/// folder that cannot be removed stays).
-fn prune_checkpoints(dir: &std::path::Path, keep: usize) {
-    let Ok(steps) = super::checkpoint::step_folders(dir, false) else {
-        return;
-    };
-    let n = steps.len().saturating_sub(keep);
-    for p in &steps[..n] {
-        let _ = std::fs::remove_dir_all(p);
-    }
-}
-
-/// The method a config names, with weights drawn from its seed.
-fn build_method(config: &RunConfig, device: &Device) -> Result<Box<dyn Method>> {
-    let backbone = ResNetConfig {
-        depth: config.model.arch,
-        stem: config.model.stem,
-        width: config.model.width,
-        zero_init_residual: config.model.zero_init_residual,
-    };
-    let mc = &config.moco;
-    let moco = |version| MocoSpec {
-        backbone,
-        version,
-        dim: mc.dim,
-        hidden: mc.hidden,
-        queue_size: mc.queue_size,
-        tau: mc.tau,
-        momentum: mc.momentum,
-        cosine_momentum: mc.momentum_schedule == "cosine",
-        symmetric: mc.symmetric,
-        bn_splits: mc.bn_splits,
-        shuffle_bn: mc.shuffle_bn,
-    };
-    Ok(match config.method.as_str() {
-        "barlow-twins" => Box::new(BarlowTwins::new(
-            &BarlowTwinsSpec {
-                backbone,
-                projector: config.barlow_twins.projector.clone(),
-                lambda: config.barlow_twins.lambda,
-                scale_loss: config.barlow_twins.scale_loss,
-            },
-            config.seed,
-            device,
-        )?),
-        "moco-v1" => Box::new(Moco::new(&moco(MocoVersion::V1), config.seed, device)?),
-        "moco-v2" => Box::new(Moco::new(&moco(MocoVersion::V2), config.seed, device)?),
-        "densecl" => Box::new(DenseCl::new(
-            &DenseClSpec {
-                moco: moco(MocoVersion::V2),
-                lambda: config.densecl.lambda,
-                lambda_warmup_steps: config.densecl.lambda_warmup_steps,
-            },
-            config.seed,
-            device,
-        )?),
-        "moco-v3" => {
-            let m = &config.model;
-            let backbone = if m.backbone == "vit" {
-                let mut v = VitConfig::sized(m.vit_size, m.vit_depth, m.patch, config.augment.size);
-                v.frozen_patch_projection = m.frozen_patch_projection;
-                BackboneConfig::Vit(v)
-            } else {
-                BackboneConfig::ResNet(backbone)
-            };
-            let v3 = &config.moco_v3;
-            Box::new(MocoV3::new(
-                &MocoV3Spec {
-                    backbone,
-                    hidden: v3.hidden,
-                    dim: v3.dim,
-                    tau: v3.tau,
-                    momentum: v3.momentum,
-                    cosine_momentum: v3.momentum_schedule == "cosine",
-                },
-                config.seed,
-                device,
-            )?)
-        }
-        m => return Err(Error::config("method", format!("unknown method '{m}'"))),
-    })
 }

@@ -135,7 +135,7 @@ impl Run {
         let cfg = self.config();
         let grad_spikes = self.spikes.as_ref().map(|t| t.spikes().len());
         Ok(RunSummary {
-            method: cfg.method.clone(),
+            method: cfg.method.name().to_string(),
             preset: cfg.preset.clone(),
             data: cfg.data.source.clone(),
             seed: cfg.seed,

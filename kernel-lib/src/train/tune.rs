@@ -3,18 +3,17 @@
 
 use super::run::Run;
 use crate::error::{Error, Result};
+use crate::methods::MethodKind;
 
-/// Short names a user may type for the usual knobs; the method decides which loss a λ or τ
-/// belongs to.
-fn resolve_alias(method: &str, key: &str) -> String {
-    match (key, method) {
-        ("lr", _) => "optim.lr".into(),
-        ("batch", _) => "train.batch_size".into(),
-        ("lambda" | "λ", "densecl") => "densecl.lambda".into(),
-        ("lambda" | "λ", _) => "barlow_twins.lambda".into(),
-        ("tau" | "τ", "moco-v3") => "moco_v3.tau".into(),
-        ("tau" | "τ", _) => "moco.tau".into(),
-        ("wd", _) => "optim.weight_decay".into(),
+/// Short names a user may type for the usual knobs; the method's registry entry says which
+/// loss a λ or τ belongs to.
+fn resolve_alias(method: MethodKind, key: &str) -> String {
+    match key {
+        "lr" => "optim.lr".into(),
+        "batch" => "train.batch_size".into(),
+        "lambda" | "λ" => method.info().lambda_key.into(),
+        "tau" | "τ" => method.info().tau_key.into(),
+        "wd" => "optim.weight_decay".into(),
         _ => key.into(),
     }
 }
@@ -59,7 +58,7 @@ impl Run {
     /// # Ok::<(), sslab::Error>(())
     /// ```
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let key = resolve_alias(&self.config.method, key.trim());
+        let key = resolve_alias(self.config.method, key.trim());
         let mut cfg = self.config.clone();
         cfg.set(&key, value)?;
         if LOSS.contains(&key.as_str()) {

@@ -18,7 +18,9 @@
 
 use rayon::prelude::*;
 
-use super::cpu_ops::{avx2, images_per_group, matmul_ld, sum_over_groups};
+use crate::kernels::matmul::matmul_ld;
+use crate::kernels::par::{images_per_group, sum_over_groups};
+use crate::kernels::simd::avx2;
 
 /// Output tile side `m`, the convolution's stride, and the transform matrices of F(m×m, 3×3),
 /// whose input patch (α×α, starting one pixel up and left of the tile's first output's window)

@@ -6,13 +6,45 @@
 //! Norms are summed in f64 from per-chunk partial sums, so they do not depend on the thread
 //! count.
 
-use super::optimizer::{GroupSettings, OptimKind};
+use super::storage::{slice, CResult};
 use crate::error::Result;
-use crate::models::cpu_ops::slice;
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 
-type CResult<T> = candle_core::Result<T>;
+/// Which update rule, with its own hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimKind {
+    /// PyTorch SGD: `g += wd·p; buf = μ·buf + g; p -= lr·(nesterov ? g + μ·buf : buf)`.
+    Sgd { momentum: f64, nesterov: bool },
+    /// LARS as in the MoCo v3 and Barlow Twins code (docs/recipes.md §0.6): for adapted tensors
+    /// `g += wd·p; g *= η‖p‖/‖g‖` (ratio 1 if a norm is 0), then `μ = m·μ + g; p -= lr·μ`.
+    /// No epsilon, no clipping.
+    ///
+    /// With `clip_lr` it is the Lightning-Bolts LARS that solo-learn uses instead: ratio
+    /// `η‖p‖/(‖g‖ + wd‖p‖ + 1e-8)` clipped to at most `1/lr` (`min(ratio/lr, 1)`), so a step is
+    /// never larger than plain SGD's at the same rate.
+    Lars {
+        momentum: f64,
+        eta: f64,
+        clip_lr: bool,
+    },
+    /// PyTorch AdamW (decoupled decay `p -= lr·wd·p`, bias-corrected moments).
+    AdamW { beta1: f64, beta2: f64, eps: f64 },
+    /// LAMB (You et al. 2020): the AdamW direction `r = m̂/(√v̂+ε) + wd·p`, scaled by the trust
+    /// ratio ‖p‖/‖r‖ for adapted tensors.
+    Lamb { beta1: f64, beta2: f64, eps: f64 },
+}
+
+/// Settings of one parameter group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupSettings {
+    /// Learning rate multiplier relative to the scheduled rate.
+    pub lr_mult: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Whether LARS/LAMB apply the trust ratio to this group.
+    pub adapt: bool,
+}
 
 /// Elements per parallel work unit.
 const CHUNK: usize = 1 << 14;
@@ -89,11 +121,7 @@ impl<F: Fn(&mut [f32], [&[f32]; 2]) + Sync> InplaceOp3 for Pass2<F> {
 }
 
 /// `f` over a tensor written in place and one source.
-pub(crate) fn pass1(
-    dst: &Tensor,
-    a: &Tensor,
-    f: impl Fn(&mut [f32], [&[f32]; 1]) + Sync,
-) -> Result<()> {
+fn pass1(dst: &Tensor, a: &Tensor, f: impl Fn(&mut [f32], [&[f32]; 1]) + Sync) -> Result<()> {
     Ok(dst.inplace_op2(a, &Pass1(f))?)
 }
 
@@ -142,7 +170,7 @@ fn sums<const N: usize, const K: usize>(
 }
 
 /// LARS/LAMB's trust ratio `scale·num/den`, or 1 unless both norms are positive.
-pub(super) fn trust(num: f64, den: f64, scale: f64) -> f64 {
+fn trust(num: f64, den: f64, scale: f64) -> f64 {
     if num > 0.0 && den > 0.0 {
         scale * num / den
     } else {
@@ -152,7 +180,7 @@ pub(super) fn trust(num: f64, den: f64, scale: f64) -> f64 {
 
 /// One update of parameter `p` with gradient `g` and buffers `state`, in place; `t` is the
 /// 1-based step count (Adam's bias correction).
-pub(super) fn step(
+pub(crate) fn step(
     kind: OptimKind,
     gs: GroupSettings,
     lr: f64,
@@ -271,4 +299,20 @@ pub(super) fn step(
             })
         }
     }
+}
+
+/// `target ← m·target + (1 − m)·online`: one step of a momentum encoder's exponential moving
+/// average. On the CPU one in-place parallel pass, elsewhere three tensor ops and a `set`.
+pub fn ema(target: &Var, online: &Tensor, m: f64) -> Result<()> {
+    let tt = target.as_tensor();
+    if applies(&[tt, online]) {
+        let (a, b) = (m as f32, (1.0 - m) as f32);
+        return pass1(tt, online, |t, [o]| {
+            for (t, &o) in t.iter_mut().zip(o) {
+                *t = a * *t + b * o;
+            }
+        });
+    }
+    let next = ((tt.detach() * m)? + (online.detach() * (1.0 - m))?)?;
+    Ok(target.set(&next)?)
 }

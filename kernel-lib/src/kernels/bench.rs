@@ -2,7 +2,7 @@
 //! through candle's own ops, in GFLOP/s, so `sslab bench conv` can set both beside PyTorch's
 //! (`benches/torch/workloads.py conv`).
 
-use crate::models::cpu_ops::{conv2d_dw, conv2d_dx, Conv2dOp};
+use super::conv::{conv2d_dw, conv2d_dx, Conv2dOp};
 use crate::Result;
 use candle_core::{Device, Tensor};
 use std::time::Instant;
@@ -124,7 +124,7 @@ pub fn median(times: &mut [f64]) -> f64 {
 ///
 /// ```
 /// use candle_core::Device;
-/// use sslab::bench::{time_conv, ConvImpl, RESNET18_CIFAR_CONVS};
+/// use sslab::kernels::bench::{time_conv, ConvImpl, RESNET18_CIFAR_CONVS};
 /// let t = time_conv(RESNET18_CIFAR_CONVS[9], 2, 1, ConvImpl::Sslab, &Device::Cpu)?;
 /// assert!(t.fwd_gflops > 0.0);
 /// # Ok::<(), sslab::Error>(())

@@ -1,0 +1,241 @@
+//! Row-broadcast affine ops: a linear layer's bias and LayerNorm's scale and shift, with the
+//! column sums of their backward from row blocks in parallel.
+
+use super::par::sum_partials;
+use super::storage::{on_cpu_f32, slice, CResult};
+use crate::error::Result;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `y = x + b` with `b` broadcast over the rows of a `(rows, d)` input; the backward gives
+/// `dx = g` and `db` = column sums of `g` from row blocks in parallel. candle's broadcast add
+/// backward reduces over the leading axis, a strided serial pass.
+pub(crate) struct AddBiasOp;
+
+const ROW_BLOCK: usize = 64;
+
+impl CustomOp2 for AddBiasOp {
+    fn name(&self) -> &'static str {
+        "sslab-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "bias-add input")?;
+        let b = slice(s2, l2, "bias")?;
+        let d = b.len();
+        if d == 0 || l1.dims().last() != Some(&d) {
+            candle_core::bail!("bias of {d} added to input {:?}", l1.dims());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROW_BLOCK)
+            .zip(x.par_chunks(d * ROW_BLOCK))
+            .for_each(|(yo, xi)| {
+                for (yr, xr) in yo.chunks_mut(d).zip(xi.chunks(d)) {
+                    for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
+                        *o = v + bv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let db = g.contiguous()?.apply_op1(ColumnSums(b.elem_count()))?;
+        Ok((Some(g.clone()), Some(db.reshape(b.shape())?)))
+    }
+}
+
+/// `y = x ⊙ w + b` with `w` and `b` broadcast over the rows of a `(rows, d)` input: the affine
+/// part of LayerNorm. The backward is one parallel pass for `dx = g ⊙ w` and one for the column
+/// sums `dw = Σ g ⊙ x`, `db = Σ g`; candle's broadcast mul and add take five passes, two of
+/// them serial strided reductions over the rows.
+pub(crate) struct ScaleShiftOp;
+
+/// The row width `d` of a `(rows, d)` input with a length-`d` scale and shift.
+fn row_width(x: &Layout, w: usize, b: usize) -> CResult<usize> {
+    if w == 0 || w != b || x.dims().last() != Some(&w) {
+        candle_core::bail!("scale {w} and shift {b} applied to rows of {:?}", x.dims());
+    }
+    Ok(w)
+}
+
+impl CustomOp3 for ScaleShiftOp {
+    fn name(&self) -> &'static str {
+        "sslab-scale-shift"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "scale-shift input")?;
+        let w = slice(s2, l2, "scale")?;
+        let b = slice(s3, l3, "shift")?;
+        let d = row_width(l1, w.len(), b.len())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROW_BLOCK)
+            .zip(x.par_chunks(d * ROW_BLOCK))
+            .for_each(|(yo, xi)| {
+                for (yr, xr) in yo.chunks_mut(d).zip(xi.chunks(d)) {
+                    for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                        *o = v * wv + bv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = g.apply_op2(w, ScaleRows)?;
+        let sums = g.apply_op2(x, ScaleShiftSums)?;
+        let dw = sums.get(0)?.reshape(w.shape())?;
+        let db = sums.get(1)?.reshape(b.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `g ⊙ w` with `w` broadcast over the rows of `g`.
+struct ScaleRows;
+
+impl CustomOp2 for ScaleRows {
+    fn name(&self) -> &'static str {
+        "sslab-scale-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let g = slice(s1, l1, "scale-shift gradient")?;
+        let w = slice(s2, l2, "scale")?;
+        let d = row_width(l1, w.len(), w.len())?;
+        let mut dx = vec![0f32; g.len()];
+        dx.par_chunks_mut(d * ROW_BLOCK)
+            .zip(g.par_chunks(d * ROW_BLOCK))
+            .for_each(|(o, gi)| {
+                for (orow, grow) in o.chunks_mut(d).zip(gi.chunks(d)) {
+                    for ((o, &gv), &wv) in orow.iter_mut().zip(grow).zip(w) {
+                        *o = gv * wv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `[Σ g ⊙ x; Σ g]` over the rows of `(rows, d)` inputs `g` and `x`, as a `(2, d)` tensor.
+struct ScaleShiftSums;
+
+impl CustomOp2 for ScaleShiftSums {
+    fn name(&self) -> &'static str {
+        "sslab-scale-shift-sums"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let g = slice(s1, l1, "scale-shift gradient")?;
+        let x = slice(s2, l2, "scale-shift input")?;
+        let d = *l1.dims().last().unwrap_or(&0);
+        if d == 0 || g.len() != x.len() {
+            candle_core::bail!("scale-shift sums: {:?} vs {:?}", l1.dims(), l2.dims());
+        }
+        let partial: Vec<Vec<f32>> = g
+            .par_chunks(d * ROW_BLOCK)
+            .zip(x.par_chunks(d * ROW_BLOCK))
+            .map(|(gb, xb)| {
+                let mut acc = vec![0f32; 2 * d];
+                let (dw, db) = acc.split_at_mut(d);
+                for (grow, xrow) in gb.chunks(d).zip(xb.chunks(d)) {
+                    for (((w, b), &gv), &xv) in dw.iter_mut().zip(db.iter_mut()).zip(grow).zip(xrow)
+                    {
+                        *w += gv * xv;
+                        *b += gv;
+                    }
+                }
+                acc
+            })
+            .collect();
+        Ok((
+            CpuStorage::F32(sum_partials(partial, 2 * d)),
+            Shape::from((2, d)),
+        ))
+    }
+}
+
+/// Sums a `(rows, d)` input over its rows.
+struct ColumnSums(usize);
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "sslab-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let g = slice(s, l, "bias gradient")?;
+        let d = self.0;
+        let partial: Vec<Vec<f32>> = g
+            .par_chunks(d * ROW_BLOCK)
+            .map(|block| {
+                let mut acc = vec![0f32; d];
+                for row in block.chunks(d) {
+                    acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                }
+                acc
+            })
+            .collect();
+        Ok((CpuStorage::F32(sum_partials(partial, d)), Shape::from(d)))
+    }
+}
+
+/// `y + b` with `(d,)`-shaped `b` broadcast over the rows of a `(rows, d)` `y`: a linear
+/// layer's bias. On the CPU the kernel above (its bias gradient from parallel row blocks),
+/// elsewhere candle's broadcast add.
+pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if on_cpu_f32(y) {
+        return Ok(y.apply_op2(b, AddBiasOp)?);
+    }
+    Ok(y.broadcast_add(b)?)
+}
+
+/// `x ⊙ w + b` with `(d,)`-shaped `w` and `b` broadcast over the last axis: LayerNorm's affine
+/// part. `fused` takes the CPU kernel (one pass each way plus one for both column sums) where
+/// it applies; otherwise candle's broadcast ops.
+pub fn scale_shift_rows(x: &Tensor, w: &Tensor, b: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused && on_cpu_f32(x) && on_cpu_f32(w) && on_cpu_f32(b) {
+        return Ok(x.contiguous()?.apply_op3(w, b, ScaleShiftOp)?);
+    }
+    Ok(x.broadcast_mul(w)?.broadcast_add(b)?)
+}

@@ -1,0 +1,370 @@
+//! Training-mode batch normalisation: the normalised activations in two passes and the gradient
+//! in two more, instead of ~10 generic ops each with its own backward; optionally with the
+//! affine part and a ReLU inside the same kernel.
+
+use super::activation::ReluGrad;
+use super::par::CHUNK;
+use super::storage::{on_cpu_f32, slice, CResult};
+use crate::error::{Error, Result};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Batch statistics of the last forward pass of a [`BatchNormOp`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct BnStats {
+    pub mean: Vec<f32>,
+    /// Biased variance.
+    pub var: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+/// Per-channel batch mean, biased variance and `1/√(var + eps)` of `(n, c, inner)` data,
+/// accumulated in f64.
+fn channel_stats(x: &[f32], (n, c, inner): (usize, usize, usize), eps: f64) -> BnStats {
+    let m = (n * inner) as f64;
+    let per_channel: Vec<(f32, f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let rows = || (0..n).map(|b| &x[(b * c + ch) * inner..][..inner]);
+            let mean = rows().flatten().map(|&v| v as f64).sum::<f64>() / m;
+            let var = rows()
+                .flatten()
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum::<f64>()
+                / m;
+            (mean as f32, var as f32, (1.0 / (var + eps).sqrt()) as f32)
+        })
+        .collect();
+    BnStats {
+        mean: per_channel.iter().map(|p| p.0).collect(),
+        var: per_channel.iter().map(|p| p.1).collect(),
+        inv_std: per_channel.iter().map(|p| p.2).collect(),
+    }
+}
+
+/// `y = (x − mean)·inv_std·scale + shift` per channel (`scale`/`shift` `None`: 1 and 0).
+fn bn_apply(
+    x: &[f32],
+    (c, inner): (usize, usize),
+    st: &BnStats,
+    scale: Option<&[f32]>,
+    shift: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(inner)
+        .zip(x.par_chunks(inner))
+        .enumerate()
+        .for_each(|(i, (yr, xr))| {
+            let ch = i % c;
+            let (mean, a) = (st.mean[ch], st.inv_std[ch] * scale.map_or(1.0, |s| s[ch]));
+            let b = shift.map_or(0.0, |s| s[ch]);
+            yr.iter_mut()
+                .zip(xr)
+                .for_each(|(o, &v)| *o = (v - mean) * a + b);
+        });
+    y
+}
+
+fn store_stats(slot: &Mutex<BnStats>, st: BnStats) {
+    if let Ok(mut s) = slot.lock() {
+        *s = st;
+    }
+}
+
+fn saved_stats(slot: &Mutex<BnStats>) -> CResult<BnStats> {
+    slot.lock()
+        .map(|s| s.clone())
+        .map_err(|_| candle_core::Error::Msg("batchnorm statistics lock poisoned".into()))
+}
+
+/// Training-mode normalisation `x̂ = (x − μ_c)/√(σ²_c + eps)` over all axes but 1.
+pub(crate) struct BatchNormOp {
+    pub eps: f64,
+    pub stats: Arc<Mutex<BnStats>>,
+}
+
+fn bn_dims(dims: &[usize]) -> (usize, usize, usize) {
+    let n = dims[0];
+    let c = dims[1];
+    let inner: usize = dims[2..].iter().product();
+    (n, c, inner)
+}
+
+impl CustomOp1 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "sslab-batchnorm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l, "batchnorm input")?;
+        let (n, c, inner) = bn_dims(l.dims());
+        let st = channel_stats(x, (n, c, inner), self.eps);
+        let y = bn_apply(x, (c, inner), &st, None, None);
+        store_stats(&self.stats, st);
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, xhat: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
+        let st = saved_stats(&self.stats)?;
+        let grad = BatchNormGrad {
+            mean: None,
+            inv_std: st.inv_std,
+            gamma: None,
+            sums: Arc::default(),
+        };
+        Ok(Some(xhat.apply_op2(&g.contiguous()?, grad)?))
+    }
+}
+
+/// Training-mode BatchNorm with its affine part, `y = x̂·γ + β`, in one pass; arguments
+/// (x, γ, β). Its backward gives dx, dγ and dβ from one pass over (x, dy), where candle's
+/// broadcast multiply and add would each reduce the full gradient over three axes.
+pub(crate) struct BatchNormAffineOp {
+    pub eps: f64,
+    pub stats: Arc<Mutex<BnStats>>,
+    /// Apply a ReLU to the output, in the same pass.
+    pub relu: bool,
+}
+
+impl CustomOp3 for BatchNormAffineOp {
+    fn name(&self) -> &'static str {
+        "sslab-batchnorm-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "batchnorm input")?;
+        let gamma = slice(s2, l2, "batchnorm weight")?;
+        let beta = slice(s3, l3, "batchnorm bias")?;
+        let (n, c, inner) = bn_dims(l1.dims());
+        if gamma.len() != c || beta.len() != c {
+            candle_core::bail!(
+                "batchnorm: {c} channels, weight {} bias {}",
+                gamma.len(),
+                beta.len()
+            );
+        }
+        let st = channel_stats(x, (n, c, inner), self.eps);
+        let mut y = bn_apply(x, (c, inner), &st, Some(gamma), Some(beta));
+        if self.relu {
+            y.par_chunks_mut(CHUNK)
+                .for_each(|ch| ch.iter_mut().for_each(|v| *v = v.max(0.0)));
+        }
+        store_stats(&self.stats, st);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let st = saved_stats(&self.stats)?;
+        // The ReLU's mask comes from the output: y > 0 exactly where the pre-ReLU value was.
+        let g = if self.relu {
+            res.apply_op2(&g.contiguous()?, ReluGrad)?
+        } else {
+            g.clone()
+        };
+        let sums = Arc::new(Mutex::new(Vec::new()));
+        let grad = BatchNormGrad {
+            mean: Some(st.mean),
+            inv_std: st.inv_std,
+            gamma: Some(gamma.to_vec1::<f32>()?),
+            sums: sums.clone(),
+        };
+        let dx = x.apply_op2(&g.contiguous()?, grad)?;
+        let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = sums
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batchnorm gradient lock poisoned".into()))?
+            .iter()
+            .map(|&(sg, sgx)| (sgx as f32, sg as f32))
+            .unzip();
+        let c = dgamma.len();
+        Ok((
+            Some(dx),
+            Some(Tensor::from_vec(dgamma, c, gamma.device())?),
+            Some(Tensor::from_vec(dbeta, c, gamma.device())?),
+        ))
+    }
+}
+
+/// The BatchNorm input gradient `dx = γ·inv_std·(g − mean(g) − x̂·mean(g·x̂))` per channel;
+/// arguments (x̂, g), or (x, g) with `mean` given (x̂ is then recomputed, not stored). The
+/// per-channel sums Σg and Σg·x̂ (dβ and dγ) are left in `sums`.
+struct BatchNormGrad {
+    mean: Option<Vec<f32>>,
+    inv_std: Vec<f32>,
+    gamma: Option<Vec<f32>>,
+    sums: Arc<Mutex<Vec<(f64, f64)>>>,
+}
+
+impl CustomOp2 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "sslab-batchnorm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let xin = slice(s1, l1, "batchnorm input")?;
+        let g = slice(s2, l2, "batchnorm gradient")?;
+        let (n, c, inner) = bn_dims(l1.dims());
+        let m = (n * inner) as f64;
+        // x̂ of channel `ch` from the input value.
+        let xhat = |ch: usize, v: f32| match &self.mean {
+            Some(mean) => (v - mean[ch]) * self.inv_std[ch],
+            None => v,
+        };
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for b in 0..n {
+                    let o = (b * c + ch) * inner;
+                    for (gv, xv) in g[o..o + inner].iter().zip(&xin[o..o + inner]) {
+                        sg += *gv as f64;
+                        sgx += (*gv as f64) * (xhat(ch, *xv) as f64);
+                    }
+                }
+                (sg, sgx)
+            })
+            .collect();
+        let mut dx = vec![0f32; xin.len()];
+        dx.par_chunks_mut(inner)
+            .zip(g.par_chunks(inner).zip(xin.par_chunks(inner)))
+            .enumerate()
+            .for_each(|(i, (d, (gr, xr)))| {
+                let ch = i % c;
+                let (mg, mgx) = ((sums[ch].0 / m) as f32, (sums[ch].1 / m) as f32);
+                let k = self.inv_std[ch] * self.gamma.as_ref().map_or(1.0, |gm| gm[ch]);
+                for ((o, &gv), &xv) in d.iter_mut().zip(gr).zip(xr) {
+                    *o = k * (gv - mg - xhat(ch, xv) * mgx);
+                }
+            });
+        if let Ok(mut slot) = self.sums.lock() {
+            *slot = sums;
+        }
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// The batch mean and biased variance a kernel left in `stats`, as detached tensors.
+fn stats_tensors(stats: &Mutex<BnStats>, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let st = stats
+        .lock()
+        .map_err(|_| Error::Invalid("batchnorm statistics lock poisoned".into()))?;
+    let c = st.mean.len();
+    Ok((
+        Tensor::from_vec(st.mean.clone(), c, dev)?,
+        Tensor::from_vec(st.var.clone(), c, dev)?,
+    ))
+}
+
+fn check_count(x: &Tensor, channels: usize) -> Result<()> {
+    if x.elem_count() / channels.max(1) < 2 {
+        return Err(Error::Shape(format!(
+            "BatchNorm in training mode needs more than one value per channel, got input {:?}",
+            x.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// Normalises `(n, c, ...)` input over every axis but the channel axis (1) with its batch
+/// statistics; returns x̂ and the detached per-channel mean and biased variance. `fused` takes
+/// the CPU kernel where it applies, otherwise candle's tensor ops.
+pub fn batch_norm_train(x: &Tensor, eps: f64, fused: bool) -> Result<(Tensor, Tensor, Tensor)> {
+    let dims = x.dims();
+    check_count(x, dims.get(1).copied().unwrap_or(1))?;
+    if fused && on_cpu_f32(x) {
+        let stats = Arc::new(Mutex::new(BnStats::default()));
+        let xhat = x.contiguous()?.apply_op1(BatchNormOp {
+            eps,
+            stats: stats.clone(),
+        })?;
+        let (mean, var) = stats_tensors(&stats, x.device())?;
+        return Ok((xhat, mean, var));
+    }
+    let reduce: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
+    let mean = x.mean_keepdim(reduce.as_slice())?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(reduce.as_slice())?;
+    let xhat = centred.broadcast_div(&(var.clone() + eps)?.sqrt()?)?;
+    Ok((
+        xhat,
+        mean.detach().flatten_all()?,
+        var.detach().flatten_all()?,
+    ))
+}
+
+/// Training-mode BatchNorm with scale `w` and shift `b` (one entry per channel of `x`), then
+/// a ReLU when `relu` is set; returns y and the detached batch mean and biased variance. On
+/// the CPU one kernel (x̂ and the pre-ReLU output are never stored), elsewhere
+/// [`batch_norm_train`]'s tensor ops and candle's broadcast ops.
+pub fn batch_norm_affine_train(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    check_count(x, w.elem_count())?;
+    if on_cpu_f32(x) {
+        let stats = Arc::new(Mutex::new(BnStats::default()));
+        let op = BatchNormAffineOp {
+            eps,
+            stats: stats.clone(),
+            relu,
+        };
+        let y = x.contiguous()?.apply_op3(w, b, op)?;
+        let (mean, var) = stats_tensors(&stats, x.device())?;
+        return Ok((y, mean, var));
+    }
+    let (xhat, mean, var) = batch_norm_train(x, eps, false)?;
+    let mut cs = vec![1; x.rank()];
+    cs[1] = w.elem_count();
+    let y = xhat
+        .broadcast_mul(&w.reshape(cs.as_slice())?)?
+        .broadcast_add(&b.reshape(cs.as_slice())?)?;
+    Ok((if relu { y.relu()? } else { y }, mean, var))
+}
+
+/// LayerNorm without the affine part: each row over the last axis to zero mean and unit
+/// (biased) variance. `fused` takes the CPU kernel where it applies: normalising each row is
+/// BatchNorm of a batch of one whose channels are the rows, so the BN kernel (parallel,
+/// explicit backward) does it; otherwise tensor ops.
+pub fn normalize_rows(x: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    if fused && on_cpu_f32(x) {
+        let dims = x.dims().to_vec();
+        let d = dims[dims.len() - 1];
+        let rows = x.elem_count() / d.max(1);
+        return Ok(x
+            .contiguous()?
+            .reshape((1, rows, d))?
+            .apply_op1(BatchNormOp {
+                eps,
+                stats: Arc::new(Mutex::new(BnStats::default())),
+            })?
+            .reshape(dims)?);
+    }
+    let mean = x.mean_keepdim(candle_core::D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+    Ok(xc.broadcast_div(&(var + eps)?.sqrt()?)?)
+}

@@ -1,0 +1,270 @@
+//! Matrix products on the CPU: gemm's packed kernels for large operands, direct dot products
+//! for narrow weight gradients, and a batched product with the batch spread over threads.
+
+use super::simd::avx2;
+use super::storage::{slice, CResult};
+use crate::error::Result;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, each given by (row stride, col stride).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) {
+    matmul_ld(
+        (m, n, k),
+        (dst, n),
+        accumulate,
+        (lhs, lhs_strides),
+        (rhs, rhs_strides),
+    )
+}
+
+/// [`matmul`] into a `dst` whose rows lie `ld` apart (the interleaved per-position matrices
+/// of `winograd.rs`).
+pub(crate) fn matmul_ld(
+    (m, n, k): (usize, usize, usize),
+    (dst, ld): (&mut [f32], usize),
+    accumulate: bool,
+    (lhs, (lrs, lcs)): (&[f32], (usize, usize)),
+    (rhs, (rrs, rcs)): (&[f32], (usize, usize)),
+) {
+    assert!(
+        m == 0 || n == 0 || dst.len() >= (m - 1) * ld + n,
+        "matmul: destination too short"
+    );
+    assert!(
+        m == 0 || k == 0 || lhs.len() > (m - 1) * lrs + (k - 1) * lcs,
+        "matmul: left operand too short"
+    );
+    assert!(
+        k == 0 || n == 0 || rhs.len() > (k - 1) * rrs + (n - 1) * rcs,
+        "matmul: right operand too short"
+    );
+    // SAFETY: the asserts above check that every strided extent lies inside its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ld as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            rhs.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Output columns up to which a weight gradient takes [`matmul_nt_narrow`].
+pub(super) const NARROW: usize = 32;
+
+/// `dst (m×n) [+]= a (m×k) · bᵀ` for `b` (n×k), rows of both `ld` apart: the weight gradient
+/// of a layer with few taps per output channel (the 3-channel stem has 27). Dot products over
+/// k in 4×3 blocks of 8-lane accumulators, without packing: gemm's packed micro-kernel ran
+/// the stem's 64×27 (k = 1024) at 44 GFLOP/s on one core, half of what it reaches on wide
+/// matrices, because packing costs as much as the few products per packed value.
+pub(super) fn matmul_nt_narrow(
+    a: &[f32],
+    b: &[f32],
+    (m, n, k, ld): (usize, usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+) {
+    const R: usize = 4;
+    const S: usize = 3;
+    for i0 in (0..m).step_by(R) {
+        for j0 in (0..n).step_by(S) {
+            // Rows and columns past the edge repeat the last one; their sums are not stored.
+            let rows: [usize; R] = std::array::from_fn(|r| (i0 + r).min(m - 1));
+            let cols: [usize; S] = std::array::from_fn(|s| (j0 + s).min(n - 1));
+            let mut sums = [[0f32; S]; R];
+            let kk = narrow_dots(a, b, (ld, k), (rows, cols), &mut sums);
+            for (r, &row) in rows.iter().enumerate().take(m - i0) {
+                for (s, &col) in cols.iter().enumerate().take(n - j0) {
+                    let tail: f32 = (kk..k).map(|t| a[row * ld + t] * b[col * ld + t]).sum();
+                    let sum = sums[r][s] + tail;
+                    let d = &mut dst[row * n + col];
+                    *d = if accumulate { *d + sum } else { sum };
+                }
+            }
+        }
+    }
+}
+
+/// The vector part of [`matmul_nt_narrow`]'s dot products; returns where the scalar tail
+/// starts (0 without AVX2).
+fn narrow_dots(
+    a: &[f32],
+    b: &[f32],
+    (ld, k): (usize, usize),
+    (rows, cols): ([usize; 4], [usize; 3]),
+    sums: &mut [[f32; 3]; 4],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2 and FMA were detected on this CPU.
+        return unsafe { narrow_simd::dots(a, b, ld, k, rows, cols, sums) };
+    }
+    let _ = (a, b, ld, k, rows, cols, sums);
+    0
+}
+
+#[cfg(target_arch = "x86_64")]
+mod narrow_simd {
+    use std::arch::x86_64::*;
+
+    /// The 4×3 dot products of [`super::matmul_nt_narrow`] over `k` rounded down to 8; returns
+    /// where the scalar tail starts.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dots(
+        a: &[f32],
+        b: &[f32],
+        ld: usize,
+        k: usize,
+        rows: [usize; 4],
+        cols: [usize; 3],
+        sums: &mut [[f32; 3]; 4],
+    ) -> usize {
+        let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+        let end = k / 8 * 8;
+        let ar = rows.map(|r| &a[r * ld..r * ld + end]);
+        let bc = cols.map(|c| &b[c * ld..c * ld + end]);
+        for kk in (0..end).step_by(8) {
+            // SAFETY: every row slice holds `end` floats, and kk + 8 <= end.
+            let av = ar.map(|row| unsafe { _mm256_loadu_ps(row[kk..kk + 8].as_ptr()) });
+            let bv = bc.map(|col| unsafe { _mm256_loadu_ps(col[kk..kk + 8].as_ptr()) });
+            for (acc_r, x) in acc.iter_mut().zip(av) {
+                for (acc_rs, y) in acc_r.iter_mut().zip(bv) {
+                    *acc_rs = _mm256_fmadd_ps(x, y, *acc_rs);
+                }
+            }
+        }
+        for (sum_r, acc_r) in sums.iter_mut().zip(acc) {
+            for (sum, v) in sum_r.iter_mut().zip(acc_r) {
+                let mut lanes = [0f32; 8];
+                // SAFETY: `lanes` holds 8 floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+                *sum = lanes.iter().sum();
+            }
+        }
+        end
+    }
+}
+
+/// Batched matrix product `C[b] = op(A[b]) · op(B[b])` (`op` = transpose where flagged) with
+/// the batch spread over threads. candle's CPU matmul loops over the batch on one thread, so a
+/// ViT's per-head attention products (hundreds of 65×64 matrices) used one core; here each
+/// matrix is one single-threaded GEMM and the transposes are strides, not copies.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchedMatmulOp {
+    pub ta: bool,
+    pub tb: bool,
+}
+
+impl BatchedMatmulOp {
+    /// `(batch, m, k, n)` of the product, checking the operands agree.
+    fn dims(&self, a: &[usize], b: &[usize]) -> CResult<(usize, usize, usize, usize)> {
+        let (&[ba, a1, a2], &[bb, b1, b2]) = (a, b) else {
+            candle_core::bail!("batched matmul takes two 3-D tensors, got {a:?} and {b:?}")
+        };
+        let (m, k) = if self.ta { (a2, a1) } else { (a1, a2) };
+        let (k2, n) = if self.tb { (b2, b1) } else { (b1, b2) };
+        if ba != bb || k != k2 {
+            candle_core::bail!(
+                "batched matmul: {a:?}{} · {b:?}{} do not fit",
+                if self.ta { "ᵀ" } else { "" },
+                if self.tb { "ᵀ" } else { "" }
+            );
+        }
+        Ok((ba, m, k, n))
+    }
+}
+
+impl CustomOp2 for BatchedMatmulOp {
+    fn name(&self) -> &'static str {
+        "sslab-batched-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (batch, m, k, n) = self.dims(l1.dims(), l2.dims())?;
+        let a = slice(s1, l1, "batched matmul lhs")?;
+        let b = slice(s2, l2, "batched matmul rhs")?;
+        let a_strides = if self.ta { (1, m) } else { (k, 1) };
+        let b_strides = if self.tb { (1, k) } else { (n, 1) };
+        let mut c = vec![0f32; batch * m * n];
+        if m * n > 0 {
+            c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
+                let ai = &a[i * m * k..(i + 1) * m * k];
+                let bi = &b[i * k * n..(i + 1) * k * n];
+                matmul(m, n, k, ci, false, ai, a_strides, bi, b_strides);
+            });
+        }
+        Ok((CpuStorage::F32(c), Shape::from((batch, m, n))))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dc: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let dc = dc.contiguous()?;
+        let op = |ta, tb| BatchedMatmulOp { ta, tb };
+        // With A' = op(A), B' = op(B): dA' = dC·B'ᵀ and dB' = A'ᵀ·dC, transposed back where
+        // the operand itself was transposed.
+        let da = match (self.ta, self.tb) {
+            (false, false) => dc.apply_op2(b, op(false, true))?,
+            (false, true) => dc.apply_op2(b, op(false, false))?,
+            (true, false) => b.apply_op2(&dc, op(false, true))?,
+            (true, true) => b.apply_op2(&dc, op(true, true))?,
+        };
+        let db = match (self.ta, self.tb) {
+            (false, false) => a.apply_op2(&dc, op(true, false))?,
+            (true, false) => a.apply_op2(&dc, op(false, false))?,
+            (false, true) => dc.apply_op2(a, op(true, false))?,
+            (true, true) => dc.apply_op2(a, op(true, true))?,
+        };
+        Ok((Some(da), Some(db)))
+    }
+}
+
+/// `op(a) · op(b)` over a leading batch axis (`(batch, m, k)`-shaped operands, `op` = transpose
+/// where flagged): sslab's thread-parallel kernel on the CPU (`fused`), else candle's matmul.
+pub fn batched_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -> Result<Tensor> {
+    if fused && super::storage::on_cpu_f32(a) && super::storage::on_cpu_f32(b) {
+        return Ok(a
+            .contiguous()?
+            .apply_op2(&b.contiguous()?, BatchedMatmulOp { ta, tb })?);
+    }
+    let a = if ta { a.transpose(1, 2)? } else { a.clone() };
+    let b = if tb { b.transpose(1, 2)? } else { b.clone() };
+    Ok(a.matmul(&b)?)
+}

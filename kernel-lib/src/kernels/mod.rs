@@ -1,0 +1,41 @@
+//! The ground floor: every hand-written op, one file per op, each with its CPU kernel, its
+//! explicit backward and ONE `pub fn` that picks the kernel for the tensor's device and dtype
+//! or falls back to candle's ops. Everything above this floor calls those functions; nothing
+//! above it names a candle `CustomOp`.
+//!
+//! | file | op |
+//! |---|---|
+//! | `conv/` | 2-D convolution: im2col + GEMM, Winograd for 3×3 layers ([`conv2d`]) |
+//! | `batch_norm.rs` | training-mode BatchNorm, with the affine part and ReLU fused ([`batch_norm_train`], [`batch_norm_affine_train`]); LayerNorm's normalisation ([`normalize_rows`]) |
+//! | `activation.rs` | ReLU, residual add + ReLU, exact GELU ([`relu`], [`add_relu`], [`gelu`]) |
+//! | `affine.rs` | a linear layer's bias, LayerNorm's scale and shift ([`add_bias`], [`scale_shift_rows`]) |
+//! | `softmax.rs` | softmax over the last axis with a folded scale ([`softmax_last`]) |
+//! | `matmul.rs` | GEMM wrappers, narrow weight-gradient products, batched products ([`batched_matmul`]) |
+//! | `optim_update.rs` | optimizer updates and the momentum encoder's EMA, in place ([`ema`]; the optimizers' rules, [`OptimKind`]) |
+//! | `simd.rs`, `par.rs`, `storage.rs` | instruction-set choice at run time, thread helpers, storage access |
+//! | `bench.rs` | convolution micro-benchmarks (`sslab bench conv`) |
+//!
+//! The CPU kernels take contiguous f32 tensors on the CPU; every other device or dtype goes
+//! through candle's ops. The functions with a `fused` flag take candle's ops when it is off:
+//! the tests compare both paths, values and gradients.
+
+#[macro_use]
+mod simd;
+mod activation;
+mod affine;
+mod batch_norm;
+pub mod bench;
+mod conv;
+mod matmul;
+pub(crate) mod optim_update;
+mod par;
+mod softmax;
+mod storage;
+
+pub use activation::{add_relu, gelu, relu};
+pub use affine::{add_bias, scale_shift_rows};
+pub use batch_norm::{batch_norm_affine_train, batch_norm_train, normalize_rows};
+pub use conv::conv2d;
+pub use matmul::batched_matmul;
+pub use optim_update::{ema, GroupSettings, OptimKind};
+pub use softmax::softmax_last;

@@ -1,0 +1,71 @@
+//! Thread helpers shared by the CPU kernels: element-wise maps in parallel chunks, and sums over
+//! groups of images whose rounding does not depend on scheduling.
+
+use rayon::prelude::*;
+
+/// Elements per parallel work unit of the element-wise kernels.
+pub(crate) const CHUNK: usize = 1 << 14;
+
+/// `Σ` over the groups of `group` images out of `n` of what `f(state, acc, images, first)`
+/// adds into `acc` (`len` floats; `first`: `acc` still holds the zeros it started with).
+/// The groups are split into one contiguous range per thread, each summed in order into its
+/// own partial, and the partials summed in order: the result is the same in every run with the
+/// same thread count (rayon's `fold` splits where work-stealing happens to, which moved
+/// training results by float rounding between runs on a busy machine). `state` is one
+/// `init()` per range, for buffers reused across its groups.
+pub(crate) fn sum_over_groups<S>(
+    (n, group): (usize, usize),
+    len: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &mut [f32], std::ops::Range<usize>, bool) + Sync,
+) -> Vec<f32> {
+    let groups = n.div_ceil(group.max(1));
+    let parts = rayon::current_num_threads().clamp(1, groups.max(1));
+    let per = groups.div_ceil(parts);
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let (mut acc, mut state) = (vec![0f32; len], init());
+            for (i, gi) in ((p * per).min(groups)..((p + 1) * per).min(groups)).enumerate() {
+                let images = gi * group..((gi + 1) * group).min(n);
+                f(&mut state, &mut acc, images, i == 0);
+            }
+            acc
+        })
+        .collect();
+    sum_partials(partials, len)
+}
+
+/// The element-wise sum of per-thread partial results of length `len`.
+pub(crate) fn sum_partials(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    for p in parts {
+        out.iter_mut().zip(p).for_each(|(a, v)| *a += v);
+    }
+    out
+}
+
+/// Images per group when `n` images of `per_image` columns each are cut into groups of about
+/// `target` columns for one GEMM each, with at least one group per thread (and a multiple of
+/// the thread count, so the threads get equal shares).
+pub(crate) fn images_per_group(n: usize, per_image: usize, target: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let groups = n
+        .min(
+            (n * per_image)
+                .div_ceil(target)
+                .max(threads)
+                .next_multiple_of(threads),
+        )
+        .max(1);
+    n.div_ceil(groups)
+}
+
+/// `f` applied to every element, in parallel chunks.
+pub(crate) fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
+    y
+}

@@ -1,0 +1,21 @@
+//! Reading candle's CPU storage from inside a kernel, and the test every dispatcher makes first.
+
+use candle_core::{CpuStorage, Layout, Tensor};
+
+/// candle's result type, which `CustomOp` implementations return.
+pub(crate) type CResult<T> = candle_core::Result<T>;
+
+/// The f32 contents of a contiguous tensor's storage (`what` names it in the error).
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
+    }
+}
+
+/// Whether sslab's CPU kernels apply to `x`: they take f32 tensors on the CPU; anything else
+/// goes through candle's own ops.
+pub(crate) fn on_cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
