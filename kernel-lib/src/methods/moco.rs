@@ -126,10 +126,7 @@ impl MocoConfig {
 
 /// τ > 0, in a config and mid-run alike.
 fn check_tau(tau: f64) -> Result<()> {
-    if tau > 0.0 && tau.is_finite() {
-        return Ok(());
-    }
-    Err(Error::config("moco.tau", format!("must be > 0, got {tau}")))
+    super::check_temperature("moco.tau", tau)
 }
 
 /// Checks what MoCo v1/v2 need beyond the section's own ranges.

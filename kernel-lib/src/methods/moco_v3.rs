@@ -59,13 +59,7 @@ impl MocoV3Config {
 
 /// τ > 0, in a config and mid-run alike.
 fn check_tau(tau: f64) -> Result<()> {
-    if tau > 0.0 && tau.is_finite() {
-        return Ok(());
-    }
-    Err(Error::config(
-        "moco_v3.tau",
-        format!("must be > 0, got {tau}"),
-    ))
+    super::check_temperature("moco_v3.tau", tau)
 }
 
 /// Builds MoCo v3 (ResNet or ViT, as `model.backbone` says) as a run's config describes it.

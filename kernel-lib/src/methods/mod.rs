@@ -165,6 +165,14 @@ fn moco_probe(_vit: bool) -> ProbeProtocol {
     }
 }
 
+/// A temperature τ > 0 (finite) under config key `key`.
+fn check_temperature(key: &str, tau: f64) -> Result<()> {
+    if tau > 0.0 && tau.is_finite() {
+        return Ok(());
+    }
+    Err(Error::config(key, format!("must be > 0, got {tau}")))
+}
+
 fn no_checks(_: &MethodSetup) -> Result<()> {
     Ok(())
 }
