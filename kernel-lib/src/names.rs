@@ -2,10 +2,20 @@
 //! enums whose names are serde's kebab-case of their variants, so parsing and printing cannot
 //! drift apart.
 
-/// Implements `ALL`, `as_str`, `Display` and comparison with `&str` for a unit enum that
-/// derives `Serialize` with `rename_all = "kebab-case"`.
+/// Declares a unit enum of config names (serde kebab-case) with `ALL`, `as_str`, `Display` and
+/// comparison with `&str`.
 macro_rules! config_names {
-    ($ty:ident { $($variant:ident),+ $(,)? }) => {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $ty:ident { $($(#[$vmeta:meta])* $variant:ident),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "kebab-case")]
+        $vis enum $ty {
+            $($(#[$vmeta])* $variant),+
+        }
+
         impl $ty {
             /// Every value, in declaration order.
             pub const ALL: &'static [$ty] = &[$($ty::$variant),+];

@@ -6,6 +6,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use sslab::train::{FeatureSource, Run, RunConfig, PRESETS};
 use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,8 +80,8 @@ pub const COMMANDS: &[Command] = &[
     },
     Command {
         name: "probe",
-        usage: "probe dense",
-        help: "dense linear probe (mIoU against the masks)",
+        usage: "probe dense|linear",
+        help: "dense probe (mIoU against the masks) or linear probe (top-1 on frozen features)",
         run: cmd_probe,
     },
     Command {
@@ -217,15 +218,7 @@ fn cmd_new(s: &mut Session, args: &[&str]) -> Result<Flow> {
         Some(p) if !p.contains('=') => (Some(*p), &args[2..]),
         _ => (None, &args[1..]),
     };
-    let name = match preset {
-        Some(p) if p.contains('/') => p.to_string(),
-        Some(p) => format!("{method}/{p}"),
-        None => method.to_string(),
-    };
-    let mut cfg = RunConfig::preset(&name)?;
-    if cfg.method != *method {
-        bail!("preset '{name}' is for {}, not {method}", cfg.method);
-    }
+    let mut cfg = RunConfig::method_preset(method, preset)?;
     for kv in sets {
         let (k, v) = key_value(kv)?;
         cfg.set(k, v)?;
@@ -289,8 +282,8 @@ fn cmd_train(s: &mut Session, args: &[&str]) -> Result<Flow> {
     let t0 = std::time::Instant::now();
     let mut done = 0;
     let mut out = std::io::stdout();
-    for i in 0..n {
-        let r = run.step()?;
+    run.train_with(n, |r| {
+        let i = done;
         done += 1;
         if terminal {
             let width = 30;
@@ -310,9 +303,11 @@ fn cmd_train(s: &mut Session, args: &[&str]) -> Result<Flow> {
             let _ = writeln!(out, "{r}");
         }
         if stop.swap(false, Ordering::SeqCst) {
-            break;
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
-    }
+    })?;
     if terminal {
         let _ = writeln!(out);
     }
@@ -338,11 +333,7 @@ fn cmd_train(s: &mut Session, args: &[&str]) -> Result<Flow> {
 
 fn cmd_knn(s: &mut Session, args: &[&str]) -> Result<Flow> {
     no_more(args, 0)?;
-    let k = s.run()?.knn()?;
-    println!(
-        "kNN top-1 {:.2}%  top-5 {:.2}%  (k={}, t={})",
-        k.top1, k.top5, k.k, k.t
-    );
+    println!("kNN top-1 {}", s.run()?.knn()?);
     Ok(Flow::Continue)
 }
 
@@ -350,17 +341,14 @@ fn cmd_probe(s: &mut Session, args: &[&str]) -> Result<Flow> {
     no_more(args, 1)?;
     match args.first() {
         Some(&"dense") => {
-            let p = s.run()?.dense_probe()?;
-            println!(
-                "dense probe: mIoU {:.2}%, pixel accuracy {:.2}% ({}x{} grid)",
-                p.miou, p.pixel_acc, p.grid.0, p.grid.1
-            );
+            println!("dense probe: {}", s.run()?.dense_probe()?);
             Ok(Flow::Continue)
         }
         Some(&"linear") => {
-            bail!("the linear probe is not in sslab yet; use `knn` or `probe dense`")
+            println!("linear probe: {}", s.run()?.linear_probe()?);
+            Ok(Flow::Continue)
         }
-        _ => bail!("usage: probe dense"),
+        _ => bail!("usage: probe dense|linear"),
     }
 }
 
@@ -395,40 +383,16 @@ fn cmd_show(s: &mut Session, args: &[&str]) -> Result<Flow> {
                 .history()
                 .last()
                 .ok_or_else(|| anyhow!("no steps yet"))?;
-            (
-                run.curves()?,
-                format!(
-                    "step {}: loss {:.4}, lr {:.4e}",
-                    last.step, last.loss, last.lr
-                ),
-            )
+            let summary = last.to_string();
+            (run.curves()?, summary)
         }
         "spikes" => {
             let g = run.grad_spikes()?;
-            let spikes = g.data.spikes();
-            let leads = g.data.first_layer_leads();
-            let lagged = leads.iter().filter(|l| l.last_layer_lag.is_some()).count();
-            let summary = format!(
-                "{} spikes over {} layers in {} steps; {} in the first layer, {lagged} followed by the last layer",
-                spikes.len(),
-                g.data.layers().len(),
-                g.data.steps().len(),
-                leads.len()
-            );
-            (g.figure, summary)
+            (g.figure, g.data.to_string())
         }
         "corr" => {
             let c = run.correlation()?;
-            let st = &c.data.stats;
-            let summary = format!(
-                "C {}x{}: mean diagonal {:.3}, mean |off-diagonal| {:.4}, {:.1}% of |off| > 0.1",
-                c.data.dim,
-                c.data.dim,
-                st.mean_diag,
-                st.mean_abs_off,
-                100.0 * st.frac_off_above_0_1
-            );
-            (c.figure, summary)
+            (c.figure, c.data.to_string())
         }
         "sim" => {
             let point = parse_point(args.get(1))?;
@@ -438,32 +402,18 @@ fn cmd_show(s: &mut Session, args: &[&str]) -> Result<Flow> {
                 FeatureSource::Backbone
             };
             let m = run.similarity_map(0, point, source)?;
-            let summary = format!(
-                "query cell {:?} → best match {:?} of {}x{}",
-                m.data.query, m.data.argmax, m.data.rows, m.data.cols
-            );
-            (m.figure, summary)
+            (m.figure, m.data.to_string())
         }
         "collapse" => {
             let c = run.collapse()?;
             let last = c.data.last().ok_or_else(|| anyhow!("no measurement"))?;
-            let summary = format!(
-                "effective rank {:.1} of {}, std×√d {:.2}, alignment {:.3}, uniformity {:.3}",
-                last.effective_rank,
-                last.dim,
-                last.embed_std / last.ideal_std,
-                last.alignment,
-                last.uniformity
-            );
+            let summary = last.to_string();
             (c.figure, summary)
         }
         "correspondence" => {
             let c = run.correspondence()?;
             let (st, a) = c.data.last().ok_or_else(|| anyhow!("no measurement"))?;
-            let summary = format!(
-                "step {st}: correspondence accuracy {:.3} (chance {:.3}) over {} cells",
-                a.accuracy, a.chance, a.cells
-            );
+            let summary = format!("step {st}: {a}");
             (c.figure, summary)
         }
         _ => (
@@ -658,7 +608,7 @@ pub fn complete(line: &str) -> (usize, Vec<String>) {
             .collect(),
         ["show"] => SHOW.iter().map(|s| s.to_string()).collect(),
         ["help"] => COMMANDS.iter().map(|c| c.name.to_string()).collect(),
-        ["probe"] => vec!["dense".into()],
+        ["probe"] => vec!["dense".into(), "linear".into()],
         _ => vec![],
     };
     let mut hits: Vec<String> = pool.into_iter().filter(|c| c.starts_with(word)).collect();
@@ -774,7 +724,7 @@ mod tests {
             "train 99999999999",
             "knn now",
             "probe",
-            "probe linear",
+            "probe linear extra",
             "probe sparse",
             "probe dense extra",
             "show",
@@ -846,7 +796,7 @@ mod tests {
             }
         }
         // Blank lines and comments are fine; the run is still there and steps.
-        for ok in ["", "   ", "# a comment"] {
+        for ok in ["", "   ", "# a comment", "probe linear"] {
             assert_eq!(s.execute(ok).unwrap(), Flow::Continue);
         }
         s.execute("step 1").unwrap();

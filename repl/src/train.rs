@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sslab::train::{Evaluations, Run, RunConfig};
+use sslab::train::{preset_id, Evaluations, Run, RunConfig};
 use std::path::PathBuf;
 
 /// What picks and adjusts the config of a run: shared by `train` and `sweep`.
@@ -65,20 +65,12 @@ pub struct TrainArgs {
 }
 
 pub fn build_config(a: &ConfigArgs) -> Result<RunConfig> {
-    let mut cfg = match (&a.config, &a.preset) {
-        (Some(path), _) => RunConfig::from_file(path)?,
-        // `--preset vit-tiny` is short for `--preset moco-v3/vit-tiny`.
-        (None, Some(p)) if !p.contains('/') => RunConfig::preset(&format!("{}/{p}", a.method))?,
-        (None, Some(p)) => RunConfig::preset(p)?,
-        (None, None) => RunConfig::preset(&a.method)?,
+    let mut cfg = match &a.config {
+        Some(path) => RunConfig::from_file(path)?,
+        None => RunConfig::method_preset(&a.method, a.preset.as_deref())?,
     };
     if let (Some(_), Some(p)) = (&a.config, &a.preset) {
-        let full = if p.contains('/') {
-            p.clone()
-        } else {
-            format!("{}/{p}", a.method)
-        };
-        let base = RunConfig::preset(&full)?;
+        let base = RunConfig::preset(&preset_id(&a.method, p))?;
         if cfg.preset != base.preset {
             bail!(
                 "--preset {p} and the config file's preset '{}' disagree",

@@ -5,7 +5,7 @@ use super::color::{color_jitter, grayscale, normalize, solarize, JitterParams};
 use super::geometry::{random_resized_crop_box, resized_crop, CropBox, Interpolation};
 use super::image::Image;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// ImageNet channel means, used by every ImageNet recipe and by lightly on CIFAR.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -115,29 +115,19 @@ impl ViewAug {
     }
 }
 
-/// The named two-view recipes (`augment.recipe`): each method's own, BYOL's, and the 32-px
-/// CIFAR variants. The names are serde's kebab-case of the variants (`moco-v2-cifar`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RecipeName {
-    MocoV1,
-    MocoV2,
-    Byol,
-    BarlowTwins,
-    MocoV3,
-    MocoV2Cifar,
-    ByolCifar,
+config_names! {
+    /// The named two-view recipes (`augment.recipe`): each method's own, BYOL's, and the 32-px
+    /// CIFAR variants. The names are serde's kebab-case of the variants (`moco-v2-cifar`).
+    pub enum RecipeName {
+        MocoV1,
+        MocoV2,
+        Byol,
+        BarlowTwins,
+        MocoV3,
+        MocoV2Cifar,
+        ByolCifar,
+    }
 }
-
-config_names!(RecipeName {
-    MocoV1,
-    MocoV2,
-    Byol,
-    BarlowTwins,
-    MocoV3,
-    MocoV2Cifar,
-    ByolCifar,
-});
 
 impl RecipeName {
     /// The recipe a name means, if any.

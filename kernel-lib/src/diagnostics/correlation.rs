@@ -173,3 +173,19 @@ pub fn correlation_strip(snapshots: &[CorrelationSnapshot]) -> Result<Figure> {
     let panels: Vec<Panel> = picks.iter().map(|&i| snapshots[i].panel()).collect();
     Figure::from_panels(&panels, panels.len().min(3), (460, 420))
 }
+
+/// `C 512x512: mean diagonal 0.912, mean |off-diagonal| 0.0213, 1.4% of |off| > 0.1`.
+impl std::fmt::Display for CorrelationSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = &self.stats;
+        write!(
+            f,
+            "C {}x{}: mean diagonal {:.3}, mean |off-diagonal| {:.4}, {:.1}% of |off| > 0.1",
+            self.dim,
+            self.dim,
+            st.mean_diag,
+            st.mean_abs_off,
+            100.0 * st.frac_off_above_0_1
+        )
+    }
+}

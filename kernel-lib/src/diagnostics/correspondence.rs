@@ -221,3 +221,25 @@ impl SimilarityMap {
         )
     }
 }
+
+/// `query cell (2, 3) → best match (2, 2) of 4x4`.
+impl std::fmt::Display for SimilarityMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "query cell {:?} → best match {:?} of {}x{}",
+            self.query, self.argmax, self.rows, self.cols
+        )
+    }
+}
+
+/// `correspondence accuracy 0.412 (chance 0.085) over 2048 cells`.
+impl std::fmt::Display for CorrespondenceAccuracy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "correspondence accuracy {:.3} (chance {:.3}) over {} cells",
+            self.accuracy, self.chance, self.cells
+        )
+    }
+}

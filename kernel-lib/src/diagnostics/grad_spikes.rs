@@ -365,3 +365,20 @@ fn running_median(v: &[f32], t: usize, window: usize) -> Option<f32> {
         .ok()
         .map(|m| m.raw() as f32)
 }
+
+/// One line: how many spikes, over how many layers and steps, and how many began in the first
+/// layer (MoCo v3's observation) and were followed by the last.
+impl std::fmt::Display for GradSpikeTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let leads = self.first_layer_leads();
+        let lagged = leads.iter().filter(|l| l.last_layer_lag.is_some()).count();
+        write!(
+            f,
+            "{} spikes over {} layers in {} steps; {} in the first layer, {lagged} followed by the last layer",
+            self.spikes().len(),
+            self.layers().len(),
+            self.steps().len(),
+            leads.len()
+        )
+    }
+}

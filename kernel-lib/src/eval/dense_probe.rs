@@ -216,3 +216,14 @@ pub fn dense_probe(
         train_loss,
     })
 }
+
+/// `mIoU 41.20%, pixel accuracy 80.15% (4x4 grid)`.
+impl std::fmt::Display for DenseProbeResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mIoU {:.2}%, pixel accuracy {:.2}% ({}x{} grid)",
+            self.miou, self.pixel_acc, self.grid.0, self.grid.1
+        )
+    }
+}

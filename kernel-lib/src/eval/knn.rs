@@ -162,3 +162,14 @@ pub fn knn_eval(
         queries: test.len(),
     })
 }
+
+/// `61.70% (top-5 92.10%, k=200, t=0.1)`: the front ends print it after their own label.
+impl std::fmt::Display for KnnResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2}% (top-5 {:.2}%, k={}, t={})",
+            self.top1, self.top5, self.k, self.t
+        )
+    }
+}

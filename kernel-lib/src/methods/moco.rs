@@ -64,12 +64,7 @@ impl MocoConfig {
             return Err(Error::config("moco.dim", "must be ≥ 1"));
         }
         check_tau(self.tau)?;
-        if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(Error::config(
-                "moco.momentum",
-                format!("must be in [0, 1], got {}", self.momentum),
-            ));
-        }
+        super::check_momentum("moco.momentum", self.momentum)?;
         if self.bn_splits < 1 {
             return Err(Error::config("moco.bn_splits", "must be ≥ 1"));
         }

@@ -47,12 +47,7 @@ impl MocoV3Config {
             return Err(Error::config("moco_v3.hidden", "head widths must be ≥ 1"));
         }
         check_tau(self.tau)?;
-        if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(Error::config(
-                "moco_v3.momentum",
-                format!("must be in [0, 1], got {}", self.momentum),
-            ));
-        }
+        super::check_momentum("moco_v3.momentum", self.momentum)?;
         Ok(())
     }
 }

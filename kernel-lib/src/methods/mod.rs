@@ -97,18 +97,16 @@ impl From<MethodKind> for String {
     }
 }
 
-/// How a momentum encoder's momentum moves over a run (`moco.momentum_schedule`,
-/// `moco_v3.momentum_schedule`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MomentumSchedule {
-    /// The configured momentum throughout (MoCo v1/v2, DenseCL).
-    Fixed,
-    /// From the configured value towards 1 on a half cosine (MoCo v3, BYOL).
-    Cosine,
+config_names! {
+    /// How a momentum encoder's momentum moves over a run (`moco.momentum_schedule`,
+    /// `moco_v3.momentum_schedule`).
+    pub enum MomentumSchedule {
+        /// The configured momentum throughout (MoCo v1/v2, DenseCL).
+        Fixed,
+        /// From the configured value towards 1 on a half cosine (MoCo v3, BYOL).
+        Cosine,
+    }
 }
-
-config_names!(MomentumSchedule { Fixed, Cosine });
 
 /// The parts of a run's config a method is built from.
 #[derive(Clone, Copy, Debug)]
@@ -163,6 +161,14 @@ fn moco_probe(_vit: bool) -> ProbeProtocol {
         cosine: false,
         epochs: 100,
     }
+}
+
+/// An EMA momentum in [0, 1] under config key `key`.
+fn check_momentum(key: &str, m: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&m) {
+        return Ok(());
+    }
+    Err(Error::config(key, format!("must be in [0, 1], got {m}")))
 }
 
 /// A temperature τ > 0 (finite) under config key `key`.
@@ -297,6 +303,13 @@ pub trait Method: Send {
     /// The momentum (key) encoder's tensors, for methods that have one.
     fn momentum_params(&self) -> Option<&ParamStore> {
         None
+    }
+    /// Every store of the method: the online one, then the momentum encoder's where there is
+    /// one (what a checkpoint saves).
+    fn stores(&self) -> Vec<&ParamStore> {
+        let mut stores = vec![self.params()];
+        stores.extend(self.momentum_params());
+        stores
     }
     /// The method's key queues by name (MoCo: `queue`; DenseCL: also `dense_queue`).
     fn queues(&self) -> Vec<(&'static str, &KeyQueue)> {

@@ -7,15 +7,13 @@ use crate::error::{Error, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-/// The backbone family a config names (`model.backbone`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackboneKind {
-    Resnet,
-    Vit,
+config_names! {
+    /// The backbone family a config names (`model.backbone`).
+    pub enum BackboneKind {
+        Resnet,
+        Vit,
+    }
 }
-
-config_names!(BackboneKind { Resnet, Vit });
 
 /// The backbone.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

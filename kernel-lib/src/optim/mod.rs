@@ -13,34 +13,23 @@ pub use crate::kernels::optim_update::{GroupSettings, OptimKind};
 pub use optimizer::{Optimizer, OptimizerState};
 pub use schedule::{cosine_momentum, LrSchedule};
 
-use serde::{Deserialize, Serialize};
-
-/// The optimizer a config names (`optim.kind`); its hyper-parameters come from the rest of the
-/// `optim` section.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OptimName {
-    Sgd,
-    Lars,
-    Adamw,
-    Lamb,
+config_names! {
+    /// The optimizer a config names (`optim.kind`); its hyper-parameters come from the rest of the
+    /// `optim` section.
+    pub enum OptimName {
+        Sgd,
+        Lars,
+        Adamw,
+        Lamb,
+    }
 }
 
-config_names!(OptimName {
-    Sgd,
-    Lars,
-    Adamw,
-    Lamb
-});
-
-/// The learning-rate schedule a config names (`optim.schedule`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ScheduleKind {
-    /// Linear warmup, then a half cosine to `final_lr_frac`.
-    Cosine,
-    /// Linear warmup, then ×`gamma` at each milestone.
-    Steps,
+config_names! {
+    /// The learning-rate schedule a config names (`optim.schedule`).
+    pub enum ScheduleKind {
+        /// Linear warmup, then a half cosine to `final_lr_frac`.
+        Cosine,
+        /// Linear warmup, then ×`gamma` at each milestone.
+        Steps,
+    }
 }
-
-config_names!(ScheduleKind { Cosine, Steps });

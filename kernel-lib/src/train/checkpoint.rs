@@ -9,13 +9,13 @@
 
 use super::config::RunConfig;
 use super::folders::step_folders;
-use super::run::{Run, StepReport};
+use super::record::{Record, StepReport};
 use crate::atomic;
 use crate::error::{Error, Result};
 use crate::eval::KnnResult;
-use crate::models::{export_backbone, load_backbone, read_torch_checkpoint, ImportReport};
-use crate::optim::OptimizerState;
-use candle_core::Tensor;
+use crate::methods::Method;
+use crate::optim::{Optimizer, OptimizerState};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,15 +42,22 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::data(path, e.to_string())
 }
 
-impl Run {
-    /// Saves the run into `dir` (created if needed) and returns the manifest's path. An earlier
-    /// checkpoint in `dir` stays loadable until the new one is complete.
-    pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
-        let dir = dir.as_ref();
+/// The parts of a run a checkpoint holds.
+pub(super) struct Parts<'a> {
+    pub config: &'a RunConfig,
+    pub method: &'a dyn Method,
+    pub optimizer: &'a Optimizer,
+    pub record: &'a Record,
+}
+
+impl Parts<'_> {
+    /// Saves the parts into `dir` (created if needed) and returns the manifest's path. An
+    /// earlier checkpoint in `dir` stays loadable until the new one is complete.
+    pub(super) fn save(&self, dir: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let step = self.history.len();
+        let step = self.record.steps.len();
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for store in self.stores() {
+        for store in self.method.stores() {
             for p in &store.params {
                 tensors.insert(format!("param/{}", p.name), p.var.as_tensor().clone());
             }
@@ -75,8 +82,8 @@ impl Run {
             tensors: file.clone(),
             config: config.clone(),
             queue_ptrs,
-            history: self.history.clone(),
-            knn_history: self.knn_history.clone(),
+            history: self.record.steps.clone(),
+            knn_history: self.record.knn.clone(),
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| Error::Invalid(format!("cannot serialise the run: {e}")))?;
@@ -94,72 +101,87 @@ impl Run {
         }
         Ok(run_json)
     }
+}
 
-    /// Loads a run saved by [`Run::save`] (or the newest checkpoint of a folder of periodic
-    /// checkpoints `step-*`), rebuilding data and model from its config and restoring every
-    /// tensor, counter and the history.
-    pub fn load(dir: impl AsRef<Path>) -> Result<Run> {
-        Self::load_with(dir, |_| Ok(()))
-    }
+/// A checkpoint read from disk and not yet applied: its manifest and folder.
+pub(super) struct Saved {
+    dir: PathBuf,
+    manifest: Manifest,
+}
 
-    /// Like [`Run::load`], letting `adjust` change the saved config first (a longer
-    /// `train.steps` to continue a finished run, another device, a new log interval). Changes
-    /// to the model's shape make the load fail with the tensor that no longer fits.
-    pub fn load_with(
-        dir: impl AsRef<Path>,
-        adjust: impl FnOnce(&mut RunConfig) -> Result<()>,
-    ) -> Result<Run> {
-        let dir = resolve(dir.as_ref())?;
+impl Saved {
+    /// Reads the checkpoint in `dir` (a folder with `run.json`, or the newest complete one of a
+    /// folder of `step-*` checkpoints).
+    pub(super) fn open(dir: &Path) -> Result<Self> {
+        let dir = resolve(dir)?;
         let run_json = dir.join("run.json");
         let bytes = std::fs::read(&run_json).map_err(io(&run_json))?;
-        let m: Manifest = serde_json::from_slice(&bytes)
+        let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::data(&run_json, format!("not a sslab checkpoint: {e}")))?;
-        if m.version != VERSION {
+        if manifest.version != VERSION {
             return Err(Error::data(
                 &run_json,
                 format!(
                     "checkpoint format {} (this sslab reads {VERSION})",
-                    m.version
+                    manifest.version
                 ),
             ));
         }
-        let mut config = RunConfig::from_toml_str(&m.config)
-            .map_err(|e| Error::data(&run_json, format!("its config is invalid: {e}")))?;
-        adjust(&mut config)?;
-        config.validate()?;
+        Ok(Saved { dir, manifest })
+    }
+
+    /// The saved config.
+    pub(super) fn config(&self) -> Result<RunConfig> {
+        RunConfig::from_toml_str(&self.manifest.config).map_err(|e| {
+            Error::data(
+                self.dir.join("run.json"),
+                format!("its config is invalid: {e}"),
+            )
+        })
+    }
+
+    /// Checks that `config` (the saved one, possibly adjusted) still trains the saved method.
+    pub(super) fn check_method(&self, config: &RunConfig) -> Result<()> {
+        let m = &self.manifest;
         if config.method.name() != m.method {
             return Err(Error::data(
-                &run_json,
+                self.dir.join("run.json"),
                 format!("method '{}' but config for '{}'", m.method, config.method),
             ));
         }
-        let mut run = Run::new(config)?;
-        if run.total_steps < m.steps_done {
+        Ok(())
+    }
+
+    /// Restores every tensor, counter and queue into a freshly built method and optimizer of
+    /// a `total_steps` schedule; returns the saved record.
+    pub(super) fn restore(
+        self,
+        method: &mut dyn Method,
+        optimizer: &mut Optimizer,
+        (device, total_steps): (&Device, usize),
+    ) -> Result<Record> {
+        let (dir, m) = (self.dir, self.manifest);
+        if total_steps < m.steps_done {
             return Err(Error::config(
                 "train.steps",
                 format!(
                     "the checkpoint has done {} steps, more than the {} asked for",
-                    m.steps_done, run.total_steps
+                    m.steps_done, total_steps
                 ),
             ));
         }
-        run.restore(&dir, m)?;
-        Ok(run)
-    }
-
-    fn restore(&mut self, dir: &Path, m: Manifest) -> Result<()> {
         let path = dir.join(&m.tensors);
         if m.tensors.contains('/') || m.tensors.contains("..") {
             return Err(Error::data(dir.join("run.json"), "bad tensor file name"));
         }
-        let tensors = candle_core::safetensors::load(&path, &self.device)
+        let tensors = candle_core::safetensors::load(&path, device)
             .map_err(|e| Error::data(&path, format!("unreadable tensors: {e}")))?;
         let get = |key: &str| {
             tensors
                 .get(key)
                 .ok_or_else(|| Error::data(&path, format!("missing tensor '{key}'")))
         };
-        for store in self.stores() {
+        for store in method.stores() {
             for p in &store.params {
                 let t = get(&format!("param/{}", p.name))?;
                 if t.dims() != p.var.dims() {
@@ -180,13 +202,13 @@ impl Run {
             .iter()
             .filter_map(|(k, t)| Some((k.strip_prefix("optim/")?.to_string(), t.clone())))
             .collect();
-        self.optimizer
+        optimizer
             .load_state(&OptimizerState {
                 step: m.optimizer_steps,
                 buffers,
             })
             .map_err(|e| Error::data(&path, e.to_string()))?;
-        for (name, q) in self.method.queues_mut() {
+        for (name, q) in method.queues_mut() {
             let ptr = m
                 .queue_ptrs
                 .iter()
@@ -208,28 +230,12 @@ impl Run {
                 ),
             ));
         }
-        self.method.resume_at(m.steps_done, self.total_steps)?;
-        self.loader = self.loader_at(self.config.train.batch_size, m.steps_done)?;
-        self.history = m.history;
-        self.knn_history = m.knn_history;
-        Ok(())
-    }
-}
-
-impl Run {
-    /// Loads backbone weights from a PyTorch checkpoint of an official release (`.pth`, `.pt`
-    /// or `.safetensors`; see [`crate::models::load_backbone`] for the key layouts) into the
-    /// online backbone and, where there is one, the momentum encoder's copy.
-    pub fn import_backbone(&mut self, path: impl AsRef<Path>) -> Result<ImportReport> {
-        let path = path.as_ref();
-        let tensors = read_torch_checkpoint(path)?;
-        load_backbone(&self.stores(), &tensors, path)
-    }
-
-    /// Writes the online backbone as safetensors with torchvision/timm key names; returns the
-    /// number of tensors written.
-    pub fn export_backbone(&self, path: impl AsRef<Path>) -> Result<usize> {
-        export_backbone(self.method.params(), path)
+        method.resume_at(m.steps_done, total_steps)?;
+        Ok(Record {
+            steps: m.history,
+            knn: m.knn_history,
+            last_cross_correlation: None,
+        })
     }
 }
 

@@ -94,7 +94,8 @@ impl Run {
         })?;
         let loss = curve(
             "loss",
-            self.history
+            self.record
+                .steps
                 .iter()
                 .map(|r| (r.step as f64, r.loss as f64))
                 .collect(),
@@ -108,7 +109,7 @@ impl Run {
     /// The cross-correlation snapshot taken now: Barlow Twins' C of the last step, or for any
     /// other method the C of the backbone features of two views of the probe images.
     pub fn correlation(&mut self) -> Result<Diagnostic<CorrelationSnapshot>> {
-        let step = self.history.len();
+        let step = self.record.steps.len();
         if self.monitors.correlation.last().map(|s| s.step) != Some(step) {
             self.take_monitors()?;
         }
@@ -135,7 +136,7 @@ impl Run {
     /// Collapse monitors over training (embedding std, effective rank, alignment, uniformity),
     /// measured now as well if the last measurement is older than the last step.
     pub fn collapse(&mut self) -> Result<Diagnostic<Vec<CollapseStats>>> {
-        if self.monitors.collapse.last().map(|s| s.step) != Some(self.history.len()) {
+        if self.monitors.collapse.last().map(|s| s.step) != Some(self.record.steps.len()) {
             self.take_monitors()?;
         }
         let h = &self.monitors.collapse;
@@ -173,7 +174,7 @@ impl Run {
     /// Correspondence accuracy of the backbone feature map against the crop geometry over
     /// training, next to its chance level.
     pub fn correspondence(&mut self) -> Result<Diagnostic<Vec<(usize, CorrespondenceAccuracy)>>> {
-        if self.monitors.correspondence.last().map(|s| s.0) != Some(self.history.len()) {
+        if self.monitors.correspondence.last().map(|s| s.0) != Some(self.record.steps.len()) {
             self.take_monitors()?;
         }
         let h = &self.monitors.correspondence;
@@ -259,7 +260,7 @@ impl Run {
 
     /// Loss (and its parts), learning rate and kNN accuracy over the run.
     pub fn curves(&self) -> Result<Figure> {
-        let h = &self.history;
+        let h = &self.record.steps;
         if h.is_empty() {
             return Err(Error::Invalid(
                 "no steps yet: call step() or train(n) first".into(),
@@ -292,7 +293,7 @@ impl Run {
             "lr",
             vec![curve("lr", by_step(&|r| r.lr))],
         ));
-        if self.knn_history.is_empty() {
+        if self.record.knn.is_empty() {
             panels.push(panel(
                 "throughput",
                 "images/s",
@@ -300,7 +301,8 @@ impl Run {
             ));
         } else {
             let k = |f: &dyn Fn(&crate::eval::KnnResult) -> f64| -> Vec<(f64, f64)> {
-                self.knn_history
+                self.record
+                    .knn
                     .iter()
                     .map(|(s, r)| (*s as f64, f(r)))
                     .collect()

@@ -64,6 +64,16 @@ pub fn preset(name: &str) -> Result<RunConfig> {
     Ok(cfg)
 }
 
+/// The full preset id a front end means by `preset` for `method`: an id with a `/` as it is, a
+/// short one under the method (`vit-tiny` for `moco-v3` is `moco-v3/vit-tiny`).
+pub fn preset_id(method: &str, preset: &str) -> String {
+    if preset.contains('/') {
+        preset.to_string()
+    } else {
+        format!("{method}/{preset}")
+    }
+}
+
 /// The default config is the `barlow-twins/tiny` preset: what `sslab train` runs without
 /// arguments, and what a partial config file starts from when it names neither a preset nor a
 /// method.
@@ -93,6 +103,28 @@ impl RunConfig {
             _ => barlow_twins_tiny(),
         };
         base.with_overrides(over)
+    }
+
+    /// The preset a front end names for `method`: a full id, a short one (see [`preset_id`]),
+    /// or none (the method's default preset). An error if the preset trains another method.
+    ///
+    /// ```
+    /// use sslab::train::RunConfig;
+    /// let c = RunConfig::method_preset("moco-v3", Some("resnet"))?;
+    /// assert_eq!(c.preset, "moco-v3/resnet");
+    /// assert!(RunConfig::method_preset("densecl", Some("moco-v3/resnet")).is_err());
+    /// # Ok::<(), sslab::Error>(())
+    /// ```
+    pub fn method_preset(method: &str, preset: Option<&str>) -> Result<Self> {
+        let name = preset.map_or_else(|| method.to_string(), |p| preset_id(method, p));
+        let cfg = self::preset(&name)?;
+        if cfg.method != method {
+            return Err(Error::config(
+                "preset",
+                format!("preset '{name}' trains {}, not {method}", cfg.method),
+            ));
+        }
+        Ok(cfg)
     }
 
     /// Reads a TOML config file.

@@ -1,9 +1,12 @@
 //! The `Run` handle: one training run, stepped interactively.
 
+use super::checkpoint::{Parts, Saved};
 use super::config::RunConfig;
 use super::device::{device_name, select_device};
 use super::folders::prune_checkpoints;
 use super::monitors::{Monitors, ProbeSource};
+use super::record::{Record, StepReport, TrainSummary};
+use super::schedule::Schedule;
 use crate::augment::TwoViewRecipe;
 use crate::data::{DataSource, Dataset, Loader};
 use crate::diagnostics::{GradSpikeTracker, LayerGroups};
@@ -13,65 +16,16 @@ use crate::eval::{
     KnnSettings, LinearProbeResult, LinearProbeSettings,
 };
 use crate::methods::Method;
-use crate::models::BackboneKind;
-use crate::optim::{GroupSettings, LrSchedule, OptimKind, OptimName, Optimizer, ScheduleKind};
+use crate::models::{
+    export_backbone, load_backbone, read_torch_checkpoint, BackboneKind, ImportReport,
+};
+use crate::optim::{GroupSettings, OptimKind, OptimName, Optimizer};
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::io::Write;
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// What one optimisation step did.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StepReport {
-    /// 1-based index of the step within the run.
-    pub step: usize,
-    pub loss: f32,
-    /// Named parts of the loss (before λ and scale factors).
-    pub parts: Vec<(String, f32)>,
-    /// Learning rate of ≥2-D tensors at this step.
-    pub lr: f64,
-    /// Wall time of forward + backward + update.
-    pub seconds: f64,
-    /// Augmented views processed per second (2 per image).
-    pub images_per_sec: f64,
-}
-
-impl fmt::Display for StepReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "step {:>5}  loss {:>10.4}", self.step, self.loss)?;
-        for (k, v) in &self.parts {
-            write!(f, "  {k} {v:.4}")?;
-        }
-        write!(
-            f,
-            "  lr {:.4e}  {:.2}s  {:.1} img/s",
-            self.lr, self.seconds, self.images_per_sec
-        )
-    }
-}
-
-/// What a call to [`Run::train`] did.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainSummary {
-    pub steps: usize,
-    pub first_loss: f32,
-    pub last_loss: f32,
-    pub seconds: f64,
-    pub images_per_sec: f64,
-}
-
-impl fmt::Display for TrainSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} steps in {:.1}s ({:.1} img/s), loss {:.4} -> {:.4}",
-            self.steps, self.seconds, self.images_per_sec, self.first_loss, self.last_loss
-        )
-    }
-}
 
 /// One training run: method, optimiser, data stream and history.
 ///
@@ -88,18 +42,13 @@ pub struct Run {
     pub(super) device: Device,
     pub(super) method: Box<dyn Method>,
     pub(super) optimizer: Optimizer,
-    pub(super) schedule: LrSchedule,
-    pub(super) lr_scale: f64,
+    pub(super) schedule: Schedule,
     pub(super) recipe: TwoViewRecipe,
     pub(super) train_data: Arc<dyn Dataset>,
     pub(super) test_data: Arc<dyn Dataset>,
     pub(super) loader: Loader,
-    pub(super) total_steps: usize,
-    pub(super) steps_per_epoch: usize,
     pub(super) warnings: Vec<String>,
-    pub(super) history: Vec<StepReport>,
-    pub(super) knn_history: Vec<(usize, KnnResult)>,
-    pub(super) last_cross_correlation: Option<Tensor>,
+    pub(super) record: Record,
     /// Per-layer gradient statistics (when `diagnostics.grad_spikes`).
     pub(super) layer_groups: LayerGroups,
     pub(super) spikes: Option<GradSpikeTracker>,
@@ -140,14 +89,7 @@ impl Run {
             config.augment.scale_min,
         );
         let batch = config.train.batch_size;
-        let steps_per_epoch = train_data.len() / batch.max(1);
-        let total_steps = if config.train.steps > 0 {
-            config.train.steps
-        } else {
-            ((config.train.epochs * steps_per_epoch as f64).round() as usize).max(1)
-        };
-        let warmup = ((config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize)
-            .min(total_steps);
+        let schedule = Schedule::new(&config, train_data.len());
         let method = (config.method.info().build)(&config.method_setup(), &device)?;
         let mut warnings = Vec::new();
         for (name, q) in method.queues() {
@@ -196,27 +138,6 @@ impl Run {
             adapt: !o.exclude_1d,
         };
         let optimizer = Optimizer::new(kind, method.params(), multi, one)?;
-        let schedule = match o.schedule {
-            ScheduleKind::Steps => LrSchedule::Steps {
-                warmup,
-                milestones: o
-                    .milestones
-                    .iter()
-                    .map(|e| (e * steps_per_epoch as f64).round() as usize)
-                    .collect(),
-                gamma: o.gamma,
-            },
-            ScheduleKind::Cosine => LrSchedule::WarmupCosine {
-                warmup,
-                total: total_steps,
-                final_frac: o.final_lr_frac,
-            },
-        };
-        let lr_scale = if o.scale_lr_with_batch {
-            batch as f64 / 256.0
-        } else {
-            1.0
-        };
         let loader = Loader::new(train_data.clone(), recipe.clone(), batch, config.seed, 0)?;
         let layer_groups = LayerGroups::new(method.params());
         let d = &config.diagnostics;
@@ -235,17 +156,12 @@ impl Run {
             method,
             optimizer,
             schedule,
-            lr_scale,
             recipe,
             train_data,
             test_data,
             loader,
-            total_steps,
-            steps_per_epoch: steps_per_epoch.max(1),
             warnings,
-            history: Vec::new(),
-            knn_history: Vec::new(),
-            last_cross_correlation: None,
+            record: Record::default(),
             layer_groups,
             spikes,
             monitors: Monitors::default(),
@@ -256,25 +172,12 @@ impl Run {
 
     /// Learning rate of ≥2-D tensors at 0-based step `s`.
     pub fn lr_at(&self, s: usize) -> f64 {
-        self.lr_factor(s) * self.config.optim.lr
+        self.schedule.lr_at(s)
     }
 
-    /// Schedule × batch scaling at step `s`; per-epoch schedules hold the value of the epoch's
-    /// first step.
-    fn lr_factor(&self, s: usize) -> f64 {
-        let s = if self.config.optim.per_epoch {
-            s - s % self.steps_per_epoch
-        } else {
-            s
-        };
-        self.schedule.factor(s) * self.lr_scale
-    }
-
-    /// The method's tensors: the online store, then the momentum encoder's where there is one.
-    pub(super) fn stores(&self) -> Vec<&crate::models::ParamStore> {
-        let mut stores = vec![self.method.params()];
-        stores.extend(self.method.momentum_params());
-        stores
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     /// A loader of `batch`-sized batches whose next batch is that of step `step` (data order is
@@ -291,7 +194,8 @@ impl Run {
 
     /// Deep copies of every buffer (BN running statistics) of the online and momentum stores.
     fn buffer_copies(&self) -> Result<Vec<(candle_core::Var, Tensor)>> {
-        self.stores()
+        self.method
+            .stores()
             .into_iter()
             .flat_map(|s| s.params.iter())
             .filter(|p| p.kind == crate::models::ParamKind::Buffer)
@@ -304,6 +208,67 @@ impl Run {
     /// from the newest.
     pub fn checkpoint_into(&mut self, dir: impl Into<std::path::PathBuf>) {
         self.checkpoint_dir = Some(dir.into());
+    }
+
+    /// The parts a checkpoint holds.
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            config: &self.config,
+            method: self.method.as_ref(),
+            optimizer: &self.optimizer,
+            record: &self.record,
+        }
+    }
+
+    /// Saves the run into `dir` (created if needed) and returns the manifest's path. An earlier
+    /// checkpoint in `dir` stays loadable until the new one is complete.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
+        self.parts().save(dir.as_ref())
+    }
+
+    /// Loads a run saved by [`Run::save`] (or the newest checkpoint of a folder of periodic
+    /// checkpoints `step-*`), rebuilding data and model from its config and restoring every
+    /// tensor, counter and the history.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Run> {
+        Self::load_with(dir, |_| Ok(()))
+    }
+
+    /// Like [`Run::load`], letting `adjust` change the saved config first (a longer
+    /// `train.steps` to continue a finished run, another device, a new log interval). Changes
+    /// to the model's shape make the load fail with the tensor that no longer fits.
+    pub fn load_with(
+        dir: impl AsRef<Path>,
+        adjust: impl FnOnce(&mut RunConfig) -> Result<()>,
+    ) -> Result<Run> {
+        let saved = Saved::open(dir.as_ref())?;
+        let mut config = saved.config()?;
+        adjust(&mut config)?;
+        config.validate()?;
+        saved.check_method(&config)?;
+        let mut run = Run::new(config)?;
+        let total = run.schedule.total_steps();
+        run.record = saved.restore(
+            run.method.as_mut(),
+            &mut run.optimizer,
+            (&run.device, total),
+        )?;
+        run.loader = run.loader_at(run.config.train.batch_size, run.record.steps_done())?;
+        Ok(run)
+    }
+
+    /// Loads backbone weights from a PyTorch checkpoint of an official release (`.pth`, `.pt`
+    /// or `.safetensors`; see [`crate::models::load_backbone`] for the key layouts) into the
+    /// online backbone and, where there is one, the momentum encoder's copy.
+    pub fn import_backbone(&mut self, path: impl AsRef<Path>) -> Result<ImportReport> {
+        let path = path.as_ref();
+        let tensors = read_torch_checkpoint(path)?;
+        load_backbone(&self.method.stores(), &tensors, path)
+    }
+
+    /// Writes the online backbone as safetensors with torchvision/timm key names; returns the
+    /// number of tensors written.
+    pub fn export_backbone(&self, path: impl AsRef<Path>) -> Result<usize> {
+        export_backbone(self.method.params(), path)
     }
 
     /// Problems noticed while building the run that do not stop it (printed once to stderr).
@@ -322,10 +287,10 @@ impl Run {
             device: &self.device,
         };
         let cc = (
-            self.last_cross_correlation.as_ref(),
+            self.record.last_cross_correlation.as_ref(),
             self.config.diagnostics.corr_block,
         );
-        let step = self.history.len();
+        let step = self.record.steps.len();
         self.monitors.take(step, self.method.as_ref(), &src, cc)
     }
 
@@ -336,7 +301,7 @@ impl Run {
     }
 
     fn step_here(&mut self) -> Result<StepReport> {
-        let s = self.history.len();
+        let s = self.record.steps.len();
         let batch = self.loader.next_batch()?;
         let n = batch.indices.len();
         let size = batch.size;
@@ -373,16 +338,16 @@ impl Run {
             let (norms, max_abs) = self.layer_groups.grad_stats(self.method.params(), &grads)?;
             tracker.record(s + 1, &norms, &max_abs)?;
         }
-        let factor = self.lr_factor(s);
+        let factor = self.schedule.factor(s);
         self.optimizer.step(&grads, factor)?;
-        self.method.after_step(s + 1, self.total_steps)?;
+        self.method.after_step(s + 1, self.schedule.total_steps())?;
         let parts = out
             .parts
             .iter()
             .map(|(k, t)| Ok((k.clone(), t.to_scalar::<f32>()?)))
             .collect::<Result<Vec<_>>>()?;
         // Detached, or the matrix would keep this step's whole graph alive.
-        self.last_cross_correlation = out.cross_correlation.map(|c| c.detach());
+        self.record.last_cross_correlation = out.cross_correlation.map(|c| c.detach());
         // Free this step's graph and gradients now: the monitors below run forward passes of
         // their own, and with both alive the first step's peak memory was the training graph
         // plus theirs (2.24 GB for `sslab bench barlow-twins`, whose steps alone need less).
@@ -392,19 +357,20 @@ impl Run {
             step: s + 1,
             loss,
             parts,
-            lr: factor * self.config.optim.lr,
+            lr: self.schedule.lr_at(s),
             seconds,
             images_per_sec: 2.0 * n as f64 / seconds.max(1e-9),
         };
-        self.history.push(report.clone());
-        let every = Monitors::every(self.config.diagnostics.every, self.total_steps);
+        self.record.steps.push(report.clone());
+        let every = Monitors::every(self.config.diagnostics.every, self.schedule.total_steps());
         if report.step.is_multiple_of(every) || report.step == 1 {
             self.take_monitors()?;
         }
         let every = self.config.train.checkpoint_every;
         if every > 0 && report.step.is_multiple_of(every) {
             if let Some(dir) = self.checkpoint_dir.clone() {
-                self.save(dir.join(format!("step-{:08}", report.step)))?;
+                self.parts()
+                    .save(&dir.join(format!("step-{:08}", report.step)))?;
                 prune_checkpoints(&dir, self.config.train.keep_checkpoints);
             }
         }
@@ -414,7 +380,7 @@ impl Run {
     /// `n` steps with a progress line every `train.log_every` steps (plain text, so it streams
     /// into notebooks). Stops at the first error; completed steps are kept.
     pub fn train(&mut self, n: usize) -> Result<TrainSummary> {
-        let (log_every, total) = (self.config.train.log_every, self.total_steps);
+        let (log_every, total) = (self.config.train.log_every, self.schedule.total_steps());
         let mut out = std::io::stdout();
         let mut i = 0;
         self.train_with(n, |r| {
@@ -436,14 +402,14 @@ impl Run {
         mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
     ) -> Result<TrainSummary> {
         let t0 = Instant::now();
-        let first = self.history.len();
+        let first = self.record.steps.len();
         for _ in 0..n {
             let r = self.step()?;
             if on_step(&r).is_break() {
                 break;
             }
         }
-        let done = &self.history[first..];
+        let done = &self.record.steps[first..];
         let secs = t0.elapsed().as_secs_f64();
         let views: f64 = 2.0 * (self.config.train.batch_size * done.len()) as f64;
         Ok(TrainSummary {
@@ -470,7 +436,7 @@ impl Run {
             },
             &self.device,
         )?;
-        self.knn_history.push((self.history.len(), r.clone()));
+        self.record.knn.push((self.record.steps.len(), r.clone()));
         Ok(r)
     }
 
@@ -536,19 +502,19 @@ impl Run {
     }
     /// Every step so far.
     pub fn history(&self) -> &[StepReport] {
-        &self.history
+        &self.record.steps
     }
     /// kNN results so far, with the step each was taken at.
     pub fn knn_history(&self) -> &[(usize, KnnResult)] {
-        &self.knn_history
+        &self.record.knn
     }
     /// Steps taken.
     pub fn steps_done(&self) -> usize {
-        self.history.len()
+        self.record.steps.len()
     }
     /// Length of the schedule in steps.
     pub fn total_steps(&self) -> usize {
-        self.total_steps
+        self.schedule.total_steps()
     }
     /// The device tensors live on.
     pub fn device(&self) -> &Device {
@@ -584,7 +550,7 @@ impl Run {
     }
     /// The cross-correlation matrix of the last step (methods that have one).
     pub fn last_cross_correlation(&self) -> Option<&Tensor> {
-        self.last_cross_correlation.as_ref()
+        self.record.last_cross_correlation.as_ref()
     }
 }
 

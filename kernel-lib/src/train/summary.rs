@@ -83,20 +83,14 @@ impl Run {
             (Some(_), Some((_, k))) => Some(k.clone()),
             (None, _) if evals.at_init => {
                 let k = self.knn()?;
-                println!(
-                    "kNN top-1 at init: {:.2}% (top-5 {:.2}%, k={}, t={})",
-                    k.top1, k.top5, k.k, k.t
-                );
+                println!("kNN top-1 at init: {k}");
                 Some(k)
             }
             _ => None,
         };
         let probe_init = if evals.dense_probe && evals.at_init && resumed.is_none() {
             let p = self.dense_probe()?;
-            println!(
-                "dense probe at init: mIoU {:.2}%, pixel accuracy {:.2}% ({}x{} grid)",
-                p.miou, p.pixel_acc, p.grid.0, p.grid.1
-            );
+            println!("dense probe at init: {p}");
             Some(p)
         } else {
             None
@@ -105,29 +99,20 @@ impl Run {
         let summary = self.train(steps)?;
         println!("{summary}");
         let fin = self.knn()?;
-        println!(
-            "kNN top-1 at end:  {:.2}% (top-5 {:.2}%)",
-            fin.top1, fin.top5
-        );
+        println!("kNN top-1 at end:  {fin}");
         if let Some(i) = &knn_init {
             println!("kNN top-1 change:  {:+.2} points", fin.top1 - i.top1);
         }
         let linear = if evals.linear_probe {
             let l = self.linear_probe()?;
-            println!(
-                "linear probe:      top-1 {:.2}% (top-5 {:.2}%, train {:.2}%, {} epochs at lr {})",
-                l.top1, l.top5, l.train_top1, l.settings.epochs, l.settings.lr
-            );
+            println!("linear probe:      {l}");
             Some(l)
         } else {
             None
         };
         let probe = if evals.dense_probe {
             let p = self.dense_probe()?;
-            println!(
-                "dense probe at end:  mIoU {:.2}%, pixel accuracy {:.2}%",
-                p.miou, p.pixel_acc
-            );
+            println!("dense probe at end:  {p}");
             Some(p)
         } else {
             None

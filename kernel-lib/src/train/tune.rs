@@ -88,11 +88,8 @@ impl Run {
             for (_, q) in self.method.queues() {
                 q.check_keys_per_step(batch)?;
             }
-            self.loader = self.loader_at(batch, self.history.len())?;
-            self.steps_per_epoch = (self.train_data.len() / batch).max(1);
-            if cfg.optim.scale_lr_with_batch {
-                self.lr_scale = batch as f64 / 256.0;
-            }
+            self.loader = self.loader_at(batch, self.record.steps.len())?;
+            self.schedule.set_batch(batch, self.train_data.len());
         } else if !(key == "optim.lr" || key == "optim.lr_1d" || REPORTING.contains(&key.as_str()))
         {
             return Err(Error::config(
@@ -102,6 +99,7 @@ impl Run {
             ));
         }
         if key == "optim.lr" || key == "optim.lr_1d" {
+            self.schedule.set_base_lr(cfg.optim.lr);
             self.optimizer
                 .set_lr_mults(cfg.optim.lr, cfg.optim.lr_1d.unwrap_or(cfg.optim.lr));
         }
