@@ -154,3 +154,31 @@ fn expect_err_at(path: &std::path::Path, needle: &str) {
         Err(e) => assert!(e.to_string().contains(needle), "{e}"),
     }
 }
+
+/// Checkpoints written by sslab before the config's names became enums and the run was split
+/// into parts (commit 6c35d24: `sslab train METHOD --steps 4 --checkpoint-every 2` on tiny
+/// shapes, the step-2 checkpoint kept): they load, and training on from them gives the losses
+/// that run printed for its steps 3 and 4.
+#[test]
+fn checkpoints_saved_before_the_restructure_load_and_continue_the_same_run() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/saved-before-typed-config");
+    for (method, later) in [
+        ("barlow-twins", [2.2998f32, 1.5139]),
+        ("moco-v2", [3.3790, 3.2038]),
+    ] {
+        let mut run = Run::load(root.join(method)).unwrap();
+        assert_eq!(run.config().method, method);
+        assert_eq!(run.steps_done(), 2);
+        assert_eq!(run.total_steps(), 4);
+        for want in later {
+            let r = run.step().unwrap();
+            assert!(
+                (r.loss - want).abs() < 1e-4,
+                "{method} step {}: loss {} where the saved run had {want}",
+                r.step,
+                r.loss
+            );
+        }
+    }
+}

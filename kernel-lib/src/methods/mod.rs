@@ -4,7 +4,8 @@
 //!
 //! [`REGISTRY`] is the only list of methods: what a run, the presets, the probes and the front
 //! ends need to know of a method they read from its [`MethodInfo`]. Adding a method is one new
-//! file, one registry line and its presets.
+//! file, a [`MethodKind`] variant with its registry line, and its presets (and, for a new
+//! config section, its field in `RunConfig` and [`MethodSetup`]).
 
 mod barlow_twins;
 mod densecl;
