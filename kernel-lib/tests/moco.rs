@@ -5,7 +5,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use sslab::methods::{DenseCl, DenseClSpec, KeyQueue, Method, Moco, MocoSpec, MocoVersion};
+use sslab::methods::{
+    DenseCl, DenseClConfig, DenseClSpec, KeyQueue, Method, Moco, MocoSpec, MocoVersion,
+    MomentumSchedule,
+};
 use sslab::models::{ema_update, Depth, Linear, ParamBuilder, ResNetConfig, Stem};
 use sslab::objectives::{
     cross_entropy_first, dense_correspondence, dense_info_nce, densecl_loss, info_nce_queue,
@@ -170,9 +173,9 @@ fn tiny_backbone() -> ResNetConfig {
 
 fn tiny_moco(version: MocoVersion) -> MocoSpec {
     let mut s = MocoSpec::paper(version, tiny_backbone());
-    s.queue_size = 32;
-    s.bn_splits = 2;
-    s.momentum = 0.9;
+    s.config.queue_size = 32;
+    s.config.bn_splits = 2;
+    s.config.momentum = 0.9;
     s
 }
 
@@ -389,8 +392,10 @@ fn densecl_lambda_warmup_starts_at_zero() {
     let dev = Device::Cpu;
     let spec = DenseClSpec {
         moco: tiny_moco(MocoVersion::V2),
-        lambda: 0.5,
-        lambda_warmup_steps: 2,
+        config: DenseClConfig {
+            lambda: 0.5,
+            lambda_warmup_steps: 2,
+        },
     };
     let mut m = DenseCl::new(&spec, 0, &dev).unwrap();
     let x = Tensor::randn(0f32, 1.0, (8, 3, 16, 16), &dev).unwrap();
@@ -410,11 +415,11 @@ fn densecl_lambda_warmup_starts_at_zero() {
 fn momentum_is_fixed_or_follows_the_cosine_towards_one() {
     let dev = Device::Cpu;
     let mut spec = tiny_moco(MocoVersion::V2);
-    spec.momentum = 0.99;
+    spec.config.momentum = 0.99;
     let mut fixed = Moco::new(&spec, 0, &dev).unwrap();
     fixed.after_step(5, 10).unwrap();
     assert_eq!(fixed.momentum(), 0.99);
-    spec.cosine_momentum = true;
+    spec.config.momentum_schedule = MomentumSchedule::Cosine;
     let mut cosine = Moco::new(&spec, 0, &dev).unwrap();
     cosine.after_step(5, 10).unwrap();
     assert!((cosine.momentum() - 0.995).abs() < 1e-12);

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use sslab::methods::{Method, MocoV3, MocoV3Spec};
+use sslab::methods::{Method, MocoV3, MocoV3Config, MocoV3Spec, MomentumSchedule};
 use sslab::models::{sincos_position_embedding, BackboneConfig, VitConfig, VitSize};
 use sslab::objectives::{moco_v3_ctr, moco_v3_loss};
 use sslab::prelude::*;
@@ -136,11 +136,13 @@ fn predictor_is_not_in_the_momentum_encoder_which_follows_the_schedule() {
     let dev = Device::Cpu;
     let spec = MocoV3Spec {
         backbone: BackboneConfig::Vit(VitConfig::sized(VitSize::Tiny, 1, 4, 16)),
-        hidden: 32,
-        dim: 16,
-        tau: 0.2,
-        momentum: 0.99,
-        cosine_momentum: true,
+        config: MocoV3Config {
+            hidden: 32,
+            dim: 16,
+            tau: 0.2,
+            momentum: 0.99,
+            momentum_schedule: MomentumSchedule::Cosine,
+        },
     };
     let mut m = MocoV3::new(&spec, 0, &dev).unwrap();
     let key = m.momentum_params().unwrap();

@@ -4,8 +4,8 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use sslab::methods::{
-    BarlowTwins, BarlowTwinsSpec, DenseCl, DenseClSpec, Method, Moco, MocoSpec, MocoV3, MocoV3Spec,
-    MocoVersion,
+    BarlowTwins, BarlowTwinsConfig, BarlowTwinsSpec, DenseCl, DenseClConfig, DenseClSpec, Method,
+    Moco, MocoSpec, MocoV3, MocoV3Config, MocoV3Spec, MocoVersion, MomentumSchedule,
 };
 use sslab::models::{
     BackboneConfig, BatchNorm, Conv2d, Depth, ParamBuilder, ResNet, ResNetConfig, Stem, VitConfig,
@@ -439,24 +439,28 @@ fn every_trainable_tensor_of_every_method_gets_a_gradient() {
     };
     let spec = BarlowTwinsSpec {
         backbone,
-        projector: vec![16, 16, 16],
-        lambda: 0.0051,
-        scale_loss: 1.0,
+        config: BarlowTwinsConfig {
+            projector: vec![16, 16, 16],
+            lambda: 0.0051,
+            scale_loss: 1.0,
+        },
     };
     assert_gradients_reach_every_trainable_tensor(&mut BarlowTwins::new(&spec, 0, &dev).unwrap());
     for version in [MocoVersion::V1, MocoVersion::V2] {
         let mut spec = MocoSpec::paper(version, backbone);
-        spec.queue_size = 64;
-        spec.bn_splits = 2;
+        spec.config.queue_size = 64;
+        spec.config.bn_splits = 2;
         assert_gradients_reach_every_trainable_tensor(&mut Moco::new(&spec, 0, &dev).unwrap());
     }
     let mut moco = MocoSpec::paper(MocoVersion::V2, backbone);
-    moco.queue_size = 64;
-    moco.bn_splits = 2;
+    moco.config.queue_size = 64;
+    moco.config.bn_splits = 2;
     let spec = DenseClSpec {
         moco,
-        lambda: 0.5,
-        lambda_warmup_steps: 0,
+        config: DenseClConfig {
+            lambda: 0.5,
+            lambda_warmup_steps: 0,
+        },
     };
     assert_gradients_reach_every_trainable_tensor(&mut DenseCl::new(&spec, 0, &dev).unwrap());
     for (backbone, frozen) in [
@@ -479,11 +483,13 @@ fn every_trainable_tensor_of_every_method_gets_a_gradient() {
         };
         let spec = MocoV3Spec {
             backbone,
-            hidden: 16,
-            dim: 8,
-            tau: 0.2,
-            momentum: 0.99,
-            cosine_momentum: true,
+            config: MocoV3Config {
+                hidden: 16,
+                dim: 8,
+                tau: 0.2,
+                momentum: 0.99,
+                momentum_schedule: MomentumSchedule::Cosine,
+            },
         };
         assert_gradients_reach_every_trainable_tensor(&mut MocoV3::new(&spec, 0, &dev).unwrap());
     }

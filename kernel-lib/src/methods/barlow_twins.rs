@@ -66,23 +66,16 @@ fn check_lambda(v: f64) -> Result<()> {
 pub(super) fn build(s: &MethodSetup, device: &Device) -> Result<Box<dyn Method>> {
     let spec = BarlowTwinsSpec {
         backbone: s.model.resnet(),
-        projector: s.barlow_twins.projector.clone(),
-        lambda: s.barlow_twins.lambda,
-        scale_loss: s.barlow_twins.scale_loss,
+        config: s.barlow_twins.clone(),
     };
     Ok(Box::new(BarlowTwins::new(&spec, s.seed, device)?))
 }
 
-/// Architecture and loss settings.
+/// Architecture and loss settings: the backbone and the `barlow_twins` section.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BarlowTwinsSpec {
     pub backbone: ResNetConfig,
-    /// Projector widths after the backbone, e.g. `[8192, 8192, 8192]` in the paper.
-    pub projector: Vec<usize>,
-    /// Weight λ of the off-diagonal term.
-    pub lambda: f64,
-    /// Multiplies the whole loss (solo-learn's `scale_loss`; 1 in the current official code).
-    pub scale_loss: f64,
+    pub config: BarlowTwinsConfig,
 }
 
 /// The Barlow Twins model.
@@ -97,16 +90,11 @@ pub struct BarlowTwins {
 impl BarlowTwins {
     /// Builds the model with weights drawn from `seed` on `device`.
     pub fn new(spec: &BarlowTwinsSpec, seed: u64, device: &Device) -> Result<Self> {
-        if spec.projector.is_empty() {
-            return Err(Error::config(
-                "barlow_twins.projector",
-                "needs at least one width",
-            ));
-        }
+        spec.config.validate()?;
         let mut b = ParamBuilder::new(seed, device);
         let backbone = ResNet::new(&mut b, "backbone", &spec.backbone)?;
         let mut dims = vec![backbone.out_dim()];
-        dims.extend(&spec.projector);
+        dims.extend(&spec.config.projector);
         let projector = Mlp::new(
             &mut b,
             "projector",
@@ -120,8 +108,8 @@ impl BarlowTwins {
         Ok(BarlowTwins {
             backbone,
             projector,
-            lambda: spec.lambda,
-            scale_loss: spec.scale_loss,
+            lambda: spec.config.lambda,
+            scale_loss: spec.config.scale_loss,
             params: b.finish(),
         })
     }

@@ -1,7 +1,7 @@
 //! DenseCL (Wang et al. 2021; docs/recipes.md §4): MoCo v2 plus a dense head contrasting every
 //! location of the last feature map with its best-matching location in the other view.
 
-use super::moco::{MocoSpec, MocoVersion, MomentumPair};
+use super::moco::{MocoConfig, MocoSpec, MocoVersion, MomentumPair};
 use super::queue::KeyQueue;
 use super::{ForwardOutput, Method, MethodSetup};
 use crate::error::{Error, Result};
@@ -50,10 +50,15 @@ fn check_lambda(lambda: f64) -> Result<()> {
 /// official code's one-directional loss.
 pub(super) fn validate(s: &MethodSetup) -> Result<()> {
     s.moco.validate_batch(s.batch_size)?;
-    if s.moco.symmetric {
+    check_asymmetric(s.moco)
+}
+
+/// DenseCL's loss runs one direction only, as in the official code.
+fn check_asymmetric(moco: &MocoConfig) -> Result<()> {
+    if moco.symmetric {
         return Err(Error::config(
             "moco.symmetric",
-            "DenseCL's loss is asymmetric in the official code",
+            "DenseCL's loss is asymmetric in the official code; set it to false",
         ));
     }
     Ok(())
@@ -63,21 +68,17 @@ pub(super) fn validate(s: &MethodSetup) -> Result<()> {
 pub(super) fn build(s: &MethodSetup, device: &Device) -> Result<Box<dyn Method>> {
     let spec = DenseClSpec {
         moco: s.moco.spec(MocoVersion::V2, s.model.resnet()),
-        lambda: s.densecl.lambda,
-        lambda_warmup_steps: s.densecl.lambda_warmup_steps,
+        config: s.densecl.clone(),
     };
     Ok(Box::new(DenseCl::new(&spec, s.seed, device)?))
 }
 
-/// DenseCL's settings on top of MoCo v2's.
+/// DenseCL's settings: MoCo v2's (global head, queue, τ, momentum, ShuffleBN; version v2,
+/// `symmetric` false) and the `densecl` section.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DenseClSpec {
-    /// Global head, queue, τ, momentum, ShuffleBN (version must be v2; `symmetric` false).
     pub moco: MocoSpec,
-    /// Weight λ of the dense loss: `(1 − λ)·global + λ·dense`.
-    pub lambda: f64,
-    /// λ = 0 for this many first steps (the official, off-by-default warm-up hook); 0 = off.
-    pub lambda_warmup_steps: usize,
+    pub config: DenseClConfig,
 }
 
 /// The DenseCL model: MoCo v2's encoders with a dense head each, and two queues.
@@ -101,30 +102,20 @@ impl DenseCl {
                 "DenseCL is built on MoCo v2's head",
             ));
         }
-        if spec.moco.symmetric {
-            return Err(Error::config(
-                "moco.symmetric",
-                "DenseCL's loss is asymmetric in the official code; set it to false",
-            ));
-        }
-        if !(0.0..=1.0).contains(&spec.lambda) {
-            return Err(Error::config(
-                "densecl.lambda",
-                format!("must be in [0, 1], got {}", spec.lambda),
-            ));
-        }
+        check_asymmetric(&spec.moco.config)?;
+        spec.config.validate()?;
         let pair = MomentumPair::new(&spec.moco, true, seed, device)?;
         let dense_queue = KeyQueue::new(
-            spec.moco.dim,
-            spec.moco.queue_size,
+            spec.moco.config.dim,
+            spec.moco.config.queue_size,
             seed ^ 0x4445_4e53_4551,
             device,
         )?;
         Ok(DenseCl {
             pair,
             dense_queue,
-            lambda: spec.lambda,
-            lambda_warmup_steps: spec.lambda_warmup_steps,
+            lambda: spec.config.lambda,
+            lambda_warmup_steps: spec.config.lambda_warmup_steps,
             pending: None,
             last_correspondence: None,
         })
@@ -226,7 +217,7 @@ impl Method for DenseCl {
                 correspondence: &correspondence,
                 dense_queue: &dense_queue,
             },
-            self.pair.spec.tau,
+            self.pair.spec.config.tau,
             self.lambda_now(),
         )?;
         // Queue 2 holds one vector per image: the dense key grid pooled before normalisation.

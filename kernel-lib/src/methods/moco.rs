@@ -106,15 +106,7 @@ impl MocoConfig {
         MocoSpec {
             backbone,
             version,
-            dim: self.dim,
-            hidden: self.hidden,
-            queue_size: self.queue_size,
-            tau: self.tau,
-            momentum: self.momentum,
-            cosine_momentum: self.momentum_schedule == MomentumSchedule::Cosine,
-            symmetric: self.symmetric,
-            bn_splits: self.bn_splits,
-            shuffle_bn: self.shuffle_bn,
+            config: self.clone(),
         }
     }
 }
@@ -150,49 +142,30 @@ pub enum MocoVersion {
     V2,
 }
 
-/// Architecture and loss settings shared by MoCo and DenseCL.
+/// Architecture and loss settings shared by MoCo and DenseCL: the backbone, the version (its
+/// head) and the `moco` section.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MocoSpec {
     pub backbone: ResNetConfig,
     pub version: MocoVersion,
-    /// Embedding width (128 in the papers).
-    pub dim: usize,
-    /// Hidden width of the v2 MLP head; 0 = the backbone's width (2048 for ResNet-50).
-    pub hidden: usize,
-    /// Queue length K.
-    pub queue_size: usize,
-    /// Temperature τ.
-    pub tau: f64,
-    /// EMA momentum m (the starting value when `cosine_momentum`).
-    pub momentum: f64,
-    /// Raise m towards 1 on a half cosine over the run (docs/recipes.md §2.5) instead of fixing it.
-    pub cosine_momentum: bool,
-    /// Sum both directions and enqueue both key sets (the official CIFAR demo's option).
-    pub symmetric: bool,
-    /// BatchNorm groups in training mode (single-device ShuffleBN, §1.3); 1 = plain BN.
-    pub bn_splits: usize,
-    /// Permute the key batch before the key encoder and back after it.
-    pub shuffle_bn: bool,
+    pub config: MocoConfig,
 }
 
 impl MocoSpec {
-    /// The paper's v1 or v2 setting on `backbone`.
+    /// The paper's v1 or v2 setting on `backbone` (τ 0.07 for v1, 0.2 for v2; the rest is the
+    /// section's default).
     pub fn paper(version: MocoVersion, backbone: ResNetConfig) -> Self {
+        let tau = match version {
+            MocoVersion::V1 => 0.07,
+            MocoVersion::V2 => 0.2,
+        };
         MocoSpec {
             backbone,
             version,
-            dim: 128,
-            hidden: 0,
-            queue_size: 65536,
-            tau: match version {
-                MocoVersion::V1 => 0.07,
-                MocoVersion::V2 => 0.2,
+            config: MocoConfig {
+                tau,
+                ..MocoConfig::default()
             },
-            momentum: 0.999,
-            cosine_momentum: false,
-            symmetric: false,
-            bn_splits: 8,
-            shuffle_bn: true,
         }
     }
 }
@@ -220,12 +193,16 @@ impl Encoder {
     /// Registers the encoder under `prefix` ("" for the query, "momentum." for the key copy).
     fn new(b: &mut ParamBuilder, prefix: &str, spec: &MocoSpec, dense: bool) -> Result<Self> {
         let mut backbone = ResNet::new(b, &format!("{prefix}backbone"), &spec.backbone)?;
-        backbone.set_bn_splits(spec.bn_splits);
+        backbone.set_bn_splits(spec.config.bn_splits);
         let c = backbone.out_dim();
-        let hidden = if spec.hidden == 0 { c } else { spec.hidden };
+        let hidden = if spec.config.hidden == 0 {
+            c
+        } else {
+            spec.config.hidden
+        };
         let dims = match spec.version {
-            MocoVersion::V1 => vec![c, spec.dim],
-            MocoVersion::V2 => vec![c, hidden, spec.dim],
+            MocoVersion::V1 => vec![c, spec.config.dim],
+            MocoVersion::V2 => vec![c, hidden, spec.config.dim],
         };
         let mlp = |dims: Vec<usize>| MlpSpec {
             dims,
@@ -239,7 +216,7 @@ impl Encoder {
             Some(Mlp::new(
                 b,
                 &format!("{prefix}dense_head"),
-                &mlp(vec![c, hidden, spec.dim]),
+                &mlp(vec![c, hidden, spec.config.dim]),
             )?)
         } else {
             None
@@ -288,28 +265,19 @@ pub(crate) struct MomentumPair {
 
 impl MomentumPair {
     pub fn new(spec: &MocoSpec, dense: bool, seed: u64, device: &Device) -> Result<Self> {
-        if spec.dim == 0 {
-            return Err(Error::config("moco.dim", "must be positive"));
-        }
-        if !(spec.tau > 0.0 && spec.tau.is_finite()) {
-            return Err(Error::config(
-                "moco.tau",
-                format!("must be > 0, got {}", spec.tau),
-            ));
-        }
-        if !(0.0..=1.0).contains(&spec.momentum) {
-            return Err(Error::config(
-                "moco.momentum",
-                format!("must be in [0, 1], got {}", spec.momentum),
-            ));
-        }
+        spec.config.validate()?;
         // The same seed draws the same values in the same order: the key encoder starts as an
         // exact copy of the query encoder, as the official code's `param_k.data.copy_(param_q)`.
         let mut bq = ParamBuilder::new(seed, device);
         let query = Encoder::new(&mut bq, "", spec, dense)?;
         let mut bk = ParamBuilder::new(seed, device);
         let key = Encoder::new(&mut bk, "momentum.", spec, dense)?;
-        let queue = KeyQueue::new(spec.dim, spec.queue_size, seed ^ 0x5155_4555_4531, device)?;
+        let queue = KeyQueue::new(
+            spec.config.dim,
+            spec.config.queue_size,
+            seed ^ 0x5155_4555_4531,
+            device,
+        )?;
         Ok(MomentumPair {
             spec: spec.clone(),
             query,
@@ -319,7 +287,7 @@ impl MomentumPair {
             queue,
             seed,
             steps: 0,
-            momentum: spec.momentum,
+            momentum: spec.config.momentum,
         })
     }
 
@@ -343,16 +311,16 @@ impl MomentumPair {
     /// Keys of a batch: the momentum encoder in training mode behind ShuffleBN, detached.
     pub fn encode_keys(&self, x: &Tensor) -> Result<Encoded> {
         let n = x.dim(0)?;
-        if n % self.spec.bn_splits.max(1) != 0 {
+        if n % self.spec.config.bn_splits.max(1) != 0 {
             return Err(Error::config(
                 "moco.bn_splits",
                 format!(
                     "batch of {n} does not divide into {} BatchNorm groups",
-                    self.spec.bn_splits
+                    self.spec.config.bn_splits
                 ),
             ));
         }
-        if !self.spec.shuffle_bn {
+        if !self.spec.config.shuffle_bn {
             let e = self.key.forward(x, true)?;
             return Ok(Encoded {
                 map: e.map.detach(),
@@ -386,16 +354,16 @@ impl MomentumPair {
     /// Changes τ of the InfoNCE.
     pub fn set_tau(&mut self, tau: f64) -> Result<()> {
         check_tau(tau)?;
-        self.spec.tau = tau;
+        self.spec.config.tau = tau;
         Ok(())
     }
 
     /// Sets the step counter (it seeds ShuffleBN) and the momentum as they were after `step`.
     pub fn resume_at(&mut self, step: usize, total: usize) {
-        self.momentum = if self.spec.cosine_momentum {
-            cosine_momentum(self.spec.momentum, step, total)
+        self.momentum = if self.spec.config.momentum_schedule == MomentumSchedule::Cosine {
+            cosine_momentum(self.spec.config.momentum, step, total)
         } else {
-            self.spec.momentum
+            self.spec.config.momentum
         };
         self.steps = step;
     }
@@ -459,7 +427,7 @@ fn contrastive_parts(nce: &InfoNce, tau: f64) -> Result<Vec<(String, Tensor)>> {
 /// use sslab::models::{Depth, ResNetConfig, Stem};
 /// let backbone = ResNetConfig { depth: Depth::R18, stem: Stem::Cifar, width: 8, zero_init_residual: false };
 /// let mut spec = MocoSpec::paper(MocoVersion::V2, backbone);
-/// spec.queue_size = 64;
+/// spec.config.queue_size = 64;
 /// let mut moco = Moco::new(&spec, 0, &Device::Cpu)?;
 /// let x = Tensor::randn(0f32, 1.0, (16, 3, 32, 32), &Device::Cpu)?;
 /// let out = moco.forward_train(&x, &x)?;
@@ -511,7 +479,7 @@ impl Moco {
         // exists, and the peak memory holds one encoder's graph, not two.
         let k = self.pair.encode_keys(x_k)?.global;
         let q = self.pair.encode_queries(x_q)?.global;
-        let nce = info_nce_queue(&q, &k, &self.pair.queue.keys()?, self.pair.spec.tau)?;
+        let nce = info_nce_queue(&q, &k, &self.pair.queue.keys()?, self.pair.spec.config.tau)?;
         Ok((nce, l2_normalize(&k, 1)?))
     }
 }
@@ -554,12 +522,16 @@ impl Method for Moco {
     }
 
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
-        let per_view = if self.pair.spec.symmetric { 2 } else { 1 };
+        let per_view = if self.pair.spec.config.symmetric {
+            2
+        } else {
+            1
+        };
         self.pair
             .queue
             .check_keys_per_step(per_view * view_a.dim(0)?)?;
-        let tau = self.pair.spec.tau;
-        let (loss, parts, keys) = if self.pair.spec.symmetric {
+        let tau = self.pair.spec.config.tau;
+        let (loss, parts, keys) = if self.pair.spec.config.symmetric {
             let (ab, k2) = self.direction(view_a, view_b)?;
             let (ba, k1) = self.direction(view_b, view_a)?;
             let mut parts = contrastive_parts(&ab, tau)?;

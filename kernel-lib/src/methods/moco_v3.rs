@@ -59,32 +59,18 @@ fn check_tau(tau: f64) -> Result<()> {
 
 /// Builds MoCo v3 (ResNet or ViT, as `model.backbone` says) as a run's config describes it.
 pub(super) fn build(s: &MethodSetup, device: &Device) -> Result<Box<dyn Method>> {
-    let v3 = s.moco_v3;
     let spec = MocoV3Spec {
         backbone: s.model.backbone(s.view_size),
-        hidden: v3.hidden,
-        dim: v3.dim,
-        tau: v3.tau,
-        momentum: v3.momentum,
-        cosine_momentum: v3.momentum_schedule == MomentumSchedule::Cosine,
+        config: s.moco_v3.clone(),
     };
     Ok(Box::new(MocoV3::new(&spec, s.seed, device)?))
 }
 
-/// Architecture and loss settings.
+/// Architecture and loss settings: the backbone (ResNet or ViT) and the `moco_v3` section.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MocoV3Spec {
     pub backbone: BackboneConfig,
-    /// Hidden width of projector and predictor (4096 in the paper).
-    pub hidden: usize,
-    /// Output width (256 in the paper).
-    pub dim: usize,
-    /// τ: 0.2 for ViT, 1.0 for ResNet-50 in the paper.
-    pub tau: f64,
-    /// m₀ of the momentum (0.99 for ViT).
-    pub momentum: f64,
-    /// Raise m from m₀ to 1 on a half cosine per iteration (docs/recipes.md §2.5).
-    pub cosine_momentum: bool,
+    pub config: MocoV3Config,
 }
 
 struct Encoder {
@@ -98,8 +84,10 @@ impl Encoder {
         let c = backbone.out_dim();
         // ResNet: 2-layer projector; ViT: 3 layers. Both end in a non-affine BN (§2.3).
         let dims = match spec.backbone {
-            BackboneConfig::ResNet(_) => vec![c, spec.hidden, spec.dim],
-            BackboneConfig::Vit(_) => vec![c, spec.hidden, spec.hidden, spec.dim],
+            BackboneConfig::ResNet(_) => vec![c, spec.config.hidden, spec.config.dim],
+            BackboneConfig::Vit(_) => {
+                vec![c, spec.config.hidden, spec.config.hidden, spec.config.dim]
+            }
         };
         let projector = Mlp::new(
             b,
@@ -139,24 +127,7 @@ pub struct MocoV3 {
 impl MocoV3 {
     /// Builds the online encoder, its predictor and the momentum copy (identical at start).
     pub fn new(spec: &MocoV3Spec, seed: u64, device: &Device) -> Result<Self> {
-        if spec.hidden == 0 || spec.dim == 0 {
-            return Err(Error::config(
-                "moco_v3.hidden",
-                "head widths must be positive",
-            ));
-        }
-        if !(spec.tau > 0.0 && spec.tau.is_finite()) {
-            return Err(Error::config(
-                "moco_v3.tau",
-                format!("must be > 0, got {}", spec.tau),
-            ));
-        }
-        if !(0.0..=1.0).contains(&spec.momentum) {
-            return Err(Error::config(
-                "moco_v3.momentum",
-                format!("must be in [0, 1], got {}", spec.momentum),
-            ));
-        }
+        spec.config.validate()?;
         let mut bq = ParamBuilder::new(seed, device);
         let query = Encoder::new(&mut bq, "", spec)?;
         let shared_len = bq.store.params.len();
@@ -169,7 +140,7 @@ impl MocoV3 {
             &mut bq,
             "predictor",
             &MlpSpec {
-                dims: vec![spec.dim, spec.hidden, spec.dim],
+                dims: vec![spec.config.dim, spec.config.hidden, spec.config.dim],
                 bias: false,
                 hidden_bn: true,
                 last_bn,
@@ -189,7 +160,7 @@ impl MocoV3 {
             params,
             shared,
             key_params: bk.finish(),
-            momentum: spec.momentum,
+            momentum: spec.config.momentum,
         })
     }
 
@@ -232,7 +203,7 @@ impl Method for MocoV3 {
         let q2 = self
             .predictor
             .forward_t(&self.query.forward(view_b)?, true)?;
-        let tau = self.spec.tau;
+        let tau = self.spec.config.tau;
         let l12 = moco_v3_ctr(&q1, &k2, tau)?;
         let l21 = moco_v3_ctr(&q2, &k1, tau)?;
         let pos = (l2_normalize(&q1.detach(), 1)? * l2_normalize(&k2, 1)?)?
@@ -259,15 +230,15 @@ impl Method for MocoV3 {
             return Ok(false);
         }
         check_tau(value)?;
-        self.spec.tau = value;
+        self.spec.config.tau = value;
         Ok(true)
     }
 
     fn resume_at(&mut self, steps_done: usize, total_steps: usize) -> Result<()> {
-        self.momentum = if self.spec.cosine_momentum {
-            cosine_momentum(self.spec.momentum, steps_done, total_steps)
+        self.momentum = if self.spec.config.momentum_schedule == MomentumSchedule::Cosine {
+            cosine_momentum(self.spec.config.momentum, steps_done, total_steps)
         } else {
-            self.spec.momentum
+            self.spec.config.momentum
         };
         Ok(())
     }
