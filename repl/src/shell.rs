@@ -279,12 +279,11 @@ fn cmd_train(s: &mut Session, args: &[&str]) -> Result<Flow> {
     let (stop, terminal) = (s.stop.clone(), s.terminal);
     let run = s.run()?;
     let every = run.config().train.log_every;
-    let t0 = std::time::Instant::now();
-    let mut done = 0;
     let mut out = std::io::stdout();
-    run.train_with(n, |r| {
-        let i = done;
-        done += 1;
+    let mut taken = 0;
+    let summary = run.train_with(n, |r| {
+        let i = taken;
+        taken += 1;
         if terminal {
             let width = 30;
             let filled = (i + 1) * width / n;
@@ -311,15 +310,16 @@ fn cmd_train(s: &mut Session, args: &[&str]) -> Result<Flow> {
     if terminal {
         let _ = writeln!(out);
     }
-    let interrupted = done < n;
+    let interrupted = summary.steps < n;
     println!(
-        "{} {done} steps in {:.1}s (step {} of {}){}",
+        "{} {} steps in {:.1}s (step {} of {}){}",
         if interrupted {
             "stopped after"
         } else {
             "trained"
         },
-        t0.elapsed().as_secs_f64(),
+        summary.steps,
+        summary.seconds,
         run.steps_done(),
         run.total_steps(),
         if interrupted {

@@ -59,16 +59,16 @@ impl MethodKind {
 
     /// The method a name means; the error lists the known ones.
     pub fn parse(name: &str) -> Result<Self> {
+        Self::find(name).map_err(|msg| Error::config("method", msg))
+    }
+
+    /// [`MethodKind::parse`] with the bare message, for serde.
+    fn find(name: &str) -> std::result::Result<Self, String> {
         REGISTRY
             .iter()
             .find(|m| m.name == name)
             .map(|m| m.kind)
-            .ok_or_else(|| {
-                Error::config(
-                    "method",
-                    format!("unknown method '{name}'; known: {}", names().join(", ")),
-                )
-            })
+            .ok_or_else(|| format!("unknown method '{name}'; known: {}", names().join(", ")))
     }
 }
 
@@ -87,8 +87,7 @@ impl PartialEq<&str> for MethodKind {
 impl TryFrom<String> for MethodKind {
     type Error = String;
     fn try_from(s: String) -> std::result::Result<Self, String> {
-        MethodKind::parse(&s)
-            .map_err(|_| format!("unknown method '{s}'; known: {}", names().join(", ")))
+        MethodKind::find(&s)
     }
 }
 
