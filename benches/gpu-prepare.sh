@@ -26,9 +26,15 @@ cp Cargo.lock "$SHIM/" 2>/dev/null || true
 exports=$(cd "$SHIM" && "$ROOT/../shared/tools/cuda-toolkit.sh")
 eval "$exports"
 cargo build --release -p sslab-repl --features sslab/cuda,sslab/cudnn --target-dir target/cuda
-mkdir -p .gpu/torch
+# The CUDA tests, built here: the GPU machine has no Rust. They take no files from the tree.
+tests=$(cargo test --release -p sslab --features cudnn --target-dir target/cuda --test cuda_conv \
+  --no-run 2>&1 | tee /dev/stderr | grep -oE 'target/cuda/release/deps/[A-Za-z0-9_]+-[0-9a-f]+' | sort -u)
+rm -rf .gpu && mkdir -p .gpu/torch .gpu/tests
 # gzipped (58 → 15 MB): the device tool carries at most 64 MiB with the working tree.
 gzip -6 -c target/cuda/release/sslab > .gpu/sslab.gz
-cp ../shared/tools/run-on-gpu.sh benches/gpu.sh .gpu/
+for t in $tests; do gzip -6 -c "$t" > ".gpu/tests/$(basename "${t%-*}").gz"; done
+cp ../shared/tools/run-on-gpu.sh benches/gpu.sh benches/gpu_report.py .gpu/
 cp benches/torch/workloads.py .gpu/torch/
-ls -la .gpu
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!benches/results' || echo -dirty)" > .gpu/commit
+ls -la .gpu .gpu/tests
+du -sh .gpu

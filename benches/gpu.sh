@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
 # On the GPU machine (see benches/gpu-prepare.sh), in one `run` call with carry [".gpu"]:
-#   1. a CPU-vs-CUDA check of every method's first training steps (same seed: kNN at init must
-#      be equal and the losses agree to float tolerance; the final kNN is printed beside them);
-#   2. sslab on CUDA vs PyTorch on the same card, workload by workload: the CPU workloads at
-#      batch 256 (and 64), and the GPU-sized presets (ResNet-50 Barlow Twins at 224 px, MoCo v3
-#      ViT-S/16), PyTorch in fp32 and as GPU users run it (bf16 autocast + channels-last).
+#   bash .gpu/gpu.sh [SECTION...]      sections, in this order by default:
+#   tests  the CUDA tests built by gpu-prepare.sh (cuda_conv: every ResNet-18 and ResNet-50
+#          convolution shape against the CPU kernels and candle, values and gradients);
+#   conv   per-pass TFLOP/s of every ResNet-18 (batch 256) and ResNet-50 (224 px, batch 128)
+#          convolution, sslab (cuDNN) and PyTorch (cudnn.benchmark) back to back;
+#   check  a CPU-vs-CUDA check of every method's first training steps (same seed, strict fp32:
+#          kNN at init must be equal and the losses agree to float tolerance);
+#   steps  sslab on CUDA vs PyTorch on the same card, workload by workload: batch 256 (and 64),
+#          and the GPU-sized presets (ResNet-50 Barlow Twins at 224 px, MoCo v3 ViT-S/16),
+#          PyTorch in fp32 and as GPU users run it (bf16 autocast + channels-last).
 # Every command has its own timeout and appends to $OUT/gpu.log and $OUT/gpu-table.md as it
-# goes, so a call cut short still brings back what ran.
+# goes, so a call cut short still brings back what ran. At the end benches/gpu_report.py writes
+# the tables with ratios and $OUT/gpu-YYYY-MM-DD.json (commit it under benches/results/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 G=.gpu
 O=${OUT:-/tmp}
 LOG=$O/gpu.log
 TAB=$O/gpu-table.md
+ROWS=$O/rows.tsv
+SECTIONS=${*:-tests conv check steps}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
-# The binary travels gzipped: the working tree and what is carried must fit in 64 MiB.
+# The binaries travel gzipped: the working tree and what is carried must fit in 64 MiB.
 S=/tmp/sslab
 gunzip -c $G/sslab.gz > $S && chmod +x $S || exit 1
 # The CUDA 13 libraries of PyTorch's wheels, found once (run-on-gpu.sh imports torch to find them).
 LD_LIBRARY_PATH=$($G/run-on-gpu.sh /usr/bin/printenv LD_LIBRARY_PATH 2>/dev/null)
 export LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$LOG"
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+COMMIT=$(cat $G/commit 2>/dev/null || echo unknown)
+echo "sslab at $COMMIT, torch $(python3 -c 'import torch;print(torch.__version__)' 2>/dev/null)" | tee -a "$TAB"
 ldd $S | grep -E 'not found|libcu' | tee -a "$LOG"
 
 # Peak device memory of one command as nvidia-smi sees it (CUDA context included), in GB.
@@ -33,9 +45,10 @@ peak_mem() {
   echo "PEAKMEM $(sort -n /tmp/mem | tail -1 | awk '{printf "%.2f", $1/1024}')"
   return $rc
 }
-# run SECONDS LABEL CMD...: logs everything, prints the step/RESULT lines, and adds a table row.
+# run SECONDS WHO WORKLOAD BATCH SETTING CMD...: logs everything, adds a table row and a line
+# of rows.tsv (WHO sslab|torch; SETTING f32 for sslab, fp32|bf16+cl for PyTorch).
 run() {
-  local t=$1 label=$2; shift 2
+  local t=$1 who=$2 workload=$3 batch=$4 setting=$5; shift 5
   echo "\$ $*" >> "$LOG"
   local out
   out=$(peak_mem timeout "$t" "$@" 2>&1)
@@ -44,16 +57,39 @@ run() {
   res=$(echo "$out" | grep '^RESULT' | tail -1)
   mem=$(echo "$out" | grep '^PEAKMEM' | awk '{print $2}')
   [ -z "$res" ] && res="FAILED: $(echo "$out" | grep -iE 'error|Error|killed' | head -1)"
-  echo "| $label | $res | $mem |" | tee -a "$TAB"
+  echo "| $who $workload b$batch $setting | $res | $mem |" | tee -a "$TAB"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$who" "$workload" "$batch" "$setting" "$res" "$mem" >> "$ROWS"
 }
 
-echo "## CPU vs CUDA, same seed (loss per step, kNN at init and at the end)" | tee -a "$TAB"
+if want tests; then
+  echo "## CUDA tests" | tee -a "$TAB"
+  for t in $G/tests/*.gz; do
+    [ -e "$t" ] || continue
+    b=/tmp/$(basename "$t" .gz)
+    gunzip -c "$t" > "$b" && chmod +x "$b"
+    out=$(timeout 400 "$b" --test-threads 1 2>&1)
+    echo "$out" >> "$LOG"
+    echo "| $(basename "$b") | $(echo "$out" | grep -E '^test result' | tail -1) $(echo "$out" | grep -E 'panicked|skipping' | head -3 | tr '\n' ' ') |" | tee -a "$TAB"
+  done
+fi
+
+if want conv; then
+  echo "## Convolutions: sslab (cuDNN) vs PyTorch, TFLOP/s" | tee -a "$TAB"
+  for nb in resnet18:256 resnet50:128; do
+    net=${nb%%:*}; b=${nb#*:}
+    timeout 300 $S bench conv --device cuda --net $net --batch $b --steps 10 > $O/conv-sslab-$net.txt 2>&1
+    timeout 300 python3 $G/torch/workloads.py conv --device cuda --net $net --batch $b --steps 10 > $O/conv-torch-$net.txt 2>&1
+    cat $O/conv-sslab-$net.txt $O/conv-torch-$net.txt >> "$LOG"
+  done
+fi
+
 # check PRESET [--set ...]: three steps on each device, compared.
 check() {
   local m=$1; shift
   for d in cpu cuda; do
     timeout 120 $S train ${m%%/*} --preset $m --steps 3 --device $d --no-figures \
-      --set train.log_every=1 --set data.shapes.train=512 --set data.shapes.test=200 "$@" \
+      --set train.log_every=1 --set data.shapes.train=512 --set data.shapes.test=200 \
+      --set cuda.tf32=false "$@" \
       --out /tmp/check-${m//\//-}-$d > /tmp/check-${m//\//-}-$d.log 2>&1
     cat /tmp/check-${m//\//-}-$d.log >> "$LOG"
   done
@@ -75,28 +111,34 @@ worst = f"{max(rel):.2e}" if rel else "n/a"
 print(f"| {m} | cpu {la} knn {ka} | cuda {lb} knn {kb} | max rel {worst} | {'OK' if ok else 'MISMATCH'} |")
 EOF
 }
-for m in barlow-twins/tiny moco-v1/tiny moco-v2/tiny densecl/tiny moco-v3/vit-tiny moco-v3/resnet; do
-  check $m
-done
-check barlow-twins/tiny --set optim.lr=0.02
+if want check; then
+  echo "## CPU vs CUDA, same seed, strict fp32 (loss per step, kNN at init and at the end)" | tee -a "$TAB"
+  for m in barlow-twins/tiny moco-v1/tiny moco-v2/tiny densecl/tiny moco-v3/vit-tiny moco-v3/resnet; do
+    check $m
+  done
+  check barlow-twins/tiny --set optim.lr=0.02
+fi
 
-echo "## sslab (candle CUDA + cuDNN, fp32) vs PyTorch $(python3 -c 'import torch;print(torch.__version__)') on one card" | tee -a "$TAB"
-echo "| workload | RESULT | peak GPU GB (nvidia-smi) |" | tee -a "$TAB"
-for w in barlow-twins moco-v2 moco-v3-vit; do
-  run 90 "sslab $w b256" $S bench $w --device cuda --steps 10 --batch 256
-  [ $w = barlow-twins ] && run 90 "sslab $w b256 no spike tracker" $S bench $w --device cuda --steps 10 --batch 256 --set diagnostics.grad_spikes=false
-  run 90 "torch $w b256 fp32" python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 256
-  run 90 "torch $w b256 bf16+cl" python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 256 --amp --channels-last
-done
-for wp in barlow-twins:barlow-twins/imagenet moco-v3-vit:moco-v3/vit-small; do
-  w=${wp%%:*}; p=${wp#*:}
-  run 150 "sslab $p b128" $S bench $w --preset $p --device cuda --steps 5 --batch 128
-  run 120 "torch $p b128 fp32" python3 $G/torch/workloads.py $w --preset $p --device cuda --steps 5 --batch 128
-  run 120 "torch $p b128 bf16+cl" python3 $G/torch/workloads.py $w --preset $p --device cuda --steps 5 --batch 128 --amp --channels-last
-done
-# The CPU workloads' own batch (64), last: the least informative on a GPU.
-for w in barlow-twins moco-v2 moco-v3-vit; do
-  run 60 "sslab $w b64" $S bench $w --device cuda --steps 10 --batch 64
-  run 60 "torch $w b64 fp32" python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 64
-done
+if want steps; then
+  echo "## sslab (CUDA, f32, cuDNN convolutions with TF32) vs PyTorch on one card" | tee -a "$TAB"
+  echo "| command | RESULT | peak GPU GB (nvidia-smi) |" | tee -a "$TAB"
+  for w in barlow-twins moco-v2 moco-v3-vit; do
+    run 90 sslab $w 256 f32 $S bench $w --device cuda --steps 10 --batch 256
+    run 90 torch $w 256 fp32 python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 256
+    run 90 torch $w 256 bf16+cl python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 256 --amp --channels-last
+  done
+  for wp in barlow-twins:barlow-twins/imagenet moco-v3-vit:moco-v3/vit-small; do
+    w=${wp%%:*}; p=${wp#*:}
+    run 150 sslab $p 128 f32 $S bench $w --preset $p --device cuda --steps 5 --batch 128
+    run 120 torch $p 128 fp32 python3 $G/torch/workloads.py $w --preset $p --device cuda --steps 5 --batch 128
+    run 120 torch $p 128 bf16+cl python3 $G/torch/workloads.py $w --preset $p --device cuda --steps 5 --batch 128 --amp --channels-last
+  done
+  # The CPU workloads' own batch (64), last: the least informative on a GPU.
+  for w in barlow-twins moco-v2 moco-v3-vit; do
+    run 60 sslab $w 64 f32 $S bench $w --device cuda --steps 10 --batch 64
+    run 60 torch $w 64 fp32 python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 64
+  done
+fi
+
+python3 $G/gpu_report.py "$O" "$COMMIT" "$GPU" | tee -a "$TAB"
 echo "== table"; cat "$TAB"

@@ -309,8 +309,42 @@ CONV_SHAPES = [
 ]
 
 
-def conv(batch, reps):
-    for c, o, k, s, h, count in CONV_SHAPES:
+# torchvision's ResNet-50 at 224 px (as sslab's RESNET50_IMAGENET_CONVS): the 7x7 stem, the
+# stride on each stage's first 3x3 conv, the 1x1 downsamples.
+RESNET50_SHAPES = [
+    (3, 64, 7, 2, 224, 1),
+    (64, 64, 1, 1, 56, 1),
+    (256, 64, 1, 1, 56, 2),
+    (64, 64, 3, 1, 56, 3),
+    (64, 256, 1, 1, 56, 4),
+    (256, 128, 1, 1, 56, 1),
+    (128, 128, 3, 2, 56, 1),
+    (256, 512, 1, 2, 56, 1),
+    (512, 128, 1, 1, 28, 3),
+    (128, 128, 3, 1, 28, 3),
+    (128, 512, 1, 1, 28, 4),
+    (512, 256, 1, 1, 28, 1),
+    (256, 256, 3, 2, 28, 1),
+    (512, 1024, 1, 2, 28, 1),
+    (1024, 256, 1, 1, 14, 5),
+    (256, 256, 3, 1, 14, 5),
+    (256, 1024, 1, 1, 14, 6),
+    (1024, 512, 1, 1, 14, 1),
+    (512, 512, 3, 2, 14, 1),
+    (1024, 2048, 1, 2, 14, 1),
+    (2048, 512, 1, 1, 7, 2),
+    (512, 512, 3, 1, 7, 2),
+    (512, 2048, 1, 1, 7, 3),
+]
+
+
+def conv(batch, reps, net="resnet18", only=""):
+    # GPU: TFLOP/s, CPU: GFLOP/s (as `sslab bench conv`).
+    unit, scale, digits = ("tflops", 1e-12, 2) if DEV.type == "cuda" else ("gflops", 1e-9, 1)
+    shapes = {"resnet18": CONV_SHAPES, "resnet50": RESNET50_SHAPES}[net]
+    for c, o, k, s, h, count in shapes:
+        if only not in f"{c}x{o}k{k}s{s}@{h}":
+            continue
         pad = k // 2
         x = torch.randn(batch, c, h, h, device=DEV)
         w = torch.randn(o, c, k, k, device=DEV) * 0.1
@@ -332,7 +366,7 @@ def conv(batch, reps):
         for name, f in (("fwd", fwd), ("dx", dx), ("dw", dw)):
             f()
             t = median_time(f, reps)
-            out.append(f"{name}_gflops={2 * macs / t / 1e9:.1f}")
+            out.append(f"{name}_{unit}={2 * macs / t * scale:.{digits}f}")
         print(f"RESULT conv shape={c}x{o}k{k}s{s}@{h} count={count} " + " ".join(out), flush=True)
 
 
@@ -362,15 +396,23 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (GPU users' default)")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--net", choices=["resnet18", "resnet50"], default="resnet18", help="conv: the network's shapes")
+    ap.add_argument("--shape", default="", help="conv: only shapes whose name contains this")
+    ap.add_argument("--no-tf32", action="store_true", help="strict fp32 convolutions (sslab: --set cuda.tf32=false)")
     ap.add_argument("--preset", choices=["barlow-twins/imagenet", "moco-v3/vit-small"], help="GPU-sized setting, as sslab bench --preset")
     a = ap.parse_args()
     global DEV, AMP, CHANNELS_LAST, PRESET
     DEV, AMP, CHANNELS_LAST, PRESET = torch.device(a.device), a.amp, a.channels_last, a.preset
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    # As GPU users run it (the official Barlow Twins and solo-learn turn it on): cuDNN's
+    # algorithm search, which sslab's CUDA convolutions do too. TF32 convolutions are
+    # PyTorch's default.
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = not a.no_tf32
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
     if a.workload == "conv":
-        conv(a.batch, max(a.steps, 3))
+        conv(a.batch, max(a.steps, 3), a.net, a.shape)
         return
     step = {"barlow-twins": barlow_twins, "moco-v2": moco_v2, "moco-v3-vit": moco_v3_vit}[a.workload](a.batch, a.width)
     step()  # warm-up

@@ -243,7 +243,7 @@ fn set_changes_one_key_and_validates() {
 /// A `run.json` and `config.toml` written by sslab before the config's names became enums
 /// (`method`, `model.backbone`, `augment.recipe`, `optim.kind`, `optim.schedule`, the momentum
 /// schedules were strings): both still load, and the config prints back the same text (plus
-/// the two linear-probe keys added after it was written, at their defaults).
+/// what was added after it was written, at its defaults: two linear-probe keys and `[cuda]`).
 #[test]
 fn configs_saved_before_typed_names_load_and_print_back_the_same() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -252,8 +252,14 @@ fn configs_saved_before_typed_names_load_and_print_back_the_same() {
     let saved = manifest["config"].as_str().unwrap();
     let c = RunConfig::from_toml_str(saved).unwrap();
     assert_eq!(c.method, "barlow-twins");
-    let added = "linear_probe_epochs = 30\nlinear_probe_lr = 0.0\n";
-    assert_eq!(c.to_toml().unwrap().replace(added, ""), saved);
+    let added = [
+        "linear_probe_epochs = 30\nlinear_probe_lr = 0.0\n",
+        "\n[cuda]\ntf32 = true\n",
+    ];
+    let printed = added
+        .iter()
+        .fold(c.to_toml().unwrap(), |text, a| text.replace(a, ""));
+    assert_eq!(printed, saved);
     let file = RunConfig::from_file(dir.join("config-before-typed-config.toml")).unwrap();
     assert_eq!(file, c);
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use sslab::kernels::bench::{median, time_conv, ConvImpl, RESNET18_CIFAR_CONVS};
+use sslab::kernels::bench::{median, network_convs, time_conv, ConvImpl};
 use sslab::train::{Run, RunConfig};
 
 #[derive(Args)]
@@ -11,7 +11,8 @@ pub struct BenchArgs {
     /// projector, 32 px, 64 images × 2 views, forward + backward + LARS update); moco-v2 =
     /// the `moco-v2/cifar` step (ResNet-18, 2-layer head, queue); moco-v3-vit = the
     /// `moco-v3/vit-tiny` step (ViT-tiny width, 3 blocks, patch 4, AdamW); conv = forward,
-    /// input- and weight-gradient GFLOP/s of each convolution shape of a CIFAR ResNet-18.
+    /// input- and weight-gradient throughput of each convolution shape of a network (`--net`):
+    /// GFLOP/s on the CPU, TFLOP/s on CUDA.
     workload: String,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
@@ -28,6 +29,10 @@ pub struct BenchArgs {
     /// For `conv`: time candle's own convolution instead of sslab's kernels (the baseline).
     #[arg(long)]
     candle_conv: bool,
+    /// For `conv`: the network whose shapes are timed, `resnet18` (CIFAR stem, 32 px) or
+    /// `resnet50` (ImageNet stem, 224 px).
+    #[arg(long, default_value = "resnet18")]
+    net: String,
     /// For `conv`: time only the shapes whose name (as printed, e.g. `256x512k3s2@8`) contains
     /// this text, to look at one layer without waiting for the others.
     #[arg(long)]
@@ -95,12 +100,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     cfg.device = a.device.clone();
     // Monitors run between steps, outside the timed part; keep them out of the way.
     cfg.diagnostics.every = a.steps + 2;
-    for kv in &a.sets {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("--set expects KEY=VALUE, got '{kv}'");
-        };
-        cfg.set(k, v)?;
-    }
+    apply_sets(&mut cfg, &a.sets)?;
     cfg.validate()?;
     let mut run = Run::new(cfg)?;
     let warm = run.step()?;
@@ -146,31 +146,68 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Applies `--set KEY=VALUE` overrides.
+fn apply_sets(cfg: &mut RunConfig, sets: &[String]) -> Result<()> {
+    for kv in sets {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--set expects KEY=VALUE, got '{kv}'");
+        };
+        cfg.set(k, v)?;
+    }
+    Ok(())
+}
+
 fn conv(a: &BenchArgs) -> Result<()> {
     let dev = sslab::train::select_device(&a.device)?;
-    // Off the CPU the convolutions are candle's (cuDNN with the `cudnn` feature).
-    let imp = if a.candle_conv || !dev.is_cpu() {
+    // Of a config, only `cuda.tf32` applies here (`--set cuda.tf32=false`: strict fp32).
+    let mut cfg = RunConfig::default();
+    apply_sets(&mut cfg, &a.sets)?;
+    sslab::kernels::set_conv_tf32(cfg.cuda.tf32);
+    let imp = if a.candle_conv {
         ConvImpl::Candle
     } else {
         ConvImpl::Sslab
     };
+    let Some(net) = network_convs(&a.net) else {
+        bail!("--net {}: not resnet18 or resnet50", a.net);
+    };
+    // A GPU is measured in TFLOP/s, the CPU in GFLOP/s; the key names the unit.
+    let (unit, scale) = if dev.is_cpu() {
+        ("gflops", 1.0)
+    } else {
+        ("tflops", 1e-3)
+    };
+    let tf32 = if dev.is_cuda() {
+        format!(", tf32 {}", sslab::kernels::conv_tf32())
+    } else {
+        String::new()
+    };
     println!(
-        "conv2d on {dev:?} ({imp:?}), batch {}, median of {} | GFLOP/s (2 x multiply-adds / s)",
-        a.batch, a.steps
+        "conv2d {} on {dev:?} ({imp:?}{tf32}), batch {}, median of {} | {unit} = 2 x multiply-adds / s",
+        a.net, a.batch, a.steps
     );
     let only = a.shape.as_deref().unwrap_or("");
-    let shapes: Vec<_> = RESNET18_CIFAR_CONVS
-        .into_iter()
+    let shapes: Vec<_> = net
+        .iter()
         .filter(|s| s.to_string().contains(only))
         .collect();
     if shapes.is_empty() {
-        bail!("--shape {only}: no ResNet-18 convolution matches (e.g. 256x512k3s2@8)");
+        bail!(
+            "--shape {only}: no {} convolution matches (e.g. 256x512k3s2@8)",
+            a.net
+        );
     }
-    for shape in shapes {
+    for &shape in shapes {
         let t = time_conv(shape, a.batch, a.steps.max(3), imp, &dev)?;
+        let (f, x, w) = (
+            t.fwd_gflops * scale,
+            t.dx_gflops * scale,
+            t.dw_gflops * scale,
+        );
+        let digits = if dev.is_cpu() { 1 } else { 2 };
         println!(
-            "RESULT conv shape={shape} count={} fwd_gflops={:.1} dx_gflops={:.1} dw_gflops={:.1}",
-            shape.count, t.fwd_gflops, t.dx_gflops, t.dw_gflops
+            "RESULT conv shape={shape} count={} fwd_{unit}={f:.digits$} dx_{unit}={x:.digits$} dw_{unit}={w:.digits$}",
+            shape.count
         );
     }
     Ok(())

@@ -1,6 +1,6 @@
-//! Convolution micro-benchmarks: the ResNet-18 shapes timed through sslab's CPU kernels and
-//! through candle's own ops, in GFLOP/s, so `sslab bench conv` can set both beside PyTorch's
-//! (`benches/torch/workloads.py conv`).
+//! Convolution micro-benchmarks: the ResNet-18 (CIFAR) and ResNet-50 (ImageNet) shapes timed
+//! through sslab's kernels (CPU, or cuDNN on CUDA) and through candle's own ops, so `sslab bench
+//! conv` can set both beside PyTorch's (`benches/torch/workloads.py conv`).
 
 use super::conv::{conv2d_dw, conv2d_dx, Conv2dOp};
 use crate::Result;
@@ -80,10 +80,59 @@ pub const RESNET18_CIFAR_CONVS: [ConvShape; 11] = [
     ConvShape::new(256, 512, 1, 2, 8, 1),
 ];
 
+/// The convolutions of torchvision's ResNet-50 at 224 px (7×7 stem, stride on the 3×3 conv of
+/// each stage's first block, 1×1 downsample), the same list as `benches/torch/workloads.py`.
+pub const RESNET50_IMAGENET_CONVS: [ConvShape; 23] = [
+    ConvShape::new(3, 64, 7, 2, 224, 1),
+    // layer1, 56 px
+    ConvShape::new(64, 64, 1, 1, 56, 1),
+    ConvShape::new(256, 64, 1, 1, 56, 2),
+    ConvShape::new(64, 64, 3, 1, 56, 3),
+    ConvShape::new(64, 256, 1, 1, 56, 4),
+    // layer2, 56 → 28 px
+    ConvShape::new(256, 128, 1, 1, 56, 1),
+    ConvShape::new(128, 128, 3, 2, 56, 1),
+    ConvShape::new(256, 512, 1, 2, 56, 1),
+    ConvShape::new(512, 128, 1, 1, 28, 3),
+    ConvShape::new(128, 128, 3, 1, 28, 3),
+    ConvShape::new(128, 512, 1, 1, 28, 4),
+    // layer3, 28 → 14 px
+    ConvShape::new(512, 256, 1, 1, 28, 1),
+    ConvShape::new(256, 256, 3, 2, 28, 1),
+    ConvShape::new(512, 1024, 1, 2, 28, 1),
+    ConvShape::new(1024, 256, 1, 1, 14, 5),
+    ConvShape::new(256, 256, 3, 1, 14, 5),
+    ConvShape::new(256, 1024, 1, 1, 14, 6),
+    // layer4, 14 → 7 px
+    ConvShape::new(1024, 512, 1, 1, 14, 1),
+    ConvShape::new(512, 512, 3, 2, 14, 1),
+    ConvShape::new(1024, 2048, 1, 2, 14, 1),
+    ConvShape::new(2048, 512, 1, 1, 7, 2),
+    ConvShape::new(512, 512, 3, 1, 7, 2),
+    ConvShape::new(512, 2048, 1, 1, 7, 3),
+];
+
+/// The shape list of a network by name: `resnet18` (CIFAR) or `resnet50` (ImageNet).
+///
+/// ```
+/// use sslab::kernels::bench::network_convs;
+/// let total = |n| network_convs(n).unwrap().iter().map(|s| s.count).sum::<usize>();
+/// assert_eq!((total("resnet18"), total("resnet50")), (20, 53));
+/// assert!(network_convs("vgg").is_none());
+/// ```
+pub fn network_convs(name: &str) -> Option<&'static [ConvShape]> {
+    match name {
+        "resnet18" => Some(&RESNET18_CIFAR_CONVS),
+        "resnet50" => Some(&RESNET50_IMAGENET_CONVS),
+        _ => None,
+    }
+}
+
 /// Which implementation to time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvImpl {
-    /// sslab's im2col + GEMM kernels with explicit backward (what training uses on the CPU).
+    /// sslab's convolution with its explicit backward, what training uses: im2col + GEMM and
+    /// Winograd on the CPU, cuDNN with measured algorithms on CUDA.
     Sslab,
     /// candle's `conv2d`, and the `conv_transpose2d` / transposed `conv2d` its autograd runs.
     Candle,
@@ -119,8 +168,8 @@ pub fn median(times: &mut [f64]) -> f64 {
     times.get(times.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Times forward, input gradient and weight gradient of `shape` on random data on `dev`
-/// (sslab's kernels are CPU-only; on CUDA, candle's convolutions are timed).
+/// Times forward, input gradient and weight gradient of `shape` on random data on `dev`. The
+/// warm-up call of each pass is where the CUDA arm measures its algorithms; it is not timed.
 ///
 /// ```
 /// use candle_core::Device;
@@ -136,10 +185,14 @@ pub fn time_conv(
     imp: ConvImpl,
     dev: &Device,
 ) -> Result<ConvTiming> {
-    if imp == ConvImpl::Sslab && !dev.is_cpu() {
+    if imp == ConvImpl::Sslab && dev.is_cuda() && !cfg!(feature = "cudnn") {
         return Err(crate::Error::Invalid(
-            "sslab's convolution kernels run on the CPU; time ConvImpl::Candle on other devices"
-                .into(),
+            "sslab's CUDA convolutions need the `cudnn` feature; time ConvImpl::Candle".into(),
+        ));
+    }
+    if imp == ConvImpl::Sslab && !dev.is_cpu() && !dev.is_cuda() {
+        return Err(crate::Error::Invalid(
+            "sslab's convolutions run on the CPU and CUDA; time ConvImpl::Candle".into(),
         ));
     }
     let (s, p, k) = (shape.stride, shape.padding(), shape.kernel);

@@ -5,7 +5,7 @@
 //!
 //! | file | op |
 //! |---|---|
-//! | `conv/` | 2-D convolution: im2col + GEMM, Winograd for 3×3 layers ([`conv2d`]) |
+//! | `conv/` | 2-D convolution: im2col + GEMM, Winograd for 3×3 layers on the CPU, cuDNN with measured algorithms on CUDA ([`conv2d`], [`set_conv_tf32`]) |
 //! | `batch_norm.rs` | training-mode BatchNorm, with the affine part and ReLU fused ([`batch_norm_train`], [`batch_norm_affine_train`]); LayerNorm's normalisation ([`normalize_rows`]) |
 //! | `activation.rs` | ReLU, residual add + ReLU, exact GELU ([`relu`], [`add_relu`], [`gelu`]) |
 //! | `affine.rs` | a linear layer's bias, LayerNorm's scale and shift ([`add_bias`], [`scale_shift_rows`]) |
@@ -36,6 +36,7 @@ pub use activation::{add_relu, gelu, relu};
 pub use affine::{add_bias, scale_shift_rows};
 pub use batch_norm::{batch_norm_affine_train, batch_norm_train, normalize_rows};
 pub use conv::conv2d;
+pub use conv::plan::{conv_tf32, set_conv_tf32};
 pub use matmul::batched_matmul;
 pub use optim_update::{ema, GroupSettings, OptimKind};
 pub use softmax::softmax_last;

@@ -35,6 +35,24 @@ pub struct RunConfig {
     pub train: TrainConfig,
     pub eval: EvalConfig,
     pub diagnostics: DiagnosticsConfig,
+    /// Settings of the CUDA kernels (ignored on the CPU).
+    pub cuda: CudaConfig,
+}
+
+/// How sslab computes on a GPU.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CudaConfig {
+    /// f32 convolutions may use TF32 tensor cores, as PyTorch's default
+    /// (`torch.backends.cudnn.allow_tf32`); `false` forces strict fp32, for comparisons with
+    /// the CPU. Process-wide: the run built last sets it ([`crate::kernels::set_conv_tf32`]).
+    pub tf32: bool,
+}
+
+impl Default for CudaConfig {
+    fn default() -> Self {
+        CudaConfig { tf32: true }
+    }
 }
 
 /// Where the images come from.

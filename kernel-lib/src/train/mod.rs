@@ -16,8 +16,8 @@ mod sweep;
 mod tune;
 
 pub use config::{
-    AugmentConfig, BarlowTwinsConfig, DataConfig, DiagnosticsConfig, EvalConfig, ModelConfig,
-    OptimConfig, RunConfig, TrainConfig,
+    AugmentConfig, BarlowTwinsConfig, CudaConfig, DataConfig, DiagnosticsConfig, EvalConfig,
+    ModelConfig, OptimConfig, RunConfig, TrainConfig,
 };
 pub use device::select_device;
 pub use inspect::{Diagnostic, FeatureSource};

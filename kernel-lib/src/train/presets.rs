@@ -178,6 +178,7 @@ pub fn barlow_twins_imagenet() -> RunConfig {
         train: TrainConfig::default(),
         eval: EvalConfig::default(),
         diagnostics: DiagnosticsConfig::default(),
+        cuda: CudaConfig::default(),
     }
 }
 

@@ -88,6 +88,7 @@ impl Run {
             config.augment.size,
             config.augment.scale_min,
         );
+        crate::kernels::set_conv_tf32(config.cuda.tf32);
         let batch = config.train.batch_size;
         let schedule = Schedule::new(&config, train_data.len());
         let method = (config.method.info().build)(&config.method_setup(), &device)?;

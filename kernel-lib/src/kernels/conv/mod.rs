@@ -9,17 +9,25 @@
 //! * Batch normalisation computes the normalised activations in two passes and its gradient in
 //!   two more, instead of ~10 generic ops each with its own backward.
 //!
-//! Other devices use candle's own ops; tests check both paths agree (values and gradients).
+//! * On CUDA the three passes are cuDNN calls with algorithms measured per shape ([`cudnn`],
+//!   with the `cudnn` feature; what it decides is in [`plan`], testable without a GPU).
+//!
+//! Other devices and dtypes use candle's own ops; tests check the paths agree (values and
+//! gradients).
 
+#[cfg(feature = "cudnn")]
+mod cudnn;
 mod im2col;
+pub(crate) mod plan;
 pub(crate) mod winograd;
 
 use super::matmul::{matmul, matmul_nt_narrow, NARROW};
 use super::par::{images_per_group, sum_over_groups};
-use super::storage::{on_cpu_f32, slice, CResult};
+use super::storage::{slice, CResult};
 use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor};
 use im2col::{col2im, group_cols, to_group_matrix};
+use plan::{ConvRoute, Pass};
 use rayon::prelude::*;
 
 /// Geometry of a convolution.
@@ -132,6 +140,17 @@ impl CustomOp2 for Conv2dOp {
         Ok((CpuStorage::F32(y), shape))
     }
 
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        cuda_pass(Pass::Forward, &g, (s1, l1), (s2, l2))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -211,6 +230,16 @@ impl CustomOp2 for Conv2dInputGrad {
             );
         Ok((CpuStorage::F32(dx), shape))
     }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        cuda_pass(Pass::InputGrad, &self.0, (s1, l1), (s2, l2))
+    }
 }
 
 /// `dW = Σₙ dYₙ · im2col(Xₙ)ᵀ`; arguments (X, dY).
@@ -256,15 +285,56 @@ impl CustomOp2 for Conv2dWeightGrad {
         );
         Ok((CpuStorage::F32(dw), shape))
     }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        cuda_pass(Pass::WeightGrad, &self.0, (s1, l1), (s2, l2))
+    }
 }
 
-/// A bias-free 2-D convolution of NCHW input `x` with an `(out, in, k, k)` kernel: on the CPU
-/// (f32) sslab's kernels above with their explicit backward, elsewhere candle's `conv2d`
-/// (cuDNN with the `cudnn` feature).
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
-    if on_cpu_f32(x) {
-        let op = Conv2dOp { stride, pad };
-        return Ok(x.contiguous()?.apply_op2(&w.contiguous()?, op)?);
+/// One pass on CUDA: cuDNN where this build has it ([`cudnn`]); without it the dispatcher
+/// never routes here (see [`plan::route`]), and a direct call says what is missing.
+fn cuda_pass(
+    pass: Pass,
+    g: &ConvGeom,
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+) -> CResult<(CudaStorage, Shape)> {
+    #[cfg(feature = "cudnn")]
+    return cudnn::conv_pass(pass, g, a, b);
+    #[cfg(not(feature = "cudnn"))]
+    {
+        let _ = (g, a, b);
+        candle_core::bail!("conv2d {pass:?} on CUDA needs sslab built with the `cudnn` feature")
     }
-    Ok(x.conv2d(w, pad, stride, 1, 1)?)
+}
+
+/// A bias-free 2-D convolution of NCHW input `x` with an `(out, in, k, k)` kernel, with an
+/// explicit backward: on the CPU (f32) sslab's kernels above; on CUDA (f32, f16, bf16, in a
+/// build with the `cudnn` feature) cuDNN's three passes with measured algorithms (`cudnn.rs`);
+/// anywhere else candle's `conv2d`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::ones((1, 2, 5, 5), candle_core::DType::F32, &Device::Cpu)?;
+/// let w = Tensor::ones((3, 2, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
+/// let y = sslab::kernels::conv2d(&x, &w, 2, 1)?;
+/// assert_eq!(y.dims(), &[1, 3, 3, 3]);
+/// // The centre output sees all 2 × 3 × 3 ones.
+/// assert_eq!(y.get(0)?.get(0)?.get(1)?.get(1)?.to_scalar::<f32>()?, 18.0);
+/// # Ok::<(), sslab::Error>(())
+/// ```
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    match plan::route(x.device(), x.dtype(), cfg!(feature = "cudnn")) {
+        ConvRoute::CpuKernel | ConvRoute::Cudnn => {
+            let op = Conv2dOp { stride, pad };
+            Ok(x.contiguous()?.apply_op2(&w.contiguous()?, op)?)
+        }
+        ConvRoute::Candle => Ok(x.conv2d(w, pad, stride, 1, 1)?),
+    }
 }

@@ -1,0 +1,163 @@
+//! sslab's CUDA convolutions (cuDNN, `cudnn` feature) against its CPU kernels and against
+//! candle's convolution, values and both gradients, for every convolution shape of the CIFAR
+//! ResNet-18 and the ImageNet ResNet-50. They need a GPU and a `cudnn` build: elsewhere each
+//! test says why it skipped and passes. `benches/gpu.sh` runs them on the GPU machine.
+
+use candle_core::{DType, Device, Tensor, Var};
+use sslab::kernels::bench::{ConvShape, RESNET18_CIFAR_CONVS, RESNET50_IMAGENET_CONVS};
+use sslab::kernels::{conv2d, set_conv_tf32};
+use std::sync::Mutex;
+
+/// The TF32 switch is process-wide: the tests that set it take turns.
+static TF32: Mutex<()> = Mutex::new(());
+
+fn gpu() -> Option<Device> {
+    if !cfg!(feature = "cudnn") {
+        eprintln!("skipping: sslab built without the `cudnn` feature");
+        return None;
+    }
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipping: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// `max |a - b| / max |b|`, on the host.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = b.abs().unwrap().max_all().unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
+}
+
+/// Output, input gradient and weight gradient of `Σ conv(x, w) · r`, through sslab's conv2d
+/// or (`candle`) candle's.
+fn passes(x: &Tensor, w: &Tensor, r: &Tensor, s: ConvShape, candle: bool) -> [Tensor; 3] {
+    let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+    let y = if candle {
+        xv.conv2d(&wv, s.padding(), s.stride, 1, 1).unwrap()
+    } else {
+        conv2d(&xv, &wv, s.stride, s.padding()).unwrap()
+    };
+    let loss = (&y * r).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    let dx = g.get(&xv).unwrap().clone();
+    let dw = g.get(&wv).unwrap().clone();
+    [y, dx, dw]
+}
+
+/// Every shape of `shapes` at `batch`: sslab on CUDA against the CPU kernels (within `tol_cpu`)
+/// and against candle on CUDA (within `tol_candle`).
+fn check(dev: &Device, shapes: &[ConvShape], batch: usize, tol_cpu: f32, tol_candle: f32) {
+    for &s in shapes {
+        let x = Tensor::randn(0f32, 1.0, (batch, s.inp, s.size, s.size), &Device::Cpu).unwrap();
+        let fan_in = (s.inp * s.kernel * s.kernel) as f32;
+        let w = (Tensor::randn(0f32, 1.0, (s.out, s.inp, s.kernel, s.kernel), &Device::Cpu)
+            .unwrap()
+            / fan_in.sqrt() as f64)
+            .unwrap();
+        let ho = s.out_size();
+        let r = Tensor::randn(0f32, 1.0, (batch, s.out, ho, ho), &Device::Cpu).unwrap();
+        let cpu = passes(&x, &w, &r, s, false);
+        let (xg, wg, rg) = (
+            x.to_device(dev).unwrap(),
+            w.to_device(dev).unwrap(),
+            r.to_device(dev).unwrap(),
+        );
+        let cuda = passes(&xg, &wg, &rg, s, false);
+        let candle = passes(&xg, &wg, &rg, s, true);
+        for (i, pass) in ["forward", "input gradient", "weight gradient"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(cuda[i].dims(), cpu[i].dims(), "{s} {pass}: shape");
+            let e = rel_err(&cuda[i], &cpu[i]);
+            assert!(
+                e < tol_cpu,
+                "{s} {pass}: CUDA vs CPU relative error {e:.2e} ≥ {tol_cpu:.0e}"
+            );
+            let e = rel_err(&cuda[i], &candle[i]);
+            assert!(
+                e < tol_candle,
+                "{s} {pass}: sslab vs candle on CUDA {e:.2e} ≥ {tol_candle:.0e}"
+            );
+        }
+    }
+}
+
+// candle's own cuDNN forward leaves cuDNN's default math (TF32 on Ampere and newer), so the
+// comparison with candle is at TF32's tolerance in both modes. TF32 keeps 10 mantissa bits:
+// products are off by ~1e-3 relatively, and sums of a few thousand of them stay within 1e-2
+// of the largest output.
+const STRICT: f32 = 2e-4;
+const TF32_TOL: f32 = 1e-2;
+
+#[test]
+fn resnet18_convolutions_match_cpu_and_candle() {
+    let Some(dev) = gpu() else { return };
+    let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
+    set_conv_tf32(false);
+    check(&dev, &RESNET18_CIFAR_CONVS, 8, STRICT, TF32_TOL);
+    set_conv_tf32(true);
+    check(&dev, &RESNET18_CIFAR_CONVS, 8, TF32_TOL, TF32_TOL);
+}
+
+#[test]
+fn resnet50_convolutions_match_cpu_and_candle() {
+    let Some(dev) = gpu() else { return };
+    let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
+    set_conv_tf32(false);
+    check(&dev, &RESNET50_IMAGENET_CONVS, 2, STRICT, TF32_TOL);
+    set_conv_tf32(true);
+    check(&dev, &RESNET50_IMAGENET_CONVS, 2, TF32_TOL, TF32_TOL);
+}
+
+/// bf16 activations and weights (f32 accumulation) stay within bf16's 8 bits of the f32 result.
+#[test]
+fn bf16_convolutions_follow_f32() {
+    let Some(dev) = gpu() else { return };
+    let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
+    set_conv_tf32(false);
+    for s in [
+        RESNET18_CIFAR_CONVS[0],
+        RESNET18_CIFAR_CONVS[2],
+        RESNET50_IMAGENET_CONVS[4],
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (4, s.inp, s.size, s.size), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (s.out, s.inp, s.kernel, s.kernel), &dev).unwrap();
+        let y32 = conv2d(&x, &w, s.stride, s.padding()).unwrap();
+        let (xb, wb) = (
+            x.to_dtype(DType::BF16).unwrap(),
+            w.to_dtype(DType::BF16).unwrap(),
+        );
+        let yb = conv2d(&xb, &wb, s.stride, s.padding()).unwrap();
+        assert_eq!(yb.dtype(), DType::BF16);
+        let e = rel_err(&yb, &y32);
+        assert!(e < 3e-2, "{s} bf16 vs f32: {e:.2e}");
+    }
+}
+
+/// A second call of a shape reuses the algorithm chosen by the first and gives the same result.
+#[test]
+fn repeated_calls_agree() {
+    let Some(dev) = gpu() else { return };
+    let s = RESNET18_CIFAR_CONVS[5];
+    let x = Tensor::randn(0f32, 1.0, (16, s.inp, s.size, s.size), &dev).unwrap();
+    let w = Tensor::randn(0f32, 0.1, (s.out, s.inp, s.kernel, s.kernel), &dev).unwrap();
+    let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
+    let a = conv2d(&x, &w, s.stride, s.padding()).unwrap();
+    let b = conv2d(&x, &w, s.stride, s.padding()).unwrap();
+    assert_eq!(rel_err(&a, &b), 0.0);
+}
