@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use sslab::kernels::bench::{ConvShape, RESNET18_CIFAR_CONVS, RESNET50_IMAGENET_CONVS};
-use sslab::kernels::{conv2d, set_conv_tf32};
+use sslab::kernels::{cached_conv_algorithms, conv2d, set_conv_tf32};
 use std::sync::Mutex;
 
 /// The TF32 switch is process-wide: the tests that set it take turns.
@@ -158,6 +158,13 @@ fn repeated_calls_agree() {
     let w = Tensor::randn(0f32, 0.1, (s.out, s.inp, s.kernel, s.kernel), &dev).unwrap();
     let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
     let a = conv2d(&x, &w, s.stride, s.padding()).unwrap();
+    let cached = cached_conv_algorithms();
+    assert!(cached > 0);
     let b = conv2d(&x, &w, s.stride, s.padding()).unwrap();
     assert_eq!(rel_err(&a, &b), 0.0);
+    assert_eq!(
+        cached_conv_algorithms(),
+        cached,
+        "the second call searched again"
+    );
 }

@@ -163,8 +163,8 @@ thread_local! {
 static CHOSEN: LazyLock<Mutex<HashMap<ConvKey, Measured<Algo>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-/// How many algorithm searches this process ran (each key is searched once).
-pub(crate) fn searches() -> usize {
+/// How many algorithm choices this process has measured and cached (each key is searched once).
+pub(super) fn searches() -> usize {
     CHOSEN.lock().map(|c| c.len()).unwrap_or(0)
 }
 

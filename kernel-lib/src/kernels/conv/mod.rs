@@ -314,6 +314,15 @@ fn cuda_pass(
     }
 }
 
+/// How many convolution algorithms this process has measured on CUDA and keeps (one per shape,
+/// pass, dtype and TF32 setting met so far); 0 in a build without the `cudnn` feature.
+pub fn cached_conv_algorithms() -> usize {
+    #[cfg(feature = "cudnn")]
+    return cudnn::searches();
+    #[cfg(not(feature = "cudnn"))]
+    0
+}
+
 /// A bias-free 2-D convolution of NCHW input `x` with an `(out, in, k, k)` kernel, with an
 /// explicit backward: on the CPU (f32) sslab's kernels above; on CUDA (f32, f16, bf16, in a
 /// build with the `cudnn` feature) cuDNN's three passes with measured algorithms (`cudnn.rs`);
