@@ -6,13 +6,13 @@
 //! | file | op |
 //! |---|---|
 //! | `conv/` | 2-D convolution: im2col + GEMM, Winograd for 3×3 layers on the CPU, cuDNN with measured algorithms on CUDA ([`conv2d`], [`set_conv_tf32`]) |
-//! | `batch_norm.rs` | training-mode BatchNorm, with the affine part and ReLU fused ([`batch_norm_train`], [`batch_norm_affine_train`]); LayerNorm's normalisation ([`normalize_rows`]) |
+//! | `batch_norm/` | training-mode BatchNorm, with the affine part and ReLU fused (CPU; CUDA kernels in `cuda/batch_norm.cu`) ([`batch_norm_train`], [`batch_norm_affine_train`]); LayerNorm's normalisation ([`normalize_rows`]) |
 //! | `activation.rs` | ReLU, residual add + ReLU, exact GELU ([`relu`], [`add_relu`], [`gelu`]) |
 //! | `affine.rs` | a linear layer's bias, LayerNorm's scale and shift ([`add_bias`], [`scale_shift_rows`]) |
 //! | `softmax.rs` | softmax over the last axis with a folded scale ([`softmax_last`]) |
 //! | `matmul.rs` | GEMM wrappers, narrow weight-gradient products, batched products ([`batched_matmul`]) |
 //! | `optim_update.rs` | optimizer updates and the momentum encoder's EMA, in place ([`ema`]; the optimizers' rules, [`OptimKind`]) |
-//! | `simd.rs`, `par.rs`, `storage.rs` | instruction-set choice at run time, thread helpers, storage access |
+//! | `simd.rs`, `par.rs`, `storage.rs`, `cuda.rs` | instruction-set choice at run time, thread helpers, storage access, loading sslab's CUDA kernels (`kernel-lib/cuda/*.cu`, compiled to PTX by `build.rs`) |
 //! | `bench.rs` | convolution micro-benchmarks (`sslab bench conv`) |
 //!
 //! The CPU kernels take contiguous f32 tensors on the CPU; every other device or dtype goes
@@ -26,6 +26,8 @@ mod affine;
 mod batch_norm;
 pub mod bench;
 mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod matmul;
 pub(crate) mod optim_update;
 mod par;

@@ -2,6 +2,9 @@
 //! in two more, instead of ~10 generic ops each with its own backward; optionally with the
 //! affine part and a ReLU inside the same kernel.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 use super::activation::ReluGrad;
 use super::par::CHUNK;
 use super::storage::{on_cpu_f32, slice, CResult};
@@ -315,7 +318,8 @@ pub fn batch_norm_train(x: &Tensor, eps: f64, fused: bool) -> Result<(Tensor, Te
 
 /// Training-mode BatchNorm with scale `w` and shift `b` (one entry per channel of `x`), then
 /// a ReLU when `relu` is set; returns y and the detached batch mean and biased variance. On
-/// the CPU one kernel (x̂ and the pre-ReLU output are never stored), elsewhere
+/// the CPU one kernel (x̂ and the pre-ReLU output are never stored), on CUDA (f32) sslab's
+/// kernels (`cuda.rs`: statistics and gradient sums stay on the device), elsewhere
 /// [`batch_norm_train`]'s tensor ops and candle's broadcast ops.
 pub fn batch_norm_affine_train(
     x: &Tensor,
@@ -325,6 +329,14 @@ pub fn batch_norm_affine_train(
     relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     check_count(x, w.elem_count())?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda()
+        && [x, w, b]
+            .iter()
+            .all(|t| t.dtype() == candle_core::DType::F32)
+    {
+        return cuda::affine_train(x, w, b, eps, relu);
+    }
     if on_cpu_f32(x) {
         let stats = Arc::new(Mutex::new(BnStats::default()));
         let op = BatchNormAffineOp {

@@ -1,0 +1,300 @@
+//! The CUDA arm of training-mode BatchNorm with its affine part and an optional ReLU
+//! (`cuda/batch_norm.cu`): statistics, normalisation, gradient sums and input gradient as four
+//! kernels, with the statistics kept on the device. candle's ops took about ten allocating
+//! passes each way, and its broadcast multiply and add each reduced the full gradient again
+//! for dγ and dβ.
+
+use super::bn_dims;
+use crate::kernels::cuda::{elementwise, int, per_item, with_f32, BATCH_NORM};
+use crate::kernels::storage::CResult;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::cudarc::driver::PushKernelArg;
+use candle_core::cuda::WrapErr;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+
+fn cpu_refused(name: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "{name} is the CUDA arm; the CPU takes kernels::batch_norm"
+    ))
+}
+
+/// The f32 device slice of a contiguous argument.
+macro_rules! arg_slice {
+    ($s:expr, $l:expr, $what:expr) => {{
+        if !$l.is_contiguous() || $s.dtype() != candle_core::DType::F32 {
+            candle_core::bail!("{}: expected a contiguous f32 tensor", $what);
+        }
+        $s.as_cuda_slice::<f32>()?.slice($l.start_offset()..)
+    }};
+}
+
+/// Per-channel mean, biased variance and `1/√(var + eps)` as a `(3, c)` tensor.
+struct StatsOp {
+    eps: f64,
+}
+
+impl CustomOp1 for StatsOp {
+    fn name(&self) -> &'static str {
+        "sslab-batchnorm-stats"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> CResult<(CpuStorage, Shape)> {
+        Err(cpu_refused(self.name()))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
+        let x = arg_slice!(s, l, "batchnorm input");
+        let (n, c, inner) = bn_dims(l.dims());
+        let dev = &s.device;
+        let stats = unsafe { dev.alloc::<f32>(3 * c)? };
+        let f = dev.get_or_load_custom_func("bn_stats_f32", BATCH_NORM.name, BATCH_NORM.ptx)?;
+        let (n, ci, inner) = (int(n, "batch")?, int(c, "channels")?, int(inner, "plane")?);
+        let eps = self.eps as f32;
+        let mut b = f.builder();
+        b.arg(&x).arg(&stats).arg(&n).arg(&ci).arg(&inner).arg(&eps);
+        unsafe { b.launch(per_item(c)) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(stats, dev.clone()),
+            Shape::from((3, c)),
+        ))
+    }
+}
+
+/// `y = x̂·γ + β` (then ReLU) from the statistics of a [`StatsOp`]; arguments (x, γ, β).
+struct AffineOp {
+    stats: Tensor,
+    relu: bool,
+}
+
+impl CustomOp3 for AffineOp {
+    fn name(&self) -> &'static str {
+        "sslab-batchnorm-affine-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        Err(cpu_refused(self.name()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        let x = arg_slice!(s1, l1, "batchnorm input");
+        let gamma = arg_slice!(s2, l2, "batchnorm weight");
+        let beta = arg_slice!(s3, l3, "batchnorm bias");
+        let (_, c, inner) = bn_dims(l1.dims());
+        if gamma.len() != c || beta.len() != c {
+            candle_core::bail!(
+                "batchnorm: {c} channels, weight {} bias {}",
+                gamma.len(),
+                beta.len()
+            );
+        }
+        let total = l1.shape().elem_count();
+        let dev = &s1.device;
+        let y = unsafe { dev.alloc::<f32>(total)? };
+        let f = dev.get_or_load_custom_func("bn_apply_f32", BATCH_NORM.name, BATCH_NORM.ptx)?;
+        let (tot, ci, inner) = (total as i64, int(c, "channels")?, int(inner, "plane")?);
+        let relu = self.relu as i32;
+        with_f32(&self.stats, "batchnorm statistics", |stats| {
+            let mut b = f.builder();
+            b.arg(&x).arg(stats).arg(&gamma).arg(&beta).arg(&y);
+            b.arg(&tot).arg(&ci).arg(&inner).arg(&relu);
+            unsafe { b.launch(elementwise(total)) }.w()?;
+            Ok(())
+        })?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let (stats, relu) = (self.stats.clone(), self.relu);
+        let sums = x.apply_op3_no_bwd(
+            &g,
+            res,
+            &GradSumsOp {
+                stats: stats.clone(),
+                relu,
+            },
+        )?;
+        let dx = x.apply_op3_no_bwd(
+            &g,
+            res,
+            &GradInputOp {
+                stats,
+                sums: sums.clone(),
+                gamma: gamma.clone(),
+                relu,
+            },
+        )?;
+        Ok((Some(dx), Some(sums.get(1)?), Some(sums.get(0)?)))
+    }
+}
+
+/// Σg (dβ) and Σg·x̂ (dγ) per channel as a `(2, c)` tensor, g the output gradient masked by the
+/// ReLU; arguments (x, dy, y).
+struct GradSumsOp {
+    stats: Tensor,
+    relu: bool,
+}
+
+impl CustomOp3 for GradSumsOp {
+    fn name(&self) -> &'static str {
+        "sslab-batchnorm-grad-sums"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        Err(cpu_refused(self.name()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        let x = arg_slice!(s1, l1, "batchnorm input");
+        let dy = arg_slice!(s2, l2, "batchnorm output gradient");
+        let y = arg_slice!(s3, l3, "batchnorm output");
+        let (n, c, inner) = bn_dims(l1.dims());
+        let dev = &s1.device;
+        let sums = unsafe { dev.alloc::<f32>(2 * c)? };
+        let f = dev.get_or_load_custom_func("bn_grad_sums_f32", BATCH_NORM.name, BATCH_NORM.ptx)?;
+        let (ni, ci, ii) = (int(n, "batch")?, int(c, "channels")?, int(inner, "plane")?);
+        let relu = self.relu as i32;
+        with_f32(&self.stats, "batchnorm statistics", |stats| {
+            let mut b = f.builder();
+            b.arg(&x).arg(&dy).arg(&y).arg(stats).arg(&sums);
+            b.arg(&ni).arg(&ci).arg(&ii).arg(&relu);
+            unsafe { b.launch(per_item(c)) }.w()?;
+            Ok(())
+        })?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(sums, dev.clone()),
+            Shape::from((2, c)),
+        ))
+    }
+}
+
+/// `dx = γ·inv_std·(g − mean(g) − x̂·mean(g·x̂))`; arguments (x, dy, y).
+struct GradInputOp {
+    stats: Tensor,
+    sums: Tensor,
+    gamma: Tensor,
+    relu: bool,
+}
+
+impl CustomOp3 for GradInputOp {
+    fn name(&self) -> &'static str {
+        "sslab-batchnorm-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        Err(cpu_refused(self.name()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        let x = arg_slice!(s1, l1, "batchnorm input");
+        let dy = arg_slice!(s2, l2, "batchnorm output gradient");
+        let y = arg_slice!(s3, l3, "batchnorm output");
+        let (n, c, inner) = bn_dims(l1.dims());
+        let total = l1.shape().elem_count();
+        let dev = &s1.device;
+        let dx = unsafe { dev.alloc::<f32>(total)? };
+        let f =
+            dev.get_or_load_custom_func("bn_grad_input_f32", BATCH_NORM.name, BATCH_NORM.ptx)?;
+        let (tot, ci, ii) = (total as i64, int(c, "channels")?, int(inner, "plane")?);
+        let count = (n * inner) as f32;
+        let relu = self.relu as i32;
+        with_f32(&self.stats, "batchnorm statistics", |stats| {
+            with_f32(&self.sums, "batchnorm gradient sums", |sums| {
+                with_f32(&self.gamma, "batchnorm weight", |gamma| {
+                    let mut b = f.builder();
+                    b.arg(&x)
+                        .arg(&dy)
+                        .arg(&y)
+                        .arg(stats)
+                        .arg(sums)
+                        .arg(gamma)
+                        .arg(&dx);
+                    b.arg(&tot).arg(&ci).arg(&ii).arg(&count).arg(&relu);
+                    unsafe { b.launch(elementwise(total)) }.w()?;
+                    Ok(())
+                })
+            })
+        })?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+            l1.shape().clone(),
+        ))
+    }
+}
+
+/// Training-mode BatchNorm with scale `w`, shift `b` and an optional ReLU on CUDA (f32): y and
+/// the detached batch mean and biased variance, which stay on the device.
+pub(super) fn affine_train(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> crate::Result<(Tensor, Tensor, Tensor)> {
+    let x = x.contiguous()?;
+    let stats = x.apply_op1_no_bwd(&StatsOp { eps })?;
+    let op = AffineOp {
+        stats: stats.clone(),
+        relu,
+    };
+    let y = x.apply_op3(&w.contiguous()?, &b.contiguous()?, op)?;
+    Ok((y, stats.get(0)?, stats.get(1)?))
+}

@@ -1,0 +1,65 @@
+//! Loading and launching sslab's own CUDA kernels: `kernel-lib/cuda/*.cu`, compiled to PTX by
+//! `build.rs` (nvcc at build time, so a kernel that does not compile fails every CUDA build,
+//! CI's included, rather than a run on a GPU), embedded here and loaded once per device by
+//! candle's module cache.
+
+use super::storage::CResult;
+use candle_core::cuda::cudarc::driver::{CudaView, LaunchConfig};
+use candle_core::{Storage, Tensor};
+
+/// A PTX module: its name in candle's per-device cache and its text.
+pub(crate) struct Module {
+    pub name: &'static str,
+    pub ptx: &'static str,
+}
+
+/// `cuda/batch_norm.cu`.
+pub(crate) const BATCH_NORM: Module = Module {
+    name: "sslab_batch_norm",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/batch_norm.ptx")),
+};
+
+/// Threads per block of every sslab kernel (the reductions' shared arrays are sized for it).
+pub(crate) const BLOCK: u32 = 256;
+
+/// One block of [`BLOCK`] threads per item: the per-channel reductions.
+pub(crate) fn per_item(items: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (items as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Enough blocks for an element-wise grid-stride loop over `total` elements (at most 64 Ki
+/// blocks; each thread takes several elements beyond that).
+pub(crate) fn elementwise(total: usize) -> LaunchConfig {
+    let blocks = total.div_ceil(BLOCK as usize).clamp(1, 1 << 16);
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Runs `f` with the f32 device memory of `t`, a contiguous CUDA tensor (`what` names it in
+/// the error). For tensors an op holds besides its arguments, such as saved statistics.
+pub(crate) fn with_f32<R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(&CudaView<'_, f32>) -> CResult<R>,
+) -> CResult<R> {
+    let (storage, layout) = t.storage_and_layout();
+    if !layout.is_contiguous() {
+        candle_core::bail!("{what}: expected a contiguous tensor");
+    }
+    match &*storage {
+        Storage::Cuda(s) => f(&s.as_cuda_slice::<f32>()?.slice(layout.start_offset()..)),
+        _ => candle_core::bail!("{what}: expected a CUDA tensor"),
+    }
+}
+
+/// A dimension as the `int` the kernels take, or an error naming it.
+pub(crate) fn int(v: usize, what: &str) -> CResult<i32> {
+    i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what} {v} exceeds a CUDA int")))
+}

@@ -1,0 +1,86 @@
+//! sslab's CUDA BatchNorm (training mode, affine, with and without the fused ReLU) against its
+//! CPU kernel: output, batch statistics and the gradients of input, scale and shift. Needs a
+//! GPU and a `cuda` build; elsewhere each test says why it skipped and passes.
+
+use candle_core::{DType, Device, Tensor, Var};
+use sslab::kernels::batch_norm_affine_train;
+
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipping: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// `max |a - b| / max |b|`, on the host.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = b.abs().unwrap().max_all().unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
+}
+
+/// y, mean, var, dx, dγ, dβ of `Σ bn(x)·r` on `dev`.
+fn run(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, relu: bool, dev: &Device) -> Vec<Tensor> {
+    let xv = Var::from_tensor(&x.to_device(dev).unwrap()).unwrap();
+    let wv = Var::from_tensor(&w.to_device(dev).unwrap()).unwrap();
+    let bv = Var::from_tensor(&b.to_device(dev).unwrap()).unwrap();
+    let (y, mean, var) = batch_norm_affine_train(&xv, &wv, &bv, 1e-5, relu).unwrap();
+    let loss = (&y * &r.to_device(dev).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = loss.backward().unwrap();
+    let grad = |v: &Var| g.get(v).unwrap().clone();
+    vec![y, mean, var, grad(&xv), grad(&wv), grad(&bv)]
+}
+
+#[test]
+fn batch_norm_matches_the_cpu_kernel() {
+    let Some(dev) = gpu() else { return };
+    // A ResNet stage, a late small plane, a projector's BN1d (rank 2), a plane wider than a block.
+    for dims in [
+        vec![8, 64, 32, 32],
+        vec![4, 256, 7, 7],
+        vec![64, 512],
+        vec![2, 3, 40, 40],
+    ] {
+        let c = dims[1];
+        // Offset and scaled input: the variance must not come from E[x²] − mean² cancellation.
+        let x = (Tensor::randn(0f32, 3.0, dims.as_slice(), &Device::Cpu).unwrap() + 5.0).unwrap();
+        let w = Tensor::randn(1f32, 0.2, c, &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 0.2, c, &Device::Cpu).unwrap();
+        let r = Tensor::randn(0f32, 1.0, dims.as_slice(), &Device::Cpu).unwrap();
+        for relu in [false, true] {
+            let cpu = run(&x, &w, &b, &r, relu, &Device::Cpu);
+            let cuda = run(&x, &w, &b, &r, relu, &dev);
+            let names = ["y", "mean", "var", "dx", "dgamma", "dbeta"];
+            for ((name, a), e) in names.iter().zip(&cuda).zip(&cpu) {
+                assert_eq!(a.dims(), e.dims(), "{dims:?} relu {relu} {name}: shape");
+                // A ReLU mask can flip where a value rounds across zero: a looser bound there.
+                let tol = if relu && name.starts_with('d') {
+                    1e-3
+                } else {
+                    1e-4
+                };
+                let err = rel_err(a, e);
+                assert!(
+                    err < tol,
+                    "{dims:?} relu {relu} {name}: CUDA vs CPU {err:.2e}"
+                );
+            }
+        }
+    }
+}
