@@ -19,6 +19,12 @@ pub(crate) const BATCH_NORM: Module = Module {
     ptx: include_str!(concat!(env!("OUT_DIR"), "/batch_norm.ptx")),
 };
 
+/// `cuda/optim.cu`.
+pub(crate) const OPTIM: Module = Module {
+    name: "sslab_optim",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/optim.ptx")),
+};
+
 /// Threads per block of every sslab kernel (the reductions' shared arrays are sized for it).
 pub(crate) const BLOCK: u32 = 256;
 
@@ -39,6 +45,22 @@ pub(crate) fn elementwise(total: usize) -> LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+/// Runs `f` with the f32 device memory of `t`, or (`None`) with none when `t` is `None`.
+pub(crate) fn with_opt_f64<R>(
+    t: Option<&Tensor>,
+    what: &str,
+    f: impl FnOnce(Option<&CudaView<'_, f64>>) -> CResult<R>,
+) -> CResult<R> {
+    let Some(t) = t else { return f(None) };
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cuda(s) if layout.is_contiguous() => f(Some(
+            &s.as_cuda_slice::<f64>()?.slice(layout.start_offset()..),
+        )),
+        _ => candle_core::bail!("{what}: expected a contiguous CUDA tensor"),
     }
 }
 

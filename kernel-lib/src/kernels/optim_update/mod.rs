@@ -1,10 +1,13 @@
-//! The optimisers' update on the CPU as a few parallel passes that write each parameter and its
-//! buffers in place. The tensor-op form of the same rules (kept for other devices, and as the
+//! The optimisers' update as a few passes that write each parameter and its buffers in place:
+//! on the CPU parallel loops (here), on CUDA one kernel per pass (`cuda.rs`). The tensor-op form of the same rules (kept for other devices, and as the
 //! reference the tests compare against) allocates a fresh copy of every parameter per op: LARS
 //! over Barlow Twins' 20 M parameters was ten passes, several of them single-threaded.
 //!
 //! Norms are summed in f64 from per-chunk partial sums, so they do not depend on the thread
 //! count.
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use super::storage::{slice, CResult};
 use crate::error::Result;
@@ -49,11 +52,14 @@ pub struct GroupSettings {
 /// Elements per parallel work unit.
 const CHUNK: usize = 1 << 14;
 
-/// Whether the fused update applies: every tensor f32, on the CPU, contiguous.
+/// Whether the in-place update applies: every tensor f32 and contiguous, all on the CPU or
+/// (in a build with the `cuda` feature) all on CUDA.
 pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
-    tensors
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous())
+    let f32_contiguous = |t: &&Tensor| t.dtype() == candle_core::DType::F32 && t.is_contiguous();
+    let cuda_built = cfg!(feature = "cuda");
+    tensors.iter().all(f32_contiguous)
+        && (tensors.iter().all(|t| t.device().is_cpu())
+            || (cuda_built && tensors.iter().all(|t| t.device().is_cuda())))
 }
 
 /// `f(dst_chunk, [src_chunks])` over aligned chunks of a tensor written in place and `N`
@@ -189,6 +195,10 @@ pub(crate) fn step(
     g: &Tensor,
     state: &[Tensor],
 ) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if p.device().is_cuda() {
+        return cuda::step(kind, gs, lr, t, p, g, state);
+    }
     let wd = gs.weight_decay as f32;
     match kind {
         OptimKind::Sgd { momentum, nesterov } => {
@@ -302,9 +312,13 @@ pub(crate) fn step(
 }
 
 /// `target ← m·target + (1 − m)·online`: one step of a momentum encoder's exponential moving
-/// average. On the CPU one in-place parallel pass, elsewhere three tensor ops and a `set`.
+/// average. On the CPU and CUDA one in-place pass, elsewhere three tensor ops and a `set`.
 pub fn ema(target: &Var, online: &Tensor, m: f64) -> Result<()> {
     let tt = target.as_tensor();
+    #[cfg(feature = "cuda")]
+    if tt.device().is_cuda() && applies(&[tt, online]) {
+        return cuda::ema(tt, online, m);
+    }
     if applies(&[tt, online]) {
         let (a, b) = (m as f32, (1.0 - m) as f32);
         return pass1(tt, online, |t, [o]| {
