@@ -84,3 +84,44 @@ fn batch_norm_matches_the_cpu_kernel() {
         }
     }
 }
+
+/// x̂ of the normalisation without affine part (BatchNorm's and LayerNorm's row form) and the
+/// gradient of `Σ x̂·r`, on `dev`.
+fn normalized(x: &Tensor, r: &Tensor, rows: bool, dev: &Device) -> [Tensor; 2] {
+    let xv = Var::from_tensor(&x.to_device(dev).unwrap()).unwrap();
+    let xhat = if rows {
+        sslab::kernels::normalize_rows(&xv, 1e-6, true).unwrap()
+    } else {
+        sslab::kernels::batch_norm_train(&xv, 1e-5, true).unwrap().0
+    };
+    let loss = (&xhat * &r.to_device(dev).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = loss.backward().unwrap();
+    [xhat, g.get(&xv).unwrap().clone()]
+}
+
+#[test]
+fn normalisation_without_affine_matches_the_cpu_kernel() {
+    let Some(dev) = gpu() else { return };
+    for (dims, rows) in [
+        (vec![64, 2048], false),
+        (vec![8, 32, 8, 8], false),
+        (vec![4, 65, 192], true),
+    ] {
+        let x = (Tensor::randn(0f32, 2.0, dims.as_slice(), &Device::Cpu).unwrap() - 1.0).unwrap();
+        let r = Tensor::randn(0f32, 1.0, dims.as_slice(), &Device::Cpu).unwrap();
+        let (cpu, cuda) = (
+            normalized(&x, &r, rows, &Device::Cpu),
+            normalized(&x, &r, rows, &dev),
+        );
+        for (name, (a, e)) in ["xhat", "dx"].iter().zip(cuda.iter().zip(&cpu)) {
+            let err = rel_err(a, e);
+            assert!(
+                err < 1e-4,
+                "{dims:?} rows {rows} {name}: CUDA vs CPU {err:.2e}"
+            );
+        }
+    }
+}

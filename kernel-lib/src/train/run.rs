@@ -313,8 +313,13 @@ impl Run {
         // turns out non-finite leaves no trace.
         let buffers = self.buffer_copies()?;
         let out = self.method.forward_train(&a, &b)?;
+        // The backward pass is queued before the loss is read: on a GPU the read waits for the
+        // device, which then runs forward and backward back to back instead of idling while
+        // the backward's first kernels are launched. A non-finite loss wastes one backward.
+        let grads = out.loss.backward()?;
         let loss = out.loss.to_scalar::<f32>()?;
         if !loss.is_finite() {
+            drop(grads);
             for (var, saved) in buffers {
                 var.set(&saved)?;
             }
@@ -334,7 +339,6 @@ impl Run {
                 parts,
             });
         }
-        let grads = out.loss.backward()?;
         if let Some(tracker) = &mut self.spikes {
             let (norms, max_abs) = self.layer_groups.grad_stats(self.method.params(), &grads)?;
             tracker.record(s + 1, &norms, &max_abs)?;

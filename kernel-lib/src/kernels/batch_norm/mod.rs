@@ -291,10 +291,15 @@ fn check_count(x: &Tensor, channels: usize) -> Result<()> {
 
 /// Normalises `(n, c, ...)` input over every axis but the channel axis (1) with its batch
 /// statistics; returns x̂ and the detached per-channel mean and biased variance. `fused` takes
-/// the CPU kernel where it applies, otherwise candle's tensor ops.
+/// sslab's kernel where it applies (CPU, or CUDA in a `cuda` build; f32), otherwise candle's
+/// tensor ops.
 pub fn batch_norm_train(x: &Tensor, eps: f64, fused: bool) -> Result<(Tensor, Tensor, Tensor)> {
     let dims = x.dims();
     check_count(x, dims.get(1).copied().unwrap_or(1))?;
+    #[cfg(feature = "cuda")]
+    if fused && x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
+        return cuda::normalize(x, eps);
+    }
     if fused && on_cpu_f32(x) {
         let stats = Arc::new(Mutex::new(BnStats::default()));
         let xhat = x.contiguous()?.apply_op1(BatchNormOp {
@@ -362,6 +367,14 @@ pub fn batch_norm_affine_train(
 /// BatchNorm of a batch of one whose channels are the rows, so the BN kernel (parallel,
 /// explicit backward) does it; otherwise tensor ops.
 pub fn normalize_rows(x: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if fused && x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
+        let dims = x.dims().to_vec();
+        let d = dims[dims.len() - 1];
+        let rows = x.elem_count() / d.max(1);
+        let (xhat, _, _) = cuda::normalize(&x.reshape((1, rows, d))?, eps)?;
+        return Ok(xhat.reshape(dims)?);
+    }
     if fused && on_cpu_f32(x) {
         let dims = x.dims().to_vec();
         let d = dims[dims.len() - 1];
