@@ -12,9 +12,9 @@ TARGET=${CUDA_TARGET:-target/cuda}
 exports=$(benches/cuda-toolkit.sh)
 eval "$exports"
 cargo build --release -q -p sslab-repl --features sslab/cuda,sslab/cudnn --target-dir "$TARGET" >&2
-# The GPU tests: every integration test whose name starts with cuda_.
+# The GPU tests: one binary (kernel-lib/tests/cuda/), so one file travels to the GPU.
 args=()
-for t in kernel-lib/tests/cuda_*.rs; do args+=(--test "$(basename "$t" .rs)"); done
+args+=(--test cuda)
 cargo test --release -q -p sslab --features cudnn --target-dir "$TARGET" "${args[@]}" --no-run \
   --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine (see benches/gpu-prepare.sh), in one `run` call with carry [".gpu"]:
 #   bash .gpu/gpu.sh [SECTION...]      sections, in this order by default:
-#   tests  the CUDA tests built by gpu-prepare.sh (cuda_conv: every ResNet-18 and ResNet-50
-#          convolution shape against the CPU kernels and candle, values and gradients);
+#   tests  the CUDA tests built by gpu-prepare.sh (kernel-lib/tests/cuda: every ResNet-18 and
+#          ResNet-50 convolution shape against the CPU kernels and candle; BatchNorm, the
+#          activations, the optimizer updates and the EMA against the CPU kernels);
 #   conv   per-pass TFLOP/s of every ResNet-18 (batch 256) and ResNet-50 (224 px, batch 128)
 #          convolution, sslab (cuDNN) and PyTorch (cudnn.benchmark) back to back;
 #   check  a CPU-vs-CUDA check of every method's first training steps (same seed, strict fp32:

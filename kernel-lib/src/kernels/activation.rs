@@ -2,9 +2,20 @@
 //! chunks with one-pass backward kernels.
 
 use super::par::{par_map, CHUNK};
-use super::storage::{on_cpu_f32, slice, CResult};
+use super::storage::{own_kernel, slice, CResult};
 use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+
+/// The CUDA arm of an element-wise op: `kernel` of `cuda/activation.cu` over the inputs.
+#[cfg(feature = "cuda")]
+fn on_cuda(kernel: &str, inputs: &[(&CudaStorage, &Layout)]) -> CResult<(CudaStorage, Shape)> {
+    super::cuda::map(&super::cuda::ACTIVATION, kernel, inputs)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_cuda(kernel: &str, _: &[(&CudaStorage, &Layout)]) -> CResult<(CudaStorage, Shape)> {
+    candle_core::bail!("{kernel} on CUDA needs sslab built with the `cuda` feature")
+}
 use rayon::prelude::*;
 
 /// ReLU in parallel chunks, with a one-pass backward `g·[y > 0]` (candle's is serial forward
@@ -22,6 +33,10 @@ impl CustomOp1 for ReluOp {
             CpuStorage::F32(par_map(x, |v| v.max(0.0))),
             l.shape().clone(),
         ))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
+        on_cuda("relu_f32", &[(s, l)])
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
@@ -65,6 +80,16 @@ impl CustomOp2 for AddReluOp {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        on_cuda("add_relu_f32", &[(s1, l1), (s2, l2)])
+    }
+
     fn bwd(
         &self,
         _a: &Tensor,
@@ -103,6 +128,16 @@ impl CustomOp2 for ReluGrad {
                 }
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        on_cuda("relu_grad_f32", &[(s1, l1), (s2, l2)])
     }
 }
 
@@ -195,6 +230,10 @@ impl CustomOp1 for GeluOp {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
+        on_cuda("gelu_f32", &[(s, l)])
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
         Ok(Some(x.apply_op2(&g.contiguous()?, GeluGrad)?))
     }
@@ -223,28 +262,40 @@ impl CustomOp2 for GeluGrad {
             .for_each(|(d, (x, g))| gelu_grad_wide(x, g, d));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        on_cuda("gelu_grad_f32", &[(s1, l1), (s2, l2)])
+    }
 }
 
-/// ReLU: on the CPU sslab's parallel kernel with a one-pass backward, elsewhere candle's.
+/// ReLU: on the CPU sslab's parallel kernel with a one-pass backward, on CUDA (f32, `cuda`
+/// build) its CUDA kernels, elsewhere candle's.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(x) {
+    if own_kernel(x) {
         return Ok(x.contiguous()?.apply_op1(ReluOp)?);
     }
     Ok(x.relu()?)
 }
 
-/// `relu(a + b)`: on the CPU one kernel (the sum is never stored), elsewhere candle's ops.
+/// `relu(a + b)`: on the CPU and CUDA one kernel (the sum is never stored), elsewhere
+/// candle's ops.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(a) && on_cpu_f32(b) {
+    if own_kernel(a) && own_kernel(b) && a.dims() == b.dims() {
         return Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)?);
     }
     Ok((a + b)?.relu()?)
 }
 
-/// Exact (erf) GELU: on the CPU sslab's parallel kernel with a one-pass derivative,
-/// elsewhere candle's `gelu_erf`.
+/// Exact (erf) GELU: on the CPU sslab's parallel kernel with a one-pass derivative, on CUDA
+/// its CUDA kernels, elsewhere candle's `gelu_erf`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(x) {
+    if own_kernel(x) {
         return Ok(x.contiguous()?.apply_op1(GeluOp)?);
     }
     Ok(x.gelu_erf()?)

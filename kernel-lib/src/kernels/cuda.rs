@@ -4,8 +4,10 @@
 //! candle's module cache.
 
 use super::storage::CResult;
-use candle_core::cuda::cudarc::driver::{CudaView, LaunchConfig};
-use candle_core::{Storage, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda::WrapErr;
+use candle_core::{CudaStorage, Layout, Shape, Storage, Tensor};
 
 /// A PTX module: its name in candle's per-device cache and its text.
 pub(crate) struct Module {
@@ -23,6 +25,12 @@ pub(crate) const BATCH_NORM: Module = Module {
 pub(crate) const OPTIM: Module = Module {
     name: "sslab_optim",
     ptx: include_str!(concat!(env!("OUT_DIR"), "/optim.ptx")),
+};
+
+/// `cuda/activation.cu`.
+pub(crate) const ACTIVATION: Module = Module {
+    name: "sslab_activation",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/activation.ptx")),
 };
 
 /// Threads per block of every sslab kernel (the reductions' shared arrays are sized for it).
@@ -84,4 +92,36 @@ pub(crate) fn with_f32<R>(
 /// A dimension as the `int` the kernels take, or an error naming it.
 pub(crate) fn int(v: usize, what: &str) -> CResult<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what} {v} exceeds a CUDA int")))
+}
+
+/// An element-wise kernel `kernel(inputs…, out, n)` of `module` over equally shaped contiguous
+/// f32 inputs, into a fresh tensor of their shape: the CUDA arm of the activations.
+pub(crate) fn map(
+    module: &Module,
+    kernel: &str,
+    inputs: &[(&CudaStorage, &Layout)],
+) -> CResult<(CudaStorage, Shape)> {
+    let Some(&(first, first_l)) = inputs.first() else {
+        candle_core::bail!("{kernel}: no input");
+    };
+    let shape = first_l.shape().clone();
+    let mut views = Vec::with_capacity(inputs.len());
+    for (s, l) in inputs {
+        if !l.is_contiguous() || s.dtype() != candle_core::DType::F32 || l.shape() != &shape {
+            candle_core::bail!("{kernel}: expected contiguous f32 inputs of shape {shape:?}");
+        }
+        views.push(s.as_cuda_slice::<f32>()?.slice(l.start_offset()..));
+    }
+    let n = shape.elem_count();
+    let dev = &first.device;
+    let out = unsafe { dev.alloc::<f32>(n)? };
+    let f = dev.get_or_load_custom_func(kernel, module.name, module.ptx)?;
+    let len = n as i64;
+    let mut b = f.builder();
+    for v in &views {
+        b.arg(v);
+    }
+    b.arg(&out).arg(&len);
+    unsafe { b.launch(elementwise(n)) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
 }

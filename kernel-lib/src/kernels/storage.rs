@@ -19,3 +19,10 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'
 pub(crate) fn on_cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
+
+/// Whether one of sslab's own kernels takes `x`: f32 on the CPU, or on CUDA in a build with the
+/// `cuda` feature (kernels that have a CUDA arm); anything else goes through candle's ops.
+pub(crate) fn own_kernel(x: &Tensor) -> bool {
+    x.dtype() == candle_core::DType::F32
+        && (x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda()))
+}

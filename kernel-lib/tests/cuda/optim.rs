@@ -1,22 +1,12 @@
 //! sslab's CUDA optimizer updates and EMA against the CPU's in-place kernels: four steps of every
 //! rule, both parameter groups (decay and trust ratio on the 2-D tensor, the 1-D one excluded
-//! with its own rate), parameters and buffers. Needs a GPU and a `cuda` build; elsewhere each
-//! test says why it skipped and passes.
+//! with its own rate), parameters and buffers.
 
+use super::gpu;
 use candle_core::{Device, Tensor, Var};
 use sslab::kernels::ema;
 use sslab::models::{Init, ParamBuilder, ParamKind};
 use sslab::optim::{GroupSettings, OptimKind, Optimizer};
-
-fn gpu() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipping: no CUDA device ({e})");
-            None
-        }
-    }
-}
 
 /// A fixed pseudo-random sequence in [-1, 1) (splitmix64).
 fn rand(n: usize, seed: u64) -> Vec<f32> {
@@ -86,7 +76,7 @@ fn run(kind: OptimKind, dev: &Device) -> Vec<Vec<f32>> {
 
 #[test]
 fn optimizer_updates_match_the_cpu_kernels() {
-    let Some(dev) = gpu() else { return };
+    let Some(dev) = gpu(false) else { return };
     let kinds = [
         OptimKind::Sgd {
             momentum: 0.9,
@@ -129,7 +119,7 @@ fn optimizer_updates_match_the_cpu_kernels() {
 
 #[test]
 fn ema_matches_the_cpu_kernel() {
-    let Some(dev) = gpu() else { return };
+    let Some(dev) = gpu(false) else { return };
     let (t0, o) = (rand(100_000, 3), rand(100_000, 4));
     let after = |dev: &Device| {
         let target = Var::from_vec(t0.clone(), 100_000, dev).unwrap();

@@ -1,8 +1,8 @@
 //! sslab's CUDA convolutions (cuDNN, `cudnn` feature) against its CPU kernels and against
 //! candle's convolution, values and both gradients, for every convolution shape of the CIFAR
-//! ResNet-18 and the ImageNet ResNet-50. They need a GPU and a `cudnn` build: elsewhere each
-//! test says why it skipped and passes. `benches/gpu.sh` runs them on the GPU machine.
+//! ResNet-18 and the ImageNet ResNet-50.
 
+use super::{gpu, rel_err};
 use candle_core::{DType, Device, Tensor, Var};
 use sslab::kernels::bench::{ConvShape, RESNET18_CIFAR_CONVS, RESNET50_IMAGENET_CONVS};
 use sslab::kernels::{cached_conv_algorithms, conv2d, set_conv_tf32};
@@ -10,37 +10,6 @@ use std::sync::Mutex;
 
 /// The TF32 switch is process-wide: the tests that set it take turns.
 static TF32: Mutex<()> = Mutex::new(());
-
-fn gpu() -> Option<Device> {
-    if !cfg!(feature = "cudnn") {
-        eprintln!("skipping: sslab built without the `cudnn` feature");
-        return None;
-    }
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipping: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
-/// `max |a - b| / max |b|`, on the host.
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap();
-    let scale = b.abs().unwrap().max_all().unwrap();
-    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
-}
 
 /// Output, input gradient and weight gradient of `Σ conv(x, w) · r`, through sslab's conv2d
 /// or (`candle`) candle's.
@@ -106,7 +75,7 @@ const TF32_TOL: f32 = 1e-2;
 
 #[test]
 fn resnet18_convolutions_match_cpu_and_candle() {
-    let Some(dev) = gpu() else { return };
+    let Some(dev) = gpu(true) else { return };
     let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
     set_conv_tf32(false);
     check(&dev, &RESNET18_CIFAR_CONVS, 8, STRICT, TF32_TOL);
@@ -116,7 +85,7 @@ fn resnet18_convolutions_match_cpu_and_candle() {
 
 #[test]
 fn resnet50_convolutions_match_cpu_and_candle() {
-    let Some(dev) = gpu() else { return };
+    let Some(dev) = gpu(true) else { return };
     let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
     set_conv_tf32(false);
     check(&dev, &RESNET50_IMAGENET_CONVS, 2, STRICT, TF32_TOL);
@@ -127,7 +96,7 @@ fn resnet50_convolutions_match_cpu_and_candle() {
 /// bf16 activations and weights (f32 accumulation) stay within bf16's 8 bits of the f32 result.
 #[test]
 fn bf16_convolutions_follow_f32() {
-    let Some(dev) = gpu() else { return };
+    let Some(dev) = gpu(true) else { return };
     let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
     set_conv_tf32(false);
     for s in [
@@ -152,7 +121,7 @@ fn bf16_convolutions_follow_f32() {
 /// A second call of a shape reuses the algorithm chosen by the first and gives the same result.
 #[test]
 fn repeated_calls_agree() {
-    let Some(dev) = gpu() else { return };
+    let Some(dev) = gpu(true) else { return };
     let s = RESNET18_CIFAR_CONVS[5];
     let x = Tensor::randn(0f32, 1.0, (16, s.inp, s.size, s.size), &dev).unwrap();
     let w = Tensor::randn(0f32, 0.1, (s.out, s.inp, s.kernel, s.kernel), &dev).unwrap();

@@ -1,36 +1,9 @@
 //! sslab's CUDA BatchNorm (training mode, affine, with and without the fused ReLU) against its
-//! CPU kernel: output, batch statistics and the gradients of input, scale and shift. Needs a
-//! GPU and a `cuda` build; elsewhere each test says why it skipped and passes.
+//! CPU kernel: output, batch statistics and the gradients of input, scale and shift.
 
-use candle_core::{DType, Device, Tensor, Var};
+use super::{gpu, rel_err};
+use candle_core::{Device, Tensor, Var};
 use sslab::kernels::batch_norm_affine_train;
-
-fn gpu() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipping: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
-/// `max |a - b| / max |b|`, on the host.
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap();
-    let scale = b.abs().unwrap().max_all().unwrap();
-    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
-}
 
 /// y, mean, var, dx, dγ, dβ of `Σ bn(x)·r` on `dev`.
 fn run(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, relu: bool, dev: &Device) -> Vec<Tensor> {
@@ -49,7 +22,7 @@ fn run(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, relu: bool, dev: &Device)
 
 #[test]
 fn batch_norm_matches_the_cpu_kernel() {
-    let Some(dev) = gpu() else { return };
+    let Some(dev) = gpu(false) else { return };
     // A ResNet stage, a late small plane, a projector's BN1d (rank 2), a plane wider than a block.
     for dims in [
         vec![8, 64, 32, 32],
@@ -104,7 +77,7 @@ fn normalized(x: &Tensor, r: &Tensor, rows: bool, dev: &Device) -> [Tensor; 2] {
 
 #[test]
 fn normalisation_without_affine_matches_the_cpu_kernel() {
-    let Some(dev) = gpu() else { return };
+    let Some(dev) = gpu(false) else { return };
     for (dims, rows) in [
         (vec![64, 2048], false),
         (vec![8, 32, 8, 8], false),

@@ -1,0 +1,48 @@
+//! sslab's CUDA activations (ReLU, residual add + ReLU, exact GELU) against its CPU kernels,
+//! values and gradients.
+
+use super::{gpu, rel_err};
+use candle_core::{Device, Tensor, Var};
+use sslab::kernels::{add_relu, gelu, relu};
+
+/// An activation of one or two inputs.
+type Activation<'a> = &'a dyn Fn(&Tensor, &Tensor) -> Tensor;
+
+/// Output and the gradients of both inputs of `Σ f(a, b)·r` on `dev`.
+fn run(f: Activation, inputs: [&Tensor; 3], dev: &Device) -> [Tensor; 3] {
+    let [a, b, r] = inputs.map(|t| t.to_device(dev).unwrap());
+    let (av, bv) = (Var::from_tensor(&a).unwrap(), Var::from_tensor(&b).unwrap());
+    let y = f(&av, &bv);
+    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let grad = |v: &Var| {
+        g.get(v)
+            .map_or_else(|| v.zeros_like().unwrap(), |t| t.clone())
+    };
+    [y, grad(&av), grad(&bv)]
+}
+
+#[test]
+fn activations_match_the_cpu_kernels() {
+    let Some(dev) = gpu(false) else { return };
+    let shape = (16, 64, 9, 9);
+    let a = Tensor::randn(0f32, 2.0, shape, &Device::Cpu).unwrap();
+    let b = Tensor::randn(0f32, 2.0, shape, &Device::Cpu).unwrap();
+    let r = Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
+    let cases: [(&str, Activation, f32); 3] = [
+        ("relu", &|a, _| relu(a).unwrap(), 0.0),
+        ("add_relu", &|a, b| add_relu(a, b).unwrap(), 1e-6),
+        // The CPU's erf is a polynomial (a few ulps); CUDA's erff is its own.
+        ("gelu", &|a, _| gelu(a).unwrap(), 1e-5),
+    ];
+    for (name, f, tol) in cases {
+        let cpu = run(f, [&a, &b, &r], &Device::Cpu);
+        let cuda = run(f, [&a, &b, &r], &dev);
+        for (i, (x, e)) in cuda.iter().zip(&cpu).enumerate() {
+            let err = rel_err(x, e);
+            assert!(
+                err <= tol,
+                "{name} output/grad {i}: CUDA vs CPU {err:.2e} > {tol:.0e}"
+            );
+        }
+    }
+}
