@@ -33,6 +33,12 @@ pub(crate) const ACTIVATION: Module = Module {
     ptx: include_str!(concat!(env!("OUT_DIR"), "/activation.ptx")),
 };
 
+/// `cuda/softmax.cu`.
+pub(crate) const SOFTMAX: Module = Module {
+    name: "sslab_softmax",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/softmax.ptx")),
+};
+
 /// Threads per block of every sslab kernel (the reductions' shared arrays are sized for it).
 pub(crate) const BLOCK: u32 = 256;
 
@@ -101,6 +107,33 @@ pub(crate) fn map(
     kernel: &str,
     inputs: &[(&CudaStorage, &Layout)],
 ) -> CResult<(CudaStorage, Shape)> {
+    launch_over(module, kernel, inputs, Grid::Elements)
+}
+
+/// A row kernel `kernel(inputs…, out, rows, d, scale)` with one warp per row of the last axis.
+pub(crate) fn per_row(
+    module: &Module,
+    kernel: &str,
+    inputs: &[(&CudaStorage, &Layout)],
+    scale: f32,
+) -> CResult<(CudaStorage, Shape)> {
+    launch_over(module, kernel, inputs, Grid::WarpPerRow(scale))
+}
+
+/// How [`launch_over`] lays out its threads and what follows the output pointer.
+enum Grid {
+    /// A grid-stride loop over the elements; then `n`.
+    Elements,
+    /// One warp per row of the last axis; then `rows, d, scale`.
+    WarpPerRow(f32),
+}
+
+fn launch_over(
+    module: &Module,
+    kernel: &str,
+    inputs: &[(&CudaStorage, &Layout)],
+    grid: Grid,
+) -> CResult<(CudaStorage, Shape)> {
     let Some(&(first, first_l)) = inputs.first() else {
         candle_core::bail!("{kernel}: no input");
     };
@@ -117,11 +150,28 @@ pub(crate) fn map(
     let out = unsafe { dev.alloc::<f32>(n)? };
     let f = dev.get_or_load_custom_func(kernel, module.name, module.ptx)?;
     let len = n as i64;
+    let d = *shape.dims().last().unwrap_or(&1);
+    let (rows, di) = ((n / d.max(1)) as i64, int(d, "row length")?);
     let mut b = f.builder();
     for v in &views {
         b.arg(v);
     }
-    b.arg(&out).arg(&len);
-    unsafe { b.launch(elementwise(n)) }.w()?;
+    b.arg(&out);
+    let cfg = match &grid {
+        Grid::Elements => {
+            b.arg(&len);
+            elementwise(n)
+        }
+        Grid::WarpPerRow(scale) => {
+            b.arg(&rows).arg(&di).arg(scale);
+            let threads = (rows as usize).saturating_mul(32);
+            LaunchConfig {
+                grid_dim: (threads.div_ceil(BLOCK as usize).max(1) as u32, 1, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        }
+    };
+    unsafe { b.launch(cfg) }.w()?;
     Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
 }

@@ -1,9 +1,24 @@
 //! Softmax over the last axis with an explicit backward (attention's scale folded in).
 
 use super::activation::exp_nonpositive;
-use super::storage::{on_cpu_f32, slice, CResult};
+use super::storage::{own_kernel, slice, CResult};
 use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
+
+/// The CUDA arm: `kernel` of `cuda/softmax.cu`, one warp per row.
+#[cfg(feature = "cuda")]
+fn on_cuda(
+    kernel: &str,
+    inputs: &[(&CudaStorage, &Layout)],
+    scale: f32,
+) -> CResult<(CudaStorage, Shape)> {
+    super::cuda::per_row(&super::cuda::SOFTMAX, kernel, inputs, scale)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_cuda(kernel: &str, _: &[(&CudaStorage, &Layout)], _: f32) -> CResult<(CudaStorage, Shape)> {
+    candle_core::bail!("{kernel} on CUDA needs sslab built with the `cuda` feature")
+}
 use rayon::prelude::*;
 
 wide!(softmax_row_wide = softmax_row(x: &[f32], y: &mut [f32], scale: f32));
@@ -27,6 +42,10 @@ impl CustomOp1 for SoftmaxOp {
             .zip(x.par_chunks(d.max(1)))
             .for_each(|(yr, xr)| softmax_row_wide(xr, yr, self.scale));
         Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
+        on_cuda("softmax_f32", &[(s, l)], self.scale)
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
@@ -82,13 +101,23 @@ impl CustomOp2 for SoftmaxGrad {
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        on_cuda("softmax_grad_f32", &[(s1, l1), (s2, l2)], self.scale)
+    }
 }
 
-/// `softmax(scale · x)` over the last axis with a backward: sslab's parallel kernel on the CPU
-/// (`fused`, the scale folded in), else candle's op-built `softmax` (never the fused
-/// `softmax_last_dim`, which has none).
+/// `softmax(scale · x)` over the last axis with a backward: sslab's kernel on the CPU (rows in
+/// parallel) and on CUDA (a warp per row) when `fused`, the scale folded in; else candle's
+/// op-built `softmax` (never the fused `softmax_last_dim`, which has none).
 pub fn softmax_last(x: &Tensor, scale: f64, fused: bool) -> Result<Tensor> {
-    if fused && on_cpu_f32(x) {
+    if fused && own_kernel(x) {
         let op = SoftmaxOp {
             scale: scale as f32,
         };

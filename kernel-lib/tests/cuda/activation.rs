@@ -46,3 +46,23 @@ fn activations_match_the_cpu_kernels() {
         }
     }
 }
+
+#[test]
+fn softmax_matches_the_cpu_kernel() {
+    let Some(dev) = gpu(false) else { return };
+    // Attention rows of a ViT-tiny at 32 px (65 tokens) and ViT-S/16 at 224 px (197 tokens).
+    for dims in [vec![4, 3, 65, 65], vec![2, 6, 197, 197], vec![7, 5]] {
+        let x = Tensor::randn(0f32, 3.0, dims.as_slice(), &Device::Cpu).unwrap();
+        let r = Tensor::randn(0f32, 1.0, dims.as_slice(), &Device::Cpu).unwrap();
+        let f: Activation = &|a, _| sslab::kernels::softmax_last(a, 0.125, true).unwrap();
+        let cpu = run(f, [&x, &x, &r], &Device::Cpu);
+        let cuda = run(f, [&x, &x, &r], &dev);
+        for (i, (a, e)) in cuda.iter().zip(&cpu).take(2).enumerate() {
+            let err = rel_err(a, e);
+            assert!(
+                err < 1e-5,
+                "softmax {dims:?} output/grad {i}: CUDA vs CPU {err:.2e}"
+            );
+        }
+    }
+}
