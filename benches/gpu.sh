@@ -10,7 +10,9 @@
 #          kNN at init must be equal and the losses agree to float tolerance);
 #   steps  sslab on CUDA vs PyTorch on the same card, workload by workload: batch 256 (and 64),
 #          and the GPU-sized presets (ResNet-50 Barlow Twins at 224 px, MoCo v3 ViT-S/16),
-#          PyTorch in fp32 and as GPU users run it (bf16 autocast + channels-last).
+#          PyTorch in fp32 and as GPU users run it (bf16 autocast + channels-last); sslab in f32
+#          and in bf16 (`--precision bf16`);
+#   bf16   100 steps of the tiny presets in f32 and in bf16: the kNN at the end should agree.
 # Every command has its own timeout and appends to $OUT/gpu.log and $OUT/gpu-table.md as it
 # goes, so a call cut short still brings back what ran. At the end benches/gpu_report.py writes
 # the tables with ratios and $OUT/gpu-YYYY-MM-DD.json (commit it under benches/results/).
@@ -21,7 +23,7 @@ O=${OUT:-/tmp}
 LOG=$O/gpu.log
 TAB=$O/gpu-table.md
 ROWS=$O/rows.tsv
-SECTIONS=${*:-tests conv check steps}
+SECTIONS=${*:-tests conv check steps bf16}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 # The binaries travel gzipped: the working tree and what is carried must fit in 64 MiB.
@@ -47,7 +49,7 @@ peak_mem() {
   return $rc
 }
 # run SECONDS WHO WORKLOAD BATCH SETTING CMD...: logs everything, adds a table row and a line
-# of rows.tsv (WHO sslab|torch; SETTING f32 for sslab, fp32|bf16+cl for PyTorch).
+# of rows.tsv (WHO sslab|torch; SETTING f32|bf16 for sslab, fp32|bf16+cl for PyTorch).
 run() {
   local t=$1 who=$2 workload=$3 batch=$4 setting=$5; shift 5
   echo "\$ $*" >> "$LOG"
@@ -125,12 +127,14 @@ if want steps; then
   echo "| command | RESULT | peak GPU GB (nvidia-smi) |" | tee -a "$TAB"
   for w in barlow-twins moco-v2 moco-v3-vit; do
     run 90 sslab $w 256 f32 $S bench $w --device cuda --steps 10 --batch 256
+    run 90 sslab $w 256 bf16 $S bench $w --device cuda --steps 10 --batch 256 --precision bf16
     run 90 torch $w 256 fp32 python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 256
     run 90 torch $w 256 bf16+cl python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 256 --amp --channels-last
   done
   for wp in barlow-twins:barlow-twins/imagenet moco-v3-vit:moco-v3/vit-small; do
     w=${wp%%:*}; p=${wp#*:}
     run 150 sslab $p 128 f32 $S bench $w --preset $p --device cuda --steps 5 --batch 128
+    run 150 sslab $p 128 bf16 $S bench $w --preset $p --device cuda --steps 5 --batch 128 --precision bf16
     run 120 torch $p 128 fp32 python3 $G/torch/workloads.py $w --preset $p --device cuda --steps 5 --batch 128
     run 120 torch $p 128 bf16+cl python3 $G/torch/workloads.py $w --preset $p --device cuda --steps 5 --batch 128 --amp --channels-last
   done
@@ -138,6 +142,19 @@ if want steps; then
   for w in barlow-twins moco-v2 moco-v3-vit; do
     run 60 sslab $w 64 f32 $S bench $w --device cuda --steps 10 --batch 64
     run 60 torch $w 64 fp32 python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 64
+  done
+fi
+
+if want bf16; then
+  # A bf16 run of a tiny preset against the f32 one: the kNN at the end within noise.
+  echo "## bf16 vs f32, 100 steps of the tiny presets on CUDA (kNN top-1 at the end)" | tee -a "$TAB"
+  for m in barlow-twins/tiny moco-v2/tiny; do
+    for p in f32 bf16; do
+      out=$(timeout 200 $S train ${m%%/*} --preset $m --steps 100 --device cuda --precision $p \
+        --no-figures --out /tmp/bf16-${m//\//-}-$p 2>&1)
+      echo "$out" >> "$LOG"
+      echo "| $m | $p | $(echo "$out" | grep -E 'kNN top-1 at end' | tail -1) |" | tee -a "$TAB"
+    done
   done
 fi
 

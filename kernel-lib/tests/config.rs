@@ -243,7 +243,8 @@ fn set_changes_one_key_and_validates() {
 /// A `run.json` and `config.toml` written by sslab before the config's names became enums
 /// (`method`, `model.backbone`, `augment.recipe`, `optim.kind`, `optim.schedule`, the momentum
 /// schedules were strings): both still load, and the config prints back the same text (plus
-/// what was added after it was written, at its defaults: two linear-probe keys and `[cuda]`).
+/// what was added after it was written, at its defaults: two linear-probe keys, `precision` and
+/// `[cuda]`).
 #[test]
 fn configs_saved_before_typed_names_load_and_print_back_the_same() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -255,6 +256,7 @@ fn configs_saved_before_typed_names_load_and_print_back_the_same() {
     let added = [
         "linear_probe_epochs = 30\nlinear_probe_lr = 0.0\n",
         "\n[cuda]\ntf32 = true\n",
+        "precision = \"f32\"\n",
     ];
     let printed = added
         .iter()

@@ -26,6 +26,10 @@ pub struct BenchArgs {
     /// Device: auto, cpu, cuda.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Precision of the step workloads: f32, or bf16 (CUDA: bf16 convolutions and matrix
+    /// products with f32 weights, as PyTorch's autocast).
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// For `conv`: time candle's own convolution instead of sslab's kernels (the baseline).
     #[arg(long)]
     candle_conv: bool,
@@ -98,6 +102,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     cfg.train.steps = a.steps + 1;
     cfg.optim.warmup_epochs = 0.0;
     cfg.device = a.device.clone();
+    cfg.set("precision", &format!("{:?}", a.precision))?;
     // Monitors run between steps, outside the timed part; keep them out of the way.
     cfg.diagnostics.every = a.steps + 2;
     apply_sets(&mut cfg, &a.sets)?;

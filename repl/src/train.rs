@@ -26,6 +26,9 @@ pub struct ConfigArgs {
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// Precision: f32, or bf16 (CUDA: bf16 convolutions and matrix products, f32 weights).
+    #[arg(long)]
+    pub precision: Option<String>,
     /// Override any config key, e.g. --set optim.lr=0.1 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
@@ -92,7 +95,8 @@ pub fn build_config(a: &ConfigArgs) -> Result<RunConfig> {
     Ok(cfg)
 }
 
-/// `--steps`, `--device`, `--set` and `--checkpoint-every`, for a new run and a resumed one.
+/// `--steps`, `--device`, `--precision`, `--set` and `--checkpoint-every`, for a new run and a
+/// resumed one.
 fn apply_overrides(
     a: &ConfigArgs,
     checkpoint_every: Option<usize>,
@@ -103,6 +107,9 @@ fn apply_overrides(
     }
     if let Some(d) = &a.device {
         cfg.set("device", &format!("{d:?}"))?;
+    }
+    if let Some(p) = &a.precision {
+        cfg.set("precision", &format!("{p:?}"))?;
     }
     for kv in &a.sets {
         let (k, v) = kv

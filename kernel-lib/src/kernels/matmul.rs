@@ -257,8 +257,14 @@ impl CustomOp2 for BatchedMatmulOp {
 }
 
 /// `op(a) · op(b)` over a leading batch axis (`(batch, m, k)`-shaped operands, `op` = transpose
-/// where flagged): sslab's thread-parallel kernel on the CPU (`fused`), else candle's matmul.
+/// where flagged): sslab's thread-parallel kernel on the CPU (`fused`), else candle's matmul;
+/// bf16 operands with an f32 result under a bf16 [`autocast`](crate::kernels::autocast).
 pub fn batched_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -> Result<Tensor> {
+    super::precision::autocast_pair(a, b, |a, b| batched_in(a, b, ta, tb, fused))
+}
+
+/// [`batched_matmul`] in the operands' own dtype.
+fn batched_in(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -> Result<Tensor> {
     if fused && super::storage::on_cpu_f32(a) && super::storage::on_cpu_f32(b) {
         return Ok(a
             .contiguous()?

@@ -9,6 +9,7 @@
 //! | `batch_norm/` | training-mode BatchNorm, with the affine part and ReLU fused (CPU; CUDA kernels in `cuda/batch_norm.cu`) ([`batch_norm_train`], [`batch_norm_affine_train`]); LayerNorm's normalisation ([`normalize_rows`]) |
 //! | `activation.rs` | ReLU, residual add + ReLU, exact GELU ([`relu`], [`add_relu`], [`gelu`]) |
 //! | `affine.rs` | a linear layer's bias, LayerNorm's scale and shift ([`add_bias`], [`scale_shift_rows`]) |
+//! | `precision.rs` | mixed precision as autocast: bf16 convolutions and matrix products, f32 elsewhere ([`autocast`], [`Precision`]) |
 //! | `softmax.rs` | softmax over the last axis with a folded scale ([`softmax_last`]) |
 //! | `matmul.rs` | GEMM wrappers, narrow weight-gradient products, batched products ([`batched_matmul`]) |
 //! | `optim_update.rs` | optimizer updates and the momentum encoder's EMA, in place ([`ema`]; the optimizers' rules, [`OptimKind`]) |
@@ -31,6 +32,7 @@ mod cuda;
 mod matmul;
 pub(crate) mod optim_update;
 mod par;
+mod precision;
 mod softmax;
 mod storage;
 
@@ -41,4 +43,5 @@ pub use conv::plan::{conv_tf32, set_conv_tf32};
 pub use conv::{cached_conv_algorithms, conv2d};
 pub use matmul::batched_matmul;
 pub use optim_update::{ema, GroupSettings, OptimKind};
+pub use precision::{autocast, autocast_matmul, autocast_precision, Autocast, Precision};
 pub use softmax::softmax_last;

@@ -61,7 +61,8 @@ impl Linear {
         } else {
             x.reshape((rows, inp))?
         };
-        let y = flat.matmul(&self.weight.as_tensor().t()?)?;
+        // bf16 operands under a bf16 autocast (`kernels::precision`), f32 otherwise.
+        let y = kernels::autocast_matmul(&flat, &self.weight.as_tensor().t()?)?;
         let y = match &self.bias {
             Some(b) => kernels::add_bias(&y, b.as_tensor())?,
             None => y,

@@ -332,8 +332,7 @@ impl Vit {
             )
         };
         let wt = w.reshape((self.cfg.dim, c * p * p))?;
-        Ok(patches
-            .matmul(&wt.t()?)?
+        Ok(crate::kernels::autocast_matmul(&patches, &wt.t()?)?
             .broadcast_add(&b)?
             .reshape((n, gh * gw, self.cfg.dim))?)
     }

@@ -5,6 +5,7 @@
 use crate::augment::RecipeName;
 use crate::data::ShapesConfig;
 use crate::error::{Error, Result};
+use crate::kernels::Precision;
 pub use crate::methods::{BarlowTwinsConfig, DenseClConfig, MocoConfig, MocoV3Config};
 use crate::methods::{MethodKind, MethodSetup};
 pub use crate::models::ModelConfig;
@@ -23,6 +24,9 @@ pub struct RunConfig {
     pub seed: u64,
     /// `auto` (CUDA when built and present, else CPU), `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// `f32`, or `bf16`: bf16 convolutions and matrix products with f32 weights, optimizer
+    /// state, statistics and losses (CUDA only; `kernels::precision`).
+    pub precision: Precision,
     pub data: DataConfig,
     pub model: ModelConfig,
     pub augment: AugmentConfig,

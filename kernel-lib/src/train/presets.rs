@@ -5,6 +5,7 @@ use super::config::*;
 use crate::augment::RecipeName;
 use crate::data::ShapesConfig;
 use crate::error::{Error, Result};
+use crate::kernels::Precision;
 use crate::methods::MethodKind;
 use crate::models::{BackboneKind, Depth, Stem};
 use crate::optim::{OptimName, ScheduleKind};
@@ -151,6 +152,7 @@ pub fn barlow_twins_imagenet() -> RunConfig {
         preset: "barlow-twins/imagenet".into(),
         seed: 0,
         device: "auto".into(),
+        precision: Precision::F32,
         data: DataConfig {
             source: "folder:imagenet".into(),
             shapes: ShapesConfig::default(),

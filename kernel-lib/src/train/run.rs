@@ -89,6 +89,13 @@ impl Run {
             config.augment.scale_min,
         );
         crate::kernels::set_conv_tf32(config.cuda.tf32);
+        if config.precision == crate::kernels::Precision::Bf16 && device.is_cpu() {
+            return Err(Error::config(
+                "precision",
+                "bf16 runs on CUDA; the CPU has no bf16 kernels yet (its convolutions would \
+                 fall back to candle's slow generic ones): use precision = \"f32\" on the CPU",
+            ));
+        }
         let batch = config.train.batch_size;
         let schedule = Schedule::new(&config, train_data.len());
         let method = (config.method.info().build)(&config.method_setup(), &device)?;
@@ -302,6 +309,8 @@ impl Run {
     }
 
     fn step_here(&mut self) -> Result<StepReport> {
+        // The forward and backward passes of this step in the run's precision, on this thread.
+        let _precision = crate::kernels::autocast(self.config.precision);
         let s = self.record.steps.len();
         let batch = self.loader.next_batch()?;
         let n = batch.indices.len();

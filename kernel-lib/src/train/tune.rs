@@ -90,6 +90,13 @@ impl Run {
             }
             self.loader = self.loader_at(batch, self.record.steps.len())?;
             self.schedule.set_batch(batch, self.train_data.len());
+        } else if key == "precision" {
+            return Err(Error::config(
+                &key,
+                "fixed when the run was built, as in PyTorch where autocast wraps the whole \
+                 training loop: save, then load the checkpoint (f32, it loads into either \
+                 precision) with the other precision in a new run",
+            ));
         } else if !(key == "optim.lr" || key == "optim.lr_1d" || REPORTING.contains(&key.as_str()))
         {
             return Err(Error::config(

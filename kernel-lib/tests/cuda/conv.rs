@@ -137,3 +137,48 @@ fn repeated_calls_agree() {
         "the second call searched again"
     );
 }
+
+/// A training step of a ResNet-18 under bf16 autocast on CUDA (cuDNN and cuBLAS in bf16) gives
+/// the f32 step's loss within bf16 rounding, and every weight its f32 gradient.
+#[test]
+fn a_bf16_resnet_step_follows_f32() {
+    use sslab::kernels::{autocast, Precision};
+    use sslab::models::{Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
+    let Some(dev) = gpu(true) else { return };
+    let mut pb = ParamBuilder::new(3, &dev);
+    let cfg = ResNetConfig {
+        depth: Depth::R18,
+        stem: Stem::Cifar,
+        width: 16,
+        zero_init_residual: false,
+    };
+    let net = ResNet::new(&mut pb, "r", &cfg).unwrap();
+    let store = pb.finish();
+    let x = Tensor::randn(0f32, 1.0, (32, 3, 32, 32), &dev).unwrap();
+    let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
+    set_conv_tf32(false);
+    let step = |p: Precision| {
+        let _g = autocast(p);
+        let l = net
+            .forward_t(&x, true)
+            .unwrap()
+            .pooled
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let grads = l.backward().unwrap();
+        for q in store.trainable() {
+            let g = grads
+                .get(q.var.as_tensor())
+                .expect("every weight gets a gradient");
+            assert_eq!(g.dtype(), DType::F32, "{}", q.name);
+        }
+        l.to_scalar::<f32>().unwrap()
+    };
+    let (l32, l16) = (step(Precision::F32), step(Precision::Bf16));
+    assert!(
+        (l16 - l32).abs() / l32.abs() < 3e-2,
+        "bf16 loss {l16} vs f32 {l32}"
+    );
+}

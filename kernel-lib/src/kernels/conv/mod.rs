@@ -326,7 +326,8 @@ pub fn cached_conv_algorithms() -> usize {
 /// A bias-free 2-D convolution of NCHW input `x` with an `(out, in, k, k)` kernel, with an
 /// explicit backward: on the CPU (f32) sslab's kernels above; on CUDA (f32, f16, bf16, in a
 /// build with the `cudnn` feature) cuDNN's three passes with measured algorithms (`cudnn.rs`);
-/// anywhere else candle's `conv2d`.
+/// anywhere else candle's `conv2d`. Under a bf16 [`autocast`](crate::kernels::autocast) the
+/// operands are cast to bf16 and the result back to f32.
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -339,6 +340,12 @@ pub fn cached_conv_algorithms() -> usize {
 /// # Ok::<(), sslab::Error>(())
 /// ```
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    // Under bf16 autocast: bf16 operands, the result back in f32.
+    super::precision::autocast_pair(x, w, |x, w| conv2d_in(x, w, stride, pad))
+}
+
+/// [`conv2d`] in the operands' own dtype.
+fn conv2d_in(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     match plan::route(x.device(), x.dtype(), cfg!(feature = "cudnn")) {
         ConvRoute::CpuKernel | ConvRoute::Cudnn => {
             let op = Conv2dOp { stride, pad };
