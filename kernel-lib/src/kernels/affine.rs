@@ -2,9 +2,33 @@
 //! column sums of their backward from row blocks in parallel.
 
 use super::par::sum_partials;
-use super::storage::{on_cpu_f32, slice, CResult};
+use super::storage::{own_kernel, slice, CResult};
 use crate::error::Result;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor,
+};
+
+/// The CUDA arm: `kernel` of `cuda/affine.cu`, element-wise (`sums` `None`) or as column sums
+/// into `sums` rows of `d` values.
+#[cfg(feature = "cuda")]
+fn on_cuda(
+    kernel: &str,
+    inputs: &[(&CudaStorage, &Layout)],
+    sums: Option<usize>,
+) -> CResult<(CudaStorage, Shape)> {
+    use super::cuda::{columns, Columns};
+    let how = sums.map_or(Columns::Map, |parts| Columns::Sums { parts });
+    columns(kernel, inputs, how)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_cuda(
+    kernel: &str,
+    _: &[(&CudaStorage, &Layout)],
+    _: Option<usize>,
+) -> CResult<(CudaStorage, Shape)> {
+    candle_core::bail!("{kernel} on CUDA needs sslab built with the `cuda` feature")
+}
 use rayon::prelude::*;
 
 /// `y = x + b` with `b` broadcast over the rows of a `(rows, d)` input; the backward gives
@@ -43,6 +67,18 @@ impl CustomOp2 for AddBiasOp {
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        let d = l2.shape().elem_count();
+        row_width(l1, d, d)?;
+        on_cuda("add_cols_f32", &[(s1, l1), (s2, l2)], None)
     }
 
     fn bwd(
@@ -102,6 +138,19 @@ impl CustomOp3 for ScaleShiftOp {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        row_width(l1, l2.shape().elem_count(), l3.shape().elem_count())?;
+        on_cuda("scale_shift_f32", &[(s1, l1), (s2, l2), (s3, l3)], None)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -149,6 +198,17 @@ impl CustomOp2 for ScaleRows {
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        let d = l2.shape().elem_count();
+        row_width(l1, d, d)?;
+        on_cuda("scale_cols_f32", &[(s1, l1), (s2, l2)], None)
+    }
 }
 
 /// `[Σ g ⊙ x; Σ g]` over the rows of `(rows, d)` inputs `g` and `x`, as a `(2, d)` tensor.
@@ -193,6 +253,18 @@ impl CustomOp2 for ScaleShiftSums {
             Shape::from((2, d)),
         ))
     }
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("scale-shift sums: {:?} vs {:?}", l1.dims(), l2.dims());
+        }
+        on_cuda("col_sums2_f32", &[(s1, l1), (s2, l2)], Some(2))
+    }
 }
 
 /// Sums a `(rows, d)` input over its rows.
@@ -218,23 +290,29 @@ impl CustomOp1 for ColumnSums {
             .collect();
         Ok((CpuStorage::F32(sum_partials(partial, d)), Shape::from(d)))
     }
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
+        if l.dims().last() != Some(&self.0) {
+            candle_core::bail!("column sums of {} over input {:?}", self.0, l.dims());
+        }
+        on_cuda("col_sums_f32", &[(s, l)], Some(1))
+    }
 }
 
 /// `y + b` with `(d,)`-shaped `b` broadcast over the rows of a `(rows, d)` `y`: a linear
-/// layer's bias. On the CPU the kernel above (its bias gradient from parallel row blocks),
-/// elsewhere candle's broadcast add.
+/// layer's bias. On the CPU and CUDA sslab's kernel (its bias gradient as column sums, from
+/// row blocks in parallel), elsewhere candle's broadcast add.
 pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if on_cpu_f32(y) {
+    if own_kernel(y) && own_kernel(b) {
         return Ok(y.apply_op2(b, AddBiasOp)?);
     }
     Ok(y.broadcast_add(b)?)
 }
 
 /// `x ⊙ w + b` with `(d,)`-shaped `w` and `b` broadcast over the last axis: LayerNorm's affine
-/// part. `fused` takes the CPU kernel (one pass each way plus one for both column sums) where
-/// it applies; otherwise candle's broadcast ops.
+/// part. `fused` takes sslab's kernel on the CPU or CUDA (one pass each way plus one for both
+/// column sums) where it applies; otherwise candle's broadcast ops.
 pub fn scale_shift_rows(x: &Tensor, w: &Tensor, b: &Tensor, fused: bool) -> Result<Tensor> {
-    if fused && on_cpu_f32(x) && on_cpu_f32(w) && on_cpu_f32(b) {
+    if fused && own_kernel(x) && own_kernel(w) && own_kernel(b) {
         return Ok(x.contiguous()?.apply_op3(w, b, ScaleShiftOp)?);
     }
     Ok(x.broadcast_mul(w)?.broadcast_add(b)?)

@@ -39,6 +39,12 @@ pub(crate) const SOFTMAX: Module = Module {
     ptx: include_str!(concat!(env!("OUT_DIR"), "/softmax.ptx")),
 };
 
+/// `cuda/affine.cu`.
+pub(crate) const AFFINE: Module = Module {
+    name: "sslab_affine",
+    ptx: include_str!(concat!(env!("OUT_DIR"), "/affine.ptx")),
+};
+
 /// Threads per block of every sslab kernel (the reductions' shared arrays are sized for it).
 pub(crate) const BLOCK: u32 = 256;
 
@@ -172,6 +178,79 @@ fn launch_over(
             }
         }
     };
+    unsafe { b.launch(cfg) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
+}
+
+/// How a column kernel of `cuda/affine.cu` runs over `(rows, d)` data.
+pub(crate) enum Columns {
+    /// Element-wise over all `rows·d` values, a column's parameter broadcast: `kernel(inputs…,
+    /// out, n, d)` into a fresh `(rows, d)`-shaped output.
+    Map,
+    /// Column sums into a zeroed output of `parts·d` values: `kernel(inputs…, out, rows, d,
+    /// chunk)`, one thread per column and block row per chunk of rows.
+    Sums { parts: usize },
+}
+
+/// A kernel of `cuda/affine.cu` over contiguous f32 inputs whose first is `(…, d)`-shaped.
+pub(crate) fn columns(
+    kernel: &str,
+    inputs: &[(&CudaStorage, &Layout)],
+    how: Columns,
+) -> CResult<(CudaStorage, Shape)> {
+    let Some(&(first, first_l)) = inputs.first() else {
+        candle_core::bail!("{kernel}: no input");
+    };
+    let mut views = Vec::with_capacity(inputs.len());
+    for (s, l) in inputs {
+        if !l.is_contiguous() || s.dtype() != candle_core::DType::F32 {
+            candle_core::bail!("{kernel}: expected contiguous f32 inputs");
+        }
+        views.push(s.as_cuda_slice::<f32>()?.slice(l.start_offset()..));
+    }
+    let n = first_l.shape().elem_count();
+    let d = *first_l.dims().last().unwrap_or(&1);
+    let rows = n / d.max(1);
+    let dev = &first.device;
+    let f = dev.get_or_load_custom_func(kernel, AFFINE.name, AFFINE.ptx)?;
+    let (n64, d64, rows64) = (n as i64, d as i64, rows as i64);
+    let (out, shape, cfg, chunk) = match how {
+        Columns::Map => (
+            unsafe { dev.alloc::<f32>(n)? },
+            first_l.shape().clone(),
+            elementwise(n),
+            0i64,
+        ),
+        Columns::Sums { parts } => {
+            // At most 65535 block rows; at least 64 rows per block so each thread sums a run.
+            let chunk = rows.div_ceil(65_535).max(64);
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    d.div_ceil(BLOCK as usize).max(1) as u32,
+                    rows.div_ceil(chunk).max(1) as u32,
+                    1,
+                ),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let shape = if parts == 1 {
+                Shape::from(d)
+            } else {
+                Shape::from((parts, d))
+            };
+            (dev.alloc_zeros::<f32>(parts * d)?, shape, cfg, chunk as i64)
+        }
+    };
+    let mut b = f.builder();
+    for v in &views {
+        b.arg(v);
+    }
+    b.arg(&out);
+    if chunk == 0 {
+        b.arg(&n64).arg(&d64);
+    } else {
+        b.arg(&rows64).arg(&d64).arg(&chunk);
+    }
     unsafe { b.launch(cfg) }.w()?;
     Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
 }

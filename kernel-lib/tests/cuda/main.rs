@@ -3,6 +3,7 @@
 //! a CUDA build (`cudnn` for the convolutions); elsewhere it says why it skipped and passes.
 
 mod activation;
+mod affine;
 mod batch_norm;
 mod conv;
 mod optim;
