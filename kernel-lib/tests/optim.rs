@@ -1,5 +1,7 @@
 //! Optimisers and schedules against hand-computed updates (docs/recipes.md §0.6, §8 items 4 and 6).
 
+mod common;
+
 use candle_core::{Device, Tensor, Var};
 use sslab::models::{Init, ParamBuilder, ParamKind, ParamStore};
 use sslab::optim::{cosine_momentum, GroupSettings, LrSchedule, OptimKind, Optimizer};
@@ -408,17 +410,7 @@ fn fused_cpu_updates_match_the_tensor_op_rules_for_every_optimizer() {
         weight_decay: 0.0,
         adapt: false,
     };
-    let rand = |n: usize, seed: u64| -> Vec<f32> {
-        // A fixed pseudo-random sequence (splitmix64), the same for both runs.
-        (0..n as u64)
-            .map(|i| {
-                let mut z = (i + seed * 1_000_003).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    };
+    let rand = common::splitmix;
     for kind in kinds {
         let run = |fused: bool| {
             let (ps, wv, bv) = store(&rand(40_000, 1), &rand(300, 2));

@@ -4,16 +4,13 @@
 //! rounded to bf16 and multiplied in f32 (candle's CPU matmul has no bf16, and a CPU run
 //! refuses bf16); on a GPU the same casts feed cuDNN and cuBLAS in bf16.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::rel_err;
 use sslab::kernels::{autocast, autocast_precision, batched_matmul, conv2d, Precision};
 use sslab::models::{Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
 use sslab::train::{Run, RunConfig};
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    let scale = b.abs().unwrap().max_all().unwrap();
-    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
-}
 
 #[test]
 fn autocast_is_scoped_and_nests() {

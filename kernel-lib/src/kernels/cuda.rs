@@ -9,6 +9,64 @@ use candle_core::cuda::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda::WrapErr;
 use candle_core::{CudaStorage, Layout, Shape, Storage, Tensor};
 
+/// The `cpu_fwd` of an op that exists only on CUDA (its CPU counterpart is another op): an
+/// error naming it. `1`, `2`, `3`: `CustomOp1/2/3`; `inplace2`, `inplace3`: `InplaceOp2/3`.
+macro_rules! cpu_refused {
+    (@err $self:ident, $op:ident) => {
+        Err(candle_core::Error::Msg(format!(
+            "{} is a CUDA kernel; on the CPU sslab runs its own CPU op instead",
+            candle_core::$op::name($self)
+        )))
+    };
+    (1) => {
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> CResult<(CpuStorage, Shape)> {
+            cpu_refused!(@err self, CustomOp1)
+        }
+    };
+    (2) => {
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> CResult<(CpuStorage, Shape)> {
+            cpu_refused!(@err self, CustomOp2)
+        }
+    };
+    (3) => {
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> CResult<(CpuStorage, Shape)> {
+            cpu_refused!(@err self, CustomOp3)
+        }
+    };
+    (inplace2) => {
+        fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> CResult<()> {
+            cpu_refused!(@err self, InplaceOp2)
+        }
+    };
+    (inplace3) => {
+        fn cpu_fwd(
+            &self,
+            _: &mut CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> CResult<()> {
+            cpu_refused!(@err self, InplaceOp3)
+        }
+    };
+}
+
 /// A PTX module: its name in candle's per-device cache and its text.
 pub(crate) struct Module {
     pub name: &'static str,

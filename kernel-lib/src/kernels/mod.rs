@@ -22,13 +22,15 @@
 
 #[macro_use]
 mod simd;
+// Before the op files: its `cpu_refused!` macro writes the CPU arm of CUDA-only ops.
+#[cfg(feature = "cuda")]
+#[macro_use]
+mod cuda;
 mod activation;
 mod affine;
 mod batch_norm;
 pub mod bench;
 mod conv;
-#[cfg(feature = "cuda")]
-mod cuda;
 mod matmul;
 pub(crate) mod optim_update;
 mod par;

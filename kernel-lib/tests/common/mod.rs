@@ -66,3 +66,30 @@ pub fn shrink_any(preset: &str) -> RunConfig {
     c.diagnostics.every = 100;
     c
 }
+
+/// A fixed pseudo-random sequence in [-1, 1) (splitmix64): the same numbers on every run and
+/// device.
+pub fn splitmix(n: usize, seed: u64) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let mut z = (i + seed * 1_000_003).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// `max |a - b| / max |b|`, on the host, in f32.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let host = |t: &Tensor| {
+        t.to_device(&candle_core::Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let (a, b) = (host(a), host(b));
+    let diff = (a - &b).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = b.abs().unwrap().max_all().unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
+}

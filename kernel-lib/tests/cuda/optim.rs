@@ -2,23 +2,12 @@
 //! rule, both parameter groups (decay and trust ratio on the 2-D tensor, the 1-D one excluded
 //! with its own rate), parameters and buffers.
 
+use super::common::splitmix as rand;
 use super::gpu;
 use candle_core::{Device, Tensor, Var};
 use sslab::kernels::ema;
 use sslab::models::{Init, ParamBuilder, ParamKind};
 use sslab::optim::{GroupSettings, OptimKind, Optimizer};
-
-/// A fixed pseudo-random sequence in [-1, 1) (splitmix64).
-fn rand(n: usize, seed: u64) -> Vec<f32> {
-    (0..n as u64)
-        .map(|i| {
-            let mut z = (i + seed * 1_000_003).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn host(t: &Tensor) -> Vec<f32> {
     t.flatten_all()

@@ -12,12 +12,6 @@ use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::WrapErr;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
-fn cpu_refused(name: &str) -> candle_core::Error {
-    candle_core::Error::Msg(format!(
-        "{name} is the CUDA arm; the CPU takes kernels::batch_norm"
-    ))
-}
-
 /// The f32 device slice of a contiguous argument.
 macro_rules! arg_slice {
     ($s:expr, $l:expr, $what:expr) => {{
@@ -38,9 +32,7 @@ impl CustomOp1 for StatsOp {
         "sslab-batchnorm-stats"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> CResult<(CpuStorage, Shape)> {
-        Err(cpu_refused(self.name()))
-    }
+    cpu_refused!(1);
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
         let x = arg_slice!(s, l, "batchnorm input");
@@ -71,17 +63,7 @@ impl CustomOp3 for AffineOp {
         "sslab-batchnorm-affine-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        Err(cpu_refused(self.name()))
-    }
+    cpu_refused!(3);
 
     fn cuda_fwd(
         &self,
@@ -166,17 +148,7 @@ impl CustomOp3 for GradSumsOp {
         "sslab-batchnorm-grad-sums"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        Err(cpu_refused(self.name()))
-    }
+    cpu_refused!(3);
 
     fn cuda_fwd(
         &self,
@@ -223,17 +195,7 @@ impl CustomOp3 for GradInputOp {
         "sslab-batchnorm-grad-input"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        Err(cpu_refused(self.name()))
-    }
+    cpu_refused!(3);
 
     fn cuda_fwd(
         &self,

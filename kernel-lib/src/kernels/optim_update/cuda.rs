@@ -3,7 +3,7 @@
 //! device from a norm reduction, so an update needs no copy to the host. Through candle's ops
 //! the same rules took about ten allocating operations per tensor.
 
-use super::{GroupSettings, OptimKind};
+use super::{AdamCoefficients, GroupSettings, OptimKind};
 use crate::error::Result;
 use crate::kernels::cuda::{elementwise, with_opt_f64, OPTIM};
 use crate::kernels::storage::CResult;
@@ -28,10 +28,6 @@ fn push_scalars<'a>(b: &mut LaunchArgs<'a>, scalars: &'a [Scalar]) {
             Scalar::I(v) => b.arg(v),
         };
     }
-}
-
-fn cpu_refused(name: &str) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{name} is the CUDA arm of the optimizer update"))
 }
 
 /// The f32 device slice of a contiguous operand, checked to hold `n` elements.
@@ -80,15 +76,7 @@ impl CustomOp2 for Norms {
     fn name(&self) -> &'static str {
         self.kernel
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        Err(cpu_refused(self.kernel))
-    }
+    cpu_refused!(2);
     fn cuda_fwd(
         &self,
         a: &CudaStorage,
@@ -104,17 +92,7 @@ impl CustomOp3 for Norms {
     fn name(&self) -> &'static str {
         self.kernel
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        Err(cpu_refused(self.kernel))
-    }
+    cpu_refused!(3);
     fn cuda_fwd(
         &self,
         a: &CudaStorage,
@@ -178,9 +156,7 @@ impl InplaceOp2 for Update {
     fn name(&self) -> &'static str {
         self.kernel
     }
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> CResult<()> {
-        Err(cpu_refused(self.kernel))
-    }
+    cpu_refused!(inplace2);
     fn cuda_fwd(
         &self,
         d: &mut CudaStorage,
@@ -196,17 +172,7 @@ impl InplaceOp3 for Update {
     fn name(&self) -> &'static str {
         self.kernel
     }
-    fn cpu_fwd(
-        &self,
-        _: &mut CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> CResult<()> {
-        Err(cpu_refused(self.kernel))
-    }
+    cpu_refused!(inplace3);
     fn cuda_fwd(
         &self,
         d: &mut CudaStorage,
@@ -288,13 +254,16 @@ pub(super) fn step(
             p.inplace_op2(&state[0], &update("sub_scaled_f32", vec![F(lrf)], None))?;
         }
         OptimKind::AdamW { beta1, beta2, eps } | OptimKind::Lamb { beta1, beta2, eps } => {
-            // 1 − β in f64 first, as on the CPU.
-            let (b1, c1) = (beta1 as f32, (1.0 - beta1) as f32);
-            let (b2, c2) = (beta2 as f32, (1.0 - beta2) as f32);
+            let AdamCoefficients {
+                b1,
+                c1,
+                b2,
+                c2,
+                bc1,
+                bc2,
+            } = AdamCoefficients::new(beta1, beta2, t);
             state[0].inplace_op2(g, &update("axpby_f32", vec![F(b1), F(c1)], None))?;
             state[1].inplace_op2(g, &update("axpby_sq_f32", vec![F(b2), F(c2)], None))?;
-            let bc1 = (1.0 - beta1.powi(t)) as f32;
-            let bc2 = (1.0 - beta2.powi(t)) as f32;
             let (eps, lrf) = (eps as f32, lr as f32);
             if matches!(kind, OptimKind::AdamW { .. }) {
                 let keep = (1.0 - lr * gs.weight_decay) as f32;

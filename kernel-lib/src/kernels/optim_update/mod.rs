@@ -175,6 +175,31 @@ fn sums<const N: usize, const K: usize>(
     }))
 }
 
+/// Adam's coefficients in f32 for step `t`: the moment decays `b1`, `b2`, their complements
+/// `c1 = 1 − β1`, `c2 = 1 − β2` and the bias corrections `bc1 = 1 − β1ᵗ`, `bc2 = 1 − β2ᵗ`, each
+/// computed in f64 first (in f32, 1 − 0.999 is 1.3e-5 off). Shared by the CPU and CUDA arms.
+pub(super) struct AdamCoefficients {
+    pub b1: f32,
+    pub c1: f32,
+    pub b2: f32,
+    pub c2: f32,
+    pub bc1: f32,
+    pub bc2: f32,
+}
+
+impl AdamCoefficients {
+    pub(super) fn new(beta1: f64, beta2: f64, t: i32) -> Self {
+        AdamCoefficients {
+            b1: beta1 as f32,
+            c1: (1.0 - beta1) as f32,
+            b2: beta2 as f32,
+            c2: (1.0 - beta2) as f32,
+            bc1: (1.0 - beta1.powi(t)) as f32,
+            bc2: (1.0 - beta2.powi(t)) as f32,
+        }
+    }
+}
+
 /// LARS/LAMB's trust ratio `scale·num/den`, or 1 unless both norms are positive.
 fn trust(num: f64, den: f64, scale: f64) -> f64 {
     if num > 0.0 && den > 0.0 {
@@ -262,9 +287,14 @@ pub(crate) fn step(
             })
         }
         OptimKind::AdamW { beta1, beta2, eps } | OptimKind::Lamb { beta1, beta2, eps } => {
-            // 1 − β in f64 first: in f32, 1 − 0.999 is 1.3e-5 off.
-            let (b1, c1) = (beta1 as f32, (1.0 - beta1) as f32);
-            let (b2, c2) = (beta2 as f32, (1.0 - beta2) as f32);
+            let AdamCoefficients {
+                b1,
+                c1,
+                b2,
+                c2,
+                bc1,
+                bc2,
+            } = AdamCoefficients::new(beta1, beta2, t);
             pass1(&state[0], g, |m, [g]| {
                 for (m, &g) in m.iter_mut().zip(g) {
                     *m = b1 * *m + c1 * g;
@@ -275,8 +305,6 @@ pub(crate) fn step(
                     *v = b2 * *v + c2 * (g * g);
                 }
             })?;
-            let bc1 = (1.0 - beta1.powi(t)) as f32;
-            let bc2 = (1.0 - beta2.powi(t)) as f32;
             let eps = eps as f32;
             let dir = move |m: f32, v: f32| (m / bc1) / ((v / bc2).sqrt() + eps);
             if matches!(kind, OptimKind::AdamW { .. }) {
