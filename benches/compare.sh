@@ -27,6 +27,10 @@ cargo build --release -q -p sslab-repl
 SSLAB=target/release/sslab
 export RAYON_NUM_THREADS=$THREADS
 
+# Where the figures are measured: the CPU, its vector extensions and the kernels sslab takes.
+"$SSLAB" bench conv --steps 1 --batch 1 --shape 3x64 | head -1
+"$TORCH_PYTHON" -c 'import torch; print("PyTorch", torch.__version__, "| CPU capability:", torch.backends.cpu.get_cpu_capability())'
+
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for w in "${WORKLOADS[@]}"; do

@@ -68,6 +68,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
+    // Where the figures below were measured.
+    println!("{}", sslab::kernels::cpu_report());
     if a.workload == "conv" {
         return conv(&a);
     }

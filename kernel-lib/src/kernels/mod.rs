@@ -46,4 +46,5 @@ pub use conv::{cached_conv_algorithms, conv2d};
 pub use matmul::batched_matmul;
 pub use optim_update::{ema, GroupSettings, OptimKind};
 pub use precision::{autocast, autocast_matmul, autocast_precision, Autocast, Precision};
+pub use simd::cpu_report;
 pub use softmax::softmax_last;

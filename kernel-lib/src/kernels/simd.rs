@@ -31,3 +31,69 @@ pub(crate) fn avx2() -> bool {
         false
     }
 }
+
+/// The processor's model name as the OS reports it (`/proc/cpuinfo`), or `unknown`.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The vector instruction sets of this CPU that matter to sslab's kernels, by name.
+fn vector_features() -> Vec<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut have = Vec::new();
+        macro_rules! probe {
+            ($($f:tt),*) => {$(
+                if is_x86_feature_detected!($f) {
+                    have.push($f);
+                }
+            )*};
+        }
+        probe!("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512bf16");
+        // std's AMX detection is not stable yet: the kernel's flags say whether the tiles are
+        // there (and usable: Linux lists them only once enabled).
+        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        for (flag, name) in [("amx_tile", "amx-tile"), ("amx_bf16", "amx-bf16")] {
+            if flags.split_whitespace().any(|w| w == flag) {
+                have.push(name);
+            }
+        }
+        have
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Vec::new()
+    }
+}
+
+/// One line on what this CPU is and which kernels sslab takes on it (printed by `sslab bench`
+/// and `benches/compare.sh`, so that a figure says where it was measured).
+///
+/// ```
+/// let line = sslab::kernels::cpu_report();
+/// assert!(line.contains("element kernels:"));
+/// ```
+pub fn cpu_report() -> String {
+    let features = vector_features();
+    let has = |f: &str| features.contains(&f);
+    let element = if avx2() { "AVX2+FMA" } else { "scalar" };
+    // gemm (with its `x86-v4` feature) picks its AVX-512 micro-kernels itself at run time.
+    let gemm = if has("avx512f") { "AVX-512" } else if avx2() { "AVX2+FMA" } else { "scalar" };
+    format!(
+        "CPU {} | {} | element kernels and Winograd: {element} | GEMM (gemm crate): {gemm}",
+        cpu_model(),
+        if features.is_empty() {
+            "no x86 vector extensions detected".to_string()
+        } else {
+            features.join(" ")
+        },
+    )
+}
