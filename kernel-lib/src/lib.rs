@@ -27,6 +27,7 @@ pub mod data;
 pub mod diagnostics;
 mod error;
 pub mod eval;
+mod integrity;
 pub mod kernels;
 pub mod methods;
 pub mod models;

@@ -148,6 +148,81 @@ fn damaged_checkpoints_are_errors_naming_the_file() {
     expect_err_at(&missing, "nope");
 }
 
+/// The fault of the report: 4 KB in the middle of the tensor file overwritten (a bad disk
+/// block, a partial copy) loaded silently before content hashes; now it is refused by name.
+#[test]
+fn a_damaged_block_in_the_tensor_file_is_refused_at_load() {
+    let mut run = Run::new(small("moco-v2/tiny")).unwrap();
+    run.train(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    run.save(dir.path()).unwrap();
+    let tensors = dir.path().join("state-00000001.safetensors");
+    let good = std::fs::read(&tensors).unwrap();
+    assert!(good.len() > 16_384, "{} bytes", good.len());
+    let mut bad = good.clone();
+    let mid = good.len() / 2;
+    bad[mid..mid + 4096].fill(0);
+    std::fs::write(&tensors, &bad).unwrap();
+    let e = Run::load(dir.path())
+        .err()
+        .expect("a damaged checkpoint loaded")
+        .to_string();
+    assert!(
+        e.contains("state-00000001.safetensors") && e.contains("damaged") && e.contains("hash"),
+        "{e}"
+    );
+    // The config file is covered too, and a good checkpoint still loads, without a warning.
+    std::fs::write(&tensors, &good).unwrap();
+    let config = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("seed = 0", "seed = 1")).unwrap();
+    let e = Run::load(dir.path())
+        .err()
+        .expect("an edited config.toml loaded")
+        .to_string();
+    assert!(e.contains("config.toml"), "{e}");
+    std::fs::write(&config, text).unwrap();
+    assert!(Run::load(dir.path()).unwrap().warnings().is_empty());
+}
+
+/// A checkpoint without recorded hashes (written before them) loads with a warning, and a
+/// non-finite tensor in it is refused by name rather than turning into a NaN loss steps later.
+#[test]
+fn unhashed_checkpoints_warn_and_non_finite_tensors_are_refused() {
+    let mut run = Run::new(small("barlow-twins/tiny")).unwrap();
+    run.train(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    run.save(dir.path()).unwrap();
+    let manifest = dir.path().join("run.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("files");
+    std::fs::write(&manifest, serde_json::to_vec(&json).unwrap()).unwrap();
+    let loaded = Run::load(dir.path()).unwrap();
+    assert!(
+        loaded
+            .warnings()
+            .iter()
+            .any(|w| w.contains("content hashes")),
+        "{:?}",
+        loaded.warnings()
+    );
+    // The last four bytes are the last value of the last tensor's data: make it a NaN.
+    let tensors = dir.path().join("state-00000001.safetensors");
+    let mut bytes = std::fs::read(&tensors).unwrap();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&tensors, &bytes).unwrap();
+    let e = Run::load(dir.path())
+        .err()
+        .expect("a NaN weight loaded")
+        .to_string();
+    assert!(
+        e.contains("non-finite") && e.contains("state-00000001"),
+        "{e}"
+    );
+}
+
 fn expect_err_at(path: &std::path::Path, needle: &str) {
     match Run::load(path) {
         Ok(_) => panic!("loaded {}", path.display()),
@@ -169,6 +244,7 @@ fn checkpoints_saved_before_the_restructure_load_and_continue_the_same_run() {
     ] {
         let mut run = Run::load(root.join(method)).unwrap();
         assert_eq!(run.config().method, method);
+        assert!(run.warnings().iter().any(|w| w.contains("content hashes")));
         assert_eq!(run.steps_done(), 2);
         assert_eq!(run.total_steps(), 4);
         for want in later {

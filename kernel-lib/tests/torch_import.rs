@@ -96,8 +96,22 @@ fn official_layouts_load_into_every_method() {
         if !key.is_empty() {
             assert_eq!(key, backbone(&source, "backbone."), "{preset}");
         }
-        // Our own safetensors export loads back too.
+        // Our own safetensors export loads back too, checked against its recorded digest:
+        // a changed byte is refused naming the file.
         target.import_backbone(&st).unwrap();
+        if i == 0 {
+            let good = std::fs::read(&st).unwrap();
+            let mut bad = good.clone();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 0x40;
+            std::fs::write(&st, &bad).unwrap();
+            let e = target.import_backbone(&st).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{i}.safetensors")) && e.contains("damaged"),
+                "{e}"
+            );
+            std::fs::write(&st, &good).unwrap();
+        }
         // And every diagnostic works on the imported model.
         target.correspondence().unwrap();
         target

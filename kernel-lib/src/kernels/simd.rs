@@ -57,7 +57,14 @@ fn vector_features() -> Vec<&'static str> {
                 }
             )*};
         }
-        probe!("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512bf16");
+        probe!(
+            "avx2",
+            "fma",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512bf16"
+        );
         // std's AMX detection is not stable yet: the kernel's flags say whether the tiles are
         // there (and usable: Linux lists them only once enabled).
         let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -86,7 +93,13 @@ pub fn cpu_report() -> String {
     let has = |f: &str| features.contains(&f);
     let element = if avx2() { "AVX2+FMA" } else { "scalar" };
     // gemm (with its `x86-v4` feature) picks its AVX-512 micro-kernels itself at run time.
-    let gemm = if has("avx512f") { "AVX-512" } else if avx2() { "AVX2+FMA" } else { "scalar" };
+    let gemm = if has("avx512f") {
+        "AVX-512"
+    } else if avx2() {
+        "AVX2+FMA"
+    } else {
+        "scalar"
+    };
     format!(
         "CPU {} | {} | element kernels and Winograd: {element} | GEMM (gemm crate): {gemm}",
         cpu_model(),

@@ -44,6 +44,8 @@ pub fn read_torch_checkpoint(path: impl AsRef<Path>) -> Result<Vec<(String, Tens
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     if is_safetensors {
+        // An sslab export carries its length and content hash beside it.
+        crate::integrity::verify_sidecar(path)?;
         let map = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?;
         return Ok(map.into_iter().collect());
@@ -197,7 +199,8 @@ fn looks_like_backbone(k: &str) -> bool {
 /// Writes the `backbone.*` tensors of `store` to a safetensors file with torchvision/timm key
 /// names (prefix dropped), adding the `num_batches_tracked` counters PyTorch's BatchNorm
 /// expects, so `model.load_state_dict(safetensors.torch.load_file(path), strict=False)`
-/// loads it into `torchvision.models.resnet50()` or a timm ViT.
+/// loads it into `torchvision.models.resnet50()` or a timm ViT. Its length and content hash go
+/// to `<path>.digest.json`, which [`read_torch_checkpoint`] checks when it is there.
 pub fn export_backbone(store: &ParamStore, path: impl AsRef<Path>) -> Result<usize> {
     let path = path.as_ref();
     let mut out: HashMap<String, Tensor> = HashMap::new();
@@ -217,5 +220,6 @@ pub fn export_backbone(store: &ParamStore, path: impl AsRef<Path>) -> Result<usi
         return Err(Error::Invalid("this model has no backbone tensors".into()));
     }
     crate::atomic::save_tensors(path, &out)?;
+    crate::integrity::write_sidecar(path)?;
     Ok(out.len())
 }

@@ -4,7 +4,9 @@
 //! optimizer buffers, queues) and `run.json` (config, step count, history, queue pointers),
 //! plus a readable `config.toml`. `run.json` is the commit point: it is written last, atomically,
 //! and names the tensor file it belongs to, so a kill at any moment leaves the previous
-//! checkpoint loadable. Data order and augmentations are pure functions of (seed, step) and
+//! checkpoint loadable. `run.json` also records the length and content hash (xxh3) of the
+//! tensor file and `config.toml`; a load checks them first and refuses a damaged file by name,
+//! then refuses any non-finite tensor by name. Data order and augmentations are pure functions of (seed, step) and
 //! ShuffleBN's permutation of (seed, step), so the step count restores every random stream.
 
 use super::config::RunConfig;
@@ -13,6 +15,7 @@ use super::record::{Record, StepReport};
 use crate::atomic;
 use crate::error::{Error, Result};
 use crate::eval::KnnResult;
+use crate::integrity::{check_finite, Digest};
 use crate::methods::Method;
 use crate::optim::{Optimizer, OptimizerState};
 use candle_core::{Device, Tensor};
@@ -36,6 +39,10 @@ struct Manifest {
     queue_ptrs: Vec<(String, usize)>,
     history: Vec<StepReport>,
     knn_history: Vec<(usize, KnnResult)>,
+    /// Length and content hash of each file of the checkpoint, checked on load. Empty in
+    /// checkpoints written before hashes were recorded: those load with a warning.
+    #[serde(default)]
+    files: Vec<Digest>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -74,6 +81,9 @@ impl Parts<'_> {
         let path = dir.join(&file);
         atomic::save_tensors(&path, &tensors)?;
         let config = self.config.to_toml()?;
+        atomic::write(&dir.join("config.toml"), config.as_bytes())?;
+        // Hashed as read back: what a later load must find on disk.
+        let files = vec![Digest::of(dir, &file)?, Digest::of(dir, "config.toml")?];
         let manifest = Manifest {
             version: VERSION,
             method: self.method.name().to_string(),
@@ -84,12 +94,12 @@ impl Parts<'_> {
             queue_ptrs,
             history: self.record.steps.clone(),
             knn_history: self.record.knn.clone(),
+            files,
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| Error::Invalid(format!("cannot serialise the run: {e}")))?;
         let run_json = dir.join("run.json");
         atomic::write(&run_json, &json)?;
-        atomic::write(&dir.join("config.toml"), config.as_bytes())?;
         // Only now are older tensor files unreferenced.
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -103,10 +113,12 @@ impl Parts<'_> {
     }
 }
 
-/// A checkpoint read from disk and not yet applied: its manifest and folder.
+/// A checkpoint read from disk and checked, not yet applied: its manifest and folder.
 pub(super) struct Saved {
     dir: PathBuf,
     manifest: Manifest,
+    /// Said once the run is built: why the files could not be checked.
+    pub warning: Option<String>,
 }
 
 impl Saved {
@@ -127,7 +139,22 @@ impl Saved {
                 ),
             ));
         }
-        Ok(Saved { dir, manifest })
+        // Every recorded file must be what was written, before anything of it is used.
+        for f in &manifest.files {
+            f.verify(&dir)?;
+        }
+        let warning = manifest.files.is_empty().then(|| {
+            format!(
+                "{} was written before checkpoints recorded content hashes: its files are \
+                 loaded unchecked (saving it again records them)",
+                run_json.display()
+            )
+        });
+        Ok(Saved {
+            dir,
+            manifest,
+            warning,
+        })
     }
 
     /// The saved config.
@@ -174,8 +201,15 @@ impl Saved {
         if m.tensors.contains('/') || m.tensors.contains("..") {
             return Err(Error::data(dir.join("run.json"), "bad tensor file name"));
         }
-        let tensors = candle_core::safetensors::load(&path, device)
+        let on_host = candle_core::safetensors::load(&path, &Device::Cpu)
             .map_err(|e| Error::data(&path, format!("unreadable tensors: {e}")))?;
+        // Weights, optimizer state and queues: a NaN or infinity would surface steps later as
+        // a non-finite loss with no hint of where it came from.
+        check_finite(&path, &on_host)?;
+        let tensors = on_host
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(device)?)))
+            .collect::<Result<HashMap<String, Tensor>>>()?;
         let get = |key: &str| {
             tensors
                 .get(key)

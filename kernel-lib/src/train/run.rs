@@ -248,7 +248,8 @@ impl Run {
         dir: impl AsRef<Path>,
         adjust: impl FnOnce(&mut RunConfig) -> Result<()>,
     ) -> Result<Run> {
-        let saved = Saved::open(dir.as_ref())?;
+        let mut saved = Saved::open(dir.as_ref())?;
+        let warning = saved.warning.take();
         let mut config = saved.config()?;
         adjust(&mut config)?;
         config.validate()?;
@@ -261,6 +262,10 @@ impl Run {
             (&run.device, total),
         )?;
         run.loader = run.loader_at(run.config.train.batch_size, run.record.steps_done())?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+            run.warnings.push(w);
+        }
         Ok(run)
     }
 
