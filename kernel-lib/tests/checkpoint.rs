@@ -78,14 +78,15 @@ fn periodic_checkpoints_keep_the_newest_and_resume_from_it() {
     c.train.keep_checkpoints = 2;
     let dir = tempfile::tempdir().unwrap();
     let mut run = Run::new(c.clone()).unwrap();
-    run.checkpoint_into(dir.path());
+    run.checkpoint_into(dir.path()).unwrap();
     run.train(6).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     names.sort();
-    assert_eq!(names, ["step-00000004", "step-00000006"]);
+    // The older checkpoints pruned; `.lock` is the run's hold on the folder.
+    assert_eq!(names, [".lock", "step-00000004", "step-00000006"]);
     let resumed = Run::load(dir.path()).unwrap();
     assert_eq!(resumed.steps_done(), 6);
     assert_eq!(losses(&resumed), losses(&run));
@@ -257,4 +258,18 @@ fn checkpoints_saved_before_the_restructure_load_and_continue_the_same_run() {
             );
         }
     }
+}
+
+/// Two runs sending checkpoints to one folder would overwrite each other: the second is refused
+/// while the first holds it, and the folder is free again once the first is gone.
+#[test]
+fn a_checkpoint_folder_has_one_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Run::new(small("barlow-twins/tiny")).unwrap();
+    first.checkpoint_into(dir.path()).unwrap();
+    let mut second = Run::new(small("barlow-twins/tiny")).unwrap();
+    let e = second.checkpoint_into(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("in use by another sslab process"), "{e}");
+    drop(first);
+    second.checkpoint_into(dir.path()).unwrap();
 }

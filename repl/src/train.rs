@@ -168,9 +168,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let cfg = run.config().clone();
     let resumed_from = a.resume.as_ref().map(|_| run.steps_done());
-    run.checkpoint_into(a.out.join("checkpoints"));
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    // The output folder is this process's until it ends: a second `sslab train` with the
+    // same --out is refused instead of overwriting this one's checkpoints and summary.
+    let _out_lock = sslab::train::FolderLock::acquire(&a.out)
+        .with_context(|| format!("cannot use {}", a.out.display()))?;
+    run.checkpoint_into(a.out.join("checkpoints"))?;
     std::fs::write(a.out.join("config.toml"), cfg.to_toml()?)?;
     println!(
         "sslab train {} (preset {}) on {} | data: {} / {} | {} steps of batch {}",

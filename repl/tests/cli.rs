@@ -323,9 +323,46 @@ fn a_training_process_killed_mid_checkpoint_leaves_a_loadable_checkpoint() {
             assert!(t0.elapsed().as_secs() < 120, "no checkpoint appeared");
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        // A second process asking for the same output folder is refused while this one runs.
+        let same_out = || {
+            let mut c = Command::new(sslab());
+            c.args([
+                "train",
+                "moco-v2",
+                "--device",
+                "cpu",
+                "--no-figures",
+                "--no-init-knn",
+            ])
+            .args([
+                "--set",
+                "data.shapes.train=64",
+                "--set",
+                "data.shapes.test=16",
+            ])
+            .args(["--set", "model.width=4", "--set", "train.batch_size=16"])
+            .args(["--set", "moco.queue_size=32", "--steps", "1", "--out"])
+            .arg(out.path());
+            c
+        };
+        if round == 0 {
+            let second = same_out().output().unwrap();
+            let err = String::from_utf8_lossy(&second.stderr);
+            assert!(!second.status.success(), "a second writer was let in");
+            assert!(err.contains("in use by another sslab process"), "{err}");
+        }
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
+        // The killed process left no stale lock: the folder is usable again at once.
+        if round == 0 {
+            let again = same_out().output().unwrap();
+            assert!(
+                again.status.success(),
+                "{}",
+                String::from_utf8_lossy(&again.stderr)
+            );
+        }
         // The newest complete checkpoint, continued by one step (a longer schedule is fine:
         // the load is what is checked).
         let newest = std::fs::read_dir(&ckpts)

@@ -20,6 +20,7 @@ pub use config::{
     ModelConfig, OptimConfig, RunConfig, TrainConfig,
 };
 pub use device::select_device;
+pub use folders::FolderLock;
 pub use inspect::{Diagnostic, FeatureSource};
 pub use presets::{preset_id, PRESETS};
 pub use record::{Record, StepReport, TrainSummary};

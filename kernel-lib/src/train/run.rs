@@ -53,8 +53,8 @@ pub struct Run {
     pub(super) layer_groups: LayerGroups,
     pub(super) spikes: Option<GradSpikeTracker>,
     pub(super) monitors: Monitors,
-    /// Where periodic checkpoints go (`train.checkpoint_every`).
-    pub(super) checkpoint_dir: Option<std::path::PathBuf>,
+    /// Where periodic checkpoints go (`train.checkpoint_every`), and its lock.
+    pub(super) checkpoint_dir: Option<(std::path::PathBuf, super::folders::FolderLock)>,
     /// The code that trains, as pointers taken when the run was built (see [`Hooks`]).
     hooks: Hooks,
 }
@@ -213,9 +213,13 @@ impl Run {
 
     /// Sends periodic checkpoints (every `train.checkpoint_every` steps, the last
     /// `train.keep_checkpoints` kept) to `dir/step-NNNNNNNN`; [`Run::load`] on `dir` resumes
-    /// from the newest.
-    pub fn checkpoint_into(&mut self, dir: impl Into<std::path::PathBuf>) {
-        self.checkpoint_dir = Some(dir.into());
+    /// from the newest. The folder is created and locked for this run: a second process (or
+    /// run) asking for the same folder gets an error.
+    pub fn checkpoint_into(&mut self, dir: impl Into<std::path::PathBuf>) -> Result<()> {
+        let dir = dir.into();
+        let lock = super::folders::FolderLock::acquire(&dir)?;
+        self.checkpoint_dir = Some((dir, lock));
+        Ok(())
     }
 
     /// The parts a checkpoint holds.
@@ -387,10 +391,10 @@ impl Run {
         }
         let every = self.config.train.checkpoint_every;
         if every > 0 && report.step.is_multiple_of(every) {
-            if let Some(dir) = self.checkpoint_dir.clone() {
+            if let Some((dir, _)) = &self.checkpoint_dir {
                 self.parts()
                     .save(&dir.join(format!("step-{:08}", report.step)))?;
-                prune_checkpoints(&dir, self.config.train.keep_checkpoints);
+                prune_checkpoints(dir, self.config.train.keep_checkpoints);
             }
         }
         Ok(report)
