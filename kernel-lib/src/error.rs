@@ -25,6 +25,15 @@ pub enum Error {
         /// The loss parts at that step, `name=value` pairs.
         parts: String,
     },
+    /// Backpropagation produced a non-finite gradient from a finite loss; the step was not
+    /// applied.
+    #[error("non-finite gradient at step {step} in '{param}' (the loss, {loss}, was finite); the step was not applied and the run is as it was after the previous step: lower the learning rate, or look for an operation that divides by zero")]
+    NonFiniteGradient {
+        step: usize,
+        loss: f32,
+        /// The first parameter whose gradient holds a NaN or infinity.
+        param: String,
+    },
     /// A general invalid argument (unknown preset, empty dataset, ...).
     #[error("{0}")]
     Invalid(String),

@@ -20,7 +20,7 @@ use crate::models::{
     export_backbone, load_backbone, read_torch_checkpoint, BackboneKind, ImportReport,
 };
 use crate::optim::{GroupSettings, OptimKind, OptimName, Optimizer};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -318,6 +318,15 @@ impl Run {
     }
 
     fn step_here(&mut self) -> Result<StepReport> {
+        self.step_inner(|_| {})
+    }
+
+    /// One step; `fault` may change the gradients before they are checked and applied (the
+    /// tests inject NaN there).
+    fn step_inner(
+        &mut self,
+        fault: impl FnOnce(&mut candle_core::backprop::GradStore),
+    ) -> Result<StepReport> {
         // The forward and backward passes of this step in the run's precision, on this thread.
         let _precision = crate::kernels::autocast(self.config.precision);
         let s = self.record.steps.len();
@@ -334,14 +343,21 @@ impl Run {
         // The backward pass is queued before the loss is read: on a GPU the read waits for the
         // device, which then runs forward and backward back to back instead of idling while
         // the backward's first kernels are launched. A non-finite loss wastes one backward.
-        let grads = out.loss.backward()?;
+        let mut grads = out.loss.backward()?;
+        fault(&mut grads);
         let loss = out.loss.to_scalar::<f32>()?;
-        if !loss.is_finite() {
-            drop(grads);
+        // What a step rejected below must undo: the BN statistics its forward moved, and the
+        // loader, so the same batch comes next.
+        let undo = |run: &mut Self, buffers: Vec<(Var, Tensor)>| -> Result<()> {
             for (var, saved) in buffers {
                 var.set(&saved)?;
             }
-            self.loader = self.loader_at(self.config.train.batch_size, s)?;
+            run.loader = run.loader_at(run.config.train.batch_size, s)?;
+            Ok(())
+        };
+        if !loss.is_finite() {
+            drop(grads);
+            undo(self, buffers)?;
             let parts = out
                 .parts
                 .iter()
@@ -357,8 +373,29 @@ impl Run {
                 parts,
             });
         }
-        if let Some(tracker) = &mut self.spikes {
-            let (norms, max_abs) = self.layer_groups.grad_stats(self.method.params(), &grads)?;
+        // A finite loss can still backpropagate a NaN (a division by zero in a backward pass):
+        // applied, it would poison every weight it reaches. The spike tracker's per-layer
+        // norms show it when they are measured anyway; otherwise one sum over all gradients
+        // (NaN and infinities survive a sum).
+        let stats = match &self.spikes {
+            Some(_) => Some(self.layer_groups.grad_stats(self.method.params(), &grads)?),
+            None => None,
+        };
+        let finite = match &stats {
+            Some((norms, _)) => norms.iter().all(|v| v.is_finite()),
+            None => gradient_sum(self.method.params(), &grads)?.is_finite(),
+        };
+        if !finite {
+            let param = first_non_finite(self.method.params(), &grads)?;
+            drop(grads);
+            undo(self, buffers)?;
+            return Err(Error::NonFiniteGradient {
+                step: s + 1,
+                loss,
+                param,
+            });
+        }
+        if let (Some(tracker), Some((norms, max_abs))) = (&mut self.spikes, stats) {
             tracker.record(s + 1, &norms, &max_abs)?;
         }
         let factor = self.schedule.factor(s);
@@ -598,4 +635,92 @@ impl Hooks {
         dense_probe: Run::dense_probe_here,
         linear_probe: Run::linear_probe_here,
     };
+}
+
+/// The sum of every gradient of `store`'s trainable tensors, as f32 (non-finite iff some
+/// gradient holds a NaN or infinity, or the sum overflows).
+fn gradient_sum(
+    store: &crate::models::ParamStore,
+    grads: &candle_core::backprop::GradStore,
+) -> Result<f32> {
+    let sums = store
+        .trainable()
+        .filter_map(|p| grads.get(p.var.as_tensor()))
+        .map(|g| Ok(g.sum_all()?.to_dtype(candle_core::DType::F32)?))
+        .collect::<Result<Vec<Tensor>>>()?;
+    if sums.is_empty() {
+        return Ok(0.0);
+    }
+    Ok(Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f32>()?)
+}
+
+/// The name of the first trainable tensor of `store` whose gradient is not finite (`?` if the
+/// gradients are finite one by one and only their total overflowed).
+fn first_non_finite(
+    store: &crate::models::ParamStore,
+    grads: &candle_core::backprop::GradStore,
+) -> Result<String> {
+    for p in store.trainable() {
+        if let Some(g) = grads.get(p.var.as_tensor()) {
+            let s = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F32)?;
+            if !s.to_scalar::<f32>()?.is_finite() {
+                return Ok(p.name.clone());
+            }
+        }
+    }
+    Ok("?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NaN injected into one gradient of a finite-loss step is caught at that step: the
+    /// weights, BN statistics, history and next batch are as after the previous step.
+    #[test]
+    fn a_nan_gradient_is_caught_and_leaves_the_run_as_it_was() {
+        for spikes in [true, false] {
+            let mut c = RunConfig::preset("barlow-twins/tiny").unwrap();
+            c.device = "cpu".into();
+            c.model.width = 4;
+            c.barlow_twins.projector = vec![32, 32];
+            c.data.shapes.size = 16;
+            c.augment.size = 16;
+            c.data.shapes.train = 64;
+            c.data.shapes.test = 16;
+            c.train.batch_size = 16;
+            c.diagnostics.grad_spikes = spikes;
+            let mut run = Run::new(c.clone()).unwrap();
+            run.step().unwrap();
+            let snapshot = |run: &Run| -> Vec<Vec<f32>> {
+                run.method
+                    .stores()
+                    .iter()
+                    .flat_map(|s| s.params.iter())
+                    .map(|p| p.var.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+                    .collect()
+            };
+            let before = snapshot(&run);
+            let victim = run.method.params().trainable().nth(3).unwrap().var.clone();
+            let e = run
+                .step_inner(|grads| {
+                    let g = grads.get(victim.as_tensor()).unwrap();
+                    let nan = (g.ones_like().unwrap() * f64::NAN).unwrap();
+                    grads.insert(victim.as_tensor(), nan);
+                })
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::NonFiniteGradient { step: 2, .. }),
+                "spikes {spikes}: {e}"
+            );
+            assert!(e.to_string().contains("non-finite gradient"), "{e}");
+            assert_eq!(snapshot(&run), before, "spikes {spikes}: the failed step left a trace");
+            assert_eq!(run.steps_done(), 1);
+            // The same run goes on as an untouched one does.
+            let mut twin = Run::new(c).unwrap();
+            twin.step().unwrap();
+            let (a, b) = (run.step().unwrap(), twin.step().unwrap());
+            assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "spikes {spikes}");
+        }
+    }
 }
