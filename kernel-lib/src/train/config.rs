@@ -304,7 +304,11 @@ impl RunConfig {
         let mut over = parsed;
         for part in key.split('.').rev() {
             if part.is_empty() {
-                return Err(Error::config(key, "empty key segment"));
+                let shown = if key.is_empty() { "(empty key)" } else { key };
+                return Err(Error::config(
+                    shown,
+                    "empty key segment: expected SECTION.KEY, e.g. optim.lr",
+                ));
             }
             let mut t = toml::Table::new();
             t.insert(part.to_string(), over);

@@ -714,7 +714,11 @@ mod tests {
                 "spikes {spikes}: {e}"
             );
             assert!(e.to_string().contains("non-finite gradient"), "{e}");
-            assert_eq!(snapshot(&run), before, "spikes {spikes}: the failed step left a trace");
+            assert_eq!(
+                snapshot(&run),
+                before,
+                "spikes {spikes}: the failed step left a trace"
+            );
             assert_eq!(run.steps_done(), 1);
             // The same run goes on as an untouched one does.
             let mut twin = Run::new(c).unwrap();
