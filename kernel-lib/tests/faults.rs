@@ -81,8 +81,7 @@ fn a_full_disk_during_a_save_keeps_the_previous_checkpoint() {
     run.train(1).unwrap();
     let e = run
         .save(&ckpt)
-        .err()
-        .expect("a save onto a full disk succeeded")
+        .expect_err("a save onto a full disk succeeded")
         .to_string();
     assert!(e.contains("No space left") || e.contains("space"), "{e}");
     // The previous checkpoint is intact and nothing half-written is left beside it.
