@@ -370,36 +370,7 @@ fn fused_cpu_updates_match_the_tensor_op_rules_for_every_optimizer() {
     // steps with changing gradients, for every rule and both groups (decay + trust ratio on
     // the 2-D tensor; the 1-D one excluded, with its own rate). 40 000 weights span several
     // parallel chunks, so the chunked norms are exercised.
-    let kinds = [
-        OptimKind::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-        },
-        OptimKind::Sgd {
-            momentum: 0.9,
-            nesterov: true,
-        },
-        OptimKind::Lars {
-            momentum: 0.9,
-            eta: 0.02,
-            clip_lr: false,
-        },
-        OptimKind::Lars {
-            momentum: 0.9,
-            eta: 0.02,
-            clip_lr: true,
-        },
-        OptimKind::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        },
-        OptimKind::Lamb {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-6,
-        },
-    ];
+    let kinds = common::every_optimizer();
     let multi = GroupSettings {
         lr_mult: 1.0,
         weight_decay: 0.05,

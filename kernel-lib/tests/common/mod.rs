@@ -93,3 +93,39 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let scale = b.abs().unwrap().max_all().unwrap();
     diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
 }
+
+/// One setting of every update rule: SGD plain and Nesterov, LARS in both variants, AdamW,
+/// LAMB.
+pub fn every_optimizer() -> [sslab::optim::OptimKind; 6] {
+    use sslab::optim::OptimKind;
+    [
+        OptimKind::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+        },
+        OptimKind::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        },
+        OptimKind::Lars {
+            momentum: 0.9,
+            eta: 0.02,
+            clip_lr: false,
+        },
+        OptimKind::Lars {
+            momentum: 0.9,
+            eta: 0.02,
+            clip_lr: true,
+        },
+        OptimKind::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        OptimKind::Lamb {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+        },
+    ]
+}

@@ -2,6 +2,7 @@
 //! rule, both parameter groups (decay and trust ratio on the 2-D tensor, the 1-D one excluded
 //! with its own rate), parameters and buffers.
 
+use super::common;
 use super::common::splitmix as rand;
 use super::gpu;
 use candle_core::{Device, Tensor, Var};
@@ -66,36 +67,7 @@ fn run(kind: OptimKind, dev: &Device) -> Vec<Vec<f32>> {
 #[test]
 fn optimizer_updates_match_the_cpu_kernels() {
     let Some(dev) = gpu(false) else { return };
-    let kinds = [
-        OptimKind::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-        },
-        OptimKind::Sgd {
-            momentum: 0.9,
-            nesterov: true,
-        },
-        OptimKind::Lars {
-            momentum: 0.9,
-            eta: 0.02,
-            clip_lr: false,
-        },
-        OptimKind::Lars {
-            momentum: 0.9,
-            eta: 0.02,
-            clip_lr: true,
-        },
-        OptimKind::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        },
-        OptimKind::Lamb {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-6,
-        },
-    ];
+    let kinds = common::every_optimizer();
     for kind in kinds {
         let (cpu, cuda) = (run(kind, &Device::Cpu), run(kind, &dev));
         assert_eq!(cpu.len(), cuda.len());
