@@ -27,11 +27,11 @@ pub enum Error {
     },
     /// Backpropagation produced a non-finite gradient from a finite loss; the step was not
     /// applied.
-    #[error("non-finite gradient at step {step} in '{param}' (the loss, {loss}, was finite); the step was not applied and the run is as it was after the previous step: lower the learning rate, or look for an operation that divides by zero")]
+    #[error("non-finite gradient at step {step} in '{param}' (a NaN, an infinity, or values whose sum overflows f32; the loss, {loss}, was finite); the step was not applied and the run is as it was after the previous step: lower the learning rate, or look for an operation that divides by zero")]
     NonFiniteGradient {
         step: usize,
         loss: f32,
-        /// The first parameter whose gradient holds a NaN or infinity.
+        /// The first parameter whose gradient sums to a NaN or infinity.
         param: String,
     },
     /// A general invalid argument (unknown preset, empty dataset, ...).

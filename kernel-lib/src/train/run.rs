@@ -345,7 +345,18 @@ impl Run {
         // the backward's first kernels are launched. A non-finite loss wastes one backward.
         let mut grads = out.loss.backward()?;
         fault(&mut grads);
-        let loss = out.loss.to_scalar::<f32>()?;
+        // A finite loss can still backpropagate a NaN (a division by zero in a backward pass):
+        // applied, it would poison every weight it reaches. The spike tracker's per-layer
+        // norms show it when they are measured anyway; otherwise a sum over all gradients (NaN
+        // and infinities survive a sum), read from the device with the loss in one copy.
+        let (loss, grad_sum) = if self.spikes.is_some() {
+            (out.loss.to_scalar::<f32>()?, None)
+        } else {
+            let sum = gradient_sum(self.method.params(), &grads)?;
+            let both = Tensor::stack(&[out.loss.to_dtype(candle_core::DType::F32)?, sum], 0)?
+                .to_vec1::<f32>()?;
+            (both[0], Some(both[1]))
+        };
         // What a step rejected below must undo: the BN statistics its forward moved, and the
         // loader, so the same batch comes next.
         let undo = |run: &mut Self, buffers: Vec<(Var, Tensor)>| -> Result<()> {
@@ -373,17 +384,13 @@ impl Run {
                 parts,
             });
         }
-        // A finite loss can still backpropagate a NaN (a division by zero in a backward pass):
-        // applied, it would poison every weight it reaches. The spike tracker's per-layer
-        // norms show it when they are measured anyway; otherwise one sum over all gradients
-        // (NaN and infinities survive a sum).
         let stats = match &self.spikes {
             Some(_) => Some(self.layer_groups.grad_stats(self.method.params(), &grads)?),
             None => None,
         };
-        let finite = match &stats {
-            Some((norms, _)) => norms.iter().all(|v| v.is_finite()),
-            None => gradient_sum(self.method.params(), &grads)?.is_finite(),
+        let finite = match (&stats, grad_sum) {
+            (Some((norms, _)), _) => norms.iter().all(|v| v.is_finite()),
+            (None, sum) => sum.is_none_or(f32::is_finite),
         };
         if !finite {
             let param = first_non_finite(self.method.params(), &grads)?;
@@ -637,32 +644,33 @@ impl Hooks {
     };
 }
 
-/// The sum of every gradient of `store`'s trainable tensors, as f32 (non-finite iff some
-/// gradient holds a NaN or infinity, or the sum overflows).
+/// The sum of every gradient of `store`'s trainable tensors, an f32 scalar on the device
+/// (non-finite iff some gradient holds a NaN or infinity, or the sum overflows).
 fn gradient_sum(
     store: &crate::models::ParamStore,
     grads: &candle_core::backprop::GradStore,
-) -> Result<f32> {
+) -> Result<Tensor> {
     let sums = store
         .trainable()
         .filter_map(|p| grads.get(p.var.as_tensor()))
         .map(|g| Ok(g.sum_all()?.to_dtype(candle_core::DType::F32)?))
         .collect::<Result<Vec<Tensor>>>()?;
-    if sums.is_empty() {
-        return Ok(0.0);
+    let device = store.params.first().map(|p| p.var.device().clone());
+    match device {
+        Some(d) if sums.is_empty() => Ok(Tensor::zeros((), candle_core::DType::F32, &d)?),
+        _ => Ok(Tensor::stack(&sums, 0)?.sum_all()?),
     }
-    Ok(Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f32>()?)
 }
 
-/// The name of the first trainable tensor of `store` whose gradient is not finite (`?` if the
-/// gradients are finite one by one and only their total overflowed).
+/// The name of the first trainable tensor of `store` whose gradient sums to a non-finite value
+/// (`?` if each sum is finite and only their total overflowed).
 fn first_non_finite(
     store: &crate::models::ParamStore,
     grads: &candle_core::backprop::GradStore,
 ) -> Result<String> {
     for p in store.trainable() {
         if let Some(g) = grads.get(p.var.as_tensor()) {
-            let s = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F32)?;
+            let s = g.sum_all()?.to_dtype(candle_core::DType::F32)?;
             if !s.to_scalar::<f32>()?.is_finite() {
                 return Ok(p.name.clone());
             }
