@@ -86,7 +86,7 @@ fn vector_features() -> Vec<&'static str> {
 ///
 /// ```
 /// let line = sslab::kernels::cpu_report();
-/// assert!(line.contains("element kernels:"));
+/// assert!(line.starts_with("CPU ") && line.contains("GEMM"));
 /// ```
 pub fn cpu_report() -> String {
     let features = vector_features();
