@@ -11,14 +11,19 @@ cd "$(dirname "$0")/.."
 TARGET=${CUDA_TARGET:-target/cuda}
 exports=$(benches/cuda-toolkit.sh)
 eval "$exports"
-cargo build --release -q -p sslab-repl --features sslab/cuda,sslab/cudnn --target-dir "$TARGET" >&2
-# The GPU tests: one binary (kernel-lib/tests/cuda/), so one file travels to the GPU.
-args=()
-args+=(--test cuda)
-cargo test --release -q -p sslab --features cudnn --target-dir "$TARGET" "${args[@]}" --no-run \
-  --message-format=json 2>/dev/null \
+# One cargo invocation for the binary and the GPU tests (kernel-lib/tests/cuda/, one binary so
+# one file travels to the GPU): built together, their dependencies are resolved with one set of
+# features and candle's CUDA kernels are compiled once.
+cargo build --release -p sslab-repl -p sslab --features sslab/cuda,sslab/cudnn \
+  --bin sslab --test cuda --target-dir "$TARGET" --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
+ok = False
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])'
+    if m.get("reason") == "compiler-message" and m["message"].get("level") == "error":
+        sys.stderr.write(m["message"].get("rendered", "") + "\n")
+    if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["test"] and m.get("executable"):
+        print(m["executable"])
+    if m.get("reason") == "build-finished":
+        ok = m.get("success", False)
+sys.exit(0 if ok else 1)'
