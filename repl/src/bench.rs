@@ -1,5 +1,6 @@
 //! `sslab bench`: fixed, documented training-step workloads.
 
+use crate::train::apply_sets;
 use anyhow::{bail, Result};
 use clap::Args;
 use sslab::kernels::bench::{median, network_convs, time_conv, ConvImpl};
@@ -150,17 +151,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         views / median,
         sslab::peak_rss_bytes().unwrap_or(0) as f64 / 1e9
     );
-    Ok(())
-}
-
-/// Applies `--set KEY=VALUE` overrides.
-fn apply_sets(cfg: &mut RunConfig, sets: &[String]) -> Result<()> {
-    for kv in sets {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("--set expects KEY=VALUE, got '{kv}'");
-        };
-        cfg.set(k, v)?;
-    }
     Ok(())
 }
 

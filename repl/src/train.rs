@@ -95,6 +95,17 @@ pub fn build_config(a: &ConfigArgs) -> Result<RunConfig> {
     Ok(cfg)
 }
 
+/// Applies `--set KEY=VALUE` overrides in order (`sslab train`, `sweep` and `bench`).
+pub fn apply_sets(cfg: &mut RunConfig, sets: &[String]) -> sslab::Result<()> {
+    for kv in sets {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| sslab::Error::Invalid(format!("--set {kv}: expected KEY=VALUE")))?;
+        cfg.set(k.trim(), v.trim())?;
+    }
+    Ok(())
+}
+
 /// `--steps`, `--device`, `--precision`, `--set` and `--checkpoint-every`, for a new run and a
 /// resumed one.
 fn apply_overrides(
@@ -111,12 +122,7 @@ fn apply_overrides(
     if let Some(p) = &a.precision {
         cfg.set("precision", &format!("{p:?}"))?;
     }
-    for kv in &a.sets {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| sslab::Error::Invalid(format!("--set {kv}: expected KEY=VALUE")))?;
-        cfg.set(k.trim(), v.trim())?;
-    }
+    apply_sets(cfg, &a.sets)?;
     if let Some(n) = checkpoint_every {
         cfg.train.checkpoint_every = n;
     }

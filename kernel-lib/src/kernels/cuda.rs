@@ -142,6 +142,19 @@ pub(crate) fn with_opt_f64<R>(
     }
 }
 
+/// The f32 device memory of a contiguous kernel argument (`what` names it in the error): the
+/// CUDA twin of `storage::slice`.
+pub(crate) fn f32_view<'a>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> CResult<CudaView<'a, f32>> {
+    if !l.is_contiguous() || s.dtype() != candle_core::DType::F32 {
+        candle_core::bail!("{what}: expected a contiguous f32 tensor");
+    }
+    Ok(s.as_cuda_slice::<f32>()?.slice(l.start_offset()..))
+}
+
 /// Runs `f` with the f32 device memory of `t`, a contiguous CUDA tensor (`what` names it in
 /// the error). For tensors an op holds besides its arguments, such as saved statistics.
 pub(crate) fn with_f32<R>(
@@ -150,11 +163,8 @@ pub(crate) fn with_f32<R>(
     f: impl FnOnce(&CudaView<'_, f32>) -> CResult<R>,
 ) -> CResult<R> {
     let (storage, layout) = t.storage_and_layout();
-    if !layout.is_contiguous() {
-        candle_core::bail!("{what}: expected a contiguous tensor");
-    }
     match &*storage {
-        Storage::Cuda(s) => f(&s.as_cuda_slice::<f32>()?.slice(layout.start_offset()..)),
+        Storage::Cuda(s) => f(&f32_view(s, layout, what)?),
         _ => candle_core::bail!("{what}: expected a CUDA tensor"),
     }
 }
@@ -204,10 +214,10 @@ fn launch_over(
     let shape = first_l.shape().clone();
     let mut views = Vec::with_capacity(inputs.len());
     for (s, l) in inputs {
-        if !l.is_contiguous() || s.dtype() != candle_core::DType::F32 || l.shape() != &shape {
-            candle_core::bail!("{kernel}: expected contiguous f32 inputs of shape {shape:?}");
+        if l.shape() != &shape {
+            candle_core::bail!("{kernel}: expected inputs of shape {shape:?}");
         }
-        views.push(s.as_cuda_slice::<f32>()?.slice(l.start_offset()..));
+        views.push(f32_view(s, l, kernel)?);
     }
     let n = shape.elem_count();
     let dev = &first.device;
@@ -259,13 +269,10 @@ pub(crate) fn columns(
     let Some(&(first, first_l)) = inputs.first() else {
         candle_core::bail!("{kernel}: no input");
     };
-    let mut views = Vec::with_capacity(inputs.len());
-    for (s, l) in inputs {
-        if !l.is_contiguous() || s.dtype() != candle_core::DType::F32 {
-            candle_core::bail!("{kernel}: expected contiguous f32 inputs");
-        }
-        views.push(s.as_cuda_slice::<f32>()?.slice(l.start_offset()..));
-    }
+    let views = inputs
+        .iter()
+        .map(|(s, l)| f32_view(s, l, kernel))
+        .collect::<CResult<Vec<_>>>()?;
     let n = first_l.shape().elem_count();
     let d = *first_l.dims().last().unwrap_or(&1);
     let rows = n / d.max(1);

@@ -5,22 +5,11 @@
 //! for dγ and dβ.
 
 use super::bn_dims;
-use crate::kernels::cuda::{elementwise, int, per_item, with_f32, BATCH_NORM};
+use crate::kernels::cuda::{elementwise, f32_view, int, per_item, with_f32, BATCH_NORM};
 use crate::kernels::storage::CResult;
-use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::WrapErr;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
-
-/// The f32 device slice of a contiguous argument.
-macro_rules! arg_slice {
-    ($s:expr, $l:expr, $what:expr) => {{
-        if !$l.is_contiguous() || $s.dtype() != candle_core::DType::F32 {
-            candle_core::bail!("{}: expected a contiguous f32 tensor", $what);
-        }
-        $s.as_cuda_slice::<f32>()?.slice($l.start_offset()..)
-    }};
-}
 
 /// Per-channel mean, biased variance and `1/√(var + eps)` as a `(3, c)` tensor.
 struct StatsOp {
@@ -35,7 +24,7 @@ impl CustomOp1 for StatsOp {
     cpu_refused!(1);
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
-        let x = arg_slice!(s, l, "batchnorm input");
+        let x = f32_view(s, l, "batchnorm input")?;
         let (n, c, inner) = bn_dims(l.dims());
         let dev = &s.device;
         let stats = unsafe { dev.alloc::<f32>(3 * c)? };
@@ -74,9 +63,9 @@ impl CustomOp3 for AffineOp {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        let x = arg_slice!(s1, l1, "batchnorm input");
-        let gamma = arg_slice!(s2, l2, "batchnorm weight");
-        let beta = arg_slice!(s3, l3, "batchnorm bias");
+        let x = f32_view(s1, l1, "batchnorm input")?;
+        let gamma = f32_view(s2, l2, "batchnorm weight")?;
+        let beta = f32_view(s3, l3, "batchnorm bias")?;
         let (_, c, inner) = bn_dims(l1.dims());
         if gamma.len() != c || beta.len() != c {
             candle_core::bail!(
@@ -159,9 +148,9 @@ impl CustomOp3 for GradSumsOp {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        let x = arg_slice!(s1, l1, "batchnorm input");
-        let dy = arg_slice!(s2, l2, "batchnorm output gradient");
-        let y = arg_slice!(s3, l3, "batchnorm output");
+        let x = f32_view(s1, l1, "batchnorm input")?;
+        let dy = f32_view(s2, l2, "batchnorm output gradient")?;
+        let y = f32_view(s3, l3, "batchnorm output")?;
         let (n, c, inner) = bn_dims(l1.dims());
         let dev = &s1.device;
         let sums = unsafe { dev.alloc::<f32>(2 * c)? };
@@ -206,9 +195,9 @@ impl CustomOp3 for GradInputOp {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        let x = arg_slice!(s1, l1, "batchnorm input");
-        let dy = arg_slice!(s2, l2, "batchnorm output gradient");
-        let y = arg_slice!(s3, l3, "batchnorm output");
+        let x = f32_view(s1, l1, "batchnorm input")?;
+        let dy = f32_view(s2, l2, "batchnorm output gradient")?;
+        let y = f32_view(s3, l3, "batchnorm output")?;
         let (n, c, inner) = bn_dims(l1.dims());
         let total = l1.shape().elem_count();
         let dev = &s1.device;

@@ -5,7 +5,7 @@
 
 use super::{AdamCoefficients, GroupSettings, OptimKind};
 use crate::error::Result;
-use crate::kernels::cuda::{elementwise, with_opt_f64, OPTIM};
+use crate::kernels::cuda::{elementwise, f32_view, with_opt_f64, OPTIM};
 use crate::kernels::storage::CResult;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaView, LaunchArgs, PushKernelArg};
@@ -32,10 +32,10 @@ fn push_scalars<'a>(b: &mut LaunchArgs<'a>, scalars: &'a [Scalar]) {
 
 /// The f32 device slice of a contiguous operand, checked to hold `n` elements.
 fn operand<'a>(s: &'a CudaStorage, l: &Layout, n: usize) -> CResult<CudaView<'a, f32>> {
-    if !l.is_contiguous() || s.dtype() != candle_core::DType::F32 || l.shape().elem_count() != n {
-        candle_core::bail!("optimizer update on CUDA: expected contiguous f32 operands of {n}");
+    if l.shape().elem_count() != n {
+        candle_core::bail!("optimizer update on CUDA: expected operands of {n} elements");
     }
-    Ok(s.as_cuda_slice::<f32>()?.slice(l.start_offset()..))
+    f32_view(s, l, "optimizer update on CUDA")
 }
 
 /// A reduction into a fresh `(3,)` f64 tensor of squared norms: `kernel(norms, a, b[, c], n,
