@@ -2,7 +2,7 @@
 //! shapes, and gradient flow to every trainable tensor.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use sslab::methods::{
     BarlowTwins, BarlowTwinsConfig, BarlowTwinsSpec, DenseCl, DenseClConfig, DenseClSpec, Method,
     Moco, MocoSpec, MocoV3, MocoV3Config, MocoV3Spec, MocoVersion, MomentumSchedule,
@@ -867,4 +867,50 @@ fn erf_series(x: f64) -> f64 {
         sum += term / (2 * n + 1) as f64;
     }
     sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+#[test]
+fn attention_kernel_matches_an_f64_reference_in_values_and_gradients() {
+    use sslab::kernels::attention;
+    let dev = Device::Cpu;
+    // (batch, tokens, heads, head width): a ViT-tiny at 32 px (65 tokens, 3 heads of 64),
+    // odd sizes, one token, one head.
+    for (b, t, h, w) in [(2, 65, 3, 64), (3, 7, 2, 5), (2, 1, 1, 3), (1, 9, 4, 1)] {
+        let qkv =
+            Var::from_tensor(&Tensor::randn(0f32, 1.5, (b, t, 3 * h * w), &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (b, t, h * w), &dev).unwrap();
+        let fused = attention(qkv.as_tensor(), h, true).unwrap();
+        assert_eq!(fused.dims(), [b, t, h * w]);
+        let g = (&fused * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d_fused = g.get(qkv.as_tensor()).unwrap().clone();
+        // The same function in candle's f64 ops: head split by copies, no shared code.
+        let x64 = Var::from_tensor(&qkv.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let reference = attention(x64.as_tensor(), h, false).unwrap();
+        let r64 = r.to_dtype(DType::F64).unwrap();
+        let g = (&reference * &r64)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d_ref = g.get(x64.as_tensor()).unwrap().clone();
+        let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let scale = max_abs(&f32_of(&d_ref)).max(1.0);
+        assert!(
+            max_abs_diff(&fused, &f32_of(&reference)) < 1e-5,
+            "values {b}×{t}×{h}×{w}"
+        );
+        let d = max_abs_diff(&d_fused, &f32_of(&d_ref));
+        assert!(d < 1e-5 * scale, "gradient {b}×{t}×{h}×{w}: {d:e}");
+    }
+    // Columns that do not split into heads, and a 2-D input, are errors.
+    let bad = Tensor::zeros((2, 3, 10), DType::F32, &dev).unwrap();
+    assert!(attention(&bad, 2, true).is_err());
+    assert!(attention(&bad, 0, true).is_err());
+    assert!(attention(&bad.flatten_to(1).unwrap(), 1, true).is_err());
 }

@@ -10,6 +10,7 @@
 //! | `activation.rs` | ReLU, residual add + ReLU, exact GELU ([`relu`], [`add_relu`], [`gelu`]) |
 //! | `affine.rs` | a linear layer's bias, LayerNorm's scale and shift ([`add_bias`], [`scale_shift_rows`]) |
 //! | `precision.rs` | mixed precision as autocast: bf16 convolutions and matrix products, f32 elsewhere ([`autocast`], [`Precision`]) |
+//! | `attention.rs` | multi-head self-attention from the fused qkv projection: no head-split copies, probabilities recomputed in the backward ([`attention`]) |
 //! | `softmax.rs` | softmax over the last axis with a folded scale ([`softmax_last`]) |
 //! | `matmul.rs` | GEMM wrappers, narrow weight-gradient products, batched products ([`batched_matmul`]) |
 //! | `optim_update.rs` | optimizer updates and the momentum encoder's EMA, in place ([`ema`]; the optimizers' rules, [`OptimKind`]) |
@@ -28,6 +29,7 @@ mod simd;
 mod cuda;
 mod activation;
 mod affine;
+mod attention;
 mod batch_norm;
 pub mod bench;
 mod conv;
@@ -40,6 +42,7 @@ mod storage;
 
 pub use activation::{add_relu, gelu, relu};
 pub use affine::{add_bias, scale_shift_rows};
+pub use attention::attention;
 pub use batch_norm::{batch_norm_affine_train, batch_norm_train, normalize_rows};
 pub use conv::plan::{conv_tf32, set_conv_tf32};
 pub use conv::{cached_conv_algorithms, conv2d};

@@ -4,8 +4,17 @@
 /// `$name` runs `$body` with AVX2 + FMA code generation where the CPU has them (the element
 /// loops are written to vectorise), else as compiled.
 macro_rules! wide {
-    ($name:ident = $body:ident($($arg:ident: $ty:ty),*)) => {
-        fn $name($($arg: $ty),*) {
+    ($vis:vis $name:ident = $body:ident($($arg:ident: $ty:ty),*)) => {
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::kernels::simd::avx512() {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn wide512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: AVX-512F, AVX2 and FMA were detected on this CPU.
+                return unsafe { wide512($($arg),*) };
+            }
             #[cfg(target_arch = "x86_64")]
             if $crate::kernels::simd::avx2() {
                 #[target_feature(enable = "avx2,fma")]
@@ -30,6 +39,64 @@ pub(crate) fn avx2() -> bool {
     {
         false
     }
+}
+
+/// Whether the element kernels of `wide!` take 512-bit vectors: AVX-512F besides AVX2 and FMA.
+/// On Intel's server cores (two 512-bit FMA units) that doubles their arithmetic per
+/// instruction; Zen 4 runs each 512-bit instruction as two 256-bit halves, as many per cycle as
+/// AVX2's, with half the instructions to decode.
+pub(crate) fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2() && is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Lanes of the element kernels' reductions: one AVX-512 register, two AVX2 ones. A single
+/// float accumulator is a serial chain the compiler must keep in order (float addition does
+/// not reassociate), which kept whole loops scalar; sixteen independent partial results
+/// vectorise.
+const LANES: usize = 16;
+
+/// `Σ f(aᵢ, bᵢ)` over equally long slices, in [`LANES`] partial sums.
+#[inline(always)]
+fn lane_fold(a: &[f32], b: &[f32], init: f32, f: impl Fn(f32, f32, f32) -> f32) -> [f32; LANES] {
+    let mut acc = [init; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] = f(acc[i], x[i], y[i]);
+        }
+    }
+    for (&x, &y) in ta.iter().zip(tb) {
+        acc[0] = f(acc[0], x, y);
+    }
+    acc
+}
+
+/// `Σ aᵢ·bᵢ`, vectorised (see [`LANES`]).
+#[inline(always)]
+pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    lane_fold(a, b, 0.0, |s, x, y| s + x * y).iter().sum()
+}
+
+/// `Σ aᵢ`, vectorised (see [`LANES`]).
+#[inline(always)]
+pub(crate) fn lane_sum(a: &[f32]) -> f32 {
+    lane_fold(a, a, 0.0, |s, x, _| s + x).iter().sum()
+}
+
+/// `max aᵢ` (NaNs ignored, −∞ for an empty slice), vectorised (see [`LANES`]).
+#[inline(always)]
+pub(crate) fn lane_max(a: &[f32]) -> f32 {
+    lane_fold(a, a, f32::NEG_INFINITY, |m, x, _| m.max(x))
+        .into_iter()
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// The processor's model name as the OS reports it (`/proc/cpuinfo`), or `unknown`.
@@ -91,7 +158,14 @@ fn vector_features() -> Vec<&'static str> {
 pub fn cpu_report() -> String {
     let features = vector_features();
     let has = |f: &str| features.contains(&f);
-    let element = if avx2() { "AVX2+FMA" } else { "scalar" };
+    let element = if avx512() {
+        "AVX-512"
+    } else if avx2() {
+        "AVX2+FMA"
+    } else {
+        "scalar"
+    };
+    let winograd = if avx2() { "AVX2+FMA" } else { "scalar" };
     // gemm (with its `x86-v4` feature) picks its AVX-512 micro-kernels itself at run time.
     let gemm = if has("avx512f") {
         "AVX-512"
@@ -101,7 +175,7 @@ pub fn cpu_report() -> String {
         "scalar"
     };
     format!(
-        "CPU {} | {} | element kernels and Winograd: {element} | GEMM (gemm crate): {gemm}",
+        "CPU {} | {} | element kernels: {element} | Winograd: {winograd} | GEMM (gemm crate): {gemm}",
         cpu_model(),
         if features.is_empty() {
             "no x86 vector extensions detected".to_string()

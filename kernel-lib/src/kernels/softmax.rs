@@ -1,6 +1,7 @@
 //! Softmax over the last axis with an explicit backward (attention's scale folded in).
 
 use super::activation::exp_nonpositive;
+use super::simd::{lane_dot, lane_max, lane_sum};
 use super::storage::{own_kernel, slice, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
@@ -21,7 +22,8 @@ fn on_cuda(kernel: &str, _: &[(&CudaStorage, &Layout)], _: f32) -> CResult<(Cuda
 }
 use rayon::prelude::*;
 
-wide!(softmax_row_wide = softmax_row(x: &[f32], y: &mut [f32], scale: f32));
+wide!(pub(super) softmax_row_wide = softmax_row(x: &[f32], y: &mut [f32], scale: f32));
+wide!(pub(super) softmax_grad_row_wide = softmax_grad_row(y: &[f32], g: &mut [f32], scale: f32));
 /// Softmax over the last axis, rows in parallel, with an explicit backward. candle's fused
 /// softmax has no backward and its op-built one is several serial passes.
 pub(crate) struct SoftmaxOp {
@@ -57,16 +59,28 @@ impl CustomOp1 for SoftmaxOp {
 }
 
 /// One row of `softmax(scale · x)`; every exponent is ≤ 0 after subtracting the row maximum.
+/// Three vectorised passes (scale, exponentials, normalisation) around [`lane_max`] and
+/// [`lane_sum`]: one pass with a running sum kept the whole row scalar.
 #[inline(always)]
 fn softmax_row(x: &[f32], y: &mut [f32], scale: f32) {
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v * scale));
-    let mut sum = 0f32;
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = exp_nonpositive(v * scale - m);
-        sum += *o;
+        *o = v * scale;
     }
-    let inv = 1.0 / sum;
+    let m = lane_max(y);
+    for o in y.iter_mut() {
+        *o = exp_nonpositive(*o - m);
+    }
+    let inv = 1.0 / lane_sum(y);
     y.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// One row of softmax's backward in place: `g ← scale · y ⊙ (g − Σ g⊙y)`.
+#[inline(always)]
+fn softmax_grad_row(y: &[f32], g: &mut [f32], scale: f32) {
+    let dot = lane_dot(y, g);
+    for (v, &yv) in g.iter_mut().zip(y) {
+        *v = scale * yv * (*v - dot);
+    }
 }
 
 /// `dx = scale · y ⊙ (g − Σ g⊙y)` per row; arguments (y, g).
@@ -94,10 +108,8 @@ impl CustomOp2 for SoftmaxGrad {
         dx.par_chunks_mut(d.max(1))
             .zip(y.par_chunks(d.max(1)).zip(g.par_chunks(d.max(1))))
             .for_each(|(o, (yr, gr))| {
-                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                for ((v, &yv), &gv) in o.iter_mut().zip(yr).zip(gr) {
-                    *v = scale * yv * (gv - dot);
-                }
+                o.copy_from_slice(gr);
+                softmax_grad_row_wide(yr, o, scale);
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

@@ -2,14 +2,15 @@
 //! MoCo v3's `vits.py` changes): patch embedding, [CLS] token, fixed 2-D sin-cos position
 //! embedding, pre-norm blocks, final LayerNorm, output = the [CLS] token.
 //!
-//! LayerNorm and softmax are sslab's CPU kernels with explicit backward passes, or tensor ops
-//! elsewhere: candle's fused versions have no backward and would silently stop the gradient
+//! LayerNorm, attention (straight from the fused qkv projection, no head-split copies) and GELU
+//! are sslab's kernels with explicit backward passes (CPU and CUDA), or tensor ops elsewhere:
+//! candle's fused versions have no backward and would silently stop the gradient
 //! (docs/kernels.md).
 
 use super::layers::Linear;
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
-use crate::kernels::{batched_matmul, gelu, normalize_rows, scale_shift_rows, softmax_last};
+use crate::kernels::{attention, gelu, normalize_rows, scale_shift_rows};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -178,25 +179,8 @@ impl Block {
     }
 
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, t, d) = x.dims3()?;
-        let hd = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((n, t, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        // (n·heads, t, hd) operands: one batch axis for the parallel kernel.
-        let part = |i| -> Result<Tensor> {
-            Ok(qkv.get(i)?.contiguous()?.reshape((n * self.heads, t, hd))?)
-        };
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scores = batched_matmul(&q, &k, false, true, true)?;
-        let attn = softmax_last(&scores, (hd as f64).powf(-0.5), true)?;
-        let out = batched_matmul(&attn, &v, false, false, true)?
-            .reshape((n, self.heads, t, hd))?
-            .transpose(1, 2)?
-            .reshape((n, t, d))?;
-        self.proj.forward(&out)
+        self.proj
+            .forward(&attention(&self.qkv.forward(x)?, self.heads, true)?)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -1,5 +1,5 @@
-//! sslab's CUDA activations (ReLU, residual add + ReLU, exact GELU) against its CPU kernels,
-//! values and gradients.
+//! sslab's CUDA activations (ReLU, residual add + ReLU, exact GELU), softmax and attention
+//! against its CPU kernels, values and gradients.
 
 use super::{gpu, rel_err};
 use candle_core::{Device, Tensor, Var};
@@ -62,6 +62,36 @@ fn softmax_matches_the_cpu_kernel() {
             assert!(
                 err < 1e-5,
                 "softmax {dims:?} output/grad {i}: CUDA vs CPU {err:.2e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_matches_the_cpu_kernel() {
+    let Some(dev) = gpu(false) else { return };
+    // (batch, tokens, heads, head width): ViT-tiny at 32 px, ViT-S/16 at 224 px, odd sizes.
+    for (b, t, h, w) in [(4, 65, 3, 64), (2, 197, 6, 64), (3, 7, 2, 5)] {
+        let x = Tensor::randn(0f32, 1.5, (b, t, 3 * h * w), &Device::Cpu).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (b, t, h * w), &Device::Cpu).unwrap();
+        let f: Activation = &|a, _| sslab::kernels::attention(a, h, true).unwrap();
+        let cpu = run(f, [&x, &x, &r], &Device::Cpu);
+        let cuda = run(f, [&x, &x, &r], &dev);
+        // Under a bf16 autocast the products take TF32 tensor cores (10-bit mantissas).
+        let tf32 = {
+            let _bf16 = sslab::kernels::autocast(sslab::kernels::Precision::Bf16);
+            run(f, [&x, &x, &r], &dev)
+        };
+        for (i, ((a, a32), e)) in cuda.iter().zip(&tf32).zip(&cpu).take(2).enumerate() {
+            let err = rel_err(a, e);
+            assert!(
+                err < 1e-5,
+                "attention {b}×{t}×{h}×{w} output/grad {i}: CUDA vs CPU {err:.2e}"
+            );
+            let err = rel_err(a32, e);
+            assert!(
+                err < 2e-2,
+                "attention {b}×{t}×{h}×{w} output/grad {i}: TF32 vs CPU {err:.2e}"
             );
         }
     }

@@ -1,0 +1,522 @@
+//! Multi-head self-attention straight from the fused `qkv` projection, with its backward.
+//!
+//! The ViT's `qkv` linear writes `(batch, tokens, 3·heads·head_dim)` rows: for each token Q, K
+//! and V of every head side by side. The op-built attention split that into `(batch·heads,
+//! tokens, head_dim)` operands with three strided copies, stored the `tokens × tokens`
+//! probabilities of every head for the backward, and copied the heads' outputs back into
+//! token rows. This op reads Q, K and V where the projection left them (a head's matrix is
+//! every `3·heads·head_dim`-th run of `head_dim` values: a row stride, not a copy), writes
+//! each head's output into its columns of the `(batch, tokens, heads·head_dim)` result that
+//! the output projection reads, and keeps nothing for the backward but `qkv` itself: the
+//! backward recomputes the probabilities (one more `Q·Kᵀ`, a few percent of a ViT block's
+//! arithmetic) instead of holding `batch·heads·tokens²` values per block until it runs, as
+//! PyTorch's fused attention does.
+//!
+//! Per head, with `s = 1/√head_dim`: `P = softmax(s·Q·Kᵀ)`, `O = P·V`; backward
+//! `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = s·P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = dS·K`, `dK = dSᵀ·Q`.
+//!
+//! CPU: one task per image, its heads in turn, each product one single-threaded GEMM on
+//! strided operands. CUDA: per head, one strided-batched cuBLAS GEMM over the images (heads
+//! are few, images many) and sslab's warp-per-row softmax kernels over all rows at once; TF32
+//! tensor cores under a bf16 [`autocast`](crate::kernels::autocast), full f32 otherwise (as
+//! PyTorch's default for matrix products).
+
+use super::matmul::matmul_ld;
+use super::softmax::{softmax_grad_row_wide, softmax_row_wide};
+use super::storage::{own_kernel, slice, CResult};
+use crate::error::Result;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// The attention geometry: images, tokens, heads, head width.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    width: usize,
+}
+
+impl Geometry {
+    /// From a `(batch, tokens, 3·heads·width)` qkv layout.
+    fn of(dims: &[usize], heads: usize) -> CResult<Self> {
+        let &[batch, tokens, cols] = dims else {
+            candle_core::bail!("attention takes a 3-D (batch, tokens, 3·dim) qkv, got {dims:?}")
+        };
+        if heads == 0 || cols % (3 * heads) != 0 {
+            candle_core::bail!(
+                "attention: {cols} qkv columns do not split into Q, K and V of {heads} heads"
+            );
+        }
+        Ok(Geometry {
+            batch,
+            tokens,
+            heads,
+            width: cols / (3 * heads),
+        })
+    }
+
+    /// Output columns: heads·width.
+    fn dim(&self) -> usize {
+        self.heads * self.width
+    }
+
+    /// The distance between two tokens' qkv rows.
+    fn row(&self) -> usize {
+        3 * self.dim()
+    }
+
+    fn scale(&self) -> f32 {
+        (self.width as f32).powf(-0.5)
+    }
+}
+
+/// Attention's forward: `(batch, tokens, 3·dim)` qkv → `(batch, tokens, dim)`.
+struct AttentionOp {
+    heads: usize,
+    /// Whether the CUDA products may use TF32 tensor cores (a bf16 autocast was on).
+    tf32: bool,
+}
+
+/// Attention's backward: `(qkv, dO)` → `dqkv`.
+struct AttentionGrad {
+    heads: usize,
+    tf32: bool,
+}
+
+/// `s ← Q·Kᵀ` and `p ← softmax(scale·s)` for head `h` of one image's qkv rows `x`.
+fn probabilities(x: &[f32], h: usize, g: Geometry, s: &mut [f32], p: &mut [f32]) {
+    let (t, w, r, dim) = (g.tokens, g.width, g.row(), g.dim());
+    let (q, k) = (&x[h * w..], &x[dim + h * w..]);
+    matmul_ld((t, t, w), (s, t), false, (q, (r, 1)), (k, (1, r)));
+    for (si, pi) in s.chunks(t).zip(p.chunks_mut(t)) {
+        softmax_row_wide(si, pi, g.scale());
+    }
+}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "sslab-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let g = Geometry::of(l.dims(), self.heads)?;
+        let qkv = slice(s, l, "attention qkv")?;
+        let (t, w, r, dim) = (g.tokens, g.width, g.row(), g.dim());
+        let mut out = vec![0f32; g.batch * t * dim];
+        if t * w > 0 {
+            out.par_chunks_mut(t * dim)
+                .zip(qkv.par_chunks(t * r))
+                .for_each(|(o, x)| {
+                    let (mut s, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
+                    for h in 0..g.heads {
+                        probabilities(x, h, g, &mut s, &mut p);
+                        let v = &x[2 * dim + h * w..];
+                        matmul_ld(
+                            (t, w, t),
+                            (&mut o[h * w..], dim),
+                            false,
+                            (&p, (t, 1)),
+                            (v, (r, 1)),
+                        );
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((g.batch, t, dim))))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
+        on_cuda::forward(s, l, Geometry::of(l.dims(), self.heads)?, self.tf32)
+    }
+
+    fn bwd(&self, qkv: &Tensor, _out: &Tensor, d_out: &Tensor) -> CResult<Option<Tensor>> {
+        let grad = AttentionGrad {
+            heads: self.heads,
+            tf32: self.tf32,
+        };
+        Ok(Some(qkv.apply_op2(&d_out.contiguous()?, grad)?))
+    }
+}
+
+impl CustomOp2 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "sslab-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let g = Geometry::of(l1.dims(), self.heads)?;
+        let qkv = slice(s1, l1, "attention qkv")?;
+        let d_out = slice(s2, l2, "attention output gradient")?;
+        let (t, w, r, dim) = (g.tokens, g.width, g.row(), g.dim());
+        if d_out.len() != g.batch * t * dim {
+            candle_core::bail!(
+                "attention gradient: {:?} does not fit {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let mut dqkv = vec![0f32; qkv.len()];
+        if t * w > 0 {
+            dqkv.par_chunks_mut(t * r)
+                .zip(qkv.par_chunks(t * r).zip(d_out.par_chunks(t * dim)))
+                .for_each(|(dx, (x, d_o))| {
+                    let (mut s, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
+                    for h in 0..g.heads {
+                        let (q, k, v) = (&x[h * w..], &x[dim + h * w..], &x[2 * dim + h * w..]);
+                        let d_oh = &d_o[h * w..];
+                        probabilities(x, h, g, &mut s, &mut p);
+                        // dV = Pᵀ·dO
+                        let dv = &mut dx[2 * dim + h * w..];
+                        matmul_ld((t, w, t), (dv, r), false, (&p, (1, t)), (d_oh, (dim, 1)));
+                        // dP = dO·Vᵀ, then dS in its place.
+                        matmul_ld((t, t, w), (&mut s, t), false, (d_oh, (dim, 1)), (v, (1, r)));
+                        for (pi, si) in p.chunks(t).zip(s.chunks_mut(t)) {
+                            softmax_grad_row_wide(pi, si, g.scale());
+                        }
+                        // dQ = dS·K, dK = dSᵀ·Q
+                        let dq = &mut dx[h * w..];
+                        matmul_ld((t, w, t), (dq, r), false, (&s, (t, 1)), (k, (r, 1)));
+                        let dk = &mut dx[dim + h * w..];
+                        matmul_ld((t, w, t), (dk, r), false, (&s, (1, t)), (q, (r, 1)));
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        let g = Geometry::of(l1.dims(), self.heads)?;
+        on_cuda::backward((s1, l1), (s2, l2), g, self.tf32)
+    }
+}
+
+/// Multi-head self-attention of a `(batch, tokens, 3·dim)` fused qkv projection (Q, K, V of
+/// each token side by side, each split into `heads` runs of `dim/heads` values, as timm's and
+/// MoCo v3's ViT lay it out) to the `(batch, tokens, dim)` input of the output projection:
+/// `softmax(Q·Kᵀ/√head_dim)·V` per head. `fused`: sslab's kernel on the CPU and on CUDA (no
+/// head-split copies, probabilities recomputed in the backward, see the module doc); else
+/// candle's ops, split into heads with copies.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// // 2 images, 5 tokens, 2 heads of width 4: qkv has 3·2·4 = 24 columns.
+/// let qkv = Tensor::randn(0f32, 1.0, (2, 5, 24), &Device::Cpu)?;
+/// let out = sslab::kernels::attention(&qkv, 2, true)?;
+/// assert_eq!(out.dims(), [2, 5, 8]);
+/// let reference = sslab::kernels::attention(&qkv, 2, false)?;
+/// let diff = (out - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+/// assert!(diff < 1e-5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn attention(qkv: &Tensor, heads: usize, fused: bool) -> Result<Tensor> {
+    let g = Geometry::of(qkv.dims(), heads)?;
+    if fused && own_kernel(qkv) {
+        let tf32 = super::autocast_precision() == super::Precision::Bf16;
+        return Ok(qkv.contiguous()?.apply_op1(AttentionOp { heads, tf32 })?);
+    }
+    let (b, t, w) = (g.batch, g.tokens, g.width);
+    let qkv = qkv.reshape((b, t, 3, heads, w))?.permute((2, 0, 3, 1, 4))?;
+    // (batch·heads, tokens, width) operands: one batch axis for the batched product.
+    let part = |i| -> Result<Tensor> { Ok(qkv.get(i)?.contiguous()?.reshape((b * heads, t, w))?) };
+    let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+    let scores = super::batched_matmul(&q, &k, false, true, false)?;
+    let attn = super::softmax_last(&scores, g.scale() as f64, false)?;
+    Ok(super::batched_matmul(&attn, &v, false, false, false)?
+        .reshape((b, heads, t, w))?
+        .transpose(1, 2)?
+        .reshape((b, t, g.dim()))?)
+}
+
+/// The CUDA arm.
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::{CResult, Geometry};
+    use crate::kernels::cuda::{f32_view, int, BLOCK, SOFTMAX};
+    use candle_core::cuda::cudarc::cublas::{result, sys, CudaBlas};
+    use candle_core::cuda::cudarc::driver::{
+        CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda::WrapErr;
+    use candle_core::{CudaDevice, CudaStorage, Layout, Shape};
+
+    /// A row-major operand of a strided-batched product: device memory from the first
+    /// matrix's first value, rows `ld` apart, matrices `stride` apart, used transposed when `t`.
+    struct Operand<'a> {
+        view: CudaView<'a, f32>,
+        ld: usize,
+        stride: usize,
+        t: bool,
+    }
+
+    /// `c[i] = op(a[i])·op(b[i])` for `batch` row-major `(m×n)` results, rows `ldc` apart,
+    /// matrices `stride_c` apart, starting at `c_at` in `c`. cuBLAS is column-major: it computes
+    /// `cᵀ = op(b)ᵀ·op(a)ᵀ`, so the operands go in swapped.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        blas: &CudaBlas,
+        tf32: bool,
+        (m, n, k, batch): (usize, usize, usize, usize),
+        a: Operand,
+        b: Operand,
+        c: &mut CudaSlice<f32>,
+        (c_at, ldc, stride_c): (usize, usize, usize),
+    ) -> CResult<()> {
+        use sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let op = |t| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let compute = if tf32 {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        let (alpha, beta) = (1f32, 0f32);
+        let stream = c.stream().clone();
+        let mut c_view = c.slice_mut(c_at..);
+        let (pa, _ga) = a.view.device_ptr(&stream);
+        let (pb, _gb) = b.view.device_ptr(&stream);
+        let (pc, _gc) = c_view.device_ptr_mut(&stream);
+        // SAFETY: the callers size every operand for `batch` matrices of these strides (the
+        // views end where the tensors end, and each matrix's last row lies inside them).
+        unsafe {
+            result::gemm_strided_batched_ex(
+                *blas.handle(),
+                op(b.t),
+                op(a.t),
+                int(n, "attention columns")?,
+                int(m, "attention rows")?,
+                int(k, "attention inner size")?,
+                &alpha as *const f32 as *const _,
+                pb as *const _,
+                sys::cudaDataType_t::CUDA_R_32F,
+                int(b.ld, "attention row stride")?,
+                b.stride as i64,
+                pa as *const _,
+                sys::cudaDataType_t::CUDA_R_32F,
+                int(a.ld, "attention row stride")?,
+                a.stride as i64,
+                &beta as *const f32 as *const _,
+                pc as *mut _,
+                sys::cudaDataType_t::CUDA_R_32F,
+                int(ldc, "attention row stride")?,
+                stride_c as i64,
+                int(batch, "attention batch")?,
+                compute,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+            )
+        }
+        .w()?;
+        Ok(())
+    }
+
+    /// One warp per row of `rows`: the launch of `cuda/softmax.cu`'s kernels.
+    fn warp_rows(rows: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: ((rows * 32).div_ceil(BLOCK as usize).max(1) as u32, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// The views of a qkv tensor's Q, K and V of head `h` (each run `width` long, rows
+    /// `3·dim` apart, images `tokens·3·dim` apart).
+    fn heads_of<'a>(
+        x: &CudaView<'a, f32>,
+        g: Geometry,
+        h: usize,
+        t: [bool; 3],
+    ) -> [Operand<'a>; 3] {
+        std::array::from_fn(|i| Operand {
+            view: x.slice(i * g.dim() + h * g.width..),
+            ld: g.row(),
+            stride: g.tokens * g.row(),
+            t: t[i],
+        })
+    }
+
+    /// `(batch, heads, tokens, tokens)` probabilities `softmax(s·Q·Kᵀ)` of every head, and the
+    /// raw scores' buffer (free for the backward's `dP`).
+    fn probabilities(
+        dev: &CudaDevice,
+        x: &CudaView<f32>,
+        g: Geometry,
+        tf32: bool,
+    ) -> CResult<(CudaSlice<f32>, CudaSlice<f32>)> {
+        let (t, hh) = (g.tokens, g.heads);
+        let n = g.batch * hh * t * t;
+        let mut s = unsafe { dev.alloc::<f32>(n)? };
+        let blas = dev.cublas_handle();
+        for h in 0..hh {
+            let [q, k, _] = heads_of(x, g, h, [false, true, false]);
+            let dims = (t, t, g.width, g.batch);
+            gemm(&blas, tf32, dims, q, k, &mut s, (h * t * t, t, hh * t * t))?;
+        }
+        let p = unsafe { dev.alloc::<f32>(n)? };
+        let f = dev.get_or_load_custom_func("softmax_f32", SOFTMAX.name, SOFTMAX.ptx)?;
+        let (rows, d, scale) = ((g.batch * hh * t) as i64, int(t, "tokens")?, g.scale());
+        let mut b = f.builder();
+        b.arg(&s).arg(&p).arg(&rows).arg(&d).arg(&scale);
+        unsafe { b.launch(warp_rows(rows as usize)) }.w()?;
+        Ok((p, s))
+    }
+
+    /// The probabilities of head `h` as an operand (`t`: transposed).
+    fn probs<'a>(p: &'a CudaSlice<f32>, g: Geometry, h: usize, t: bool) -> Operand<'a> {
+        let tt = g.tokens * g.tokens;
+        Operand {
+            view: p.slice(h * tt..),
+            ld: g.tokens,
+            stride: g.heads * tt,
+            t,
+        }
+    }
+
+    /// Head `h`'s columns of a `(batch, tokens, dim)` tensor as an operand.
+    fn columns<'a>(y: &CudaView<'a, f32>, g: Geometry, h: usize) -> Operand<'a> {
+        Operand {
+            view: y.slice(h * g.width..),
+            ld: g.dim(),
+            stride: g.tokens * g.dim(),
+            t: false,
+        }
+    }
+
+    pub(super) fn forward(
+        s: &CudaStorage,
+        l: &Layout,
+        g: Geometry,
+        tf32: bool,
+    ) -> CResult<(CudaStorage, Shape)> {
+        let x = f32_view(s, l, "attention qkv")?;
+        let dev = &s.device;
+        let (t, w, dim) = (g.tokens, g.width, g.dim());
+        let shape = Shape::from((g.batch, t, dim));
+        let mut out = unsafe { dev.alloc::<f32>(g.batch * t * dim)? };
+        if g.batch * t * w > 0 {
+            let (p, _) = probabilities(dev, &x, g, tf32)?;
+            let blas = dev.cublas_handle();
+            for h in 0..g.heads {
+                let [_, _, v] = heads_of(&x, g, h, [false; 3]);
+                let dims = (t, w, t, g.batch);
+                gemm(
+                    &blas,
+                    tf32,
+                    dims,
+                    probs(&p, g, h, false),
+                    v,
+                    &mut out,
+                    (h * w, dim, t * dim),
+                )?;
+            }
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
+    }
+
+    pub(super) fn backward(
+        (s1, l1): (&CudaStorage, &Layout),
+        (s2, l2): (&CudaStorage, &Layout),
+        g: Geometry,
+        tf32: bool,
+    ) -> CResult<(CudaStorage, Shape)> {
+        let x = f32_view(s1, l1, "attention qkv")?;
+        let d_out = f32_view(s2, l2, "attention output gradient")?;
+        let (t, w, dim, r) = (g.tokens, g.width, g.dim(), g.row());
+        if l2.shape().elem_count() != g.batch * t * dim {
+            candle_core::bail!(
+                "attention gradient: {:?} does not fit {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let dev = &s1.device;
+        let mut dx = unsafe { dev.alloc::<f32>(g.batch * t * r)? };
+        if g.batch * t * w == 0 {
+            return Ok((
+                CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+                l1.shape().clone(),
+            ));
+        }
+        let (p, mut dp) = probabilities(dev, &x, g, tf32)?;
+        let blas = dev.cublas_handle();
+        let img = t * r;
+        for h in 0..g.heads {
+            let [_, _, v] = heads_of(&x, g, h, [false, false, true]);
+            // dV = Pᵀ·dO into V's columns; dP = dO·Vᵀ.
+            let dims = (t, w, t, g.batch);
+            let at = (2 * dim + h * w, r, img);
+            gemm(
+                &blas,
+                tf32,
+                dims,
+                probs(&p, g, h, true),
+                columns(&d_out, g, h),
+                &mut dx,
+                at,
+            )?;
+            let dims = (t, t, w, g.batch);
+            let at = (h * t * t, t, g.heads * t * t);
+            gemm(&blas, tf32, dims, columns(&d_out, g, h), v, &mut dp, at)?;
+        }
+        let ds = unsafe { dev.alloc::<f32>(g.batch * g.heads * t * t)? };
+        let f = dev.get_or_load_custom_func("softmax_grad_f32", SOFTMAX.name, SOFTMAX.ptx)?;
+        let (rows, d, scale) = ((g.batch * g.heads * t) as i64, int(t, "tokens")?, g.scale());
+        let mut b = f.builder();
+        b.arg(&p).arg(&dp).arg(&ds).arg(&rows).arg(&d).arg(&scale);
+        unsafe { b.launch(warp_rows(rows as usize)) }.w()?;
+        for h in 0..g.heads {
+            let [q, k, _] = heads_of(&x, g, h, [false; 3]);
+            let dims = (t, w, t, g.batch);
+            // dQ = dS·K, dK = dSᵀ·Q.
+            gemm(
+                &blas,
+                tf32,
+                dims,
+                probs(&ds, g, h, false),
+                k,
+                &mut dx,
+                (h * w, r, img),
+            )?;
+            let at = (dim + h * w, r, img);
+            gemm(&blas, tf32, dims, probs(&ds, g, h, true), q, &mut dx, at)?;
+        }
+        Ok((
+            CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+            l1.shape().clone(),
+        ))
+    }
+}
+
+/// Without the `cuda` feature no CUDA tensor reaches the op (the dispatcher's `own_kernel`).
+#[cfg(not(feature = "cuda"))]
+mod on_cuda {
+    use super::{CResult, Geometry};
+    use candle_core::{CudaStorage, Layout, Shape};
+
+    pub(super) fn forward(
+        _: &CudaStorage,
+        _: &Layout,
+        _: Geometry,
+        _: bool,
+    ) -> CResult<(CudaStorage, Shape)> {
+        candle_core::bail!("attention on CUDA needs sslab built with the `cuda` feature")
+    }
+
+    pub(super) fn backward(
+        _: (&CudaStorage, &Layout),
+        _: (&CudaStorage, &Layout),
+        _: Geometry,
+        _: bool,
+    ) -> CResult<(CudaStorage, Shape)> {
+        candle_core::bail!("attention on CUDA needs sslab built with the `cuda` feature")
+    }
+}
