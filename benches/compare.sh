@@ -28,7 +28,7 @@ SSLAB=target/release/sslab
 export RAYON_NUM_THREADS=$THREADS
 
 # Where the figures are measured: the CPU, its vector extensions and the kernels sslab takes.
-"$SSLAB" bench conv --steps 1 --batch 1 --shape 3x64 | head -1
+"$SSLAB" bench conv --steps 1 --batch 1 --shape 3x64 | sed -n 1p  # sed reads to the end: no broken pipe
 "$TORCH_PYTHON" -c 'import torch; print("PyTorch", torch.__version__, "| CPU capability:", torch.backends.cpu.get_cpu_capability())'
 
 out=$(mktemp -d)
