@@ -45,7 +45,7 @@ pub const COMMANDS: &[Command] = &[
     Command {
         name: "new",
         usage: "new <method> [preset] [key=value ...]",
-        help: "build a run (methods: barlow-twins, moco-v1, moco-v2, densecl, moco-v3)",
+        help: "build a run (`help new` lists the methods and presets; tab completes them)",
         run: cmd_new,
     },
     Command {
@@ -572,6 +572,7 @@ fn cmd_help(_: &mut Session, args: &[&str]) -> Result<Flow> {
                 .ok_or_else(|| anyhow!("no command '{}'", clip(name)))?;
             println!("{}\n  {}", c.usage, c.help);
             if c.name == "new" {
+                println!("  methods: {}", sslab::methods::names().join(", "));
                 println!("  presets: {}", PRESETS.join(", "));
             }
         }

@@ -8,16 +8,25 @@
 //! config section, its field in `RunConfig` and [`MethodSetup`]).
 
 mod barlow_twins;
+mod branch;
+mod byol;
 mod densecl;
 mod moco;
 mod moco_v3;
 mod queue;
+mod simclr;
+mod simsiam;
+mod vicreg;
 
 pub use barlow_twins::{BarlowTwins, BarlowTwinsConfig, BarlowTwinsSpec};
+pub use byol::{Byol, ByolConfig};
 pub use densecl::{DenseCl, DenseClConfig, DenseClSpec};
 pub use moco::{Moco, MocoConfig, MocoSpec, MocoVersion};
 pub use moco_v3::{MocoV3, MocoV3Config, MocoV3Spec};
 pub use queue::KeyQueue;
+pub use simclr::{Simclr, SimclrConfig};
+pub use simsiam::{Simsiam, SimsiamConfig};
+pub use vicreg::{Vicreg, VicregConfig};
 
 use crate::error::{Error, Result};
 use crate::models::{BackboneKind, ModelConfig, ParamStore};
@@ -34,6 +43,10 @@ pub enum MethodKind {
     MocoV2,
     DenseCl,
     MocoV3,
+    Simclr,
+    Byol,
+    Simsiam,
+    Vicreg,
 }
 
 impl MethodKind {
@@ -116,6 +129,10 @@ pub struct MethodSetup<'a> {
     pub moco: &'a MocoConfig,
     pub densecl: &'a DenseClConfig,
     pub moco_v3: &'a MocoV3Config,
+    pub simclr: &'a SimclrConfig,
+    pub byol: &'a ByolConfig,
+    pub simsiam: &'a SimsiamConfig,
+    pub vicreg: &'a VicregConfig,
     /// View side in pixels (a ViT's patch grid depends on it).
     pub view_size: usize,
     pub batch_size: usize,
@@ -145,6 +162,8 @@ pub struct MethodInfo {
     /// The loss hyper-parameters the short names `lambda`/`λ` and `tau`/`τ` mean.
     pub lambda_key: &'static str,
     pub tau_key: &'static str,
+    /// The loss hyper-parameters the method takes mid-run ([`Method::set_param`]).
+    pub live_keys: &'static [&'static str],
     /// The probe protocol for a ResNet and for a ViT backbone.
     pub probe: fn(vit: bool) -> ProbeProtocol,
     /// Checks across sections beyond each section's own ranges.
@@ -184,7 +203,7 @@ fn no_checks(_: &MethodSetup) -> Result<()> {
 }
 
 /// Every method, in the order help texts list them.
-pub static REGISTRY: [MethodInfo; 5] = [
+pub static REGISTRY: [MethodInfo; 9] = [
     MethodInfo {
         kind: MethodKind::BarlowTwins,
         name: "barlow-twins",
@@ -192,6 +211,7 @@ pub static REGISTRY: [MethodInfo; 5] = [
         takes_vit: false,
         lambda_key: "barlow_twins.lambda",
         tau_key: "moco.tau",
+        live_keys: &["barlow_twins.lambda"],
         probe: |_| ProbeProtocol {
             lr: 0.3,
             weight_decay: 1e-6,
@@ -208,6 +228,7 @@ pub static REGISTRY: [MethodInfo; 5] = [
         takes_vit: false,
         lambda_key: "barlow_twins.lambda",
         tau_key: "moco.tau",
+        live_keys: &["moco.tau"],
         probe: moco_probe,
         validate: moco::validate,
         build: moco::build_v1,
@@ -219,6 +240,7 @@ pub static REGISTRY: [MethodInfo; 5] = [
         takes_vit: false,
         lambda_key: "barlow_twins.lambda",
         tau_key: "moco.tau",
+        live_keys: &["moco.tau"],
         probe: moco_probe,
         validate: moco::validate,
         build: moco::build_v2,
@@ -230,6 +252,7 @@ pub static REGISTRY: [MethodInfo; 5] = [
         takes_vit: false,
         lambda_key: "densecl.lambda",
         tau_key: "moco.tau",
+        live_keys: &["densecl.lambda", "moco.tau"],
         probe: moco_probe,
         validate: densecl::validate,
         build: densecl::build,
@@ -241,6 +264,7 @@ pub static REGISTRY: [MethodInfo; 5] = [
         takes_vit: true,
         lambda_key: "barlow_twins.lambda",
         tau_key: "moco_v3.tau",
+        live_keys: &["moco_v3.tau"],
         probe: |vit| ProbeProtocol {
             lr: if vit { 3.0 } else { 0.1 },
             weight_decay: 0.0,
@@ -250,7 +274,86 @@ pub static REGISTRY: [MethodInfo; 5] = [
         validate: no_checks,
         build: moco_v3::build,
     },
+    MethodInfo {
+        kind: MethodKind::Simclr,
+        name: "simclr",
+        default_preset: "simclr/tiny",
+        takes_vit: false,
+        lambda_key: "barlow_twins.lambda",
+        tau_key: "simclr.tau",
+        live_keys: &["simclr.tau"],
+        // SimCLR's linear evaluation: SGD with Nesterov momentum, lr 0.1 × B/256, no decay,
+        // 90 epochs, cosine.
+        probe: |_| ProbeProtocol {
+            lr: 0.1,
+            weight_decay: 0.0,
+            cosine: true,
+            epochs: 90,
+        },
+        validate: no_checks,
+        build: simclr::build,
+    },
+    MethodInfo {
+        kind: MethodKind::Byol,
+        name: "byol",
+        default_preset: "byol/tiny",
+        takes_vit: false,
+        lambda_key: "barlow_twins.lambda",
+        tau_key: "moco.tau",
+        live_keys: &[],
+        // BYOL's linear evaluation: SGD with Nesterov momentum, no decay, 80 epochs, cosine;
+        // the rate is swept in the paper, 0.2 is within its sweep.
+        probe: |_| ProbeProtocol {
+            lr: 0.2,
+            weight_decay: 0.0,
+            cosine: true,
+            epochs: 80,
+        },
+        validate: no_checks,
+        build: byol::build,
+    },
+    MethodInfo {
+        kind: MethodKind::Simsiam,
+        name: "simsiam",
+        default_preset: "simsiam/tiny",
+        takes_vit: false,
+        lambda_key: "barlow_twins.lambda",
+        tau_key: "moco.tau",
+        live_keys: &[],
+        // SimSiam's linear evaluation: LARS, lr 0.02 × B/256, no decay, 90 epochs, cosine.
+        probe: |_| ProbeProtocol {
+            lr: 0.02,
+            weight_decay: 0.0,
+            cosine: true,
+            epochs: 90,
+        },
+        validate: no_checks,
+        build: simsiam::build,
+    },
+    MethodInfo {
+        kind: MethodKind::Vicreg,
+        name: "vicreg",
+        default_preset: "vicreg/tiny",
+        takes_vit: false,
+        lambda_key: "vicreg.sim",
+        tau_key: "moco.tau",
+        live_keys: &["vicreg.sim", "vicreg.std", "vicreg.cov"],
+        // VICReg's linear evaluation: lr 0.02 × B/256, weight decay 1e-6, 100 epochs, cosine.
+        probe: |_| ProbeProtocol {
+            lr: 0.02,
+            weight_decay: 1e-6,
+            cosine: true,
+            epochs: 100,
+        },
+        validate: no_checks,
+        build: vicreg::build,
+    },
 ];
+
+/// Every loss hyper-parameter some method takes mid-run.
+pub fn live_keys() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().flat_map(|m| m.live_keys.iter().copied())
+}
 
 /// Every method's name, in registry order.
 pub fn names() -> Vec<&'static str> {
@@ -265,6 +368,10 @@ impl MethodSetup<'_> {
         self.moco_v3.validate()?;
         self.moco.validate()?;
         self.densecl.validate()?;
+        self.simclr.validate()?;
+        self.byol.validate()?;
+        self.simsiam.validate()?;
+        self.vicreg.validate()?;
         let info = kind.info();
         if self.model.backbone == BackboneKind::Vit && !info.takes_vit {
             return Err(Error::config(
@@ -296,6 +403,11 @@ pub trait Method: Send {
     /// Training-mode forward of the two views (`(n, 3, h, w)` each) to the loss. Mutable
     /// because methods with queues keep this step's keys until [`Method::after_step`].
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput>;
+    /// A name prefix of tensors whose learning rate stays at its base value (times the batch
+    /// scaling) instead of following the schedule: SimSiam's predictor (`fix_pred_lr`).
+    fn unscheduled_prefix(&self) -> Option<&'static str> {
+        None
+    }
     /// Work after the optimiser step (momentum encoder, queues). `step` is the step just taken.
     fn after_step(&mut self, _step: usize, _total_steps: usize) -> Result<()> {
         Ok(())

@@ -19,6 +19,8 @@ struct Slot {
     name: String,
     var: Var,
     group: usize,
+    /// Held off the schedule (see [`Optimizer::hold_lr`]).
+    held: bool,
     state: Vec<Tensor>,
 }
 
@@ -29,6 +31,8 @@ pub struct Optimizer {
     slots: Vec<Slot>,
     step: usize,
     fused: bool,
+    /// The factor that replaces the scheduled one for held tensors.
+    held_factor: f64,
 }
 
 /// `g + wd·p` (coupled L2 decay), skipping the op when `wd` is 0.
@@ -71,6 +75,7 @@ impl Optimizer {
                     name: p.name.clone(),
                     var: p.var.clone(),
                     group: usize::from(p.var.rank() <= 1),
+                    held: false,
                     state,
                 })
             })
@@ -81,6 +86,7 @@ impl Optimizer {
             slots,
             step: 0,
             fused: true,
+            held_factor: 1.0,
         })
     }
 
@@ -94,6 +100,20 @@ impl Optimizer {
     /// form that other devices run; the two agree to float rounding, and tests compare them.
     pub fn set_fused(&mut self, on: bool) {
         self.fused = on;
+    }
+
+    /// Holds the tensors whose names `held` accepts off the learning-rate schedule: their
+    /// rate is their group's base rate times [`Optimizer::set_held_factor`]'s factor (the
+    /// batch scaling) at every step. SimSiam's predictor trains this way (`fix_pred_lr`).
+    pub fn hold_lr(&mut self, held: impl Fn(&str) -> bool) {
+        for slot in &mut self.slots {
+            slot.held = held(&slot.name);
+        }
+    }
+
+    /// The factor held tensors take instead of the scheduled one (1 until set).
+    pub fn set_held_factor(&mut self, factor: f64) {
+        self.held_factor = factor;
     }
 
     /// Steps taken so far.
@@ -116,7 +136,7 @@ impl Optimizer {
                 continue;
             };
             let gs = self.groups[slot.group];
-            let lr = lr * gs.lr_mult;
+            let lr = if slot.held { self.held_factor } else { lr } * gs.lr_mult;
             let mut operands = vec![slot.var.as_tensor(), g];
             operands.extend(&slot.state);
             if self.fused && fused::applies(&operands) {

@@ -6,7 +6,10 @@ use crate::augment::RecipeName;
 use crate::data::ShapesConfig;
 use crate::error::{Error, Result};
 use crate::kernels::Precision;
-pub use crate::methods::{BarlowTwinsConfig, DenseClConfig, MocoConfig, MocoV3Config};
+pub use crate::methods::{
+    BarlowTwinsConfig, ByolConfig, DenseClConfig, MocoConfig, MocoV3Config, SimclrConfig,
+    SimsiamConfig, VicregConfig,
+};
 use crate::methods::{MethodKind, MethodSetup};
 pub use crate::models::ModelConfig;
 use crate::optim::{OptimName, ScheduleKind};
@@ -35,6 +38,10 @@ pub struct RunConfig {
     pub moco: MocoConfig,
     pub densecl: DenseClConfig,
     pub moco_v3: MocoV3Config,
+    pub simclr: SimclrConfig,
+    pub byol: ByolConfig,
+    pub simsiam: SimsiamConfig,
+    pub vicreg: VicregConfig,
     pub optim: OptimConfig,
     pub train: TrainConfig,
     pub eval: EvalConfig,
@@ -476,6 +483,10 @@ impl RunConfig {
             moco: &self.moco,
             densecl: &self.densecl,
             moco_v3: &self.moco_v3,
+            simclr: &self.simclr,
+            byol: &self.byol,
+            simsiam: &self.simsiam,
+            vicreg: &self.vicreg,
             view_size: self.augment.size,
             batch_size: self.train.batch_size,
             seed: self.seed,

@@ -31,6 +31,18 @@ pub const PRESETS: &[&str] = &[
     "moco-v3/vit-base",
     "moco-v3/resnet50",
     "moco-v3/cifar",
+    "simclr/tiny",
+    "simclr/cifar",
+    "simclr/imagenet",
+    "byol/tiny",
+    "byol/cifar",
+    "byol/imagenet",
+    "simsiam/tiny",
+    "simsiam/cifar",
+    "simsiam/imagenet",
+    "vicreg/tiny",
+    "vicreg/cifar",
+    "vicreg/imagenet",
 ];
 
 /// Looks a preset up; a bare method name means the method's default preset (its registry
@@ -54,6 +66,18 @@ pub fn preset(name: &str) -> Result<RunConfig> {
         "moco-v3/vit-base" => moco_v3_vit_base(),
         "moco-v3/resnet50" => moco_v3_resnet50(),
         "moco-v3/cifar" => moco_v3_cifar(),
+        "simclr/tiny" => simclr_tiny(),
+        "simclr/cifar" => simclr_cifar(),
+        "simclr/imagenet" => simclr_imagenet(),
+        "byol/tiny" => byol_tiny(),
+        "byol/cifar" => byol_cifar(),
+        "byol/imagenet" => byol_imagenet(),
+        "simsiam/tiny" => simsiam_tiny(),
+        "simsiam/cifar" => simsiam_cifar(),
+        "simsiam/imagenet" => simsiam_imagenet(),
+        "vicreg/tiny" => vicreg_tiny(),
+        "vicreg/cifar" => vicreg_cifar(),
+        "vicreg/imagenet" => vicreg_imagenet(),
         _ => {
             return Err(Error::config(
                 "preset",
@@ -173,6 +197,10 @@ pub fn barlow_twins_imagenet() -> RunConfig {
         moco: MocoConfig::default(),
         densecl: DenseClConfig::default(),
         moco_v3: MocoV3Config::default(),
+        simclr: SimclrConfig::default(),
+        byol: ByolConfig::default(),
+        simsiam: SimsiamConfig::default(),
+        vicreg: VicregConfig::default(),
         optim: OptimConfig {
             lr_1d: Some(0.0048),
             ..OptimConfig::default()
@@ -536,5 +564,234 @@ pub fn moco_v3_resnet_tiny() -> RunConfig {
         ..MocoV3Config::default()
     };
     c.train.steps = 480;
+    c
+}
+
+/// The CPU-sized run of every `*/tiny` preset of the four methods below: ResNet-18 (CIFAR stem)
+/// at width 16 on the built-in shapes at 32 px, crops keeping ≥ 40% of the image, batch 128,
+/// 250 steps with a half-epoch warmup.
+fn on_tiny_shapes(mut c: RunConfig, preset: &str) -> RunConfig {
+    c.preset = preset.into();
+    c.data.source = "shapes".into();
+    c.model.width = 16;
+    c.augment.scale_min = Some(TINY_CROP_MIN);
+    c.optim.warmup_epochs = c.optim.warmup_epochs.min(0.5);
+    c.train = TrainConfig {
+        batch_size: 128,
+        epochs: 0.0,
+        steps: 250,
+        log_every: 20,
+        ..TrainConfig::default()
+    };
+    c
+}
+
+/// A CIFAR-10 run of solo-learn's recipes (docs/recipes.md §6.1): ResNet-18 with the CIFAR
+/// stem (the ImageNet preset's residual init), 32-px views of `recipe`, batch 256, 1000
+/// epochs, 10 warmup epochs then a cosine to 0.
+fn on_cifar(mut c: RunConfig, preset: &str, recipe: RecipeName) -> RunConfig {
+    c.preset = preset.into();
+    c.data.source = "cifar10:data/cifar10".into();
+    c.model = ModelConfig {
+        arch: Depth::R18,
+        stem: Stem::Cifar,
+        width: 64,
+        zero_init_residual: c.model.zero_init_residual,
+        ..ModelConfig::default()
+    };
+    c.augment = AugmentConfig {
+        recipe,
+        size: 32,
+        scale_min: None,
+    };
+    c.optim.warmup_epochs = 10.0;
+    c.optim.final_lr_frac = 0.0;
+    c.train = TrainConfig {
+        batch_size: 256,
+        epochs: 1000.0,
+        steps: 0,
+        log_every: 50,
+        ..TrainConfig::default()
+    };
+    c
+}
+
+/// solo-learn's LARS for CIFAR: η 0.02, the clipped trust ratio, biases and BN excluded.
+fn solo_learn_lars(lr: f64, weight_decay: f64) -> OptimConfig {
+    OptimConfig {
+        kind: OptimName::Lars,
+        lr,
+        lr_1d: None,
+        weight_decay,
+        eta: 0.02,
+        lars_clip_lr: true,
+        exclude_1d: true,
+        ..OptimConfig::default()
+    }
+}
+
+/// SimCLR v1 (docs/recipes.md §7.1): ResNet-50, projector 2048 → 128 with BN, τ 0.1, LARS lr
+/// 0.3 × B/256 (4.8 at B = 4096), η 0.001, wd 1e-6, biases and BN excluded from decay and
+/// adaptation, 10 warmup epochs then a cosine to 0, 100 epochs. Augmentations: MoCo v2's
+/// `aug+`, which is SimCLR's with colour-jitter strength 0.5 instead of 1 (docs/recipes.md §7).
+pub fn simclr_imagenet() -> RunConfig {
+    let mut c = barlow_twins_imagenet();
+    c.method = MethodKind::Simclr;
+    c.preset = "simclr/imagenet".into();
+    c.augment.recipe = RecipeName::MocoV2;
+    c.simclr = SimclrConfig::default();
+    c.optim = OptimConfig {
+        lr: 0.3,
+        lr_1d: None,
+        weight_decay: 1e-6,
+        final_lr_frac: 0.0,
+        ..OptimConfig::default()
+    };
+    c.train = TrainConfig {
+        batch_size: 4096,
+        epochs: 100.0,
+        steps: 0,
+        log_every: 50,
+        ..TrainConfig::default()
+    };
+    c
+}
+
+/// solo-learn's SimCLR on CIFAR: projector 2048 → 256, τ 0.2, LARS lr 0.4, wd 1e-5.
+pub fn simclr_cifar() -> RunConfig {
+    let mut c = on_cifar(simclr_imagenet(), "simclr/cifar", RecipeName::MocoV2Cifar);
+    c.simclr = SimclrConfig {
+        projector: vec![2048, 256],
+        tau: 0.2,
+    };
+    c.optim = solo_learn_lars(0.4, 1e-5);
+    c.optim.final_lr_frac = 0.0;
+    c
+}
+
+/// CPU-sized SimCLR: projector 512 → 128, τ 0.2.
+pub fn simclr_tiny() -> RunConfig {
+    let mut c = on_tiny_shapes(simclr_cifar(), "simclr/tiny");
+    c.simclr.projector = vec![512, 128];
+    c
+}
+
+/// BYOL (docs/recipes.md §7.2): ResNet-50, projector and predictor 4096 → 256, τ_base 0.996
+/// on a cosine to 1, LARS lr 0.2 × B/256, η 0.001, wd 1.5e-6, biases and BN excluded, 10
+/// warmup epochs then a cosine to 0, B = 4096, 1000 epochs, BYOL's augmentations.
+pub fn byol_imagenet() -> RunConfig {
+    let mut c = barlow_twins_imagenet();
+    c.method = MethodKind::Byol;
+    c.preset = "byol/imagenet".into();
+    c.augment.recipe = RecipeName::Byol;
+    c.byol = ByolConfig::default();
+    c.optim = OptimConfig {
+        lr: 0.2,
+        lr_1d: None,
+        weight_decay: 1.5e-6,
+        final_lr_frac: 0.0,
+        ..OptimConfig::default()
+    };
+    c.train.batch_size = 4096;
+    c
+}
+
+/// solo-learn's BYOL on CIFAR: heads 4096 → 256, τ_base 0.99, LARS lr 1.0, wd 1e-5.
+pub fn byol_cifar() -> RunConfig {
+    let mut c = on_cifar(byol_imagenet(), "byol/cifar", RecipeName::ByolCifar);
+    c.byol.momentum = 0.99;
+    c.optim = solo_learn_lars(1.0, 1e-5);
+    c.optim.final_lr_frac = 0.0;
+    c
+}
+
+/// CPU-sized BYOL: heads 512 → 128, τ_base 0.99.
+pub fn byol_tiny() -> RunConfig {
+    let mut c = on_tiny_shapes(byol_cifar(), "byol/tiny");
+    c.byol.projector = vec![512, 128];
+    c.byol.predictor_hidden = 512;
+    c
+}
+
+/// SimSiam (docs/recipes.md §7.3): ResNet-50, projector 2048-2048-2048 ending in a non-affine
+/// BN, predictor 2048 → 512 → 2048, SGD lr 0.05 × B/256, momentum 0.9, wd 1e-4 on every
+/// tensor, a cosine to 0 without warmup with the predictor's rate held, B = 512, 100 epochs,
+/// MoCo v2's augmentations.
+pub fn simsiam_imagenet() -> RunConfig {
+    let mut c = barlow_twins_imagenet();
+    c.method = MethodKind::Simsiam;
+    c.preset = "simsiam/imagenet".into();
+    c.model.zero_init_residual = true;
+    c.augment.recipe = RecipeName::MocoV2;
+    c.simsiam = SimsiamConfig::default();
+    c.optim = OptimConfig {
+        kind: OptimName::Sgd,
+        lr: 0.05,
+        lr_1d: None,
+        weight_decay: 1e-4,
+        exclude_1d: false,
+        momentum: 0.9,
+        warmup_epochs: 0.0,
+        final_lr_frac: 0.0,
+        ..OptimConfig::default()
+    };
+    c.train = TrainConfig {
+        batch_size: 512,
+        epochs: 100.0,
+        steps: 0,
+        log_every: 50,
+        ..TrainConfig::default()
+    };
+    c
+}
+
+/// solo-learn's SimSiam on CIFAR: projector 2048-2048-2048, predictor 512, SGD lr 0.5, wd 1e-5,
+/// 10 warmup epochs, the predictor's rate held.
+pub fn simsiam_cifar() -> RunConfig {
+    let mut c = on_cifar(simsiam_imagenet(), "simsiam/cifar", RecipeName::MocoV2Cifar);
+    c.optim.lr = 0.5;
+    c.optim.weight_decay = 1e-5;
+    c
+}
+
+/// CPU-sized SimSiam: projector 512-512-512, predictor 128.
+pub fn simsiam_tiny() -> RunConfig {
+    let mut c = on_tiny_shapes(simsiam_cifar(), "simsiam/tiny");
+    c.simsiam.projector = vec![512, 512, 512];
+    c.simsiam.predictor_hidden = 128;
+    c
+}
+
+/// VICReg (docs/recipes.md §7.4): ResNet-50, expander 8192-8192-8192, weights 25 / 25 / 1,
+/// LARS lr 0.2 × B/256, η 0.001, wd 1e-6, biases and BN excluded, 10 warmup epochs then a
+/// cosine to 0.001×, B = 2048, 1000 epochs, BYOL's augmentations.
+pub fn vicreg_imagenet() -> RunConfig {
+    let mut c = barlow_twins_imagenet();
+    c.method = MethodKind::Vicreg;
+    c.preset = "vicreg/imagenet".into();
+    c.augment.recipe = RecipeName::Byol;
+    c.vicreg = VicregConfig::default();
+    c.optim = OptimConfig {
+        lr: 0.2,
+        lr_1d: None,
+        weight_decay: 1e-6,
+        ..OptimConfig::default()
+    };
+    c
+}
+
+/// solo-learn's VICReg on CIFAR: expander 2048-2048-2048, LARS lr 0.3, wd 1e-4.
+pub fn vicreg_cifar() -> RunConfig {
+    let mut c = on_cifar(vicreg_imagenet(), "vicreg/cifar", RecipeName::ByolCifar);
+    c.vicreg.expander = vec![2048, 2048, 2048];
+    c.optim = solo_learn_lars(0.3, 1e-4);
+    c.optim.final_lr_frac = 0.0;
+    c
+}
+
+/// CPU-sized VICReg: expander 512-512-512.
+pub fn vicreg_tiny() -> RunConfig {
+    let mut c = on_tiny_shapes(vicreg_cifar(), "vicreg/tiny");
+    c.vicreg.expander = vec![512, 512, 512];
     c
 }

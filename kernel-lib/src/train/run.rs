@@ -145,7 +145,10 @@ impl Run {
             weight_decay: if o.exclude_1d { 0.0 } else { o.weight_decay },
             adapt: !o.exclude_1d,
         };
-        let optimizer = Optimizer::new(kind, method.params(), multi, one)?;
+        let mut optimizer = Optimizer::new(kind, method.params(), multi, one)?;
+        if let Some(prefix) = method.unscheduled_prefix() {
+            optimizer.hold_lr(|name| name.starts_with(prefix));
+        }
         let loader = Loader::new(train_data.clone(), recipe.clone(), batch, config.seed, 0)?;
         let layer_groups = LayerGroups::new(method.params());
         let d = &config.diagnostics;
@@ -406,6 +409,7 @@ impl Run {
             tracker.record(s + 1, &norms, &max_abs)?;
         }
         let factor = self.schedule.factor(s);
+        self.optimizer.set_held_factor(self.schedule.batch_factor());
         self.optimizer.step(&grads, factor)?;
         self.method.after_step(s + 1, self.schedule.total_steps())?;
         let parts = out

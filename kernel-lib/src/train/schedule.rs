@@ -76,6 +76,12 @@ impl Schedule {
         self.shape.factor(s) * self.batch_scale
     }
 
+    /// The batch scaling alone (`batch/256` under the linear scaling rule, else 1): the factor
+    /// of tensors held off the schedule.
+    pub fn batch_factor(&self) -> f64 {
+        self.batch_scale
+    }
+
     /// Learning rate of ≥2-D tensors at 0-based step `s`.
     pub fn lr_at(&self, s: usize) -> f64 {
         self.factor(s) * self.base_lr

@@ -34,14 +34,6 @@ const REPORTING: &[&str] = &[
     "diagnostics.corr_block",
 ];
 
-/// Loss hyper-parameters the methods take mid-run.
-const LOSS: &[&str] = &[
-    "barlow_twins.lambda",
-    "densecl.lambda",
-    "moco.tau",
-    "moco_v3.tau",
-];
-
 impl Run {
     /// Changes one setting between steps. Accepted: the learning rate (`lr`/`optim.lr`,
     /// `optim.lr_1d`: the schedule keeps its shape and scales), the loss hyper-parameters (`λ`,
@@ -61,13 +53,12 @@ impl Run {
         let key = resolve_alias(self.config.method, key.trim());
         let mut cfg = self.config.clone();
         cfg.set(&key, value)?;
-        if LOSS.contains(&key.as_str()) {
-            let v = match key.as_str() {
-                "barlow_twins.lambda" => cfg.barlow_twins.lambda,
-                "densecl.lambda" => cfg.densecl.lambda,
-                "moco.tau" => cfg.moco.tau,
-                _ => cfg.moco_v3.tau,
-            };
+        if crate::methods::live_keys().any(|k| k == key) {
+            // The config took it, so it is a number.
+            let v: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| Error::config(&key, format!("'{value}' is not a number")))?;
             if !self.method.set_param(&key, v)? {
                 return Err(Error::config(
                     &key,
