@@ -38,7 +38,8 @@ pub struct ConfigArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     cfg: ConfigArgs,
-    /// Output folder for summary.json, config.toml and figures/*.png.
+    /// Output folder for summary.json, config.toml, figures/*.png, metrics.csv and the
+    /// TensorBoard log tb/ (`tensorboard --logdir runs`).
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
     /// Skip the evaluations at initialisation.
@@ -65,6 +66,9 @@ pub struct TrainArgs {
     /// Do not draw DIR/figures/*.png at the end.
     #[arg(long)]
     no_figures: bool,
+    /// Do not write DIR/tb/ (TensorBoard events) and DIR/metrics.csv.
+    #[arg(long)]
+    no_log: bool,
 }
 
 pub fn build_config(a: &ConfigArgs) -> Result<RunConfig> {
@@ -179,6 +183,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let _out_lock = sslab::train::FolderLock::acquire(&a.out)
         .with_context(|| format!("cannot use {}", a.out.display()))?;
     run.checkpoint_into(a.out.join("checkpoints"))?;
+    if !a.no_log {
+        run.log_into(&a.out)?;
+    }
     std::fs::write(a.out.join("config.toml"), cfg.to_toml()?)?;
     println!(
         "sslab train {} (preset {}) on {} | data: {} / {} | {} steps of batch {}",

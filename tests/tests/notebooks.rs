@@ -28,7 +28,7 @@ fn notebooks_execute_and_show_figures() {
         .filter(|p| p.extension().is_some_and(|e| e == "ipynb"))
         .collect();
     notebooks.sort();
-    assert_eq!(notebooks.len(), 4, "{notebooks:?}");
+    assert_eq!(notebooks.len(), 5, "{notebooks:?}");
     let out = Command::new(&python)
         .arg(root.join("notebooks/execute.py"))
         .args(&notebooks)
@@ -42,5 +42,5 @@ fn notebooks_execute_and_show_figures() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("5 passed, 0 failed"), "{stdout}");
 }

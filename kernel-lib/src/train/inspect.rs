@@ -377,21 +377,14 @@ impl Run {
     /// and returns the paths written.
     pub fn write_figures(&mut self, dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
         let dir = dir.as_ref();
-        let mut written = Vec::new();
-        let mut save = |name: &str, fig: &Figure| -> Result<()> {
-            let p = dir.join(name);
-            fig.save(&p)?;
-            written.push(p);
-            Ok(())
-        };
-        save("curves.png", &self.curves()?)?;
+        let mut figures: Vec<(&str, Figure)> = vec![("curves", self.curves()?)];
         if self.spikes.is_some() {
-            save("grad_spikes.png", &self.grad_spikes()?.figure)?;
+            figures.push(("grad_spikes", self.grad_spikes()?.figure));
         }
-        save("collapse.png", &self.collapse()?.figure)?;
-        save("correlation.png", &self.correlation_history()?.figure)?;
+        figures.push(("collapse", self.collapse()?.figure));
+        figures.push(("correlation", self.correlation_history()?.figure));
         if let Ok(c) = self.correspondence() {
-            save("correspondence.png", &c.figure)?;
+            figures.push(("correspondence", c.figure));
         }
         let centre = self.recipe.a.size / 2;
         let source = if self.method.has_dense_head() {
@@ -399,11 +392,24 @@ impl Run {
         } else {
             FeatureSource::Backbone
         };
-        save(
-            "similarity.png",
-            &self.similarity_map(0, (centre, centre), source)?.figure,
-        )?;
-        save("views.png", &self.views(4)?)?;
+        let similarity = self.similarity_map(0, (centre, centre), source)?;
+        figures.push(("similarity", similarity.figure));
+        figures.push(("views", self.views(4)?));
+        let mut written = Vec::new();
+        for (name, fig) in &figures {
+            let p = dir.join(format!("{name}.png"));
+            fig.save(&p)?;
+            written.push(p);
+        }
+        // The same figures as images in the TensorBoard log, at the current step.
+        let step = self.record.steps.len();
+        if let Some(log) = &mut self.metrics_log {
+            for (name, fig) in &figures {
+                let (w, h) = (fig.image.width, fig.image.height);
+                log.image(&format!("figures/{name}"), step, w, h, &fig.png()?)?;
+            }
+            log.flush()?;
+        }
         Ok(written)
     }
 }

@@ -6,6 +6,7 @@ mod config;
 mod device;
 mod folders;
 mod inspect;
+mod metrics_log;
 mod monitors;
 mod presets;
 mod record;

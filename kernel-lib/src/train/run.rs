@@ -55,6 +55,8 @@ pub struct Run {
     pub(super) monitors: Monitors,
     /// Where periodic checkpoints go (`train.checkpoint_every`), and its lock.
     pub(super) checkpoint_dir: Option<(std::path::PathBuf, super::folders::FolderLock)>,
+    /// Where the TensorBoard events and `metrics.csv` go ([`Run::log_into`]).
+    pub(super) metrics_log: Option<super::metrics_log::MetricsLog>,
     /// The code that trains, as pointers taken when the run was built (see [`Hooks`]).
     hooks: Hooks,
 }
@@ -177,6 +179,7 @@ impl Run {
             spikes,
             monitors: Monitors::default(),
             checkpoint_dir: None,
+            metrics_log: None,
             hooks: Hooks::HERE,
         })
     }
@@ -222,6 +225,26 @@ impl Run {
         let dir = dir.into();
         let lock = super::folders::FolderLock::acquire(&dir)?;
         self.checkpoint_dir = Some((dir, lock));
+        Ok(())
+    }
+
+    /// Logs the run from now on into `dir`: TensorBoard event files in `dir/tb/` (the loss and
+    /// its parts, the learning rate and throughput every `train.log_every` steps and at the
+    /// first, each kNN evaluation, and the figures [`Run::write_figures`] draws) and
+    /// `dir/metrics.csv` (one row per logged step, the kNN columns filled where one was
+    /// taken). `tensorboard --logdir dir` shows them while the run trains. A row is written
+    /// when the next one starts (its step's kNN may still join it), the last when the run is
+    /// dropped.
+    ///
+    /// ```no_run
+    /// use sslab::prelude::*;
+    /// let mut run = Run::new(RunConfig::preset("barlow-twins/tiny")?)?;
+    /// run.log_into("runs/mine")?;
+    /// run.train(40)?;
+    /// # Ok::<(), sslab::Error>(())
+    /// ```
+    pub fn log_into(&mut self, dir: impl Into<std::path::PathBuf>) -> Result<()> {
+        self.metrics_log = Some(super::metrics_log::MetricsLog::create(dir)?);
         Ok(())
     }
 
@@ -433,6 +456,12 @@ impl Run {
             images_per_sec: 2.0 * n as f64 / seconds.max(1e-9),
         };
         self.record.steps.push(report.clone());
+        if let Some(log) = &mut self.metrics_log {
+            if report.step == 1 || report.step.is_multiple_of(self.config.train.log_every) {
+                log.step(&report)?;
+                log.flush()?;
+            }
+        }
         let every = Monitors::every(self.config.diagnostics.every, self.schedule.total_steps());
         if report.step.is_multiple_of(every) || report.step == 1 {
             self.take_monitors()?;
@@ -508,6 +537,10 @@ impl Run {
             &self.device,
         )?;
         self.record.knn.push((self.record.steps.len(), r.clone()));
+        if let Some(log) = &mut self.metrics_log {
+            log.knn(self.record.steps.len(), &r)?;
+            log.flush()?;
+        }
         Ok(r)
     }
 
