@@ -246,13 +246,7 @@ pub fn barlow_twins_cifar() -> RunConfig {
         final_lr_frac: 0.0,
         ..OptimConfig::default()
     };
-    c.train = TrainConfig {
-        batch_size: 256,
-        epochs: 1000.0,
-        steps: 0,
-        log_every: 50,
-        ..TrainConfig::default()
-    };
+    c.train = by_epochs(256, 1000.0);
     c
 }
 
@@ -312,13 +306,7 @@ pub fn moco_v1_imagenet() -> RunConfig {
         per_epoch: true,
         ..OptimConfig::default()
     };
-    c.train = TrainConfig {
-        batch_size: 256,
-        epochs: 200.0,
-        steps: 0,
-        log_every: 50,
-        ..TrainConfig::default()
-    };
+    c.train = by_epochs(256, 200.0);
     c
 }
 
@@ -447,13 +435,7 @@ pub fn moco_v3_vit_small() -> RunConfig {
         final_lr_frac: 0.0,
         ..OptimConfig::default()
     };
-    c.train = TrainConfig {
-        batch_size: 4096,
-        epochs: 300.0,
-        steps: 0,
-        log_every: 50,
-        ..TrainConfig::default()
-    };
+    c.train = by_epochs(4096, 300.0);
     c
 }
 
@@ -567,6 +549,17 @@ pub fn moco_v3_resnet_tiny() -> RunConfig {
     c
 }
 
+/// A paper-length schedule: `epochs` of batch `batch`, logged every 50 steps.
+fn by_epochs(batch: usize, epochs: f64) -> TrainConfig {
+    TrainConfig {
+        batch_size: batch,
+        epochs,
+        steps: 0,
+        log_every: 50,
+        ..TrainConfig::default()
+    }
+}
+
 /// The CPU-sized run of every `*/tiny` preset of the four methods below: ResNet-18 (CIFAR stem)
 /// at width 16 on the built-in shapes at 32 px, crops keeping ≥ 40% of the image, batch 128,
 /// 250 steps with a half-epoch warmup.
@@ -606,13 +599,7 @@ fn on_cifar(mut c: RunConfig, preset: &str, recipe: RecipeName) -> RunConfig {
     };
     c.optim.warmup_epochs = 10.0;
     c.optim.final_lr_frac = 0.0;
-    c.train = TrainConfig {
-        batch_size: 256,
-        epochs: 1000.0,
-        steps: 0,
-        log_every: 50,
-        ..TrainConfig::default()
-    };
+    c.train = by_epochs(256, 1000.0);
     c
 }
 
@@ -647,13 +634,7 @@ pub fn simclr_imagenet() -> RunConfig {
         final_lr_frac: 0.0,
         ..OptimConfig::default()
     };
-    c.train = TrainConfig {
-        batch_size: 4096,
-        epochs: 100.0,
-        steps: 0,
-        log_every: 50,
-        ..TrainConfig::default()
-    };
+    c.train = by_epochs(4096, 100.0);
     c
 }
 
@@ -735,13 +716,7 @@ pub fn simsiam_imagenet() -> RunConfig {
         final_lr_frac: 0.0,
         ..OptimConfig::default()
     };
-    c.train = TrainConfig {
-        batch_size: 512,
-        epochs: 100.0,
-        steps: 0,
-        log_every: 50,
-        ..TrainConfig::default()
-    };
+    c.train = by_epochs(512, 100.0);
     c
 }
 
