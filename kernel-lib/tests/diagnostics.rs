@@ -492,3 +492,28 @@ fn tracker_can_be_switched_off_and_densecl_has_a_dense_head_map() {
         .unwrap();
     assert!(sim.data.values.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn vit_attention_maps_are_distributions_over_the_patches_and_draw() {
+    let mut cfg = common::shrink_any("moco-v3/vit-tiny");
+    // 16-px views with 4-px patches: a 4×4 grid.
+    cfg.model.patch = 4;
+    let mut run = Run::new(cfg).unwrap();
+    run.train(2).unwrap();
+    let maps = run.attention_maps(3).unwrap();
+    assert_eq!(maps.data.grid, 4);
+    assert_eq!(maps.data.heads.len(), 3, "ViT-tiny has 3 heads");
+    for h in &maps.data.heads {
+        assert_eq!(h.len(), 16);
+        assert!(h.iter().all(|&v| v >= 0.0));
+        let sum: f32 = h.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5, "a head's map sums to {sum}");
+    }
+    assert!(maps.figure.pixel_variance() > 0.0);
+    assert!(maps.data.to_string().contains("3 heads"));
+    // A test image that does not exist, and a ResNet backbone, are errors.
+    assert!(run.attention_maps(10_000).is_err());
+    let resnet = Run::new(common::shrink_any("moco-v3/resnet")).unwrap();
+    let err = resnet.attention_maps(0).unwrap_err().to_string();
+    assert!(err.contains("ViT"), "{err}");
+}

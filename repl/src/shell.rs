@@ -38,6 +38,7 @@ pub const SHOW: &[&str] = &[
     "collapse",
     "views",
     "correspondence",
+    "attention",
 ];
 
 /// Every command, in the order `help` lists them.
@@ -86,7 +87,7 @@ pub const COMMANDS: &[Command] = &[
     },
     Command {
         name: "show",
-        usage: "show loss|lr|spikes|corr|sim X,Y|collapse|views|correspondence",
+        usage: "show loss|lr|spikes|corr|sim X,Y|collapse|views|correspondence|attention N",
         help: "draw a diagnostic to a PNG and summarise it",
         run: cmd_show,
     },
@@ -372,7 +373,14 @@ fn cmd_show(s: &mut Session, args: &[&str]) -> Result<Flow> {
     if !SHOW.contains(&what) {
         bail!("cannot show '{}'; one of {}", clip(what), SHOW.join(", "));
     }
-    no_more(args, if what == "sim" { 2 } else { 1 })?;
+    no_more(
+        args,
+        if matches!(what, "sim" | "attention") {
+            2
+        } else {
+            1
+        },
+    )?;
     let figures = s.figures.clone();
     let terminal = s.terminal;
     let run = s.run()?;
@@ -402,6 +410,17 @@ fn cmd_show(s: &mut Session, args: &[&str]) -> Result<Flow> {
                 FeatureSource::Backbone
             };
             let m = run.similarity_map(0, point, source)?;
+            (m.figure, m.data.to_string())
+        }
+        "attention" => {
+            let a = args
+                .get(1)
+                .ok_or_else(|| anyhow!("usage: show attention N (a test image)"))?;
+            let index = a
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("'{}' is not a test image number", clip(a)))?;
+            let m = run.attention_maps(index)?;
             (m.figure, m.data.to_string())
         }
         "collapse" => {

@@ -2,11 +2,13 @@
 //! cross-correlation snapshots, dense similarity maps against the crop geometry, and collapse
 //! monitors. `train::Run` feeds these; each returns plain data plus a [`crate::plot::Figure`].
 
+mod attention;
 mod collapse;
 mod correlation;
 mod correspondence;
 mod grad_spikes;
 
+pub use attention::AttentionMaps;
 pub use collapse::{
     collapse_stats, effective_rank, singular_values, symmetric_eigenvalues, uniformity,
     CollapseStats,

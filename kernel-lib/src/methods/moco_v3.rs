@@ -250,4 +250,8 @@ impl Method for MocoV3 {
     fn feature_map(&self, images: &Tensor) -> Result<Tensor> {
         self.query.backbone.feature_map(images)
     }
+
+    fn cls_attention(&self, images: &Tensor) -> Result<Option<Tensor>> {
+        self.query.backbone.cls_attention(images)
+    }
 }

@@ -450,6 +450,12 @@ pub trait Method: Send {
     /// similarity maps.
     fn feature_map(&self, images: &Tensor) -> Result<Tensor>;
 
+    /// A ViT backbone's last-block [CLS]-to-patch attention per head, `(n, heads, g, g)`, each
+    /// head's map summing to 1; `None` for a ResNet backbone.
+    fn cls_attention(&self, _images: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// Whether the method has a dense projection head (DenseCL): similarity maps then default
     /// to its output.
     fn has_dense_head(&self) -> bool {

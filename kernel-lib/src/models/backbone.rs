@@ -149,4 +149,13 @@ impl Backbone {
             Backbone::Vit(v) => v.feature_map(x),
         }
     }
+
+    /// A ViT's last-block [CLS]-to-patch attention per head (`Vit::cls_attention`); `None`
+    /// for a ResNet.
+    pub fn cls_attention(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        match self {
+            Backbone::ResNet(_) => Ok(None),
+            Backbone::Vit(v) => Ok(Some(v.cls_attention(x)?)),
+        }
+    }
 }

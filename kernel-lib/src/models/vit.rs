@@ -183,6 +183,22 @@ impl Block {
             .forward(&attention(&self.qkv.forward(x)?, self.heads, true)?)
     }
 
+    /// The block's attention probabilities `(n, heads, tokens, tokens)`: row i is how token i
+    /// weighs every token, `softmax(q_i·Kᵀ/√head_dim)` (an inspection view; training never
+    /// stores them).
+    fn attention_probabilities(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, t, d) = x.dims3()?;
+        let hd = d / self.heads;
+        let qkv = self
+            .qkv
+            .forward(&self.norm1.forward(x)?)?
+            .reshape((n, t, 3, self.heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let (q, k) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?);
+        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
+        Ok(candle_nn::ops::softmax_last_dim(&scores)?)
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.attention(&self.norm1.forward(x)?)?)?;
         let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
@@ -345,16 +361,44 @@ impl Vit {
 
     /// Every token after the final LayerNorm, `(n, 1 + L, dim)`, [CLS] first.
     pub fn forward_tokens(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = self.tokens_in(x)?;
+        for b in &self.blocks {
+            h = b.forward(&h)?;
+        }
+        self.norm.forward(&h)
+    }
+
+    /// The embedded tokens with [CLS] first and the position embedding added: the first
+    /// block's input, `(n, 1 + L, dim)`.
+    fn tokens_in(&self, x: &Tensor) -> Result<Tensor> {
         let tokens = self.embed_patches(x)?;
         let n = tokens.dim(0)?;
         let cls = self
             .cls_token
             .as_tensor()
             .broadcast_as((n, 1, self.cfg.dim))?;
-        let mut h = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.pos_embed)?;
-        for b in &self.blocks {
+        Ok(Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.pos_embed)?)
+    }
+
+    /// The last block's attention from [CLS] to the patches, per head, `(n, heads, g, g)` on
+    /// the `g × g` patch grid: the [CLS] row of the block's attention probabilities without
+    /// its weight on [CLS] itself, renormalised to sum to 1 over the patches (the view DINO
+    /// and MoCo v3 users draw).
+    pub fn cls_attention(&self, x: &Tensor) -> Result<Tensor> {
+        let Some((last, rest)) = self.blocks.split_last() else {
+            return Err(Error::Invalid(
+                "a ViT without blocks has no attention".into(),
+            ));
+        };
+        let mut h = self.tokens_in(x)?;
+        for b in rest {
             h = b.forward(&h)?;
         }
-        self.norm.forward(&h)
+        let p = last.attention_probabilities(&h)?;
+        let (n, heads, t, _) = p.dims4()?;
+        let to_patches = p.narrow(2, 0, 1)?.narrow(3, 1, t - 1)?.squeeze(2)?;
+        let sums = to_patches.sum_keepdim(2)?;
+        let g = self.cfg.image_size / self.cfg.patch;
+        Ok(to_patches.broadcast_div(&sums)?.reshape((n, heads, g, g))?)
     }
 }

@@ -7,8 +7,8 @@ use super::run::Run;
 use crate::augment::{Image, ViewAug};
 use crate::data::make_batch;
 use crate::diagnostics::{
-    correlation_strip, similarity_map, CollapseStats, CorrelationSnapshot, CorrespondenceAccuracy,
-    GradSpikeTracker, SimilarityMap,
+    correlation_strip, similarity_map, AttentionMaps, CollapseStats, CorrelationSnapshot,
+    CorrespondenceAccuracy, GradSpikeTracker, SimilarityMap,
 };
 use crate::error::{Error, Result};
 use crate::plot::{Figure, Panel, RgbImage, Series, Tile};
@@ -256,6 +256,57 @@ impl Run {
             (h, w),
         )?;
         Ok(Diagnostic { data: sim, figure })
+    }
+
+    /// Where the ViT's [CLS] token looks in test image `index`: the last block's attention
+    /// from [CLS] to the patches, per head, each map summing to 1 over the patches, drawn over
+    /// the image (resized to the view size, as the kNN sees it). An error for a ResNet.
+    ///
+    /// ```no_run
+    /// use sslab::prelude::*;
+    /// let mut run = Run::new(RunConfig::preset("moco-v3/vit-tiny")?)?;
+    /// run.train(50)?;
+    /// let maps = run.attention_maps(0)?;
+    /// println!("{}", maps.data);
+    /// # Ok::<(), sslab::Error>(())
+    /// ```
+    pub fn attention_maps(&self, index: usize) -> Result<Diagnostic<AttentionMaps>> {
+        if index >= self.test_data.len() {
+            return Err(Error::Invalid(format!(
+                "test image {index} does not exist ({} images)",
+                self.test_data.len()
+            )));
+        }
+        let size = self.recipe.a.size;
+        let img = self.test_data.image(index);
+        let mut view = crate::augment::resized_crop(
+            img,
+            (0, 0, img.width, img.height),
+            size,
+            size,
+            crate::augment::Interpolation::Bilinear,
+        );
+        crate::augment::normalize(&mut view, self.recipe.a.mean, self.recipe.a.std);
+        let chw = view.to_chw();
+        let shown = view_image(&chw, size, &self.recipe.a)?;
+        let x = Tensor::from_vec(chw, (1, 3, size, size), &self.device)?;
+        let maps = self.method.cls_attention(&x)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} on a ResNet has no attention; attention maps need a ViT backbone \
+                 (model.backbone = \"vit\", moco-v3)",
+                self.method.name()
+            ))
+        })?;
+        let data = AttentionMaps::from_tensor(&maps.squeeze(0)?)?;
+        let caption = format!(
+            "{}, step {}, test image {index}",
+            self.method.name(),
+            self.record.steps.len()
+        );
+        Ok(Diagnostic {
+            figure: data.figure(&shown, &caption)?,
+            data,
+        })
     }
 
     /// Loss (and its parts), learning rate and kNN accuracy over the run.

@@ -63,6 +63,12 @@ pub fn shrink_any(preset: &str) -> RunConfig {
     c.moco_v3.dim = 16;
     c.model.vit_depth = 1;
     c.model.patch = 8;
+    c.simclr.projector = vec![16, 8];
+    c.byol.projector = vec![16, 8];
+    c.byol.predictor_hidden = 16;
+    c.simsiam.projector = vec![16, 16, 8];
+    c.simsiam.predictor_hidden = 4;
+    c.vicreg.expander = vec![16, 16, 16];
     c.diagnostics.every = 100;
     c
 }
