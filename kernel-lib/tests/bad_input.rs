@@ -10,7 +10,7 @@ use sslab::prelude::*;
 /// `(key, value, words the message must contain)`; each is applied with `RunConfig::set` to a
 /// valid preset.
 const BAD_SETTINGS: &[(&str, &str, &str)] = &[
-    ("method", "simclr", "unknown method"),
+    ("method", "swav", "unknown method"),
     ("method", "42", "method"),
     ("seed", "-1", "seed"),
     ("seed", "\"abc\"", "seed"),

@@ -212,7 +212,7 @@ fn out_of_range_values_are_named() {
         ("[augment]\nrecipe = \"mystery\"\n", "augment.recipe"),
         ("[data]\nsource = \"tape:/dev/st0\"\n", "data.source"),
         ("[eval]\nknn_t = 0.0\n", "eval.knn_t"),
-        ("method = \"simclr\"\n", "method"),
+        ("method = \"swav\"\n", "method"),
         ("device = \"tpu\"\n", "device"),
     ] {
         let e = err(text);

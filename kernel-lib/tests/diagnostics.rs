@@ -517,3 +517,20 @@ fn vit_attention_maps_are_distributions_over_the_patches_and_draw() {
     let err = resnet.attention_maps(0).unwrap_err().to_string();
     assert!(err.contains("ViT"), "{err}");
 }
+
+#[test]
+fn embedding_map_places_every_test_image_and_draws() {
+    let mut run = Run::new(shrink(RunConfig::preset("barlow-twins/tiny").unwrap())).unwrap();
+    run.train(2).unwrap();
+    let map = run.embedding_map().unwrap();
+    assert_eq!(map.data.points.len(), 20, "every test image");
+    assert!(map
+        .data
+        .points
+        .iter()
+        .all(|p| p.0.is_finite() && p.1.is_finite()));
+    assert_eq!(map.data.labels.len(), 20);
+    assert!((0.0..=1.0).contains(&map.data.neighbour_agreement));
+    assert!(map.figure.pixel_variance() > 0.0);
+    assert!(map.data.to_string().contains("20 test images"));
+}

@@ -39,6 +39,7 @@ pub const SHOW: &[&str] = &[
     "views",
     "correspondence",
     "attention",
+    "embedding",
 ];
 
 /// Every command, in the order `help` lists them.
@@ -87,7 +88,8 @@ pub const COMMANDS: &[Command] = &[
     },
     Command {
         name: "show",
-        usage: "show loss|lr|spikes|corr|sim X,Y|collapse|views|correspondence|attention N",
+        usage:
+            "show loss|lr|spikes|corr|sim X,Y|collapse|views|correspondence|attention N|embedding",
         help: "draw a diagnostic to a PNG and summarise it",
         run: cmd_show,
     },
@@ -423,6 +425,10 @@ fn cmd_show(s: &mut Session, args: &[&str]) -> Result<Flow> {
             let m = run.attention_maps(index)?;
             (m.figure, m.data.to_string())
         }
+        "embedding" => {
+            let m = run.embedding_map()?;
+            (m.figure, m.data.to_string())
+        }
         "collapse" => {
             let c = run.collapse()?;
             let last = c.data.last().ok_or_else(|| anyhow!("no measurement"))?;
@@ -696,7 +702,7 @@ mod tests {
             "frobnicate",
             "NEW barlow-twins",
             "new",
-            "new simclr",
+            "new swav",
             "new barlow-twins giant",
             "new moco-v2 barlow-twins/tiny",
             "new barlow-twins tiny =",
@@ -789,6 +795,13 @@ mod tests {
             "show spikes 3",
             "show lr x",
             "show correspondence x",
+            "show attention",
+            "show attention x",
+            "show attention -1",
+            "show attention 999999",
+            "show attention 1 2",
+            "show attention 0",
+            "show embedding extra",
             "set train.steps=1",
             "set eval.knn_k=0",
             "set diagnostics.every=-1",

@@ -207,7 +207,7 @@ fn bad_arguments_exit_nonzero_with_a_message() {
         vec!["train", "barlow-twins", "--set", "optim.lr=-1"],
         vec!["train", "barlow-twins", "--data", "cifar10:/no/such/dir"],
         vec!["train", "barlow-twins", "--config", "/no/such/file.toml"],
-        vec!["train", "simclr"],
+        vec!["train", "swav"],
         vec!["train", "moco-v2", "--set", "moco.queue_size=1000"],
         vec!["train", "densecl", "--set", "moco.symmetric=true"],
         vec!["train", "moco-v2", "--set", "model.backbone=vit"],
@@ -238,7 +238,7 @@ fn bad_command_lines_exit_non_zero_with_a_message_and_no_panic() {
     std::fs::write(&file, "hello").unwrap();
     let cases: Vec<Vec<String>> = [
         vec!["train"],
-        vec!["train", "simclr"],
+        vec!["train", "swav"],
         vec!["train", "barlow-twins", "--steps", "-3"],
         vec!["train", "barlow-twins", "--steps", "abc"],
         vec!["train", "barlow-twins", "--preset", "giant"],

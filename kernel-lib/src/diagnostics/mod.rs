@@ -6,6 +6,7 @@ mod attention;
 mod collapse;
 mod correlation;
 mod correspondence;
+mod embedding;
 mod grad_spikes;
 
 pub use attention::AttentionMaps;
@@ -20,4 +21,5 @@ pub use correlation::{
 pub use correspondence::{
     correspondence_accuracy, geometric_truth, similarity_map, CorrespondenceAccuracy, SimilarityMap,
 };
+pub use embedding::{tsne_2d, EmbeddingMap};
 pub use grad_spikes::{layer_of, GradSpikeTracker, LayerGroups, Spike, SpikeLead};

@@ -22,6 +22,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Half-heights of error bars, one per point (empty: none).
     pub errors: Vec<f64>,
+    /// Dots without a connecting line (a scatter plot).
+    pub dots_only: bool,
 }
 
 impl Series {
@@ -31,6 +33,15 @@ impl Series {
             name: name.into(),
             points,
             errors: Vec::new(),
+            dots_only: false,
+        }
+    }
+
+    /// A named set of points drawn as dots, without a line (one class of a scatter plot).
+    pub fn dots(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Series {
+            dots_only: true,
+            ..Series::new(name, points)
         }
     }
 
@@ -41,6 +52,7 @@ impl Series {
             name: name.into(),
             points,
             errors,
+            dots_only: false,
         }
     }
 }

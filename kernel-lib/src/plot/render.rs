@@ -130,9 +130,15 @@ fn curves(
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let pts = s.points.iter().copied().filter(|p| p.1.is_finite());
-        let drawn = chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(err)?;
+        let drawn = if s.dots_only {
+            chart
+                .draw_series(pts.map(|p| Circle::new(p, 2, color.filled())))
+                .map_err(err)?
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(err)?
+        };
         if font && !s.name.is_empty() {
             drawn.label(s.name.clone()).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))

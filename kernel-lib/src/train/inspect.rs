@@ -8,7 +8,7 @@ use crate::augment::{Image, ViewAug};
 use crate::data::make_batch;
 use crate::diagnostics::{
     correlation_strip, similarity_map, AttentionMaps, CollapseStats, CorrelationSnapshot,
-    CorrespondenceAccuracy, GradSpikeTracker, SimilarityMap,
+    CorrespondenceAccuracy, EmbeddingMap, GradSpikeTracker, SimilarityMap,
 };
 use crate::error::{Error, Result};
 use crate::plot::{Figure, Panel, RgbImage, Series, Tile};
@@ -305,6 +305,48 @@ impl Run {
         );
         Ok(Diagnostic {
             figure: data.figure(&shown, &caption)?,
+            data,
+        })
+    }
+
+    /// The test split's backbone features (as the kNN sees them, at most the first 2000
+    /// images) mapped to 2-D by t-SNE and drawn coloured by class, the method named in the
+    /// title; the numbers say how often a point's nearest neighbour in the map shares its
+    /// class. The map is seeded by the run's seed.
+    ///
+    /// ```no_run
+    /// use sslab::prelude::*;
+    /// let mut run = Run::new(RunConfig::preset("barlow-twins/tiny")?)?;
+    /// run.train(100)?;
+    /// let map = run.embedding_map()?;
+    /// println!("{}", map.data);
+    /// # Ok::<(), sslab::Error>(())
+    /// ```
+    pub fn embedding_map(&self) -> Result<Diagnostic<EmbeddingMap>> {
+        let features = crate::eval::extract_features(
+            self.method.as_ref(),
+            self.test_data.as_ref(),
+            &self.recipe,
+            self.config.eval.batch_size,
+            &self.device,
+        )?;
+        let (all, d) = features.dims2()?;
+        let n = all.min(2000);
+        let values = features
+            .narrow(0, 0, n)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let labels = (0..n).map(|i| self.test_data.label(i)).collect();
+        let names = self.test_data.class_names().to_vec();
+        let data = EmbeddingMap::new(&values, (n, d), labels, names, self.config.seed)?;
+        let title = format!(
+            "{} after {} steps: t-SNE of {n} test images' backbone features",
+            self.method.name(),
+            self.record.steps.len()
+        );
+        Ok(Diagnostic {
+            figure: data.figure(&title)?,
             data,
         })
     }

@@ -729,9 +729,11 @@ pub fn simsiam_cifar() -> RunConfig {
     c
 }
 
-/// CPU-sized SimSiam: projector 512-512-512, predictor 128.
+/// CPU-sized SimSiam: projector 512-512-512, predictor 128, SGD lr 1.0 (0.5 at batch 128):
+/// at the CIFAR rate the 250 steps gained 7.5 kNN points, at this one 17.6.
 pub fn simsiam_tiny() -> RunConfig {
     let mut c = on_tiny_shapes(simsiam_cifar(), "simsiam/tiny");
+    c.optim.lr = 1.0;
     c.simsiam.projector = vec![512, 512, 512];
     c.simsiam.predictor_hidden = 128;
     c
