@@ -243,8 +243,8 @@ fn set_changes_one_key_and_validates() {
 /// A `run.json` and `config.toml` written by sslab before the config's names became enums
 /// (`method`, `model.backbone`, `augment.recipe`, `optim.kind`, `optim.schedule`, the momentum
 /// schedules were strings): both still load, and the config prints back the same text (plus
-/// what was added after it was written, at its defaults: two linear-probe keys, `precision` and
-/// `[cuda]`).
+/// what was added after it was written, at its defaults: two linear-probe keys, `precision`,
+/// `[cuda]` and the sections of SimCLR, BYOL, SimSiam and VICReg).
 #[test]
 fn configs_saved_before_typed_names_load_and_print_back_the_same() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -257,6 +257,10 @@ fn configs_saved_before_typed_names_load_and_print_back_the_same() {
         "linear_probe_epochs = 30\nlinear_probe_lr = 0.0\n",
         "\n[cuda]\ntf32 = true\n",
         "precision = \"f32\"\n",
+        "\n[simclr]\nprojector = [\n    2048,\n    128,\n]\ntau = 0.1\n",
+        "\n[byol]\nprojector = [\n    4096,\n    256,\n]\npredictor_hidden = 4096\nmomentum = 0.996\nmomentum_schedule = \"cosine\"\n",
+        "\n[simsiam]\nprojector = [\n    2048,\n    2048,\n    2048,\n]\npredictor_hidden = 512\nfix_predictor_lr = true\n",
+        "\n[vicreg]\nexpander = [\n    8192,\n    8192,\n    8192,\n]\nsim = 25.0\nstd = 25.0\ncov = 1.0\n",
     ];
     let printed = added
         .iter()
