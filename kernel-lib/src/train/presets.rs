@@ -562,7 +562,7 @@ fn by_epochs(batch: usize, epochs: f64) -> TrainConfig {
 
 /// The CPU-sized run of every `*/tiny` preset of the four methods below: ResNet-18 (CIFAR stem)
 /// at width 16 on the built-in shapes at 32 px, crops keeping ≥ 40% of the image, batch 128,
-/// 250 steps with a half-epoch warmup.
+/// 250 steps (BYOL's preset sets more) with a half-epoch warmup.
 fn on_tiny_shapes(mut c: RunConfig, preset: &str) -> RunConfig {
     c.preset = preset.into();
     c.data.source = "shapes".into();
@@ -686,11 +686,15 @@ pub fn byol_cifar() -> RunConfig {
     c
 }
 
-/// CPU-sized BYOL: heads 512 → 128, τ_base 0.99.
+/// CPU-sized BYOL: heads 512 → 128, τ_base 0.9 and 500 steps. The target must track the
+/// online network within a few hundred steps: in 250 steps τ_base 0.99 gained 10.0 kNN points,
+/// 0.9 gained 11.9; 0.9 over 400 steps 14.8.
 pub fn byol_tiny() -> RunConfig {
     let mut c = on_tiny_shapes(byol_cifar(), "byol/tiny");
     c.byol.projector = vec![512, 128];
     c.byol.predictor_hidden = 512;
+    c.byol.momentum = 0.9;
+    c.train.steps = 500;
     c
 }
 
