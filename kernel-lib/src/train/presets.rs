@@ -166,6 +166,77 @@ impl RunConfig {
     }
 }
 
+/// A paper-length schedule: `epochs` of batch `batch`, logged every 50 steps.
+fn by_epochs(batch: usize, epochs: f64) -> TrainConfig {
+    TrainConfig {
+        batch_size: batch,
+        epochs,
+        steps: 0,
+        log_every: 50,
+        ..TrainConfig::default()
+    }
+}
+
+/// The CPU-sized run the `*/tiny` ResNet presets share: ResNet-18 (CIFAR stem) at width 16 on
+/// the built-in shapes at 32 px, crops keeping ≥ 40% of the image, batch 128, 250 steps (a
+/// preset may set more), a warmup of at most half an epoch.
+fn on_tiny_shapes(mut c: RunConfig, preset: &str) -> RunConfig {
+    c.preset = preset.into();
+    c.data.source = "shapes".into();
+    c.model.width = 16;
+    c.augment.scale_min = Some(TINY_CROP_MIN);
+    c.optim.warmup_epochs = c.optim.warmup_epochs.min(0.5);
+    c.train = TrainConfig {
+        batch_size: 128,
+        epochs: 0.0,
+        steps: 250,
+        log_every: 20,
+        ..TrainConfig::default()
+    };
+    c
+}
+
+/// A CIFAR-10 run of solo-learn's recipes (docs/recipes.md §6.1): ResNet-18 with the CIFAR
+/// stem (the ImageNet preset's residual init), 32-px views of `recipe`, batch 256, 1000
+/// epochs, 10 warmup epochs then a cosine to 0.
+fn on_cifar(mut c: RunConfig, preset: &str, recipe: RecipeName) -> RunConfig {
+    c.preset = preset.into();
+    c.data.source = "cifar10:data/cifar10".into();
+    c.model = ModelConfig {
+        arch: Depth::R18,
+        stem: Stem::Cifar,
+        width: 64,
+        zero_init_residual: c.model.zero_init_residual,
+        ..ModelConfig::default()
+    };
+    c.augment = AugmentConfig {
+        recipe,
+        size: 32,
+        scale_min: None,
+    };
+    c.optim.warmup_epochs = 10.0;
+    c.optim.final_lr_frac = 0.0;
+    c.train = by_epochs(256, 1000.0);
+    c
+}
+
+/// solo-learn's LARS for CIFAR: η 0.02, the clipped trust ratio, biases and BN excluded, 10
+/// warmup epochs then a cosine to 0.
+fn solo_learn_lars(lr: f64, weight_decay: f64) -> OptimConfig {
+    OptimConfig {
+        kind: OptimName::Lars,
+        lr,
+        lr_1d: None,
+        weight_decay,
+        eta: 0.02,
+        lars_clip_lr: true,
+        exclude_1d: true,
+        warmup_epochs: 10.0,
+        final_lr_frac: 0.0,
+        ..OptimConfig::default()
+    }
+}
+
 /// Paper setting (docs/recipes.md §3): ResNet-50, projector 8192-8192-8192, λ 0.0051, LARS
 /// (η 0.001, wd 1.5e-6 as in the paper; the code default is 1e-6), lr 0.2 for weights and
 /// 0.0048 for biases/BN, both × B/256, 10 warmup epochs then cosine to 0.001×, B = 2048,
@@ -217,36 +288,17 @@ pub fn barlow_twins_imagenet() -> RunConfig {
 /// BN excluded, 10 warmup epochs + cosine, B = 256, 1000 epochs, BYOL augmentations at 32 px
 /// without blur; solo-learn's LARS variant clips the adaptive rate (`lars_clip_lr`).
 pub fn barlow_twins_cifar() -> RunConfig {
-    let mut c = barlow_twins_imagenet();
-    c.preset = "barlow-twins/cifar".into();
-    c.data.source = "cifar10:data/cifar10".into();
-    c.model = ModelConfig {
-        arch: Depth::R18,
-        stem: Stem::Cifar,
-        width: 64,
-        zero_init_residual: true,
-        ..ModelConfig::default()
-    };
-    c.augment = AugmentConfig {
-        recipe: RecipeName::ByolCifar,
-        size: 32,
-        scale_min: None,
-    };
+    let mut c = on_cifar(
+        barlow_twins_imagenet(),
+        "barlow-twins/cifar",
+        RecipeName::ByolCifar,
+    );
     c.barlow_twins = BarlowTwinsConfig {
         projector: vec![2048, 2048, 2048],
         lambda: 0.005,
         scale_loss: 0.1,
     };
-    c.optim = OptimConfig {
-        lr: 0.3,
-        lr_1d: None,
-        weight_decay: 1e-4,
-        eta: 0.02,
-        lars_clip_lr: true,
-        final_lr_frac: 0.0,
-        ..OptimConfig::default()
-    };
-    c.train = by_epochs(256, 1000.0);
+    c.optim = solo_learn_lars(0.3, 1e-4);
     c
 }
 
@@ -256,23 +308,11 @@ pub fn barlow_twins_cifar() -> RunConfig {
 /// often leave the two views with different parts of it (MoCo v2 tiny, 300 steps: kNN +8.9
 /// points with crops from 20%, +25.2 from 40%).
 pub fn barlow_twins_tiny() -> RunConfig {
-    let mut c = barlow_twins_cifar();
-    c.preset = "barlow-twins/tiny".into();
-    c.data.source = "shapes".into();
-    c.model.width = 16;
+    let mut c = on_tiny_shapes(barlow_twins_cifar(), "barlow-twins/tiny");
     c.barlow_twins = BarlowTwinsConfig {
         projector: vec![512, 512, 512],
         lambda: 0.0051,
         scale_loss: 0.1,
-    };
-    c.augment.scale_min = Some(TINY_CROP_MIN);
-    c.optim.warmup_epochs = 0.5;
-    c.train = TrainConfig {
-        batch_size: 128,
-        epochs: 0.0,
-        steps: 250,
-        log_every: 20,
-        ..TrainConfig::default()
     };
     c
 }
@@ -356,21 +396,11 @@ pub fn moco_v2_cifar() -> RunConfig {
 /// (a fifth of the 5000 training images: keys at most 8 steps old in a run of a few epochs),
 /// SGD lr 0.2 for the short schedule, batch 128, crops keeping ≥ 40% of the image.
 pub fn moco_v2_tiny() -> RunConfig {
-    let mut c = moco_v2_cifar();
-    c.preset = "moco-v2/tiny".into();
-    c.data.source = "shapes".into();
-    c.model.width = 16;
-    c.augment.scale_min = Some(TINY_CROP_MIN);
+    let mut c = on_tiny_shapes(moco_v2_cifar(), "moco-v2/tiny");
     c.moco.queue_size = 1024;
     c.optim.lr = 0.2;
     c.optim.per_epoch = false;
-    c.train = TrainConfig {
-        batch_size: 128,
-        epochs: 0.0,
-        steps: 300,
-        log_every: 20,
-        ..TrainConfig::default()
-    };
+    c.train.steps = 300;
     c
 }
 
@@ -549,74 +579,6 @@ pub fn moco_v3_resnet_tiny() -> RunConfig {
     c
 }
 
-/// A paper-length schedule: `epochs` of batch `batch`, logged every 50 steps.
-fn by_epochs(batch: usize, epochs: f64) -> TrainConfig {
-    TrainConfig {
-        batch_size: batch,
-        epochs,
-        steps: 0,
-        log_every: 50,
-        ..TrainConfig::default()
-    }
-}
-
-/// The CPU-sized run of every `*/tiny` preset of the four methods below: ResNet-18 (CIFAR stem)
-/// at width 16 on the built-in shapes at 32 px, crops keeping ≥ 40% of the image, batch 128,
-/// 250 steps (BYOL's preset sets more) with a half-epoch warmup.
-fn on_tiny_shapes(mut c: RunConfig, preset: &str) -> RunConfig {
-    c.preset = preset.into();
-    c.data.source = "shapes".into();
-    c.model.width = 16;
-    c.augment.scale_min = Some(TINY_CROP_MIN);
-    c.optim.warmup_epochs = c.optim.warmup_epochs.min(0.5);
-    c.train = TrainConfig {
-        batch_size: 128,
-        epochs: 0.0,
-        steps: 250,
-        log_every: 20,
-        ..TrainConfig::default()
-    };
-    c
-}
-
-/// A CIFAR-10 run of solo-learn's recipes (docs/recipes.md §6.1): ResNet-18 with the CIFAR
-/// stem (the ImageNet preset's residual init), 32-px views of `recipe`, batch 256, 1000
-/// epochs, 10 warmup epochs then a cosine to 0.
-fn on_cifar(mut c: RunConfig, preset: &str, recipe: RecipeName) -> RunConfig {
-    c.preset = preset.into();
-    c.data.source = "cifar10:data/cifar10".into();
-    c.model = ModelConfig {
-        arch: Depth::R18,
-        stem: Stem::Cifar,
-        width: 64,
-        zero_init_residual: c.model.zero_init_residual,
-        ..ModelConfig::default()
-    };
-    c.augment = AugmentConfig {
-        recipe,
-        size: 32,
-        scale_min: None,
-    };
-    c.optim.warmup_epochs = 10.0;
-    c.optim.final_lr_frac = 0.0;
-    c.train = by_epochs(256, 1000.0);
-    c
-}
-
-/// solo-learn's LARS for CIFAR: η 0.02, the clipped trust ratio, biases and BN excluded.
-fn solo_learn_lars(lr: f64, weight_decay: f64) -> OptimConfig {
-    OptimConfig {
-        kind: OptimName::Lars,
-        lr,
-        lr_1d: None,
-        weight_decay,
-        eta: 0.02,
-        lars_clip_lr: true,
-        exclude_1d: true,
-        ..OptimConfig::default()
-    }
-}
-
 /// SimCLR v1 (docs/recipes.md §7.1): ResNet-50, projector 2048 → 128 with BN, τ 0.1, LARS lr
 /// 0.3 × B/256 (4.8 at B = 4096), η 0.001, wd 1e-6, biases and BN excluded from decay and
 /// adaptation, 10 warmup epochs then a cosine to 0, 100 epochs. Augmentations: MoCo v2's
@@ -646,7 +608,6 @@ pub fn simclr_cifar() -> RunConfig {
         tau: 0.2,
     };
     c.optim = solo_learn_lars(0.4, 1e-5);
-    c.optim.final_lr_frac = 0.0;
     c
 }
 
@@ -682,7 +643,6 @@ pub fn byol_cifar() -> RunConfig {
     let mut c = on_cifar(byol_imagenet(), "byol/cifar", RecipeName::ByolCifar);
     c.byol.momentum = 0.99;
     c.optim = solo_learn_lars(1.0, 1e-5);
-    c.optim.final_lr_frac = 0.0;
     c
 }
 
@@ -766,7 +726,6 @@ pub fn vicreg_cifar() -> RunConfig {
     let mut c = on_cifar(vicreg_imagenet(), "vicreg/cifar", RecipeName::ByolCifar);
     c.vicreg.expander = vec![2048, 2048, 2048];
     c.optim = solo_learn_lars(0.3, 1e-4);
-    c.optim.final_lr_frac = 0.0;
     c
 }
 
