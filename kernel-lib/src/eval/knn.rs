@@ -2,7 +2,7 @@
 //! features, take the k most similar bank features, weight each by `exp(sim/t)`, sum the weights
 //! per class, predict the argmax (docs/recipes.md §5).
 
-use crate::augment::{normalize, resized_crop, Interpolation, TwoViewRecipe};
+use crate::augment::{normalize, resized_crop, Image, Interpolation, TwoViewRecipe};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::methods::Method;
@@ -39,6 +39,21 @@ pub fn extract_features(
     Ok(Tensor::cat(&chunks, 0)?)
 }
 
+/// One image as the evaluations see it: the whole image resized to the recipe's view size and
+/// normalised with its constants (no augmentation), `(3, size, size)` values.
+pub fn eval_input(img: &Image, recipe: &TwoViewRecipe) -> Vec<f32> {
+    let size = recipe.a.size;
+    let mut fi = resized_crop(
+        img,
+        (0, 0, img.width, img.height),
+        size,
+        size,
+        Interpolation::Bilinear,
+    );
+    normalize(&mut fi, recipe.a.mean, recipe.a.std);
+    fi.to_chw()
+}
+
 /// Runs `f` over a whole dataset in batches of evaluation inputs (resized to the recipe's view
 /// size, normalised with its constants, no augmentation) and returns its detached outputs.
 pub fn map_batches(
@@ -55,16 +70,7 @@ pub fn map_batches(
         let end = (start + batch.max(1)).min(data.len());
         let mut buf = Vec::with_capacity((end - start) * 3 * size * size);
         for i in start..end {
-            let img = data.image(i);
-            let mut fi = resized_crop(
-                img,
-                (0, 0, img.width, img.height),
-                size,
-                size,
-                Interpolation::Bilinear,
-            );
-            normalize(&mut fi, recipe.a.mean, recipe.a.std);
-            buf.extend(fi.to_chw());
+            buf.extend(eval_input(data.image(i), recipe));
         }
         let x = Tensor::from_vec(buf, (end - start, 3, size, size), device)?;
         // Detach: the weights are variables, so without it every chunk would keep its whole

@@ -6,7 +6,9 @@ mod knn;
 mod linear_probe;
 
 pub use dense_probe::{dense_probe, mask_to_grid, DenseProbeResult, DenseProbeSettings};
-pub use knn::{extract_features, knn_eval, knn_predict, map_batches, KnnResult, KnnSettings};
+pub use knn::{
+    eval_input, extract_features, knn_eval, knn_predict, map_batches, KnnResult, KnnSettings,
+};
 pub use linear_probe::{
     linear_probe, linear_probe_on_features, LinearProbeResult, LinearProbeSettings, ProbeSchedule,
 };

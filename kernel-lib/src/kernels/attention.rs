@@ -227,26 +227,43 @@ pub fn attention(qkv: &Tensor, heads: usize, fused: bool) -> Result<Tensor> {
         return Ok(qkv.contiguous()?.apply_op1(AttentionOp { heads, tf32 })?);
     }
     let (b, t, w) = (g.batch, g.tokens, g.width);
-    let qkv = qkv.reshape((b, t, 3, heads, w))?.permute((2, 0, 3, 1, 4))?;
-    // (batch·heads, tokens, width) operands: one batch axis for the batched product.
-    let part = |i| -> Result<Tensor> { Ok(qkv.get(i)?.contiguous()?.reshape((b * heads, t, w))?) };
-    let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-    let scores = super::batched_matmul(&q, &k, false, true, false)?;
-    let attn = super::softmax_last(&scores, g.scale() as f64, false)?;
-    Ok(super::batched_matmul(&attn, &v, false, false, false)?
+    let (p, v) = probabilities_and_values(qkv, g)?;
+    Ok(super::batched_matmul(&p, &v, false, false, false)?
         .reshape((b, heads, t, w))?
         .transpose(1, 2)?
         .reshape((b, t, g.dim()))?)
+}
+
+/// The attention probabilities `softmax(Q·Kᵀ/√head_dim)` of every head, `(batch, heads,
+/// tokens, tokens)`, from a fused qkv projection as [`attention`] takes it: row i is how token
+/// i weighs every token. Candle's ops (with a backward), for inspection: the fused op never
+/// stores them.
+pub fn attention_probabilities(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let g = Geometry::of(qkv.dims(), heads)?;
+    let (p, _) = probabilities_and_values(qkv, g)?;
+    Ok(p.reshape((g.batch, heads, g.tokens, g.tokens))?)
+}
+
+/// The op-built head split: `(batch·heads, tokens, tokens)` probabilities and `(batch·heads,
+/// tokens, head_dim)` values, copied out of the qkv rows.
+fn probabilities_and_values(qkv: &Tensor, g: Geometry) -> Result<(Tensor, Tensor)> {
+    let (b, t, h, w) = (g.batch, g.tokens, g.heads, g.width);
+    let qkv = qkv.reshape((b, t, 3, h, w))?.permute((2, 0, 3, 1, 4))?;
+    // (batch·heads, tokens, width) operands: one batch axis for the batched product.
+    let part = |i| -> Result<Tensor> { Ok(qkv.get(i)?.contiguous()?.reshape((b * h, t, w))?) };
+    let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+    let scores = super::batched_matmul(&q, &k, false, true, false)?;
+    Ok((super::softmax_last(&scores, g.scale() as f64, false)?, v))
 }
 
 /// The CUDA arm.
 #[cfg(feature = "cuda")]
 mod on_cuda {
     use super::{CResult, Geometry};
-    use crate::kernels::cuda::{f32_view, int, BLOCK, SOFTMAX};
+    use crate::kernels::cuda::{f32_view, int, warp_per_row, SOFTMAX};
     use candle_core::cuda::cudarc::cublas::{result, sys, CudaBlas};
     use candle_core::cuda::cudarc::driver::{
-        CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+        CudaSlice, CudaView, DevicePtr, DevicePtrMut, PushKernelArg,
     };
     use candle_core::cuda::WrapErr;
     use candle_core::{CudaDevice, CudaStorage, Layout, Shape};
@@ -319,15 +336,6 @@ mod on_cuda {
         Ok(())
     }
 
-    /// One warp per row of `rows`: the launch of `cuda/softmax.cu`'s kernels.
-    fn warp_rows(rows: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: ((rows * 32).div_ceil(BLOCK as usize).max(1) as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
-
     /// The views of a qkv tensor's Q, K and V of head `h` (each run `width` long, rows
     /// `3·dim` apart, images `tokens·3·dim` apart).
     fn heads_of<'a>(
@@ -366,7 +374,7 @@ mod on_cuda {
         let (rows, d, scale) = ((g.batch * hh * t) as i64, int(t, "tokens")?, g.scale());
         let mut b = f.builder();
         b.arg(&s).arg(&p).arg(&rows).arg(&d).arg(&scale);
-        unsafe { b.launch(warp_rows(rows as usize)) }.w()?;
+        unsafe { b.launch(warp_per_row(rows as usize)) }.w()?;
         Ok((p, s))
     }
 
@@ -472,7 +480,7 @@ mod on_cuda {
         let (rows, d, scale) = ((g.batch * g.heads * t) as i64, int(t, "tokens")?, g.scale());
         let mut b = f.builder();
         b.arg(&p).arg(&dp).arg(&ds).arg(&rows).arg(&d).arg(&scale);
-        unsafe { b.launch(warp_rows(rows as usize)) }.w()?;
+        unsafe { b.launch(warp_per_row(rows as usize)) }.w()?;
         for h in 0..g.heads {
             let [q, k, _] = heads_of(&x, g, h, [false; 3]);
             let dims = (t, w, t, g.batch);

@@ -115,6 +115,19 @@ pub(crate) fn per_item(items: usize) -> LaunchConfig {
     }
 }
 
+/// One warp per row over `rows` rows: the launch of the row kernels (`cuda/softmax.cu`).
+pub(crate) fn warp_per_row(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            rows.saturating_mul(32).div_ceil(BLOCK as usize).max(1) as u32,
+            1,
+            1,
+        ),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Enough blocks for an element-wise grid-stride loop over `total` elements (at most 64 Ki
 /// blocks; each thread takes several elements beyond that).
 pub(crate) fn elementwise(total: usize) -> LaunchConfig {
@@ -238,12 +251,7 @@ fn launch_over(
         }
         Grid::WarpPerRow(scale) => {
             b.arg(&rows).arg(&di).arg(scale);
-            let threads = (rows as usize).saturating_mul(32);
-            LaunchConfig {
-                grid_dim: (threads.div_ceil(BLOCK as usize).max(1) as u32, 1, 1),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            }
+            warp_per_row(rows as usize)
         }
     };
     unsafe { b.launch(cfg) }.w()?;

@@ -42,7 +42,7 @@ mod storage;
 
 pub use activation::{add_relu, gelu, relu};
 pub use affine::{add_bias, scale_shift_rows};
-pub use attention::attention;
+pub use attention::{attention, attention_probabilities};
 pub use batch_norm::{batch_norm_affine_train, batch_norm_train, normalize_rows};
 pub use conv::plan::{conv_tf32, set_conv_tf32};
 pub use conv::{cached_conv_algorithms, conv2d};

@@ -10,7 +10,7 @@
 use super::layers::Linear;
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
-use crate::kernels::{attention, gelu, normalize_rows, scale_shift_rows};
+use crate::kernels::{attention, attention_probabilities, gelu, normalize_rows, scale_shift_rows};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -187,16 +187,7 @@ impl Block {
     /// weighs every token, `softmax(q_i·Kᵀ/√head_dim)` (an inspection view; training never
     /// stores them).
     fn attention_probabilities(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, t, d) = x.dims3()?;
-        let hd = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(&self.norm1.forward(x)?)?
-            .reshape((n, t, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let (q, k) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?);
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        Ok(candle_nn::ops::softmax_last_dim(&scores)?)
+        attention_probabilities(&self.qkv.forward(&self.norm1.forward(x)?)?, self.heads)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

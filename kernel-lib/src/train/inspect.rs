@@ -83,6 +83,17 @@ fn panel(title: &str, y: &str, series: Vec<Series>) -> Panel {
 }
 
 impl Run {
+    /// An error unless `index` names an image of the test split.
+    fn check_test_index(&self, index: usize) -> Result<()> {
+        if index >= self.test_data.len() {
+            return Err(Error::Invalid(format!(
+                "test image {index} does not exist ({} images)",
+                self.test_data.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Per-layer gradient norms of every step and the detected spikes, drawn as MoCo v3's
     /// figure: relative gradient magnitude of the first and last layers over the loss curve.
     pub fn grad_spikes(&self) -> Result<Diagnostic<GradSpikeTracker>> {
@@ -216,12 +227,7 @@ impl Run {
         (x, y): (usize, usize),
         source: FeatureSource,
     ) -> Result<Diagnostic<SimilarityMap>> {
-        if index >= self.test_data.len() {
-            return Err(Error::Invalid(format!(
-                "test image {index} does not exist ({} images)",
-                self.test_data.len()
-            )));
-        }
+        self.check_test_index(index)?;
         let size = self.recipe.a.size;
         if x >= size || y >= size {
             return Err(Error::Invalid(format!(
@@ -271,23 +277,9 @@ impl Run {
     /// # Ok::<(), sslab::Error>(())
     /// ```
     pub fn attention_maps(&self, index: usize) -> Result<Diagnostic<AttentionMaps>> {
-        if index >= self.test_data.len() {
-            return Err(Error::Invalid(format!(
-                "test image {index} does not exist ({} images)",
-                self.test_data.len()
-            )));
-        }
+        self.check_test_index(index)?;
         let size = self.recipe.a.size;
-        let img = self.test_data.image(index);
-        let mut view = crate::augment::resized_crop(
-            img,
-            (0, 0, img.width, img.height),
-            size,
-            size,
-            crate::augment::Interpolation::Bilinear,
-        );
-        crate::augment::normalize(&mut view, self.recipe.a.mean, self.recipe.a.std);
-        let chw = view.to_chw();
+        let chw = crate::eval::eval_input(self.test_data.image(index), &self.recipe);
         let shown = view_image(&chw, size, &self.recipe.a)?;
         let x = Tensor::from_vec(chw, (1, 3, size, size), &self.device)?;
         let maps = self.method.cls_attention(&x)?.ok_or_else(|| {
