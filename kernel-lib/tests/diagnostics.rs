@@ -153,18 +153,52 @@ fn tensor(rows: &[Vec<f64>]) -> Tensor {
     Tensor::from_vec(flat, (rows.len(), d), &Device::Cpu).unwrap()
 }
 
+/// RankMe as its paper writes it, from given singular values: `exp(−Σ pₖ ln pₖ)`,
+/// `pₖ = σₖ / Σσ + 1e-7` (written out here, independent of the library's code).
+fn rankme_from(sv: &[f64]) -> f64 {
+    let total: f64 = sv.iter().sum();
+    let h: f64 = sv
+        .iter()
+        .map(|s| s / total + 1e-7)
+        .map(|p| -p * p.ln())
+        .sum();
+    h.exp()
+}
+
 #[test]
 fn effective_rank_of_known_rank_matrices() {
-    // Rank 3 with equal singular values: RankMe is exactly 3.
+    assert_eq!(RANKME_EPSILON, 1e-7);
+    // Rank 3 with equal singular values (√4 each) in a 12 × 8 matrix: 5 zero singular values,
+    // each adding −ε ln ε to the entropy, so RankMe is 3.000 02…, not 3.
     let mut z = Array2::<f64>::zeros((12, 8));
     for i in 0..12 {
         z[[i, i % 3]] = 1.0;
     }
-    assert!(
-        (effective_rank(&z) - 3.0).abs() < 1e-6,
-        "{}",
-        effective_rank(&z)
-    );
+    let want = rankme_from(&[2.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    assert!(want - 3.0 > 1e-5, "the ε terms are visible: {want}");
+    let got = effective_rank(&z);
+    assert!((got - want).abs() < 1e-10, "{got} vs {want}");
+    // Rank deficient and not axis-aligned: diag(3, 2, 1, 0.5, 0, 0, 0, 0) times the 8 × 8
+    // Hadamard matrix over √8 (orthogonal), so its singular values are those eight numbers.
+    let mut h = Array2::<f64>::ones((8, 8));
+    for i in 0..8usize {
+        for j in 0..8usize {
+            if (i & j).count_ones() % 2 == 1 {
+                h[[i, j]] = -1.0;
+            }
+        }
+    }
+    let d = [3.0, 2.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0];
+    let z = Array2::from_shape_fn((8, 8), |(i, j)| d[i] * h[[i, j]] / 8f64.sqrt());
+    let want = rankme_from(&d);
+    let got = effective_rank(&z);
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+    // Without ε the value would differ by more than the tolerance: the test can fail.
+    let no_eps = {
+        let p = d.iter().map(|s| s / 6.5).filter(|&p| p > 0.0);
+        (-p.map(|p| p * p.ln()).sum::<f64>()).exp()
+    };
+    assert!((got - no_eps).abs() > 1e-6, "{got} vs {no_eps}");
     // Eigenvalues of a symmetric matrix with a known spectrum.
     let a = ndarray::array![[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 5.0]];
     let mut ev = symmetric_eigenvalues(a);
@@ -189,7 +223,8 @@ fn collapse_monitors_tell_collapsed_from_isotropic() {
         c.uniformity.abs() < 1e-9,
         "all pairs coincide: log E exp(0) = 0"
     );
-    assert!((c.effective_rank - 1.0).abs() < 1e-6);
+    // Rank 1 of width 4: 1 plus the ε terms of three zero singular values.
+    assert!((c.effective_rank - 1.0).abs() < 1e-5);
     // Isotropic: ±e_i, the 2d points of the cross-polytope, d = 4.
     let mut iso = Vec::new();
     for i in 0..4 {
@@ -202,7 +237,7 @@ fn collapse_monitors_tell_collapsed_from_isotropic() {
     let c = collapse_stats(0, &tensor(&iso), &tensor(&iso)).unwrap();
     // Each coordinate is ±1 on 2 of 8 rows: std = sqrt(2/8) = 1/2 = 1/√d.
     assert!((c.embed_std - 0.5).abs() < 1e-6 && (c.ideal_std - 0.5).abs() < 1e-12);
-    assert!((c.effective_rank - 4.0).abs() < 1e-6);
+    assert!((c.effective_rank - 4.0).abs() < 1e-5);
     // Pairs: 4 antipodal (‖·‖² = 4), 24 orthogonal (‖·‖² = 2) → log((4e⁻⁸ + 24e⁻⁴)/28).
     let want = ((4.0 * (-8f64).exp() + 24.0 * (-4f64).exp()) / 28.0).ln();
     assert!(

@@ -12,7 +12,7 @@ mod grad_spikes;
 pub use attention::AttentionMaps;
 pub use collapse::{
     collapse_stats, effective_rank, singular_values, symmetric_eigenvalues, uniformity,
-    CollapseStats,
+    CollapseStats, RANKME_EPSILON,
 };
 pub use correlation::{
     correlation_stats, correlation_strip, cross_correlation, CorrelationSnapshot, CorrelationStats,
