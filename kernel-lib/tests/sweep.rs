@@ -93,9 +93,31 @@ fn seeds_aggregate_into_mean_and_spread() {
         .vary("optim.lr", &["0.1"])
         .unwrap()
         .seeds(2)
+        .logged(true)
         .run()
         .unwrap();
     assert_eq!(results.rows.len(), 2);
+    // Each cell logged into its own folder: one events file, a CSV row ending at its one step.
+    for (cell, _) in &results.rows {
+        let events: Vec<_> = std::fs::read_dir(cell.dir.join("tb"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("events.out.tfevents.")
+            })
+            .collect();
+        assert_eq!(events.len(), 1, "{}", cell.dir.display());
+        assert!(events[0].metadata().unwrap().len() > 100);
+        let csv = std::fs::read_to_string(cell.dir.join("metrics.csv")).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(lines[0].starts_with("step,"), "{csv}");
+        assert!(
+            lines.len() >= 2 && lines[lines.len() - 1].starts_with("1,"),
+            "{csv}"
+        );
+    }
     assert_eq!((results.rows[0].0.seed, results.rows[1].0.seed), (0, 1));
     let k: Vec<f64> = results.rows.iter().map(|r| r.1.knn_top1).collect();
     let mean = (k[0] + k[1]) / 2.0;

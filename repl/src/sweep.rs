@@ -33,6 +33,9 @@ pub struct SweepArgs {
     /// Write each cell's diagnostic figures (grad spikes, curves, ...) into its folder.
     #[arg(long)]
     cell_figures: bool,
+    /// Do not write each cell's TensorBoard events (cells/<cell>/tb/) and metrics.csv.
+    #[arg(long)]
+    no_log: bool,
 }
 
 /// Splits `v1,v2,...` at the commas outside brackets and quotes.
@@ -64,7 +67,8 @@ pub fn run(a: SweepArgs) -> Result<()> {
             linear_probe: a.linear_probe,
             dense_probe: a.dense_probe,
         })
-        .cell_figures(a.cell_figures);
+        .cell_figures(a.cell_figures)
+        .logged(!a.no_log);
     for v in &a.vary {
         let Some((key, values)) = v.split_once('=') else {
             bail!("--vary expects KEY=V1,V2,..., got '{v}'");
@@ -83,6 +87,9 @@ pub fn run(a: SweepArgs) -> Result<()> {
         a.seeds.max(1),
         a.out.display()
     );
+    if !a.no_log {
+        println!("tensorboard --logdir {} shows each cell", a.out.display());
+    }
     let results = sweep.run()?;
     println!("\n{}", results.markdown());
     for p in results.save(&a.out)? {

@@ -33,6 +33,7 @@ pub struct Sweep {
     out: PathBuf,
     evals: Evaluations,
     cell_figures: bool,
+    log: bool,
 }
 
 /// One run of a sweep.
@@ -59,6 +60,7 @@ impl Sweep {
                 ..Evaluations::default()
             },
             cell_figures: false,
+            log: false,
         }
     }
 
@@ -98,6 +100,14 @@ impl Sweep {
     /// Also write each cell's diagnostic figures into its `figures/` folder.
     pub fn cell_figures(mut self, on: bool) -> Self {
         self.cell_figures = on;
+        self
+    }
+
+    /// Log each cell as [`Run::log_into`] does, into its own folder (`cells/<cell>/tb/` and
+    /// `metrics.csv`), so `tensorboard --logdir OUT` shows every cell as one run, named by its
+    /// folder. `sslab sweep` turns it on.
+    pub fn logged(mut self, on: bool) -> Self {
+        self.log = on;
         self
     }
 
@@ -179,6 +189,15 @@ impl Sweep {
         std::fs::create_dir_all(&cell.dir).map_err(io)?;
         std::fs::write(cell.dir.join("config.toml"), cell.config.to_toml()?).map_err(io)?;
         let mut run = Run::new(cell.config.clone())?;
+        if self.log {
+            // An interrupted attempt's events would show as a second curve: the cell starts
+            // over, so does its log.
+            let tb = cell.dir.join("tb");
+            if tb.exists() {
+                std::fs::remove_dir_all(&tb).map_err(io)?;
+            }
+            run.log_into(&cell.dir)?;
+        }
         let summary = run.train_to_end(self.evals)?;
         if self.cell_figures {
             run.write_figures(cell.dir.join("figures"))?;
