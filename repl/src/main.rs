@@ -5,6 +5,7 @@ mod bench;
 mod interactive;
 mod shell;
 mod sweep;
+mod trace;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,9 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Time fixed training-step workloads (images/s, peak memory).
     Bench(bench::BenchArgs),
+    /// Take one training step and save every tensor it read and wrote (views, weights before
+    /// and after, gradients, queues, loss) for a check against another framework.
+    TraceStep(trace::TraceArgs),
     /// List methods and presets.
     Presets,
     /// The interactive shell (also what `sslab` alone starts).
@@ -50,6 +54,7 @@ fn main() {
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Sweep(a)) => sweep::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::TraceStep(a)) => trace::run(a),
         Some(Command::Presets) => {
             println!("methods: {}", sslab::methods::names().join(", "));
             println!("presets: {}", sslab::train::PRESETS.join(", "));

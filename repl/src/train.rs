@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// What picks and adjusts the config of a run: shared by `train` and `sweep`.
 #[derive(Args)]
 pub struct ConfigArgs {
-    /// Method to train: barlow-twins, moco-v1, moco-v2, densecl, moco-v3.
+    /// Method to train (`sslab presets` lists them).
     pub method: String,
     /// Preset: a full name (moco-v3/vit-tiny) or the part after the method (vit-tiny); default:
     /// the method's CPU-sized preset.

@@ -14,6 +14,7 @@ mod run;
 mod schedule;
 mod summary;
 mod sweep;
+mod trace;
 mod tune;
 
 pub use config::{
@@ -29,3 +30,4 @@ pub use run::Run;
 pub use schedule::Schedule;
 pub use summary::{Evaluations, RunSummary};
 pub use sweep::{Sweep, SweepCell, SweepResults};
+pub use trace::StepTrace;
