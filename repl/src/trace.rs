@@ -15,10 +15,15 @@ pub struct TraceArgs {
     /// OUT with the extension .toml.
     #[arg(long)]
     out: PathBuf,
+    /// Take im2col + GEMM for every CPU convolution instead of Winograd, whose rounding moves
+    /// deep-layer gradients by up to 1e-3 (docs/parity.md).
+    #[arg(long)]
+    no_winograd: bool,
 }
 
 pub fn run(a: TraceArgs) -> Result<()> {
     let cfg = build_config(&a.cfg)?;
+    sslab::kernels::set_winograd(!a.no_winograd);
     let mut run = Run::new(cfg.clone())?;
     let trace = run.traced_step()?;
     trace.save(&a.out)?;

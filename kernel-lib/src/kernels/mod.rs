@@ -45,6 +45,7 @@ pub use affine::{add_bias, scale_shift_rows};
 pub use attention::{attention, attention_probabilities};
 pub use batch_norm::{batch_norm_affine_train, batch_norm_train, normalize_rows};
 pub use conv::plan::{conv_tf32, set_conv_tf32};
+pub use conv::winograd::{set_winograd, winograd};
 pub use conv::{cached_conv_algorithms, conv2d};
 pub use matmul::batched_matmul;
 pub use optim_update::{ema, GroupSettings, OptimKind};

@@ -1067,7 +1067,36 @@ dispatch!(transform_kernel_row, kernel_row, (taps: KernelTaps, dst: &mut [f32], 
 /// enough channels for the per-position GEMMs to pay. Both channel counts matter: at stride 1
 /// the input gradient is the same convolution with them swapped.
 pub(crate) fn applies(k: usize, stride: usize, pad: usize, channels: (usize, usize)) -> bool {
-    k == 3 && (stride == 1 || stride == 2) && pad == 1 && channels.0 >= 16 && channels.1 >= 16
+    winograd()
+        && k == 3
+        && (stride == 1 || stride == 2)
+        && pad == 1
+        && channels.0 >= 16
+        && channels.1 >= 16
+}
+
+/// Whether 3×3 convolutions on the CPU may take Winograd (process-wide; on by default).
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Allows (`true`, the default) or forbids the Winograd kernels of 3×3 convolutions on the
+/// CPU. Winograd's transforms round differently from a direct sum: each convolution stays
+/// within 1e-4 of im2col's, but through a whole ResNet-18 step the gradients move by up to 1e-3
+/// relative from a float64 reference (`docs/parity.md`). Off, every convolution takes the
+/// slower im2col + GEMM and a step matches float64 to about 1e-5: for exact comparisons, not
+/// for training.
+///
+/// ```
+/// sslab::kernels::set_winograd(false);
+/// assert!(!sslab::kernels::winograd());
+/// sslab::kernels::set_winograd(true);
+/// ```
+pub fn set_winograd(allow: bool) {
+    ENABLED.store(allow, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The current setting of [`set_winograd`].
+pub fn winograd() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether the input gradient takes it: at stride 2 only up to 4×4 outputs, where im2col's
