@@ -2,6 +2,7 @@
 //! parses arguments and prints; the work happens in `sslab` (kernel-lib).
 
 mod bench;
+mod data;
 mod interactive;
 mod shell;
 mod sweep;
@@ -37,6 +38,12 @@ enum Command {
     /// Take one training step and save every tensor it read and wrote (views, weights before
     /// and after, gradients, queues, loss) for a check against another framework.
     TraceStep(trace::TraceArgs),
+    /// Datasets: `sslab data export --out DIR` writes the built-in shapes (or any --data) as
+    /// an image folder for other frameworks.
+    Data {
+        #[command(subcommand)]
+        command: data::DataCommand,
+    },
     /// List methods and presets.
     Presets,
     /// The interactive shell (also what `sslab` alone starts).
@@ -55,6 +62,7 @@ fn main() {
         Some(Command::Sweep(a)) => sweep::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::TraceStep(a)) => trace::run(a),
+        Some(Command::Data { command }) => data::run(command),
         Some(Command::Presets) => {
             println!("methods: {}", sslab::methods::names().join(", "));
             println!("presets: {}", sslab::train::PRESETS.join(", "));

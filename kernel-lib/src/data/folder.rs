@@ -96,3 +96,48 @@ pub fn read_image_folder(root: &Path, name: &str) -> Result<InMemoryDataset> {
             .collect(),
     })
 }
+
+/// Writes every image of `data` as `root/<class name>/<index>.png` (index over the whole
+/// dataset, five digits or more), the layout [`read_image_folder`], torchvision's
+/// `ImageFolder` and lightly's datasets read. Returns the number of images written. Files
+/// already there are overwritten; an unwritable file is an error naming it.
+///
+/// ```no_run
+/// use sslab::data::{write_image_folder, DataSource};
+/// use sslab::train::RunConfig;
+/// let shapes = RunConfig::preset("barlow-twins/tiny")?.data.shapes;
+/// let (train, _test) = DataSource::parse("shapes", shapes)?.load()?;
+/// write_image_folder(train.as_ref(), std::path::Path::new("shapes/train"))?;
+/// # Ok::<(), sslab::Error>(())
+/// ```
+pub fn write_image_folder(data: &dyn super::Dataset, root: &Path) -> Result<usize> {
+    let names = data.class_names();
+    for name in names {
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+            return Err(Error::data(
+                root,
+                format!("class name {name:?} is not a folder name"),
+            ));
+        }
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::data(&dir, e.to_string()))?;
+    }
+    (0..data.len()).into_par_iter().try_for_each(|i| {
+        let img = data.image(i);
+        let path = root.join(&names[data.label(i)]).join(format!("{i:05}.png"));
+        let color = if img.channels == 1 {
+            image::ExtendedColorType::L8
+        } else {
+            image::ExtendedColorType::Rgb8
+        };
+        image::save_buffer(
+            &path,
+            &img.pixels,
+            img.width as u32,
+            img.height as u32,
+            color,
+        )
+        .map_err(|e| Error::data(&path, e.to_string()))
+    })?;
+    Ok(data.len())
+}
