@@ -124,6 +124,7 @@ fn a_run_probes_its_backbone() {
         at_init: false,
         linear_probe: true,
         dense_probe: false,
+        knn_every: 0,
     });
     let s = s.unwrap();
     assert!(s.linear_top1.is_some() && s.knn_top1_at_init.is_none());

@@ -21,6 +21,7 @@ fn a_two_by_two_sweep_writes_csv_table_and_figures_and_resumes() {
             at_init: true,
             linear_probe: true,
             dense_probe: false,
+            knn_every: 1,
         });
     let cells = sweep.cells().unwrap();
     assert_eq!(cells.len(), 4);
@@ -28,6 +29,10 @@ fn a_two_by_two_sweep_writes_csv_table_and_figures_and_resumes() {
     assert_eq!(cells[2].config.optim.lr, 0.3);
     let results = sweep.run().unwrap();
     assert_eq!(results.rows.len(), 4);
+    // kNN at init, after step 1 (knn_every = 1) and at the end (step 2), the last the final one.
+    let curve = &results.rows[0].1.knn_curve;
+    assert_eq!(curve.iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(curve[2].1, results.rows[0].1.knn_top1);
 
     // CSV: a header naming the keys and metrics, one line per cell, numbers where they belong.
     let csv = std::fs::read_to_string(out.path().join("results.csv")).unwrap();

@@ -33,6 +33,9 @@ pub struct SweepArgs {
     /// Write each cell's diagnostic figures (grad spikes, curves, ...) into its folder.
     #[arg(long)]
     cell_figures: bool,
+    /// Also evaluate kNN every N steps in each cell (its summary.json's knn_curve).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    knn_every: usize,
     /// Do not write each cell's TensorBoard events (cells/<cell>/tb/) and metrics.csv.
     #[arg(long)]
     no_log: bool,
@@ -66,6 +69,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
             at_init: !a.no_init_knn,
             linear_probe: a.linear_probe,
             dense_probe: a.dense_probe,
+            knn_every: a.knn_every,
         })
         .cell_figures(a.cell_figures)
         .logged(!a.no_log);

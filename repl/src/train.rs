@@ -69,6 +69,10 @@ pub struct TrainArgs {
     /// Do not write DIR/tb/ (TensorBoard events) and DIR/metrics.csv.
     #[arg(long)]
     no_log: bool,
+    /// Also evaluate kNN every N steps (the curve goes into summary.json's knn_curve, the
+    /// TensorBoard log and metrics.csv).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    knn_every: usize,
 }
 
 pub fn build_config(a: &ConfigArgs) -> Result<RunConfig> {
@@ -211,6 +215,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         at_init: !a.no_init_knn,
         linear_probe: a.linear_probe,
         dense_probe: a.dense_probe,
+        knn_every: a.knn_every,
     })?;
     let path = a.out.join("summary.json");
     summary.save(&path)?;

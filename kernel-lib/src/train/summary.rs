@@ -36,6 +36,10 @@ pub struct RunSummary {
     pub seconds: f64,
     pub train_seconds: f64,
     pub peak_rss_bytes: Option<u64>,
+    /// `(step, top-1)` of every kNN evaluation of the run, in order (init, the periodic ones
+    /// of [`Evaluations::knn_every`], the end). Empty in summaries written before it existed.
+    #[serde(default)]
+    pub knn_curve: Vec<(usize, f64)>,
 }
 
 impl RunSummary {
@@ -69,6 +73,9 @@ pub struct Evaluations {
     pub at_init: bool,
     pub linear_probe: bool,
     pub dense_probe: bool,
+    /// kNN every this many steps during training too (0: only at init and at the end); the
+    /// curve lands in [`RunSummary::knn_curve`] and in the run's log.
+    pub knn_every: usize,
 }
 
 impl Run {
@@ -95,8 +102,7 @@ impl Run {
         } else {
             None
         };
-        let steps = self.total_steps().saturating_sub(self.steps_done());
-        let summary = self.train(steps)?;
+        let summary = self.train_with_knn(evals.knn_every)?;
         println!("{summary}");
         let fin = self.knn()?;
         println!("kNN top-1 at end:  {fin}");
@@ -143,6 +149,45 @@ impl Run {
             seconds: t0.elapsed().as_secs_f64(),
             train_seconds: summary.seconds,
             peak_rss_bytes: crate::peak_rss_bytes(),
+            knn_curve: self
+                .knn_history()
+                .iter()
+                .map(|(step, k)| (*step, k.top1))
+                .collect(),
         })
+    }
+
+    /// Trains to the end of the schedule, with a kNN evaluation after every `every` steps
+    /// (none with 0) except the last, which the caller evaluates.
+    fn train_with_knn(&mut self, every: usize) -> Result<super::record::TrainSummary> {
+        let total = self.total_steps();
+        let remaining = total.saturating_sub(self.steps_done());
+        if every == 0 {
+            return self.train(remaining);
+        }
+        let mut merged: Option<super::record::TrainSummary> = None;
+        while self.steps_done() < total {
+            let n = (every - self.steps_done() % every).min(total - self.steps_done());
+            let s = self.train(n)?;
+            merged = Some(match merged {
+                None => s,
+                Some(m) => {
+                    let seconds = m.seconds + s.seconds;
+                    let images = m.images_per_sec * m.seconds + s.images_per_sec * s.seconds;
+                    super::record::TrainSummary {
+                        steps: m.steps + s.steps,
+                        first_loss: m.first_loss,
+                        last_loss: s.last_loss,
+                        seconds,
+                        images_per_sec: images / seconds.max(1e-9),
+                    }
+                }
+            });
+            if self.steps_done() < total {
+                let k = self.knn()?;
+                println!("kNN top-1 at step {}: {k}", self.steps_done());
+            }
+        }
+        merged.map_or_else(|| self.train(0), Ok)
     }
 }
