@@ -16,13 +16,8 @@ STEPS=${STEPS:-5}
 WORKLOADS=("$@")
 [ ${#WORKLOADS[@]} -gt 0 ] || WORKLOADS=(conv barlow-twins moco-v2 moco-v3-vit)
 
-if [ -z "${TORCH_PYTHON:-}" ]; then
-  if [ ! -x benches/.venv/bin/python ]; then
-    python3 -m venv benches/.venv
-    benches/.venv/bin/pip install -q torch
-  fi
-  TORCH_PYTHON=benches/.venv/bin/python
-fi
+source benches/torch-python.sh
+torch_python
 cargo build --release -q -p sslab-repl
 SSLAB=target/release/sslab
 export RAYON_NUM_THREADS=$THREADS

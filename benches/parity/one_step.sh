@@ -11,15 +11,8 @@
 # method-by-method notes and the last results.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-if [ -z "${TORCH_PYTHON:-}" ]; then
-  if [ ! -x benches/.venv/bin/python ]; then
-    python3 -m venv benches/.venv
-    benches/.venv/bin/pip install -q torch
-  fi
-  TORCH_PYTHON=benches/.venv/bin/python
-fi
-"$TORCH_PYTHON" -c 'import torchvision, safetensors' 2>/dev/null \
-  || "$TORCH_PYTHON" -m pip install -q --disable-pip-version-check torchvision safetensors
+source benches/torch-python.sh
+torch_python torchvision safetensors
 cargo build --release -q -p sslab-repl
 SSLAB=target/release/sslab
 

@@ -1,8 +1,11 @@
 //! Models: the CPU conv and BN kernels against candle's own ops (values and gradients), ResNet
 //! shapes, and gradient flow to every trainable tensor.
 
+mod common;
+
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use common::{max_abs, max_abs_diff};
 use sslab::methods::{
     BarlowTwins, BarlowTwinsConfig, BarlowTwinsSpec, DenseCl, DenseClConfig, DenseClSpec, Method,
     Moco, MocoSpec, MocoV3, MocoV3Config, MocoV3Spec, MocoVersion, MomentumSchedule,
@@ -11,10 +14,6 @@ use sslab::models::{
     BackboneConfig, BatchNorm, Conv2d, Depth, ParamBuilder, ResNet, ResNetConfig, Stem, VitConfig,
     VitSize,
 };
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    max_abs(&(a - b).unwrap())
-}
 
 /// A width-4 ResNet-18 (name prefix `r`) registered into `pb`.
 fn tiny_resnet18(pb: &mut ParamBuilder, stem: Stem, zero_init_residual: bool) -> ResNet {
@@ -33,17 +32,6 @@ fn grads_through(a: &Tensor, b: &Tensor) -> (GradStore, GradStore) {
     let r = Tensor::randn(0f32, 1.0, a.dims(), a.device()).unwrap();
     let g = |t: &Tensor| (t * &r).unwrap().sum_all().unwrap().backward().unwrap();
     (g(a), g(b))
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Convolution geometries of a ResNet and their edges, as (batch, in, out, size, kernel,

@@ -4,21 +4,8 @@
 
 mod common;
 
-use candle_core::Tensor;
+use common::max_abs_diff;
 use sslab::prelude::*;
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 #[test]
 fn a_traced_step_is_the_step_and_records_every_tensor() {
@@ -34,7 +21,7 @@ fn a_traced_step_is_the_step_and_records_every_tensor() {
     assert!((loss - report.loss).abs() <= 1e-6 * report.loss.abs().max(1.0));
     let (a, b) = (trace.get("views.a").unwrap(), trace.get("views.b").unwrap());
     assert_eq!(a.dims(), &[16, 3, 16, 16]);
-    assert!(max_diff(a, b) > 0.0, "two different views");
+    assert!(max_abs_diff(a, b) > 0.0, "two different views");
 
     let method = plain.method();
     let mut moved = 0;
@@ -42,24 +29,24 @@ fn a_traced_step_is_the_step_and_records_every_tensor() {
         let init = trace.get(&format!("init.{}", p.name)).unwrap();
         let after = trace.get(&format!("after.{}", p.name)).unwrap();
         // The traced run's weights after the step are the plain run's.
-        assert_eq!(max_diff(after, p.var.as_tensor()), 0.0, "{}", p.name);
+        assert_eq!(max_abs_diff(after, p.var.as_tensor()), 0.0, "{}", p.name);
         if p.kind.trainable() {
             let g = trace.get(&format!("grad.{}", p.name));
             assert!(g.is_some(), "no gradient for {}", p.name);
             assert_eq!(g.unwrap().dims(), p.var.dims());
-            moved += usize::from(max_diff(init, after) > 0.0);
+            moved += usize::from(max_abs_diff(init, after) > 0.0);
         }
     }
     assert!(moved > 10, "the step moved {moved} tensors");
     for p in &method.momentum_params().unwrap().params {
         let after = trace.get(&format!("after_momentum.{}", p.name)).unwrap();
-        assert_eq!(max_diff(after, p.var.as_tensor()), 0.0, "{}", p.name);
+        assert_eq!(max_abs_diff(after, p.var.as_tensor()), 0.0, "{}", p.name);
     }
     let (name, queue) = &method.queues()[0];
     let after = trace.get(&format!("queue_after.{name}")).unwrap();
-    assert_eq!(max_diff(after, queue.keys_by_row()), 0.0);
+    assert_eq!(max_abs_diff(after, queue.keys_by_row()), 0.0);
     let before = trace.get(&format!("queue_before.{name}")).unwrap();
-    assert!(max_diff(before, after) > 0.0, "the step enqueued keys");
+    assert!(max_abs_diff(before, after) > 0.0, "the step enqueued keys");
 
     // Saved and read back, every tensor keeps its name and values.
     let dir = tempfile::tempdir().unwrap();
@@ -68,7 +55,7 @@ fn a_traced_step_is_the_step_and_records_every_tensor() {
     let back = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
     assert_eq!(back.len(), trace.tensors.len());
     assert_eq!(
-        max_diff(
+        max_abs_diff(
             &back["grad.head.0.linear.weight"],
             trace.get("grad.head.0.linear.weight").unwrap()
         ),

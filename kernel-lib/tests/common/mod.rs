@@ -5,6 +5,23 @@
 use candle_core::{DType, Tensor, Var};
 use sslab::prelude::*;
 
+/// The largest absolute entry of `a` (f32).
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The largest absolute difference between `a` and `b` (f32, same shape).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
+}
+
 /// A scalar tensor as f64.
 pub fn scalar(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
