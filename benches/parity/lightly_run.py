@@ -46,6 +46,11 @@ class Backbone(nn.Module):
     def __init__(self, width, splits, zero_init):
         super().__init__()
         self.net = ResNetGenerator("resnet-18", width=width / 64, num_splits=splits)
+        # torchvision's ResNet initialisation (what the official code trains from, and sslab's):
+        # lightly's CIFAR ResNet keeps PyTorch's default, a third of the weights' spread.
+        for mod in self.net.modules():
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
         if zero_init:
             for m in self.net.modules():
                 if hasattr(m, "bn2"):
