@@ -91,7 +91,7 @@ def check(paths):
 def execute(paths, write):
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     out_dir = None
     if not write:
@@ -114,7 +114,7 @@ def execute(paths, write):
         ok = True
         try:
             client.execute()
-        except (CellExecutionError, CellTimeoutError) as e:
+        except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
             ok = False
             print(f"FAIL {name}: {str(e)[:2000]}", flush=True)
         secs = time.time() - t0
