@@ -1,14 +1,16 @@
 //! Mixed precision (`precision = "bf16"`, `kernels::autocast`): convolutions and matrix
 //! products take bf16 operands and give f32 results within bf16's rounding of the f32 ones,
-//! gradients reach the f32 weights, and the setting is scoped. On the CPU the operands are
-//! rounded to bf16 and multiplied in f32 (candle's CPU matmul has no bf16, and a CPU run
-//! refuses bf16); on a GPU the same casts feed cuDNN and cuBLAS in bf16.
+//! gradients reach the f32 weights, and the setting is scoped. On the CPU matrix products
+//! take sslab's AVX512-BF16 kernel (bf16-rounded operands, f32 sums) and convolutions stay f32;
+//! on a GPU the casts feed cuDNN and cuBLAS in bf16.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::rel_err;
-use sslab::kernels::{autocast, autocast_precision, batched_matmul, conv2d, Precision};
+use sslab::kernels::{
+    autocast, autocast_matmul, autocast_precision, batched_matmul, conv2d, cpu_has_bf16, Precision,
+};
 use sslab::models::{Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
 use sslab::train::{Run, RunConfig};
 
@@ -41,7 +43,8 @@ fn bf16_conv_and_matmul_follow_f32_and_train_f32_weights() {
     // f32 out, bf16 inside: 8 bits of mantissa, errors of a few 1e-3 of the largest value.
     assert_eq!((conv.dtype(), mm.dtype()), (DType::F32, DType::F32));
     let (ec, em) = (rel_err(&conv, &f32_conv), rel_err(&mm, &f32_mm));
-    assert!(ec > 0.0 && ec < 2e-2, "conv bf16 vs f32: {ec:.2e}");
+    // The CPU's convolutions stay f32 (Winograd beats a bf16 im2col there).
+    assert_eq!(ec, 0.0, "conv on the CPU under bf16");
     assert!(em > 0.0 && em < 2e-2, "matmul bf16 vs f32: {em:.2e}");
     let loss = (conv.sum_all().unwrap() + mm.sum_all().unwrap()).unwrap();
     let grads = loss.backward().unwrap();
@@ -90,20 +93,67 @@ fn a_resnet_step_in_bf16_gives_the_f32_loss_and_every_gradient() {
 }
 
 #[test]
-fn a_cpu_run_refuses_bf16_and_a_running_one_keeps_its_precision() {
+fn a_cpu_run_takes_bf16_only_with_its_kernels_and_a_running_one_keeps_its_precision() {
     let mut cfg = RunConfig::preset("barlow-twins/tiny").unwrap();
     cfg.device = "cpu".into();
-    cfg.precision = Precision::Bf16;
-    let e = Run::new(cfg.clone())
-        .err()
-        .expect("bf16 on the CPU is refused")
-        .to_string();
-    assert!(e.contains("precision") && e.contains("CUDA"), "{e}");
-    cfg.precision = Precision::F32;
     cfg.data.shapes.train = 64;
     cfg.data.shapes.test = 16;
     cfg.train.batch_size = 16;
+    cfg.precision = Precision::Bf16;
+    match Run::new(cfg.clone()) {
+        Ok(_) => assert!(cpu_has_bf16(), "bf16 accepted on a CPU without AVX512-BF16"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(!cpu_has_bf16(), "bf16 refused on a CPU that has it: {e}");
+            assert!(e.contains("precision") && e.contains("AVX512-BF16"), "{e}");
+        }
+    }
+    cfg.precision = Precision::F32;
     let mut run = Run::new(cfg).unwrap();
     let e = run.set("precision", "\"bf16\"").unwrap_err().to_string();
     assert!(e.contains("precision") && e.contains("fixed"), "{e}");
+}
+
+/// `t` rounded to bf16 and widened to f64: the operands a bf16 product multiplies.
+fn bf16_f64(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+}
+
+#[test]
+fn cpu_bf16_products_multiply_the_rounded_operands_in_both_passes() {
+    if !cpu_has_bf16() {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let dev = Device::Cpu;
+    // A linear layer's product: its weight arrives as a transposed view.
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (67, 45), &dev).unwrap()).unwrap();
+    let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (37, 45), &dev).unwrap()).unwrap();
+    let g = Tensor::randn(0f32, 1.0, (67, 37), &dev).unwrap();
+    let y = {
+        let _bf16 = autocast(Precision::Bf16);
+        autocast_matmul(x.as_tensor(), &w.as_tensor().t().unwrap()).unwrap()
+    };
+    let want = bf16_f64(&x).matmul(&bf16_f64(&w).t().unwrap()).unwrap();
+    let got = y.to_dtype(DType::F64).unwrap();
+    let e = rel_err(&got, &want);
+    assert!(
+        e < 1e-6,
+        "forward against f64 sums of the rounded operands: {e:.2e}"
+    );
+    // The backward's products round their operands too (the incoming gradient included).
+    let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let dw = grads.get(&w).unwrap().to_dtype(DType::F64).unwrap();
+    let dx = grads.get(&x).unwrap().to_dtype(DType::F64).unwrap();
+    let want_dw = bf16_f64(&g).t().unwrap().matmul(&bf16_f64(&x)).unwrap();
+    let want_dx = bf16_f64(&g).matmul(&bf16_f64(&w)).unwrap();
+    let (ew, ex) = (rel_err(&dw, &want_dw), rel_err(&dx, &want_dx));
+    assert!(ew < 1e-6 && ex < 1e-6, "dW {ew:.2e}, dx {ex:.2e}");
+    // ... and differ from the f32 product by bf16's rounding, not more.
+    let f32_y = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+    let e32 = rel_err(&y, &f32_y);
+    assert!(e32 > 1e-4 && e32 < 2e-2, "bf16 against f32: {e32:.2e}");
 }

@@ -27,8 +27,8 @@ pub struct BenchArgs {
     /// Device: auto, cpu, cuda.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Precision of the step workloads: f32, or bf16 (CUDA: bf16 convolutions and matrix
-    /// products with f32 weights, as PyTorch's autocast).
+    /// Precision of the step workloads: f32, or bf16 (bf16 matrix products with f32 weights,
+    /// as PyTorch's autocast; convolutions too on CUDA, f32 Winograd on the CPU).
     #[arg(long, default_value = "f32")]
     precision: String,
     /// For `conv`: time candle's own convolution instead of sslab's kernels (the baseline).

@@ -26,7 +26,8 @@ pub struct ConfigArgs {
     /// Device: auto, cpu, cuda, cuda:N.
     #[arg(long)]
     pub device: Option<String>,
-    /// Precision: f32, or bf16 (CUDA: bf16 convolutions and matrix products, f32 weights).
+    /// Precision: f32, or bf16 (bf16 matrix products with f32 weights; convolutions too on
+    /// CUDA; the CPU needs AVX512-BF16).
     #[arg(long)]
     pub precision: Option<String>,
     /// Override any config key, e.g. --set optim.lr=0.1 (repeatable).

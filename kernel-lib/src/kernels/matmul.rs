@@ -1,6 +1,7 @@
 //! Matrix products on the CPU: gemm's packed kernels for large operands, direct dot products
 //! for narrow weight gradients, and a batched product with the batch spread over threads.
 
+use super::matmul_bf16::matmul_bf16;
 use super::simd::avx2;
 use super::storage::{slice, CResult};
 use crate::error::Result;
@@ -176,10 +177,14 @@ mod narrow_simd {
 /// the batch spread over threads. candle's CPU matmul loops over the batch on one thread, so a
 /// ViT's per-head attention products (hundreds of 65×64 matrices) used one core; here each
 /// matrix is one single-threaded GEMM and the transposes are strides, not copies.
+///
+/// With `bf16` the products take bf16-rounded operands with f32 sums (`matmul_bf16.rs`), in
+/// the backward too, as PyTorch's CPU autocast computes both passes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BatchedMatmulOp {
     pub ta: bool,
     pub tb: bool,
+    pub bf16: bool,
 }
 
 impl BatchedMatmulOp {
@@ -219,11 +224,19 @@ impl CustomOp2 for BatchedMatmulOp {
         let a_strides = if self.ta { (1, m) } else { (k, 1) };
         let b_strides = if self.tb { (1, k) } else { (n, 1) };
         let mut c = vec![0f32; batch * m * n];
+        // One product per thread over the batch; a single product (a linear layer) splits
+        // its rows over the threads instead (bf16; candle's own f32 matmul does the same).
+        let split_rows = batch < rayon::current_num_threads();
         if m * n > 0 {
             c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
                 let ai = &a[i * m * k..(i + 1) * m * k];
                 let bi = &b[i * k * n..(i + 1) * k * n];
-                matmul(m, n, k, ci, false, ai, a_strides, bi, b_strides);
+                if self.bf16 {
+                    let (l, r) = ((ai, a_strides), (bi, b_strides));
+                    matmul_bf16((m, n, k), (ci, n), false, l, r, split_rows);
+                } else {
+                    matmul(m, n, k, ci, false, ai, a_strides, bi, b_strides);
+                }
             });
         }
         Ok((CpuStorage::F32(c), Shape::from((batch, m, n))))
@@ -237,7 +250,8 @@ impl CustomOp2 for BatchedMatmulOp {
         dc: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let dc = dc.contiguous()?;
-        let op = |ta, tb| BatchedMatmulOp { ta, tb };
+        let bf16 = self.bf16;
+        let op = |ta, tb| BatchedMatmulOp { ta, tb, bf16 };
         // With A' = op(A), B' = op(B): dA' = dC·B'ᵀ and dB' = A'ᵀ·dC, transposed back where
         // the operand itself was transposed.
         let da = match (self.ta, self.tb) {
@@ -260,15 +274,27 @@ impl CustomOp2 for BatchedMatmulOp {
 /// where flagged): sslab's thread-parallel kernel on the CPU (`fused`), else candle's matmul;
 /// bf16 operands with an f32 result under a bf16 [`autocast`](crate::kernels::autocast).
 pub fn batched_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -> Result<Tensor> {
+    if super::precision::cpu_bf16(a, b) {
+        return bf16_product(a, b, ta, tb);
+    }
     super::precision::autocast_pair(a, b, |a, b| batched_in(a, b, ta, tb, fused))
+}
+
+/// The CPU's bf16 product of f32 tensors (`(batch, m, k)`-shaped, transposed where flagged).
+pub(crate) fn bf16_product(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    let op = BatchedMatmulOp { ta, tb, bf16: true };
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, op)?)
 }
 
 /// [`batched_matmul`] in the operands' own dtype.
 fn batched_in(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -> Result<Tensor> {
     if fused && super::storage::on_cpu_f32(a) && super::storage::on_cpu_f32(b) {
-        return Ok(a
-            .contiguous()?
-            .apply_op2(&b.contiguous()?, BatchedMatmulOp { ta, tb })?);
+        let op = BatchedMatmulOp {
+            ta,
+            tb,
+            bf16: false,
+        };
+        return Ok(a.contiguous()?.apply_op2(&b.contiguous()?, op)?);
     }
     let a = if ta { a.transpose(1, 2)? } else { a.clone() };
     let b = if tb { b.transpose(1, 2)? } else { b.clone() };

@@ -13,6 +13,7 @@
 //! | `attention.rs` | multi-head self-attention from the fused qkv projection: no head-split copies, probabilities recomputed in the backward ([`attention`]) |
 //! | `softmax.rs` | softmax over the last axis with a folded scale ([`softmax_last`]) |
 //! | `matmul.rs` | GEMM wrappers, narrow weight-gradient products, batched products ([`batched_matmul`]) |
+//! | `matmul_bf16.rs` | the CPU's bf16 product: AVX512-BF16 micro-kernel, f32 sums ([`autocast_matmul`] under bf16) |
 //! | `optim_update.rs` | optimizer updates and the momentum encoder's EMA, in place ([`ema`]; the optimizers' rules, [`OptimKind`]) |
 //! | `simd.rs`, `par.rs`, `storage.rs`, `cuda.rs` | instruction-set choice at run time, thread helpers, storage access, loading sslab's CUDA kernels (`kernel-lib/cuda/*.cu`, compiled to PTX by `build.rs`) |
 //! | `bench.rs` | convolution micro-benchmarks (`sslab bench conv`) |
@@ -34,6 +35,7 @@ mod batch_norm;
 pub mod bench;
 mod conv;
 mod matmul;
+mod matmul_bf16;
 pub(crate) mod optim_update;
 mod par;
 mod precision;
@@ -49,6 +51,8 @@ pub use conv::winograd::{set_winograd, winograd};
 pub use conv::{cached_conv_algorithms, conv2d};
 pub use matmul::batched_matmul;
 pub use optim_update::{ema, GroupSettings, OptimKind};
-pub use precision::{autocast, autocast_matmul, autocast_precision, Autocast, Precision};
+pub use precision::{
+    autocast, autocast_matmul, autocast_precision, cpu_has_bf16, Autocast, Precision,
+};
 pub use simd::cpu_report;
 pub use softmax::softmax_last;

@@ -70,9 +70,9 @@ pub(crate) fn autocast_pair(
         return f(a, b);
     }
     if a.device().is_cpu() {
-        // candle's CPU matmul has no bf16: the operands are rounded to bf16 and multiplied in
-        // f32, the numbers of a bf16 product with f32 accumulation (not its speed). A run
-        // refuses bf16 on the CPU; this is what the tests check the casts with.
+        // The CPU's products go through `cpu_bf16` before they get here, and its
+        // convolutions stay f32 (`conv2d`); what is left (another op) is rounded to bf16 and
+        // computed in f32: the numbers of a bf16 product with f32 accumulation.
         let round =
             |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?) };
         return f(&round(a)?, &round(b)?);
@@ -81,7 +81,50 @@ pub(crate) fn autocast_pair(
     Ok(y.to_dtype(DType::F32)?)
 }
 
-/// `a · b` (candle's matmul: cuBLAS on CUDA, gemm on the CPU) in this thread's precision.
+/// Whether a product of `a` and `b` takes the CPU's bf16 kernel (`matmul_bf16.rs`): this
+/// thread autocasts to bf16 and both are f32 on the CPU.
+pub(crate) fn cpu_bf16(a: &Tensor, b: &Tensor) -> bool {
+    autocast_precision() == Precision::Bf16
+        && super::storage::on_cpu_f32(a)
+        && super::storage::on_cpu_f32(b)
+}
+
+/// Whether this CPU has the bf16 kernels a `precision = "bf16"` run needs (AVX-512 with
+/// AVX512-BF16: Intel since Cooper Lake, AMD since Zen 4).
+pub fn cpu_has_bf16() -> bool {
+    super::matmul_bf16::available()
+}
+
+/// `a · b` (candle's matmul: cuBLAS on CUDA, gemm on the CPU) in this thread's precision: under
+/// bf16 on the CPU, sslab's AVX512-BF16 kernel for 2-D products and products over a batch.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use sslab::kernels::{autocast, autocast_matmul, Precision};
+/// let a = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu)?;
+/// let b = Tensor::new(&[[1.001f32, 0.0], [0.0, 1.0]], &Device::Cpu)?;
+/// let _bf16 = autocast(Precision::Bf16);
+/// // 1.001 is 1 in bf16 (8 bits of mantissa): the product is exact in the rounded operands.
+/// let y = autocast_matmul(&a, &b)?;
+/// assert_eq!(y.to_vec2::<f32>()?, [[1.0, 2.0], [3.0, 4.0]]);
+/// # Ok::<(), sslab::Error>(())
+/// ```
 pub fn autocast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cpu_bf16(a, b) {
+        match (a.rank(), b.rank()) {
+            (2, 2) => {
+                // A linear layer's weight comes as a transposed view: read it as one.
+                let (b, tb) = if !b.is_contiguous() && b.t()?.is_contiguous() {
+                    (b.t()?, true)
+                } else {
+                    (b.clone(), false)
+                };
+                let y = super::matmul::bf16_product(&a.unsqueeze(0)?, &b.unsqueeze(0)?, false, tb)?;
+                return Ok(y.squeeze(0)?);
+            }
+            (3, 3) => return super::matmul::bf16_product(a, b, false, false),
+            _ => {}
+        }
+    }
     autocast_pair(a, b, |a, b| Ok(a.matmul(b)?))
 }

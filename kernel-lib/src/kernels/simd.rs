@@ -174,8 +174,13 @@ pub fn cpu_report() -> String {
     } else {
         "scalar"
     };
+    let bf16 = if super::matmul_bf16::available() {
+        "AVX512-BF16"
+    } else {
+        "none (precision = \"bf16\" refused)"
+    };
     format!(
-        "CPU {} | {} | element kernels: {element} | Winograd: {winograd} | GEMM (gemm crate): {gemm}",
+        "CPU {} | {} | element kernels: {element} | Winograd: {winograd} | GEMM (gemm crate): {gemm} | bf16 GEMM: {bf16}",
         cpu_model(),
         if features.is_empty() {
             "no x86 vector extensions detected".to_string()

@@ -91,11 +91,15 @@ impl Run {
             config.augment.scale_min,
         );
         crate::kernels::set_conv_tf32(config.cuda.tf32);
-        if config.precision == crate::kernels::Precision::Bf16 && device.is_cpu() {
+        if config.precision == crate::kernels::Precision::Bf16
+            && device.is_cpu()
+            && !crate::kernels::cpu_has_bf16()
+        {
             return Err(Error::config(
                 "precision",
-                "bf16 runs on CUDA; the CPU has no bf16 kernels yet (its convolutions would \
-                 fall back to candle's slow generic ones): use precision = \"f32\" on the CPU",
+                "bf16 on the CPU needs AVX-512 with AVX512-BF16 (Intel Cooper Lake or later, \
+                 AMD Zen 4 or later), which this CPU lacks: use precision = \"f32\" here, or \
+                 bf16 on a CUDA device",
             ));
         }
         let batch = config.train.batch_size;

@@ -1,0 +1,548 @@
+//! The CPU's bf16 matrix product: f32 operands rounded to bf16 (round to nearest even, as
+//! PyTorch's autocast casts them) while they are packed, products accumulated in f32 by
+//! AVX512-BF16's `vdpbf16ps` (two bf16 products per f32 lane and instruction: twice the
+//! arithmetic of an f32 FMA of the same width, on Intel's server cores and on Zen 4).
+//!
+//! The layout is the usual packed GEMM: for each block of `KC` depths, `B` is packed once into
+//! panels of `NR` columns, each thread packs its own rows of `A` into panels of `MR` rows, and
+//! a `MR × NR` micro-kernel keeps its 28 accumulators in registers. `vdpbf16ps` multiplies
+//! pairs along the depth, so both panels hold depth pairs: `A`'s as one 32-bit word per row,
+//! `B`'s as 32 words per pair (one per column). An odd depth is padded with a zero.
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Rows of the micro-kernel's tile.
+const MR: usize = 14;
+/// Columns of the micro-kernel's tile: two 16-lane registers.
+const NR: usize = 32;
+/// Depths per packed block (a multiple of 2): `B`'s panel of `KC × NR` bf16 (16 KB) stays
+/// in L1 while the micro-kernel walks the rows.
+const KC: usize = 256;
+/// Rows per packed block of `A` at most (a multiple of `MR`; `MC × KC` bf16 = 56 KB in L2).
+const MC: usize = 8 * MR;
+
+/// Whether this CPU runs the bf16 kernels: AVX-512F with AVX512-BF16.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::simd::avx512() && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// An f32 operand: its values and (row stride, column stride).
+pub(crate) type Operand<'a> = (&'a [f32], (usize, usize));
+
+/// `dst (m×n, rows ld apart) = [dst +] bf16(lhs) (m×k) · bf16(rhs) (k×n)` with f32 sums,
+/// threads splitting the rows when `parallel`. Falls back to plain f32 loops over the rounded
+/// values on a CPU without AVX512-BF16 (the tests' reference; a run refuses such a CPU first).
+pub(crate) fn matmul_bf16(
+    (m, n, k): (usize, usize, usize),
+    (dst, ld): (&mut [f32], usize),
+    accumulate: bool,
+    lhs: Operand,
+    rhs: Operand,
+    parallel: bool,
+) {
+    assert!(
+        m == 0 || n == 0 || dst.len() >= (m - 1) * ld + n,
+        "bf16 matmul: destination too short"
+    );
+    let extent = |(s, (rs, cs)): Operand, r: usize, c: usize| {
+        r == 0 || c == 0 || s.len() > (r - 1) * rs + (c - 1) * cs
+    };
+    assert!(extent(lhs, m, k), "bf16 matmul: left operand too short");
+    assert!(extent(rhs, k, n), "bf16 matmul: right operand too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if !accumulate {
+        for r in 0..m {
+            dst[r * ld..r * ld + n].fill(0.0);
+        }
+    }
+    if k == 0 {
+        return;
+    }
+    if !available() {
+        reference(m, n, k, dst, ld, lhs, rhs);
+        return;
+    }
+    let workers = if parallel {
+        rayon::current_num_threads().min(m.div_ceil(MR))
+    } else {
+        1
+    };
+    // Rows per thread block: all of them split evenly, in whole tiles, at most MC.
+    let mc = m.div_ceil(workers).div_ceil(MR).clamp(1, MC / MR) * MR;
+    let mut packed_b = vec![0u32; KC / 2 * n.div_ceil(NR) * NR];
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        pack::<NR>(rhs.0, (rhs.1 .1, rhs.1 .0), (0, n), (k0, kc), &mut packed_b);
+        let packed_b = &packed_b[..];
+        let blocks = m.div_ceil(mc);
+        let dst_ptr = DstPtr(dst.as_mut_ptr());
+        let run = |block: usize| {
+            let r0 = block * mc;
+            let rows = mc.min(m - r0);
+            let mut packed_a = vec![0u32; kc.div_ceil(2) * rows.div_ceil(MR) * MR];
+            pack::<MR>(lhs.0, lhs.1, (r0, rows), (k0, kc), &mut packed_a);
+            // SAFETY: each block writes only its own rows r0..r0 + rows of dst, whose extent
+            // the assert above checked.
+            unsafe { block_product(&packed_a, packed_b, rows, n, kc, dst_ptr.at(r0 * ld), ld) };
+        };
+        if workers > 1 && blocks > 1 {
+            (0..blocks).into_par_iter().for_each(run);
+        } else {
+            (0..blocks).for_each(run);
+        }
+    }
+}
+
+/// The destination shared by the row blocks (each writes only its own rows).
+#[derive(Clone, Copy)]
+struct DstPtr(*mut f32);
+// SAFETY: the blocks write disjoint rows (see `matmul_bf16`).
+unsafe impl Send for DstPtr {}
+unsafe impl Sync for DstPtr {}
+impl DstPtr {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the destination checked by `matmul_bf16`.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// The bf16 bits of `x`, rounded to nearest even (NaN stays NaN).
+#[inline(always)]
+fn to_bf16(x: f32) -> u32 {
+    bf16::from_f32(x).to_bits() as u32
+}
+
+/// Packs lanes `l0..l0 + lanes` (rows of `A`, columns of `B`), depths `k0..k0 + kc` of an
+/// operand given by (lane stride, depth stride) into panels of `W` lanes: for each depth pair
+/// `p`, `W` words `lo = X[l, 2p], hi = X[l, 2p + 1]`. Lanes past the end and an odd last depth
+/// are 0. Vectorised where the depths or the lanes lie next to each other in memory (every
+/// layout sslab's products take), element by element otherwise.
+fn pack<const W: usize>(
+    x: &[f32],
+    (ls, ds): (usize, usize),
+    (l0, lanes): (usize, usize),
+    (k0, kc): (usize, usize),
+    out: &mut [u32],
+) {
+    let pairs = kc.div_ceil(2);
+    let panels = lanes.div_ceil(W);
+    let out = &mut out[..panels * pairs * W];
+    #[cfg(target_arch = "x86_64")]
+    if available() && (ds == 1 || ls == 1) {
+        // SAFETY: AVX512-BF16 is present, and every read stays inside the extent that
+        // `matmul_bf16` checked (masked loads for the partial vectors).
+        unsafe {
+            if ds == 1 {
+                simd::pack_depth_rows::<W>(x, ls, (l0, lanes), (k0, kc), out);
+            } else {
+                simd::pack_lane_rows::<W>(x, ds, (l0, lanes), (k0, kc), out);
+            }
+        }
+        return;
+    }
+    for (panel, chunk) in out.chunks_mut(pairs * W).enumerate() {
+        for p in 0..pairs {
+            for (w, word) in chunk[p * W..(p + 1) * W].iter_mut().enumerate() {
+                let l = panel * W + w;
+                *word = if l < lanes {
+                    let at = |d: usize| x[(l0 + l) * ls + (k0 + d) * ds];
+                    let hi = if 2 * p + 1 < kc {
+                        to_bf16(at(2 * p + 1))
+                    } else {
+                        0
+                    };
+                    to_bf16(at(2 * p)) | hi << 16
+                } else {
+                    0
+                };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// 32 floats as 32 bf16 (rounded to nearest even) in their order: `lo`'s 16, then `hi`'s.
+    #[inline(always)]
+    unsafe fn to_bf16x32(lo: __m512, hi: __m512) -> __m512i {
+        // SAFETY: the caller enabled AVX512-BF16; the two types are the same 512 bits.
+        unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) }
+    }
+
+    /// The first `n` (at most 16) lanes.
+    #[inline(always)]
+    fn mask(n: usize) -> u16 {
+        if n >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+
+    /// Panels when the depths of one lane are contiguous (`A` by rows, `B` transposed): 32
+    /// depths of a lane become its 16 words, one per pair, `W` words apart.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn pack_depth_rows<const W: usize>(
+        x: &[f32],
+        ls: usize,
+        (l0, lanes): (usize, usize),
+        (k0, kc): (usize, usize),
+        out: &mut [u32],
+    ) {
+        let pairs = kc.div_ceil(2);
+        let mut words = [0u32; 16];
+        for l in 0..lanes.div_ceil(W) * W {
+            let base = (l / W) * pairs * W + l % W;
+            if l >= lanes {
+                for p in 0..pairs {
+                    out[base + p * W] = 0;
+                }
+                continue;
+            }
+            let row = &x[(l0 + l) * ls + k0..(l0 + l) * ls + k0 + kc];
+            for p0 in (0..pairs).step_by(16) {
+                let d = 2 * p0;
+                let n = (kc - d).min(32);
+                // SAFETY: the masks keep the loads inside `row`; `words` holds 16 words.
+                unsafe {
+                    let src = row.as_ptr().add(d);
+                    let lo = _mm512_maskz_loadu_ps(mask(n), src);
+                    let hi = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), src.add(16));
+                    _mm512_storeu_si512(words.as_mut_ptr() as *mut _, to_bf16x32(lo, hi));
+                }
+                for (q, &w) in words.iter().enumerate().take((pairs - p0).min(16)) {
+                    out[base + (p0 + q) * W] = w;
+                }
+            }
+        }
+    }
+
+    /// Panels when the lanes of one depth are contiguous (`B` by rows, `A` transposed): the
+    /// rows of depths 2p and 2p + 1 are rounded 16 lanes at a time and interleaved into words.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn pack_lane_rows<const W: usize>(
+        x: &[f32],
+        ds: usize,
+        (l0, lanes): (usize, usize),
+        (k0, kc): (usize, usize),
+        out: &mut [u32],
+    ) {
+        // Word i takes bf16 i (depth 2p) and bf16 16 + i (depth 2p + 1).
+        const ZIP: [u16; 32] = {
+            let mut z = [0u16; 32];
+            let mut i = 0;
+            while i < 16 {
+                z[2 * i] = i as u16;
+                z[2 * i + 1] = 16 + i as u16;
+                i += 1;
+            }
+            z
+        };
+        // SAFETY: ZIP holds 32 u16.
+        let zip = unsafe { _mm512_loadu_si512(ZIP.as_ptr() as *const _) };
+        let pairs = kc.div_ceil(2);
+        for panel in 0..lanes.div_ceil(W) {
+            for p in 0..pairs {
+                let (d0, odd) = (k0 + 2 * p, 2 * p + 1 < kc);
+                for c in (0..W).step_by(16) {
+                    let first = panel * W + c;
+                    let n = lanes.saturating_sub(first).min(16);
+                    let keep = mask(n);
+                    // SAFETY: masked loads read lanes first..first + n of depth rows d0 and
+                    // d0 + 1 (when it exists); the store writes this chunk's words of the panel.
+                    unsafe {
+                        let src = x.as_ptr().add(d0 * ds + l0 + first.min(lanes));
+                        let lo = _mm512_maskz_loadu_ps(keep, src);
+                        let hi = if odd {
+                            _mm512_maskz_loadu_ps(keep, src.add(ds))
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                        let words = _mm512_permutexvar_epi16(zip, to_bf16x32(lo, hi));
+                        let dst = out.as_mut_ptr().add(panel * pairs * W + p * W + c);
+                        _mm512_mask_storeu_epi32(dst as *mut _, mask(W - c), words);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst += A · B` for one packed row block against the packed depth block, tile by tile.
+///
+/// # Safety
+/// `dst` points at `rows` rows of at least `n` floats, `ld` apart; AVX512-BF16 is present.
+unsafe fn block_product(
+    a: &[u32],
+    b: &[u32],
+    rows: usize,
+    n: usize,
+    kc: usize,
+    dst: *mut f32,
+    ld: usize,
+) {
+    let pairs = kc.div_ceil(2);
+    for (jp, b_panel) in b.chunks(pairs * NR).take(n.div_ceil(NR)).enumerate() {
+        let j0 = jp * NR;
+        let cols = NR.min(n - j0);
+        for (ip, a_panel) in a.chunks(pairs * MR).enumerate() {
+            let i0 = ip * MR;
+            let valid = MR.min(rows - i0);
+            // SAFETY: the tile lies inside dst (rows i0..i0 + valid, columns j0..j0 + cols).
+            unsafe {
+                tile(
+                    a_panel,
+                    b_panel,
+                    pairs,
+                    dst.add(i0 * ld + j0),
+                    ld,
+                    valid,
+                    cols,
+                )
+            };
+        }
+    }
+}
+
+/// One MR × NR tile: sums over `pairs` depth pairs, added into `dst` (a `rows × cols` corner).
+///
+/// # Safety
+/// As [`block_product`], for the tile's corner of `dst`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile(
+    a: &[u32],
+    b: &[u32],
+    pairs: usize,
+    dst: *mut f32,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (mut pa, mut pb) = (a.as_ptr(), b.as_ptr());
+    for _ in 0..pairs {
+        // SAFETY: both panels hold `pairs` groups of MR (A) and NR (B) words.
+        unsafe {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb as *const _));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(16) as *const _));
+            for (i, acc_i) in acc.iter_mut().enumerate() {
+                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*pa.add(i) as i32));
+                acc_i[0] = _mm512_dpbf16_ps(acc_i[0], ai, b0);
+                acc_i[1] = _mm512_dpbf16_ps(acc_i[1], ai, b1);
+            }
+            pa = pa.add(MR);
+            pb = pb.add(NR);
+        }
+    }
+    if cols == NR {
+        for (i, acc_i) in acc.iter().enumerate().take(rows) {
+            // SAFETY: a whole row of NR floats lies at dst + i·ld.
+            unsafe {
+                let d = dst.add(i * ld);
+                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), acc_i[0]));
+                _mm512_storeu_ps(
+                    d.add(16),
+                    _mm512_add_ps(_mm512_loadu_ps(d.add(16)), acc_i[1]),
+                );
+            }
+        }
+    } else {
+        let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(16))];
+        for (i, acc_i) in acc.iter().enumerate().take(rows) {
+            for (h, &mask) in masks.iter().enumerate() {
+                // SAFETY: the mask keeps the lanes below `cols`, inside the row.
+                unsafe {
+                    let d = dst.add(i * ld + 16 * h);
+                    let old = _mm512_maskz_loadu_ps(mask, d);
+                    _mm512_mask_storeu_ps(d, mask, _mm512_add_ps(old, acc_i[h]));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile(_: &[u32], _: &[u32], _: usize, _: *mut f32, _: usize, _: usize, _: usize) {
+    unreachable!("the bf16 kernels run only where `available()`")
+}
+
+/// The first `lanes` (at most 16) bits set.
+#[cfg(target_arch = "x86_64")]
+fn lane_mask(lanes: usize) -> u16 {
+    if lanes >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << lanes) - 1
+    }
+}
+
+/// The same numbers in plain loops: operands rounded to bf16, f32 sums in depth order.
+fn reference(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    ld: usize,
+    (a, (ars, acs)): Operand,
+    (b, (brs, bcs)): Operand,
+) {
+    let round = |x: f32| bf16::from_f32(x).to_f32();
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f32;
+            for d in 0..k {
+                s += round(a[i * ars + d * acs]) * round(b[d * brs + j * bcs]);
+            }
+            dst[i * ld + j] += s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// f64 sums of the bf16-rounded operands: what any order of f32 sums approximates.
+    fn exact(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f64> {
+        let r = |x: f32| bf16::from_f32(x).to_f32() as f64;
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|d| r(a.0[i * a.1 .0 + d * a.1 .1]) * r(b.0[d * b.1 .0 + j * b.1 .1]))
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn products_match_the_rounded_operands_in_every_shape_and_layout() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        // Edges in every dimension: one tile, partial tiles, odd depths, several depth blocks,
+        // several row blocks and threads, transposed operands.
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (14, 32, 2),
+            (15, 33, 3),
+            (29, 70, 257),
+            (130, 45, 600),
+            (300, 31, 17),
+        ] {
+            for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
+                let a = values(m * k, (m * 7 + k) as u32);
+                let b = values(k * n, (n * 5 + k) as u32);
+                let sa = if ta { (1, m) } else { (k, 1) };
+                let sb = if tb { (1, k) } else { (n, 1) };
+                let want = exact(m, n, k, (&a, sa), (&b, sb));
+                for &(accumulate, parallel) in &[(false, false), (true, true)] {
+                    let start = values(m * n, 99);
+                    let mut got = start.clone();
+                    matmul_bf16(
+                        (m, n, k),
+                        (&mut got, n),
+                        accumulate,
+                        (&a, sa),
+                        (&b, sb),
+                        parallel,
+                    );
+                    for (idx, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        let w = w + if accumulate { start[idx] as f64 } else { 0.0 };
+                        // f32 sums of k products of magnitude ≤ 1.
+                        let tol = 1e-6 * (k as f64).sqrt() * 4.0 + 1e-6;
+                        assert!(
+                            (g as f64 - w).abs() <= tol,
+                            "{m}×{n}×{k} ta {ta} tb {tb} acc {accumulate}: [{idx}] {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even_as_pytorch_casts() {
+        // 1 + 2⁻⁸ lies halfway between bf16's 1 and 1 + 2⁻⁷: ties go to the even one (1).
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), to_bf16(1.0));
+        // Just above the half rounds up.
+        assert_eq!(
+            to_bf16(1.0 + 1.0 / 256.0 + 1.0 / 65536.0),
+            to_bf16(1.0 + 1.0 / 128.0)
+        );
+        assert!(bf16::from_bits(to_bf16(f32::NAN) as u16).is_nan());
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn time_against_f32() {
+        for &(m, n, k) in &[
+            (8320, 576, 192),
+            (8320, 192, 192),
+            (8320, 768, 192),
+            (8320, 192, 768),
+            (192, 768, 8320),
+            (768, 192, 8320),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.1).collect();
+            let mut c = vec![0f32; m * n];
+            let flops = 2.0 * (m * n * k) as f64;
+            for round in 0..3 {
+                let t = std::time::Instant::now();
+                super::super::matmul::matmul(m, n, k, &mut c, false, &a, (k, 1), &b, (n, 1));
+                let f = t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                matmul_bf16(
+                    (m, n, k),
+                    (&mut c, n),
+                    false,
+                    (&a, (k, 1)),
+                    (&b, (n, 1)),
+                    false,
+                );
+                let h = t.elapsed().as_secs_f64();
+                if round == 2 {
+                    println!(
+                        "{m}x{n}x{k}: f32 {:.1} GFLOP/s, bf16 {:.1} GFLOP/s",
+                        flops / f / 1e9,
+                        flops / h / 1e9
+                    );
+                }
+            }
+        }
+    }
+}
