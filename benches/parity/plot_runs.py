@@ -1,7 +1,9 @@
 """Figures and table of benches/parity/runs.sh: per method, sslab's and lightly's kNN curves
 (mean over seeds, band from the lowest to the highest seed) and the final numbers.
 
-Usage: plot_runs.py OUT METHOD [...]  → OUT/parity-METHOD.png, OUT/table.md (printed too)
+Usage: plot_runs.py OUT DATA METHOD [...]  → OUT/parity-METHOD.png, OUT/table.md (printed too)
+
+DATA is the data spec the runs trained on (`shapes`, `cifar10:PATH`), named in the titles.
 """
 
 import glob
@@ -32,7 +34,9 @@ def band(runs):
     return steps, [statistics.mean(v) for v in vals], [min(v) for v in vals], [max(v) for v in vals]
 
 
-def main(out, methods):
+def main(out, data, methods):
+    kind = data.split(":")[0]
+    name = {"shapes": "built-in shapes", "cifar10": "CIFAR-10"}.get(kind, kind)
     rows = []
     for m in methods:
         sslab, lightly = curves(out, m)
@@ -46,7 +50,7 @@ def main(out, methods):
             ax.fill_between(steps, lo, hi, color=color, alpha=0.25)
         ax.set_xlabel("step")
         ax.set_ylabel("kNN top-1 (%)")
-        ax.set_title(f"{m}, tiny preset, built-in shapes")
+        ax.set_title(f"{m}, tiny preset, {name}")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -73,4 +77,4 @@ def main(out, methods):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
