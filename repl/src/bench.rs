@@ -13,7 +13,8 @@ pub struct BenchArgs {
     /// the `moco-v2/cifar` step (ResNet-18, 2-layer head, queue); moco-v3-vit = the
     /// `moco-v3/vit-tiny` step (ViT-tiny width, 3 blocks, patch 4, AdamW); conv = forward,
     /// input- and weight-gradient throughput of each convolution shape of a network (`--net`):
-    /// GFLOP/s on the CPU, TFLOP/s on CUDA.
+    /// GFLOP/s on the CPU, TFLOP/s on CUDA; gemm = one core's f32 and bf16 matrix products on
+    /// a ViT-tiny block's shapes (GFLOP/s).
     workload: String,
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
@@ -74,13 +75,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.workload == "conv" {
         return conv(&a);
     }
+    if a.workload == "gemm" {
+        return gemm(&a);
+    }
     let Some(default_preset) = BENCH_PRESETS
         .into_iter()
         .find(|p| workload_name(p) == a.workload)
     else {
         let known: Vec<String> = BENCH_PRESETS.iter().map(|p| workload_name(p)).collect();
         bail!(
-            "unknown workload '{}'; known: {}, conv",
+            "unknown workload '{}'; known: {}, conv, gemm",
             a.workload,
             known.join(", ")
         );
@@ -206,6 +210,27 @@ fn conv(a: &BenchArgs) -> Result<()> {
             "RESULT conv shape={shape} count={} fwd_{unit}={f:.digits$} dx_{unit}={x:.digits$} dw_{unit}={w:.digits$}",
             shape.count
         );
+    }
+    Ok(())
+}
+
+/// `sslab bench gemm`: one core's f32 and bf16 matrix products on a ViT-tiny block's shapes at
+/// the step workload's token count (`--batch` images × 2 views × 65 tokens).
+fn gemm(a: &BenchArgs) -> Result<()> {
+    let rows = a.batch * 2 * 65;
+    println!(
+        "matrix products of a ViT-tiny block, {rows} tokens, one thread, best of {} runs",
+        a.steps
+    );
+    for shape in sslab::kernels::bench::vit_tiny_gemms(rows) {
+        let (m, n, k) = shape;
+        let (f32_gflops, bf16_gflops) = sslab::kernels::bench::time_gemm(shape, a.steps);
+        let bf16 = bf16_gflops.map_or("none".to_string(), |g| format!("{g:.1}"));
+        println!(
+            "RESULT gemm shape={m}x{n}x{k} f32_gflops={f32_gflops:.1}{}",
+            bf16_gflops.map_or(String::new(), |g| format!(" bf16_gflops={g:.1}"))
+        );
+        println!("  {m}x{k} · {k}x{n}: f32 {f32_gflops:.1} GFLOP/s, bf16 {bf16}");
     }
     Ok(())
 }

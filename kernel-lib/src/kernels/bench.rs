@@ -1,6 +1,7 @@
 //! Convolution micro-benchmarks: the ResNet-18 (CIFAR) and ResNet-50 (ImageNet) shapes timed
 //! through sslab's kernels (CPU, or cuDNN on CUDA) and through candle's own ops, so `sslab bench
-//! conv` can set both beside PyTorch's (`benches/torch/workloads.py conv`).
+//! conv` can set both beside PyTorch's (`benches/torch/workloads.py conv`). And the CPU's
+//! matrix products in f32 and bf16 on a ViT's shapes (`sslab bench gemm`).
 
 use super::conv::{conv2d_dw, conv2d_dx, Conv2dOp};
 use crate::Result;
@@ -251,4 +252,48 @@ pub fn time_conv(
         dx_gflops: gflops(dx),
         dw_gflops: gflops(dw),
     })
+}
+
+/// The products of a ViT-tiny block (dim 192, MLP 768) over `rows` tokens: the forward's
+/// qkv, output projection, MLP in and out (`rows × k · k × n`), then the weight gradients of
+/// the first and last (`n × rows · rows × k`, the depth is the token count).
+pub fn vit_tiny_gemms(rows: usize) -> Vec<(usize, usize, usize)> {
+    vec![
+        (rows, 576, 192),
+        (rows, 192, 192),
+        (rows, 768, 192),
+        (rows, 192, 768),
+        (576, 192, rows),
+        (192, 768, rows),
+    ]
+}
+
+/// Best-of-`rounds` single-thread GFLOP/s of `m×k · k×n` in f32 (the gemm crate) and in
+/// bf16 (`matmul_bf16.rs`; `None` on a CPU without AVX512-BF16).
+pub fn time_gemm((m, n, k): (usize, usize, usize), rounds: usize) -> (f64, Option<f64>) {
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
+        .collect();
+    let b: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
+        .collect();
+    let mut c = vec![0f32; m * n];
+    let flops = 2.0 * (m * n * k) as f64;
+    let best = |f: &mut dyn FnMut()| {
+        (0..rounds.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let f32_s = best(&mut || super::matmul::matmul(m, n, k, &mut c, false, &a, (k, 1), &b, (n, 1)));
+    let bf16_s = super::matmul_bf16::available().then(|| {
+        best(&mut || {
+            let (l, r) = ((&a[..], (k, 1)), (&b[..], (n, 1)));
+            super::matmul_bf16::matmul_bf16((m, n, k), (&mut c, n), false, l, r, false)
+        })
+    });
+    (flops / f32_s / 1e9, bf16_s.map(|s| flops / s / 1e9))
 }
