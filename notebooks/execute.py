@@ -104,7 +104,10 @@ def execute(paths, write):
         client = NotebookClient(
             nb,
             kernel_name="rust",
-            timeout=int(os.environ.get("SSLAB_NB_CELL_TIMEOUT", "2400")),
+            # A cell may run for 40 minutes at the small budget (a catch for a hung kernel in
+            # CI); at the full budget 05's cell of eight trainings takes about 45 minutes on two
+            # Zen 4 cores, so it gets two hours.
+            timeout=int(os.environ.get("SSLAB_NB_CELL_TIMEOUT") or (2400 if budget == "small" else 7200)),
             resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}},
             # Saved notebooks carry no per-cell timestamps: reruns change only what changed.
             record_timing=not write,
