@@ -14,7 +14,7 @@ fn on_cuda(kernel: &str, inputs: &[(&CudaStorage, &Layout)]) -> CResult<(CudaSto
 
 #[cfg(not(feature = "cuda"))]
 fn on_cuda(kernel: &str, _: &[(&CudaStorage, &Layout)]) -> CResult<(CudaStorage, Shape)> {
-    candle_core::bail!("{kernel} on CUDA needs sslab built with the `cuda` feature")
+    super::storage::needs_feature(kernel, "cuda")
 }
 use rayon::prelude::*;
 

@@ -27,7 +27,7 @@ fn on_cuda(
     _: &[(&CudaStorage, &Layout)],
     _: Option<usize>,
 ) -> CResult<(CudaStorage, Shape)> {
-    candle_core::bail!("{kernel} on CUDA needs sslab built with the `cuda` feature")
+    super::storage::needs_feature(kernel, "cuda")
 }
 use rayon::prelude::*;
 

@@ -508,6 +508,7 @@ mod on_cuda {
 #[cfg(not(feature = "cuda"))]
 mod on_cuda {
     use super::{CResult, Geometry};
+    use crate::kernels::storage::needs_feature;
     use candle_core::{CudaStorage, Layout, Shape};
 
     pub(super) fn forward(
@@ -516,7 +517,7 @@ mod on_cuda {
         _: Geometry,
         _: bool,
     ) -> CResult<(CudaStorage, Shape)> {
-        candle_core::bail!("attention on CUDA needs sslab built with the `cuda` feature")
+        needs_feature("attention", "cuda")
     }
 
     pub(super) fn backward(
@@ -525,6 +526,6 @@ mod on_cuda {
         _: Geometry,
         _: bool,
     ) -> CResult<(CudaStorage, Shape)> {
-        candle_core::bail!("attention on CUDA needs sslab built with the `cuda` feature")
+        needs_feature("attention", "cuda")
     }
 }

@@ -79,27 +79,47 @@ pub(crate) fn matmul_bf16(
     };
     // Rows per thread block: all of them split evenly, in whole tiles, at most MC.
     let mc = m.div_ceil(workers).div_ceil(MR).clamp(1, MC / MR) * MR;
-    let mut packed_b = vec![0u32; KC / 2 * n.div_ceil(NR) * NR];
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        pack::<NR>(rhs.0, (rhs.1 .1, rhs.1 .0), (0, n), (k0, kc), &mut packed_b);
-        let packed_b = &packed_b[..];
-        let blocks = m.div_ceil(mc);
-        let dst_ptr = DstPtr(dst.as_mut_ptr());
-        let run = |block: usize| {
-            let r0 = block * mc;
-            let rows = mc.min(m - r0);
-            let mut packed_a = vec![0u32; kc.div_ceil(2) * rows.div_ceil(MR) * MR];
-            pack::<MR>(lhs.0, lhs.1, (r0, rows), (k0, kc), &mut packed_a);
+    // B packed whole first, block of KC depths after block (threads packing blocks side by
+    // side), so that each row block then runs through every depth with its tile of dst in
+    // cache, instead of dst streaming through once per depth block.
+    let per_block = KC / 2 * n.div_ceil(NR) * NR;
+    let depth_blocks = k.div_ceil(KC);
+    let mut packed_b = vec![0u32; per_block * depth_blocks];
+    let pack_block = |(i, chunk): (usize, &mut [u32])| {
+        let (k0, kc) = (i * KC, KC.min(k - i * KC));
+        pack::<NR>(rhs.0, (rhs.1 .1, rhs.1 .0), (0, n), (k0, kc), chunk);
+    };
+    if parallel && depth_blocks > 1 {
+        packed_b
+            .par_chunks_mut(per_block)
+            .enumerate()
+            .for_each(pack_block);
+    } else {
+        packed_b
+            .chunks_mut(per_block)
+            .enumerate()
+            .for_each(pack_block);
+    }
+    let packed_b = &packed_b[..];
+    let dst_ptr = DstPtr(dst.as_mut_ptr());
+    let run = |block: usize| {
+        let r0 = block * mc;
+        let rows = mc.min(m - r0);
+        let mut packed_a = vec![0u32; KC / 2 * rows.div_ceil(MR) * MR];
+        for (i, b) in packed_b.chunks(per_block).enumerate() {
+            let (k0, kc) = (i * KC, KC.min(k - i * KC));
+            let a = &mut packed_a[..kc.div_ceil(2) * rows.div_ceil(MR) * MR];
+            pack::<MR>(lhs.0, lhs.1, (r0, rows), (k0, kc), a);
             // SAFETY: each block writes only its own rows r0..r0 + rows of dst, whose extent
             // the assert above checked.
-            unsafe { block_product(&packed_a, packed_b, rows, n, kc, dst_ptr.at(r0 * ld), ld) };
-        };
-        if workers > 1 && blocks > 1 {
-            (0..blocks).into_par_iter().for_each(run);
-        } else {
-            (0..blocks).for_each(run);
+            unsafe { block_product(a, b, rows, n, kc, dst_ptr.at(r0 * ld), ld) };
         }
+    };
+    let blocks = m.div_ceil(mc);
+    if workers > 1 && blocks > 1 {
+        (0..blocks).into_par_iter().for_each(run);
+    } else {
+        (0..blocks).for_each(run);
     }
 }
 
@@ -297,7 +317,7 @@ unsafe fn block_product(
     for (jp, b_panel) in b.chunks(pairs * NR).take(n.div_ceil(NR)).enumerate() {
         let j0 = jp * NR;
         let cols = NR.min(n - j0);
-        for (ip, a_panel) in a.chunks(pairs * MR).enumerate() {
+        for (ip, a_panel) in a.chunks(pairs * MR).take(rows.div_ceil(MR)).enumerate() {
             let i0 = ip * MR;
             let valid = MR.min(rows - i0);
             // SAFETY: the tile lies inside dst (rows i0..i0 + valid, columns j0..j0 + cols).

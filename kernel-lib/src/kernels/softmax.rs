@@ -18,7 +18,7 @@ fn on_cuda(
 
 #[cfg(not(feature = "cuda"))]
 fn on_cuda(kernel: &str, _: &[(&CudaStorage, &Layout)], _: f32) -> CResult<(CudaStorage, Shape)> {
-    candle_core::bail!("{kernel} on CUDA needs sslab built with the `cuda` feature")
+    super::storage::needs_feature(kernel, "cuda")
 }
 use rayon::prelude::*;
 

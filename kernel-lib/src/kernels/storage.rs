@@ -26,3 +26,11 @@ pub(crate) fn own_kernel(x: &Tensor) -> bool {
     x.dtype() == candle_core::DType::F32
         && (x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda()))
 }
+
+/// The error of a CUDA arm in a build without the feature it needs. No CUDA tensor reaches one
+/// there (the dispatchers' [`own_kernel`] sends it to candle's ops), so this is a guard, written
+/// once for every op that has a CUDA arm.
+#[cfg(not(feature = "cudnn"))]
+pub(crate) fn needs_feature<T>(what: &str, feature: &str) -> CResult<T> {
+    candle_core::bail!("{what} on CUDA needs sslab built with the `{feature}` feature")
+}

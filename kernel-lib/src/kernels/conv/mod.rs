@@ -310,7 +310,7 @@ fn cuda_pass(
     #[cfg(not(feature = "cudnn"))]
     {
         let _ = (g, a, b);
-        candle_core::bail!("conv2d {pass:?} on CUDA needs sslab built with the `cudnn` feature")
+        super::storage::needs_feature(&format!("conv2d {pass:?}"), "cudnn")
     }
 }
 
