@@ -203,7 +203,7 @@ mod simd {
 
     /// The first `n` (at most 16) lanes.
     #[inline(always)]
-    fn mask(n: usize) -> u16 {
+    pub(super) fn mask(n: usize) -> u16 {
         if n >= 16 {
             u16::MAX
         } else {
@@ -382,7 +382,7 @@ unsafe fn tile(
             }
         }
     } else {
-        let masks = [lane_mask(cols), lane_mask(cols.saturating_sub(16))];
+        let masks = [simd::mask(cols), simd::mask(cols.saturating_sub(16))];
         for (i, acc_i) in acc.iter().enumerate().take(rows) {
             for (h, &mask) in masks.iter().enumerate() {
                 // SAFETY: the mask keeps the lanes below `cols`, inside the row.
@@ -399,16 +399,6 @@ unsafe fn tile(
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile(_: &[u32], _: &[u32], _: usize, _: *mut f32, _: usize, _: usize, _: usize) {
     unreachable!("the bf16 kernels run only where `available()`")
-}
-
-/// The first `lanes` (at most 16) bits set.
-#[cfg(target_arch = "x86_64")]
-fn lane_mask(lanes: usize) -> u16 {
-    if lanes >= 16 {
-        u16::MAX
-    } else {
-        (1u16 << lanes) - 1
-    }
 }
 
 /// The same numbers in plain loops: operands rounded to bf16, f32 sums in depth order.
