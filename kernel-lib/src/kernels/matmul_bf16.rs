@@ -24,14 +24,7 @@ const MC: usize = 8 * MR;
 
 /// Whether this CPU runs the bf16 kernels: AVX-512F with AVX512-BF16.
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::simd::avx512() && is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::simd::avx512_bf16()
 }
 
 /// An f32 operand: its values and (row stride, column stride).

@@ -49,10 +49,8 @@ pub use batch_norm::{batch_norm_affine_train, batch_norm_train, normalize_rows};
 pub use conv::plan::{conv_tf32, set_conv_tf32};
 pub use conv::winograd::{set_winograd, winograd};
 pub use conv::{cached_conv_algorithms, conv2d};
-pub use matmul::batched_matmul;
+pub use matmul::{autocast_matmul, batched_matmul};
 pub use optim_update::{ema, GroupSettings, OptimKind};
-pub use precision::{
-    autocast, autocast_matmul, autocast_precision, cpu_has_bf16, Autocast, Precision,
-};
+pub use precision::{autocast, autocast_precision, cpu_has_bf16, Autocast, Precision};
 pub use simd::cpu_report;
 pub use softmax::softmax_last;

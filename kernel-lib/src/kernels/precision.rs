@@ -94,37 +94,3 @@ pub(crate) fn cpu_bf16(a: &Tensor, b: &Tensor) -> bool {
 pub fn cpu_has_bf16() -> bool {
     super::matmul_bf16::available()
 }
-
-/// `a · b` (candle's matmul: cuBLAS on CUDA, gemm on the CPU) in this thread's precision: under
-/// bf16 on the CPU, sslab's AVX512-BF16 kernel for 2-D products and products over a batch.
-///
-/// ```
-/// use candle_core::{Device, Tensor};
-/// use sslab::kernels::{autocast, autocast_matmul, Precision};
-/// let a = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu)?;
-/// let b = Tensor::new(&[[1.001f32, 0.0], [0.0, 1.0]], &Device::Cpu)?;
-/// let _bf16 = autocast(Precision::Bf16);
-/// // 1.001 is 1 in bf16 (8 bits of mantissa): the product is exact in the rounded operands.
-/// let y = autocast_matmul(&a, &b)?;
-/// assert_eq!(y.to_vec2::<f32>()?, [[1.0, 2.0], [3.0, 4.0]]);
-/// # Ok::<(), sslab::Error>(())
-/// ```
-pub fn autocast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if cpu_bf16(a, b) {
-        match (a.rank(), b.rank()) {
-            (2, 2) => {
-                // A linear layer's weight comes as a transposed view: read it as one.
-                let (b, tb) = if !b.is_contiguous() && b.t()?.is_contiguous() {
-                    (b.t()?, true)
-                } else {
-                    (b.clone(), false)
-                };
-                let y = super::matmul::bf16_product(&a.unsqueeze(0)?, &b.unsqueeze(0)?, false, tb)?;
-                return Ok(y.squeeze(0)?);
-            }
-            (3, 3) => return super::matmul::bf16_product(a, b, false, false),
-            _ => {}
-        }
-    }
-    autocast_pair(a, b, |a, b| Ok(a.matmul(b)?))
-}

@@ -56,6 +56,19 @@ pub(crate) fn avx512() -> bool {
     }
 }
 
+/// Whether this CPU runs the bf16 GEMM (`matmul_bf16.rs`): AVX-512F with AVX512-BF16 (Intel
+/// since Cooper Lake, AMD since Zen 4).
+pub(crate) fn avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512() && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Lanes of the element kernels' reductions: one AVX-512 register, two AVX2 ones. A single
 /// float accumulator is a serial chain the compiler must keep in order (float addition does
 /// not reassociate), which kept whole loops scalar; sixteen independent partial results
@@ -174,7 +187,7 @@ pub fn cpu_report() -> String {
     } else {
         "scalar"
     };
-    let bf16 = if super::matmul_bf16::available() {
+    let bf16 = if avx512_bf16() {
         "AVX512-BF16"
     } else {
         "none (precision = \"bf16\" refused)"
