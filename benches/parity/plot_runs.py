@@ -36,7 +36,7 @@ def band(runs):
 
 def main(out, data, methods):
     kind = data.split(":")[0]
-    name = {"shapes": "built-in shapes", "cifar10": "CIFAR-10"}.get(kind, kind)
+    data_name = {"shapes": "built-in shapes", "cifar10": "CIFAR-10"}.get(kind, kind)
     rows = []
     for m in methods:
         sslab, lightly = curves(out, m)
@@ -50,7 +50,7 @@ def main(out, data, methods):
             ax.fill_between(steps, lo, hi, color=color, alpha=0.25)
         ax.set_xlabel("step")
         ax.set_ylabel("kNN top-1 (%)")
-        ax.set_title(f"{m}, tiny preset, {name}")
+        ax.set_title(f"{m}, tiny preset, {data_name}")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
