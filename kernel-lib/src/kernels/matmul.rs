@@ -275,14 +275,15 @@ impl CustomOp2 for BatchedMatmulOp {
 /// bf16 operands with an f32 result under a bf16 [`autocast`](crate::kernels::autocast).
 pub fn batched_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -> Result<Tensor> {
     if super::precision::cpu_bf16(a, b) {
-        return bf16_product(a, b, ta, tb);
+        return cpu_product(a, b, ta, tb, true);
     }
     super::precision::autocast_pair(a, b, |a, b| batched_in(a, b, ta, tb, fused))
 }
 
-/// The CPU's bf16 product of f32 tensors (`(batch, m, k)`-shaped, transposed where flagged).
-pub(crate) fn bf16_product(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
-    let op = BatchedMatmulOp { ta, tb, bf16: true };
+/// sslab's CPU product of f32 tensors (`(batch, m, k)`-shaped, transposed where flagged), in
+/// f32 or with bf16-rounded operands.
+fn cpu_product(a: &Tensor, b: &Tensor, ta: bool, tb: bool, bf16: bool) -> Result<Tensor> {
+    let op = BatchedMatmulOp { ta, tb, bf16 };
     Ok(a.contiguous()?.apply_op2(&b.contiguous()?, op)?)
 }
 
@@ -310,10 +311,10 @@ pub fn autocast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
                 } else {
                     (b.clone(), false)
                 };
-                let y = bf16_product(&a.unsqueeze(0)?, &b.unsqueeze(0)?, false, tb)?;
+                let y = cpu_product(&a.unsqueeze(0)?, &b.unsqueeze(0)?, false, tb, true)?;
                 return Ok(y.squeeze(0)?);
             }
-            (3, 3) => return bf16_product(a, b, false, false),
+            (3, 3) => return cpu_product(a, b, false, false, true),
             _ => {}
         }
     }
@@ -323,12 +324,7 @@ pub fn autocast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// [`batched_matmul`] in the operands' own dtype.
 fn batched_in(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -> Result<Tensor> {
     if fused && super::storage::on_cpu_f32(a) && super::storage::on_cpu_f32(b) {
-        let op = BatchedMatmulOp {
-            ta,
-            tb,
-            bf16: false,
-        };
-        return Ok(a.contiguous()?.apply_op2(&b.contiguous()?, op)?);
+        return cpu_product(a, b, ta, tb, false);
     }
     let a = if ta { a.transpose(1, 2)? } else { a.clone() };
     let b = if tb { b.transpose(1, 2)? } else { b.clone() };
