@@ -15,6 +15,8 @@
 #        cores (a lightly run starts when its sslab run has written its config.toml); 1: one
 #        run at a time on all cores.
 # TORCH_PYTHON as in one_step.sh (lightly and matplotlib are installed into it if missing).
+# SSLAB  a prebuilt sslab binary to train with (default: build target/release/sslab). A copy
+#        keeps an hour of runs on one build while the tree is rebuilt beside them.
 #
 # Wall time on 2 cores (Zen 4, JOBS=2): see docs/parity.md.
 set -euo pipefail
@@ -26,8 +28,10 @@ SEEDS=${SEEDS:-"0 1"}
 JOBS=${JOBS:-2}
 source benches/torch-python.sh
 torch_python torchvision lightly matplotlib
-cargo build --release -q -p sslab-repl
-SSLAB=target/release/sslab
+if [ -z "${SSLAB:-}" ]; then
+  cargo build --release -q -p sslab-repl
+  SSLAB=target/release/sslab
+fi
 CORES=$(nproc)
 THREADS=$((JOBS > 1 && CORES > 1 ? CORES / 2 : CORES))
 export RAYON_NUM_THREADS=$THREADS THREADS

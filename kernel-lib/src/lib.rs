@@ -25,6 +25,7 @@ mod atomic;
 pub mod augment;
 pub mod data;
 pub mod diagnostics;
+pub mod dist;
 mod error;
 pub mod eval;
 mod integrity;

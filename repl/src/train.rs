@@ -74,6 +74,15 @@ pub struct TrainArgs {
     /// TensorBoard log and metrics.csv).
     #[arg(long, value_name = "N", default_value_t = 0)]
     knn_every: usize,
+    /// Train data-parallel on the ranks a launcher started (`mpirun -np 2 sslab train ...
+    /// --distributed`; `srun` likewise): the batch is the global batch, rank 0 writes OUT.
+    /// Needs a build with `--features mpi` (docs/distributed.md).
+    #[arg(long)]
+    distributed: bool,
+    /// With --distributed: seconds a collective waits for the other ranks before the job
+    /// ends with an error (a rank that stalled).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    collective_timeout: u64,
 }
 
 pub fn build_config(a: &ConfigArgs) -> Result<RunConfig> {
@@ -160,6 +169,21 @@ fn resume(a: &TrainArgs, dir: &std::path::Path) -> Result<Run> {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    if !a.distributed {
+        return train(a, None);
+    }
+    let timeout = std::time::Duration::from_secs(a.collective_timeout);
+    let world = sslab::dist::init_from_env(timeout)?;
+    let rank = world.rank();
+    if let Err(e) = train(a, Some(world.clone())) {
+        // The other ranks would wait for this one in their next collective: end them all.
+        eprintln!("error on rank {rank}: {e:#}");
+        world.abort(1);
+    }
+    Ok(())
+}
+
+fn train(a: TrainArgs, world: Option<sslab::dist::World>) -> Result<()> {
     // Build the run first: a config whose data cannot load leaves no output folder behind.
     let mut run = match &a.resume {
         Some(dir) => resume(&a, dir)?,
@@ -181,8 +205,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
             r.ignored
         );
     }
+    if let Some(w) = world {
+        run.distribute(w)?;
+    }
     let cfg = run.config().clone();
     let resumed_from = a.resume.as_ref().map(|_| run.steps_done());
+    let (rank, ranks) = run.rank_and_size();
+    if rank > 0 {
+        // The other ranks train in step with rank 0 and write nothing.
+        run.train_to_end(evaluations(&a))?;
+        return Ok(());
+    }
     // The output folder is this process's until it ends: a second `sslab train` with the
     // same --out is refused instead of overwriting this one's checkpoints and summary.
     let _out_lock = sslab::train::FolderLock::acquire(&a.out)
@@ -192,11 +225,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
         run.log_into(&a.out)?;
     }
     std::fs::write(a.out.join("config.toml"), cfg.to_toml()?)?;
+    let on = if ranks > 1 {
+        format!("{} ranks of {}", ranks, run.device_name())
+    } else {
+        run.device_name()
+    };
     println!(
-        "sslab train {} (preset {}) on {} | data: {} / {} | {} steps of batch {}",
+        "sslab train {} (preset {}) on {on} | data: {} / {} | {} steps of batch {}",
         cfg.method,
         cfg.preset,
-        run.device_name(),
         run.train_data().name(),
         run.test_data().name(),
         run.total_steps(),
@@ -212,12 +249,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             run.total_steps()
         );
     }
-    let summary = run.train_to_end(Evaluations {
-        at_init: !a.no_init_knn,
-        linear_probe: a.linear_probe,
-        dense_probe: a.dense_probe,
-        knn_every: a.knn_every,
-    })?;
+    let summary = run.train_to_end(evaluations(&a))?;
     let path = a.out.join("summary.json");
     summary.save(&path)?;
     println!("wrote {}", path.display());
@@ -239,4 +271,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn evaluations(a: &TrainArgs) -> Evaluations {
+    Evaluations {
+        at_init: !a.no_init_knn,
+        linear_probe: a.linear_probe,
+        dense_probe: a.dense_probe,
+        knn_every: a.knn_every,
+    }
 }

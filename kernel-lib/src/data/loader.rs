@@ -52,16 +52,46 @@ pub fn make_batch(
     seed: u64,
     step: usize,
 ) -> Batch {
+    make_shard(data, recipe, batch, seed, step, Shard::WHOLE)
+}
+
+/// Which consecutive share of each global batch a loader makes: rank `rank` of `size` takes
+/// slots `rank·b .. (rank+1)·b` with `b = batch / size`, the same images and augmentations
+/// those slots get in the whole batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub size: usize,
+}
+
+impl Shard {
+    /// The whole batch (one process).
+    pub const WHOLE: Shard = Shard { rank: 0, size: 1 };
+}
+
+/// [`make_batch`]'s `shard` of the global batch of `batch` samples (`batch` a multiple of the
+/// shard count).
+pub fn make_shard(
+    data: &dyn Dataset,
+    recipe: &TwoViewRecipe,
+    batch: usize,
+    seed: u64,
+    step: usize,
+    shard: Shard,
+) -> Batch {
     let per_epoch = data.len() / batch;
     let epoch = step / per_epoch;
     let mut perm: Vec<usize> = (0..data.len()).collect();
     perm.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(seed, epoch as u64)));
-    let start = (step % per_epoch) * batch;
-    let indices = perm[start..start + batch].to_vec();
+    let local = batch / shard.size.max(1);
+    let first = shard.rank * local;
+    let start = (step % per_epoch) * batch + first;
+    let indices = perm[start..start + local].to_vec();
     let views: Vec<_> = indices
         .par_iter()
         .enumerate()
-        .map(|(slot, &i)| {
+        .map(|(i_local, &i)| {
+            let slot = first + i_local;
             let mut rng =
                 ChaCha8Rng::seed_from_u64(mix(mix(seed ^ 0xA5A5, step as u64), slot as u64));
             let img = data.image(i);
@@ -72,10 +102,10 @@ pub fn make_batch(
         step,
         labels: indices.iter().map(|&i| data.label(i)).collect(),
         indices,
-        a: Vec::with_capacity(batch * 3 * recipe.a.size * recipe.a.size),
-        b: Vec::with_capacity(batch * 3 * recipe.b.size * recipe.b.size),
-        crops_a: Vec::with_capacity(batch),
-        crops_b: Vec::with_capacity(batch),
+        a: Vec::with_capacity(local * 3 * recipe.a.size * recipe.a.size),
+        b: Vec::with_capacity(local * 3 * recipe.b.size * recipe.b.size),
+        crops_a: Vec::with_capacity(local),
+        crops_b: Vec::with_capacity(local),
         size: recipe.a.size,
     };
     for (va, vb) in views {
@@ -106,6 +136,27 @@ impl Loader {
         seed: u64,
         start: usize,
     ) -> Result<Self> {
+        Self::sharded(data, recipe, batch, seed, start, Shard::WHOLE)
+    }
+
+    /// A loader of this rank's `shard` of every global batch of `batch` samples.
+    pub fn sharded(
+        data: Arc<dyn Dataset>,
+        recipe: TwoViewRecipe,
+        batch: usize,
+        seed: u64,
+        start: usize,
+        shard: Shard,
+    ) -> Result<Self> {
+        if shard.size == 0 || !batch.is_multiple_of(shard.size) || shard.rank >= shard.size {
+            return Err(Error::config(
+                "train.batch_size",
+                format!(
+                    "the global batch of {batch} does not divide among {} ranks",
+                    shard.size
+                ),
+            ));
+        }
         if batch == 0 || data.len() < batch {
             return Err(Error::config(
                 "train.batch_size",
@@ -129,7 +180,7 @@ impl Loader {
             .spawn(move || {
                 let mut step = start;
                 loop {
-                    let b = make_batch(data.as_ref(), &recipe, batch, seed, step);
+                    let b = make_shard(data.as_ref(), &recipe, batch, seed, step, shard);
                     if tx.send(b).is_err() {
                         return; // the loader was dropped
                     }

@@ -13,7 +13,7 @@ pub use crate::augment::Image;
 pub use cifar::{read_cifar100_bin, read_cifar10_bin};
 pub use folder::{read_image_folder, write_image_folder};
 pub use idx::{read_idx_images, read_idx_labels};
-pub use loader::{make_batch, Batch, Loader};
+pub use loader::{make_batch, make_shard, Batch, Loader, Shard};
 pub use shapes::{Shapes, ShapesConfig, SHAPE_NAMES};
 pub use source::{DataSource, Split};
 

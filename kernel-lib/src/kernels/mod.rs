@@ -11,6 +11,7 @@
 //! | `affine.rs` | a linear layer's bias, LayerNorm's scale and shift ([`add_bias`], [`scale_shift_rows`]) |
 //! | `precision.rs` | mixed precision as autocast: bf16 convolutions and matrix products, f32 elsewhere ([`autocast`], [`Precision`]) |
 //! | `attention.rs` | multi-head self-attention from the fused qkv projection: no head-split copies, probabilities recomputed in the backward ([`attention`]) |
+//! | `collective.rs` | sums and gathers across ranks with their backward ([`all_reduce`], [`all_gather`]; the [`Collective`] a world implements, `crate::dist` the rest) |
 //! | `softmax.rs` | softmax over the last axis with a folded scale ([`softmax_last`]) |
 //! | `matmul.rs` | GEMM wrappers, narrow weight-gradient products, batched products ([`batched_matmul`]) |
 //! | `matmul_bf16.rs` | the CPU's bf16 product: AVX512-BF16 micro-kernel, f32 sums ([`autocast_matmul`] under bf16) |
@@ -33,6 +34,7 @@ mod affine;
 mod attention;
 mod batch_norm;
 pub mod bench;
+mod collective;
 mod conv;
 mod matmul;
 mod matmul_bf16;
@@ -46,6 +48,7 @@ pub use activation::{add_relu, gelu, relu};
 pub use affine::{add_bias, scale_shift_rows};
 pub use attention::{attention, attention_probabilities};
 pub use batch_norm::{batch_norm_affine_train, batch_norm_train, normalize_rows};
+pub use collective::{all_gather, all_reduce, Collective, World};
 pub use conv::plan::{conv_tf32, set_conv_tf32};
 pub use conv::winograd::{set_winograd, winograd};
 pub use conv::{cached_conv_algorithms, conv2d};

@@ -4,6 +4,7 @@
 use super::moco::{MocoConfig, MocoSpec, MocoVersion, MomentumPair};
 use super::queue::KeyQueue;
 use super::{ForwardOutput, Method, MethodSetup};
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::models::ParamStore;
 use crate::objectives::{dense_correspondence, densecl_loss, l2_normalize, DenseClInputs};
@@ -195,7 +196,9 @@ impl Method for DenseCl {
     }
 
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
-        self.pair.queue.check_keys_per_step(view_a.dim(0)?)?;
+        // The queues take every rank's keys.
+        let global = view_a.dim(0)? * dist::rank_and_size().1;
+        self.pair.queue.check_keys_per_step(global)?;
         // Keys first (detached): see `Moco::direction`.
         let k = self.pair.encode_keys(view_b)?;
         let q = self.pair.encode_queries(view_a)?;
@@ -222,7 +225,10 @@ impl Method for DenseCl {
         )?;
         // Queue 2 holds one vector per image: the dense key grid pooled before normalisation.
         let k2 = l2_normalize(&k_grid.mean(2)?, 1)?;
-        self.pending = Some((l2_normalize(&k.global, 1)?, k2));
+        self.pending = Some((
+            dist::gather_detached(&l2_normalize(&k.global, 1)?)?,
+            dist::gather_detached(&k2)?,
+        ));
         self.last_correspondence = Some(correspondence);
         Ok(ForwardOutput {
             loss: out.loss,

@@ -6,6 +6,7 @@
 
 use super::queue::KeyQueue;
 use super::{ForwardOutput, Method, MethodSetup, MomentumSchedule};
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::models::{
     ema_update, LastBn, Mlp, MlpSpec, ParamBuilder, ParamStore, ResNet, ResNetConfig, ResNetOutput,
@@ -309,13 +310,21 @@ impl MomentumPair {
     }
 
     /// Keys of a batch: the momentum encoder in training mode behind ShuffleBN, detached.
+    ///
+    /// Across ranks (docs/distributed.md) this is the official `_batch_shuffle_ddp`: every
+    /// rank's images are gathered, one permutation of the global batch (drawn from seed and
+    /// step, so the same on every rank) deals each rank its share, the keys are gathered back
+    /// and put in the original order, and each rank keeps its own rows.
     pub fn encode_keys(&self, x: &Tensor) -> Result<Encoded> {
         let n = x.dim(0)?;
-        if n % self.spec.config.bn_splits.max(1) != 0 {
+        let (rank, size) = dist::rank_and_size();
+        let splits = self.spec.config.bn_splits.max(1);
+        if !(n * size).is_multiple_of(splits) {
             return Err(Error::config(
                 "moco.bn_splits",
                 format!(
-                    "batch of {n} does not divide into {} BatchNorm groups",
+                    "batch of {} does not divide into {} BatchNorm groups",
+                    n * size,
                     self.spec.config.bn_splits
                 ),
             ));
@@ -328,10 +337,14 @@ impl MomentumPair {
                 grid: e.grid.map(|g| g.detach()),
             });
         }
-        let (perm, inv) = self.shuffle(n, x.device())?;
-        let e = self.key.forward(&x.index_select(&perm, 0)?, true)?;
-        let back =
-            |t: Tensor| -> Result<Tensor> { Ok(t.detach().contiguous()?.index_select(&inv, 0)?) };
+        let all = dist::gather_detached(x)?;
+        let (perm, inv) = self.shuffle(n * size, x.device())?;
+        let mine = perm.narrow(0, rank * n, n)?;
+        let e = self.key.forward(&all.index_select(&mine, 0)?, true)?;
+        let back = |t: Tensor| -> Result<Tensor> {
+            let every = dist::gather_detached(&t.contiguous()?)?;
+            Ok(every.index_select(&inv, 0)?.narrow(0, rank * n, n)?)
+        };
         Ok(Encoded {
             map: back(e.map)?,
             global: back(e.global)?,
@@ -527,9 +540,9 @@ impl Method for Moco {
         } else {
             1
         };
-        self.pair
-            .queue
-            .check_keys_per_step(per_view * view_a.dim(0)?)?;
+        // The queue takes every rank's keys.
+        let global = view_a.dim(0)? * dist::rank_and_size().1;
+        self.pair.queue.check_keys_per_step(per_view * global)?;
         let tau = self.pair.spec.config.tau;
         let (loss, parts, keys) = if self.pair.spec.config.symmetric {
             let (ab, k2) = self.direction(view_a, view_b)?;
@@ -537,11 +550,12 @@ impl Method for Moco {
             let mut parts = contrastive_parts(&ab, tau)?;
             parts.insert(0, ("loss_12".into(), ab.loss.detach()));
             parts.insert(1, ("loss_21".into(), ba.loss.detach()));
+            let (k1, k2) = (dist::gather_detached(&k1)?, dist::gather_detached(&k2)?);
             ((ab.loss + ba.loss)?, parts, Tensor::cat(&[&k1, &k2], 0)?)
         } else {
             let (nce, k) = self.direction(view_a, view_b)?;
             let parts = contrastive_parts(&nce, tau)?;
-            (nce.loss, parts, k)
+            (nce.loss, parts, dist::gather_detached(&k)?)
         };
         self.pending = Some(keys);
         Ok(ForwardOutput {

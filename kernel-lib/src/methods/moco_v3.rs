@@ -4,11 +4,12 @@
 //! patch projection can stay frozen at its random init (the paper's fix for gradient spikes).
 
 use super::{ForwardOutput, Method, MethodSetup, MomentumSchedule};
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::models::{
     ema_update, Backbone, BackboneConfig, LastBn, Mlp, MlpSpec, ParamBuilder, ParamStore,
 };
-use crate::objectives::{l2_normalize, moco_v3_ctr};
+use crate::objectives::{l2_normalize, moco_v3_ctr_at};
 use crate::optim::cosine_momentum;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -195,8 +196,10 @@ impl Method for MocoV3 {
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
         // Each crop goes through the networks on its own: BN statistics are per crop. Keys
         // first (detached): see `Moco::direction`.
-        let k1 = self.keys(view_a)?;
-        let k2 = self.keys(view_b)?;
+        // Across ranks every rank's keys are the negatives (all-gathered, as the official
+        // `concat_all_gather`), and a rank's positives sit at its offset among them.
+        let k1 = dist::gather_detached(&self.keys(view_a)?)?;
+        let k2 = dist::gather_detached(&self.keys(view_b)?)?;
         let q1 = self
             .predictor
             .forward_t(&self.query.forward(view_a)?, true)?;
@@ -204,9 +207,11 @@ impl Method for MocoV3 {
             .predictor
             .forward_t(&self.query.forward(view_b)?, true)?;
         let tau = self.spec.config.tau;
-        let l12 = moco_v3_ctr(&q1, &k2, tau)?;
-        let l21 = moco_v3_ctr(&q2, &k1, tau)?;
-        let pos = (l2_normalize(&q1.detach(), 1)? * l2_normalize(&k2, 1)?)?
+        let n = q1.dim(0)?;
+        let offset = dist::rank_and_size().0 * n;
+        let l12 = moco_v3_ctr_at(&q1, &k2, tau, offset)?;
+        let l21 = moco_v3_ctr_at(&q2, &k1, tau, offset)?;
+        let pos = (l2_normalize(&q1.detach(), 1)? * l2_normalize(&k2.narrow(0, offset, n)?, 1)?)?
             .sum(1)?
             .mean_all()?;
         Ok(ForwardOutput {

@@ -7,6 +7,7 @@
 //! projector layer.
 
 use super::params::{Init, ParamBuilder, ParamKind};
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::kernels::{batch_norm_affine_train, batch_norm_train};
 use candle_core::{Tensor, Var};
@@ -90,7 +91,7 @@ impl BatchNorm {
     /// Normalises `x`; in training mode also updates the running statistics. On the CPU the
     /// training path runs the fused kernel; elsewhere [`BatchNorm::forward_t_generic`].
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_impl(x, train, true, false)
+        self.forward_split_act(x, train, 1, false)
     }
 
     /// The device-independent path built from candle tensor ops (used off the CPU, and by the
@@ -121,9 +122,19 @@ impl BatchNorm {
         groups: usize,
         relu: bool,
     ) -> Result<Tensor> {
+        if train {
+            if let Some(world) = dist::current() {
+                return self.forward_ranks(x, groups, relu, world.size());
+            }
+        }
         if !train || groups <= 1 {
             return self.forward_impl(x, train, true, relu);
         }
+        self.forward_groups(x, groups, relu)
+    }
+
+    /// Training-mode split BN of this process's rows in `groups` groups.
+    fn forward_groups(&self, x: &Tensor, groups: usize, relu: bool) -> Result<Tensor> {
         let cs = self.channel_shape(x)?;
         let dims = x.dims().to_vec();
         let n = dims[0];
@@ -145,9 +156,12 @@ impl BatchNorm {
                 .reshape(dims.as_slice())?)
         };
         let count = m * inner;
+        // Across ranks each holds some of the groups: the running statistics move towards the
+        // average over every rank's groups, as in one process.
         let update = |mean: Tensor, var: Tensor| -> Result<()> {
             let mean = mean.reshape((groups, self.channels))?.mean(0)?;
             let var = var.reshape((groups, self.channels))?.mean(0)?;
+            let (mean, var) = (dist::mean_over_ranks(&mean)?, dist::mean_over_ranks(&var)?);
             self.update_running(&mean, &var, count)
         };
         if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
@@ -162,6 +176,39 @@ impl BatchNorm {
         let (xhat, mean, var) = batch_norm_train(&grouped, self.eps, true)?;
         update(mean, var)?;
         then_relu(self.affine(ungroup(xhat)?, &cs)?, relu)
+    }
+
+    /// Training mode across ranks (each holding its consecutive share of the global batch):
+    /// one group is SyncBN, statistics over the global batch; `groups` groups (a multiple of
+    /// the world size) are split BN, each rank normalising its `groups / size` groups, which is
+    /// MoCo's per-GPU BatchNorm when a rank holds one group.
+    fn forward_ranks(&self, x: &Tensor, groups: usize, relu: bool, size: usize) -> Result<Tensor> {
+        if groups > 1 {
+            if !groups.is_multiple_of(size) {
+                return Err(Error::config(
+                    "moco.bn_splits",
+                    format!(
+                        "{groups} BatchNorm groups do not divide among {size} ranks: use a \
+                         multiple of the world size, or 1 for BatchNorm over the global batch"
+                    ),
+                ));
+            }
+            return self.forward_groups(x, groups / size, relu);
+        }
+        let cs = self.channel_shape(x)?;
+        let dims = x.dims().to_vec();
+        let inner: usize = dims[2..].iter().product();
+        let m = dist::global_moments(&x.reshape((dims[0], self.channels, inner))?)?;
+        let xhat = m
+            .centred
+            .broadcast_div(
+                &(&m.var + self.eps)?
+                    .sqrt()?
+                    .reshape((1, self.channels, 1))?,
+            )?
+            .reshape(dims.as_slice())?;
+        self.update_running(&m.mean.detach(), &m.var.detach(), m.count)?;
+        then_relu(self.affine(xhat, &cs)?, relu)
     }
 
     fn forward_impl(&self, x: &Tensor, train: bool, fused: bool, relu: bool) -> Result<Tensor> {

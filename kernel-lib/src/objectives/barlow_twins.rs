@@ -6,6 +6,7 @@
 //! variance with eps 1e-5, and division by the batch size N; identical views then give
 //! `Cᵢᵢ = var/(var+eps) ≈ 1`. (The paper's pseudocode uses the unbiased std, giving (N−1)/N.)
 
+use crate::dist;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
 
@@ -22,12 +23,13 @@ pub struct BarlowTwinsLoss {
     pub c: Tensor,
 }
 
-/// Per-dimension batch normalisation without affine parameters (biased variance, eps 1e-5).
+/// Per-dimension batch normalisation without affine parameters (biased variance, eps 1e-5),
+/// over the global batch when ranks share it (the official code's SyncBN).
 fn batch_standardize(z: &Tensor) -> Result<Tensor> {
-    let mean = z.mean_keepdim(0)?;
-    let centred = z.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(0)?;
-    Ok(centred.broadcast_div(&(var + 1e-5)?.sqrt()?)?)
+    let (n, d) = z.dims2()?;
+    let m = dist::global_moments(&z.reshape((n, d, 1))?)?;
+    let std = (m.var + 1e-5)?.sqrt()?.reshape((1, d))?;
+    Ok(m.centred.reshape((n, d))?.broadcast_div(&std)?)
 }
 
 /// Barlow Twins loss of two `(N, D)` embeddings. See the module docs for the convention.
@@ -55,8 +57,11 @@ pub fn barlow_twins_loss(z_a: &Tensor, z_b: &Tensor, lambda: f64) -> Result<Barl
     }
     let a = batch_standardize(z_a)?;
     let b = batch_standardize(z_b)?;
-    let c = (a.t()?.matmul(&b)? / n as f64)?;
-    let diag = ((&a * &b)?.sum(0)? / n as f64)?;
+    // Across ranks, C and its diagonal are sums over every rank's rows: all-reduced with
+    // their gradient (docs/distributed.md), so each rank backpropagates the global loss.
+    let n = n * dist::rank_and_size().1;
+    let c = (dist::all_reduce_sum(&a.t()?.matmul(&b)?)? / n as f64)?;
+    let diag = (dist::all_reduce_sum(&(&a * &b)?.sum(0)?)? / n as f64)?;
     let on_diag = diag.affine(-1.0, 1.0)?.sqr()?.sum_all()?;
     let off_diag = (c.sqr()?.sum_all()? - diag.sqr()?.sum_all()?)?;
     let loss = (&on_diag + (&off_diag * lambda)?)?;

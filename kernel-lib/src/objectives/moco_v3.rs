@@ -14,15 +14,31 @@ pub fn moco_v3_ctr(q: &Tensor, k: &Tensor, tau: f64) -> Result<Tensor> {
             k.dims()
         )));
     }
+    moco_v3_ctr_at(q, k, tau, 0)
+}
+
+/// [`moco_v3_ctr`] of a rank's `(n, C)` queries against every rank's keys `(m, C)`, the
+/// positive of query i being key `offset + i` (the official code's labels
+/// `arange(n) + n·rank` against the all-gathered keys).
+pub fn moco_v3_ctr_at(q: &Tensor, k: &Tensor, tau: f64, offset: usize) -> Result<Tensor> {
+    let (n, c) = q.dims2()?;
+    if k.rank() != 2 || k.dim(1)? != c || k.dim(0)? < offset + n {
+        return Err(Error::Shape(format!(
+            "moco_v3_ctr: keys {:?} do not hold the positives {offset}..{} of queries {:?}",
+            k.dims(),
+            offset + n,
+            q.dims()
+        )));
+    }
     if !(tau > 0.0 && tau.is_finite()) {
         return Err(Error::config(
             "moco_v3.tau",
             format!("must be > 0, got {tau}"),
         ));
     }
-    let n = q.dim(0)?;
     let logits = (l2_normalize(q, 1)?.matmul(&l2_normalize(k, 1)?.t()?)? / tau)?;
-    let labels = Tensor::arange(0u32, n as u32, q.device())?.to_dtype(DType::U32)?;
+    let labels =
+        Tensor::arange(offset as u32, (offset + n) as u32, q.device())?.to_dtype(DType::U32)?;
     Ok((cross_entropy(&logits, &labels)? * (2.0 * tau))?)
 }
 

@@ -16,6 +16,6 @@ pub use densecl::{
     DenseClLoss,
 };
 pub use info_nce::{cross_entropy, cross_entropy_first, info_nce_queue, l2_normalize, InfoNce};
-pub use moco_v3::{moco_v3_ctr, moco_v3_loss};
+pub use moco_v3::{moco_v3_ctr, moco_v3_ctr_at, moco_v3_loss};
 pub use simclr::nt_xent;
 pub use vicreg::{vicreg_loss, VicregLoss, VicregWeights, VICREG_EPS, VICREG_GAMMA};

@@ -4,6 +4,7 @@
 mod checkpoint;
 mod config;
 mod device;
+mod distributed;
 mod folders;
 mod inspect;
 mod metrics_log;

@@ -57,6 +57,8 @@ pub struct Run {
     pub(super) checkpoint_dir: Option<(std::path::PathBuf, super::folders::FolderLock)>,
     /// Where the TensorBoard events and `metrics.csv` go ([`Run::log_into`]).
     pub(super) metrics_log: Option<super::metrics_log::MetricsLog>,
+    /// The ranks this run trains on ([`Run::distribute`]); `None` for one process.
+    pub(super) world: Option<crate::dist::World>,
     /// The code that trains, as pointers taken when the run was built (see [`Hooks`]).
     hooks: Hooks,
 }
@@ -184,6 +186,7 @@ impl Run {
             monitors: Monitors::default(),
             checkpoint_dir: None,
             metrics_log: None,
+            world: None,
             hooks: Hooks::HERE,
         })
     }
@@ -201,13 +204,7 @@ impl Run {
     /// A loader of `batch`-sized batches whose next batch is that of step `step` (data order is
     /// a function of seed and step, so this continues a run exactly).
     pub(super) fn loader_at(&self, batch: usize, step: usize) -> Result<Loader> {
-        Loader::new(
-            self.train_data.clone(),
-            self.recipe.clone(),
-            batch,
-            self.config.seed,
-            step,
-        )
+        self.sharded_loader(batch, step)
     }
 
     /// Deep copies of every buffer (BN running statistics) of the online and momentum stores.
@@ -357,8 +354,10 @@ impl Run {
         &mut self,
         fault: impl FnOnce(&mut candle_core::backprop::GradStore),
     ) -> Result<StepReport> {
-        // The forward and backward passes of this step in the run's precision, on this thread.
+        // The forward and backward passes of this step in the run's precision, on this thread,
+        // and across this run's ranks (if any) until the method's after-step work is done.
         let _precision = crate::kernels::autocast(self.config.precision);
+        let ranks = crate::dist::scope(self.world.clone());
         let s = self.record.steps.len();
         let batch = self.loader.next_batch()?;
         let n = batch.indices.len();
@@ -374,6 +373,16 @@ impl Run {
         // device, which then runs forward and backward back to back instead of idling while
         // the backward's first kernels are launched. A non-finite loss wastes one backward.
         let mut grads = out.loss.backward()?;
+        let mut out = out;
+        if let Some(world) = self.world.clone().filter(|w| w.size() > 1) {
+            // Every rank steps with the mean gradient, and reports the mean of the ranks'
+            // losses (the global batch's loss: each rank's is its share, or already global).
+            super::distributed::average_gradients(&world, self.method.params(), &mut grads)?;
+            out.loss = crate::dist::mean_over_ranks(&out.loss)?;
+            for (_, t) in out.parts.iter_mut() {
+                *t = crate::dist::mean_over_ranks(t)?;
+            }
+        }
         fault(&mut grads);
         // A finite loss can still backpropagate a NaN (a division by zero in a backward pass):
         // applied, it would poison every weight it reaches. The spike tracker's per-layer
@@ -439,6 +448,7 @@ impl Run {
         self.optimizer.set_held_factor(self.schedule.batch_factor());
         self.optimizer.step(&grads, factor)?;
         self.method.after_step(s + 1, self.schedule.total_steps())?;
+        drop(ranks);
         let parts = out
             .parts
             .iter()
@@ -457,7 +467,7 @@ impl Run {
             parts,
             lr: self.schedule.lr_at(s),
             seconds,
-            images_per_sec: 2.0 * n as f64 / seconds.max(1e-9),
+            images_per_sec: 2.0 * (n * self.rank_and_size().1) as f64 / seconds.max(1e-9),
         };
         self.record.steps.push(report.clone());
         if let Some(log) = &mut self.metrics_log {
@@ -471,7 +481,7 @@ impl Run {
             self.take_monitors()?;
         }
         let every = self.config.train.checkpoint_every;
-        if every > 0 && report.step.is_multiple_of(every) {
+        if every > 0 && report.step.is_multiple_of(every) && self.is_lead() {
             if let Some((dir, _)) = &self.checkpoint_dir {
                 self.parts()
                     .save(&dir.join(format!("step-{:08}", report.step)))?;

@@ -1,0 +1,144 @@
+//! Data-parallel training across processes (docs/distributed.md).
+//!
+//! N processes ("ranks") each take a shard of the global batch. What must cross ranks goes
+//! through a [`Collective`]: the gradients (all-reduced and averaged before the optimiser
+//! step, so every rank steps identically), BatchNorm statistics over the global batch
+//! (SyncBN), Barlow Twins' cross-correlation, MoCo v3's keys, MoCo's ShuffleBN and its queue.
+//!
+//! Methods and models do not hold a collective: [`Run`](crate::train::Run) puts its world in
+//! scope for the duration of a step ([`scope`]) and the operations below read it. Outside a
+//! step, or in a run of one process, every operation here is the identity, so a method is
+//! written once for both.
+//!
+//! The tensor operations are autograd-aware as `torch.distributed.nn` is: the backward of an
+//! all-reduce all-reduces the gradient, and the backward of an all-gather sums the gradients
+//! of every rank's copy and keeps this rank's slice. With the gradients averaged over ranks
+//! afterwards, N ranks compute the gradient of the mean of their losses, which is the loss of
+//! the global batch when each rank's loss is its share (a mean over its own queries), or the
+//! global loss itself (Barlow Twins, the same value on every rank). Official Barlow Twins
+//! all-reduces its cross-correlation outside autograd and gets 1/N of that gradient
+//! (docs/distributed.md).
+
+mod ops;
+
+#[cfg(feature = "mpi")]
+mod mpi_world;
+
+pub use crate::kernels::{Collective, World};
+pub use ops::{
+    all_gather, all_reduce_sum, gather_detached, global_moments, mean_over_ranks, Moments,
+};
+
+#[cfg(feature = "mpi")]
+pub use mpi_world::MpiWorld;
+
+use crate::error::{Error, Result};
+use std::cell::RefCell;
+use std::time::Duration;
+
+/// How long a collective waits for the other ranks by default before it fails: long enough
+/// for a rank that evaluates kNN or writes a checkpoint while the others wait, short enough
+/// that a stalled job ends in minutes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The launchers sslab reads its rank from: what a process started by one of them finds in
+/// its environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launcher {
+    /// `mpirun`/`mpiexec` (Open MPI, MPICH) or `srun` (Slurm with PMI/PMIx): an MPI world.
+    Mpi,
+    /// `torchrun`'s `RANK`/`WORLD_SIZE`/`MASTER_ADDR`, which NCCL's rendezvous takes.
+    Torchrun,
+}
+
+impl Launcher {
+    /// The launcher whose variables are set in `env`, if any (MPI's take precedence: `srun`
+    /// under a torchrun-style wrapper still sets both).
+    pub fn detect(env: impl Fn(&str) -> Option<String>) -> Option<Launcher> {
+        const MPI: [&str; 5] = [
+            "OMPI_COMM_WORLD_SIZE",
+            "PMIX_RANK",
+            "PMI_SIZE",
+            "PMI_RANK",
+            "SLURM_PROCID",
+        ];
+        if MPI.iter().any(|k| env(k).is_some()) {
+            return Some(Launcher::Mpi);
+        }
+        if env("RANK").is_some() && env("WORLD_SIZE").is_some() {
+            return Some(Launcher::Torchrun);
+        }
+        None
+    }
+}
+
+/// Joins the world the launcher of this process set up, with `timeout` on every collective.
+///
+/// CPU ranks run on MPI (`mpirun -np 2 sslab train ... --distributed`); a process started
+/// without a launcher gets an error that says how to launch it. Call it once per process, and
+/// keep the world until the end: the last handle dropped finalises MPI.
+pub fn init_from_env(timeout: Duration) -> Result<World> {
+    match Launcher::detect(|k| std::env::var(k).ok()) {
+        Some(Launcher::Mpi) => init_mpi(timeout),
+        Some(Launcher::Torchrun) => Err(Error::Invalid(
+            "RANK/WORLD_SIZE are set as torchrun sets them, which is the NCCL rendezvous for \
+             CUDA ranks: this build has no NCCL backend. Launch CPU ranks with mpirun or srun \
+             (docs/distributed.md)"
+                .into(),
+        )),
+        None => Err(Error::Invalid(
+            "--distributed: no launcher found (no OMPI_COMM_WORLD_SIZE, PMI_RANK, PMIX_RANK or \
+             SLURM_PROCID in the environment); start the ranks with e.g. \
+             `mpirun -np 2 sslab train barlow-twins --distributed`"
+                .into(),
+        )),
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn init_mpi(timeout: Duration) -> Result<World> {
+    Ok(std::sync::Arc::new(MpiWorld::init(timeout)?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn init_mpi(_timeout: Duration) -> Result<World> {
+    Err(Error::Invalid(
+        "this sslab was built without MPI: build it with `cargo build --release -p sslab-repl \
+         --features mpi` (needs Open MPI's headers and libclang: apt-get install \
+         libopenmpi-dev openmpi-bin libclang-dev)"
+            .into(),
+    ))
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<World>> = const { RefCell::new(None) };
+}
+
+/// Puts `world` in scope on this thread until the guard is dropped (the previous one comes
+/// back then): the operations of this module cross ranks only inside such a scope.
+pub fn scope(world: Option<World>) -> Scope {
+    let prev = CURRENT.with(|c| c.replace(world));
+    Scope { prev }
+}
+
+/// The guard of [`scope`].
+pub struct Scope {
+    prev: Option<World>,
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        CURRENT.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+/// The world in scope when it has more than one rank.
+pub fn current() -> Option<World> {
+    CURRENT.with(|c| c.borrow().clone().filter(|w| w.size() > 1))
+}
+
+/// `(rank, size)` of the world in scope; `(0, 1)` outside one.
+pub fn rank_and_size() -> (usize, usize) {
+    current().map_or((0, 1), |w| (w.rank(), w.size()))
+}

@@ -1,0 +1,156 @@
+//! A [`Run`] on several ranks (docs/distributed.md): each rank loads its share of every
+//! global batch, the gradients are averaged over ranks before the optimiser step, and the
+//! method's cross-rank parts (SyncBN, Barlow Twins' all-reduced C, MoCo v3's gathered keys,
+//! MoCo's ShuffleBN and queue) run through [`crate::dist`] while the step has the world in
+//! scope. Every rank then holds the same weights, so any rank's checkpoint resumes on any
+//! number of ranks.
+
+use super::run::Run;
+use crate::data::{Loader, Shard};
+use crate::dist::World;
+use crate::error::{Error, Result};
+use crate::methods::MethodKind;
+use crate::models::ParamStore;
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+
+impl Run {
+    /// Trains this run on the ranks of `world` from its next step on: this process becomes
+    /// rank `world.rank()` and takes that share of every global batch (`train.batch_size`
+    /// stays the global batch). Every rank starts from rank 0's weights, momentum encoder,
+    /// BatchNorm statistics and queues.
+    ///
+    /// Refused, with the reason, where ranks cannot train as one process with the global batch
+    /// would: a batch that does not divide among the ranks, MoCo's `bn_splits` that does not,
+    /// a device other than the CPU (the MPI world carries host memory), or a method whose
+    /// loss needs every rank's samples in a way sslab does not gather yet (SimCLR, VICReg).
+    ///
+    /// ```no_run
+    /// use sslab::prelude::*;
+    /// // Under `mpirun -np 2` (a build with the `mpi` feature):
+    /// let world = sslab::dist::init_from_env(sslab::dist::DEFAULT_TIMEOUT)?;
+    /// let mut run = Run::new(RunConfig::preset("barlow-twins/tiny")?)?;
+    /// run.distribute(world)?;
+    /// run.train(20)?;
+    /// # Ok::<(), sslab::Error>(())
+    /// ```
+    pub fn distribute(&mut self, world: World) -> Result<()> {
+        let size = world.size();
+        let batch = self.config.train.batch_size;
+        let kind = self.config.method;
+        if matches!(kind, MethodKind::Simclr | MethodKind::Vicreg) {
+            return Err(Error::Invalid(format!(
+                "{kind} is not data-parallel yet: its loss needs every rank's embeddings \
+                 (SimCLR's negatives, VICReg's variance and covariance) gathered with their \
+                 gradient; train it on one process"
+            )));
+        }
+        if !self.device.is_cpu() {
+            return Err(Error::Invalid(format!(
+                "data-parallel ranks train on the CPU (MPI); this run is on {}: the NCCL \
+                 backend for CUDA ranks is not built yet",
+                self.device_name()
+            )));
+        }
+        if !batch.is_multiple_of(size) || batch / size < 2 {
+            return Err(Error::config(
+                "train.batch_size",
+                format!(
+                    "the global batch of {batch} must divide among {size} ranks into shares \
+                     of at least 2 (BatchNorm needs two samples)"
+                ),
+            ));
+        }
+        if matches!(
+            kind,
+            MethodKind::MocoV1 | MethodKind::MocoV2 | MethodKind::DenseCl
+        ) {
+            let splits = self.config.moco.bn_splits;
+            if splits > 1 && !splits.is_multiple_of(size) {
+                return Err(Error::config(
+                    "moco.bn_splits",
+                    format!(
+                        "{splits} BatchNorm groups do not divide among {size} ranks: use a \
+                         multiple of the world size (one group per rank is MoCo's per-GPU \
+                         BatchNorm), or 1 for BatchNorm over the global batch"
+                    ),
+                ));
+            }
+        }
+        for store in self.method.stores() {
+            broadcast_store(&world, store)?;
+        }
+        for (_, q) in self.method.queues_mut() {
+            let mut keys = q.keys_by_row().flatten_all()?.to_vec1::<f32>()?;
+            world.broadcast(&mut keys, 0)?;
+            let t = Tensor::from_vec(keys, q.keys_by_row().shape(), &self.device)?;
+            let ptr = q.ptr();
+            q.restore(&t, ptr)?;
+        }
+        self.world = Some(world);
+        self.loader = self.loader_at(batch, self.record.steps.len())?;
+        Ok(())
+    }
+
+    /// This process's rank and the number of ranks (`(0, 1)` for a run on one process).
+    pub fn rank_and_size(&self) -> (usize, usize) {
+        self.world.as_ref().map_or((0, 1), |w| (w.rank(), w.size()))
+    }
+
+    /// Whether this process writes what the run saves: rank 0 (or the only process).
+    pub fn is_lead(&self) -> bool {
+        self.rank_and_size().0 == 0
+    }
+
+    /// This rank's loader of `batch`-sized global batches from `step` on.
+    pub(super) fn sharded_loader(&self, batch: usize, step: usize) -> Result<Loader> {
+        let (rank, size) = self.rank_and_size();
+        Loader::sharded(
+            self.train_data.clone(),
+            self.recipe.clone(),
+            batch,
+            self.config.seed,
+            step,
+            Shard { rank, size },
+        )
+    }
+}
+
+/// Rank 0's tensors of `store` on every rank.
+fn broadcast_store(world: &World, store: &ParamStore) -> Result<()> {
+    for p in &store.params {
+        let t = p.var.as_tensor();
+        let mut v = t.flatten_all()?.to_vec1::<f32>()?;
+        world.broadcast(&mut v, 0)?;
+        p.var.set(&Tensor::from_vec(v, t.shape(), t.device())?)?;
+    }
+    Ok(())
+}
+
+/// Replaces every gradient of `store`'s trainable tensors by its mean over ranks, in one
+/// all-reduce of all of them (every rank has the same tensors with a gradient: the same graph).
+pub(super) fn average_gradients(
+    world: &World,
+    store: &ParamStore,
+    grads: &mut GradStore,
+) -> Result<()> {
+    let mut flat = Vec::new();
+    let mut placed = Vec::new();
+    for p in store.trainable() {
+        if let Some(g) = grads.get(p.var.as_tensor()) {
+            let v = g.flatten_all()?.to_vec1::<f32>()?;
+            placed.push((p.var.as_tensor().clone(), g.shape().clone(), v.len()));
+            flat.extend(v);
+        }
+    }
+    world.all_reduce_sum(&mut flat)?;
+    let scale = 1.0 / world.size() as f32;
+    flat.iter_mut().for_each(|v| *v *= scale);
+    let mut at = 0;
+    for (t, shape, len) in placed {
+        let g = Tensor::from_slice(&flat[at..at + len], shape, t.device())?;
+        grads.insert(&t, g);
+        at += len;
+    }
+    Ok(())
+}
