@@ -84,6 +84,27 @@ impl MpiWorld {
     }
 }
 
+impl MpiWorld {
+    /// Element-wise sum over ranks of f32 or f64 data, in place.
+    fn sum<T>(&self, data: &mut [T]) -> Result<()>
+    where
+        T: mpi::datatype::Equivalence + Copy + Default + 'static,
+    {
+        let g = self.lock();
+        let send = lend(data.to_vec());
+        let recv = lend(vec![T::default(); data.len()]);
+        let (send_ptr, recv_ptr) = (send as *mut [T], recv as *mut [T]);
+        let req =
+            g.world
+                .immediate_all_reduce_into(StaticScope, &*send, recv, SystemOperation::sum());
+        self.wait(req, "all-reduce")?;
+        // SAFETY: both came from `lend` and the request completed.
+        let (_, out) = unsafe { (reclaim(send_ptr), reclaim(recv_ptr)) };
+        data.copy_from_slice(&out);
+        Ok(())
+    }
+}
+
 /// A buffer an MPI request may hold for `'static`; taken back with [`reclaim`] once the
 /// request completed, leaked if it never does.
 fn lend<T: Clone>(v: Vec<T>) -> &'static mut [T] {
@@ -110,18 +131,11 @@ impl Collective for MpiWorld {
     }
 
     fn all_reduce_sum(&self, data: &mut [f32]) -> Result<()> {
-        let g = self.lock();
-        let send = lend(data.to_vec());
-        let recv = lend(vec![0f32; data.len()]);
-        let (send_ptr, recv_ptr) = (send as *mut [f32], recv as *mut [f32]);
-        let req =
-            g.world
-                .immediate_all_reduce_into(StaticScope, &*send, recv, SystemOperation::sum());
-        self.wait(req, "all-reduce")?;
-        // SAFETY: both came from `lend` and the request completed.
-        let (_, out) = unsafe { (reclaim(send_ptr), reclaim(recv_ptr)) };
-        data.copy_from_slice(&out);
-        Ok(())
+        self.sum(data)
+    }
+
+    fn all_reduce_sum_f64(&self, data: &mut [f64]) -> Result<()> {
+        self.sum(data)
     }
 
     fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>> {

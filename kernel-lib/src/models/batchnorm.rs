@@ -168,12 +168,18 @@ impl BatchNorm {
             // γ and β repeated per group: grouped channel g·c + ch takes channel ch's, and the
             // backward of the repeat sums their gradients over the groups.
             let per_group = |v: &Var| Tensor::cat(&vec![v.as_tensor(); groups], 0);
-            let (y, mean, var) =
-                batch_norm_affine_train(&grouped, &per_group(w)?, &per_group(b)?, self.eps, relu)?;
+            let (y, mean, var) = batch_norm_affine_train(
+                &grouped,
+                &per_group(w)?,
+                &per_group(b)?,
+                self.eps,
+                relu,
+                None,
+            )?;
             update(mean, var)?;
             return ungroup(y);
         }
-        let (xhat, mean, var) = batch_norm_train(&grouped, self.eps, true)?;
+        let (xhat, mean, var) = batch_norm_train(&grouped, self.eps, true, None)?;
         update(mean, var)?;
         then_relu(self.affine(ungroup(xhat)?, &cs)?, relu)
     }
@@ -195,19 +201,21 @@ impl BatchNorm {
             }
             return self.forward_groups(x, groups / size, relu);
         }
+        // The fused kernel with its sums all-reduced (the same arithmetic as in one process,
+        // torch's SyncBN in its backward: the means of g and g·x̂ over the global batch, dγ
+        // and dβ from this rank's rows).
+        let world = dist::current();
+        let ranks = world.as_ref();
+        let count = x.elem_count() / self.channels * size;
+        if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
+            let (w, b) = (w.as_tensor(), b.as_tensor());
+            let (y, mean, var) = batch_norm_affine_train(x, w, b, self.eps, relu, ranks)?;
+            self.update_running(&mean, &var, count)?;
+            return Ok(y);
+        }
         let cs = self.channel_shape(x)?;
-        let dims = x.dims().to_vec();
-        let inner: usize = dims[2..].iter().product();
-        let m = dist::global_moments(&x.reshape((dims[0], self.channels, inner))?)?;
-        let xhat = m
-            .centred
-            .broadcast_div(
-                &(&m.var + self.eps)?
-                    .sqrt()?
-                    .reshape((1, self.channels, 1))?,
-            )?
-            .reshape(dims.as_slice())?;
-        self.update_running(&m.mean.detach(), &m.var.detach(), m.count)?;
+        let (xhat, mean, var) = batch_norm_train(x, self.eps, true, ranks)?;
+        self.update_running(&mean, &var, count)?;
         then_relu(self.affine(xhat, &cs)?, relu)
     }
 
@@ -215,7 +223,7 @@ impl BatchNorm {
         if train {
             if let (true, Some(w), Some(b)) = (fused, &self.weight, &self.bias) {
                 let (w, b) = (w.as_tensor(), b.as_tensor());
-                let (y, mean, var) = batch_norm_affine_train(x, w, b, self.eps, relu)?;
+                let (y, mean, var) = batch_norm_affine_train(x, w, b, self.eps, relu, None)?;
                 self.update_running(&mean, &var, x.elem_count() / self.channels)?;
                 return Ok(y);
             }
@@ -226,7 +234,7 @@ impl BatchNorm {
     fn forward_unfused(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
         let cs = self.channel_shape(x)?;
         if train {
-            let (xhat, mean, var) = batch_norm_train(x, self.eps, fused)?;
+            let (xhat, mean, var) = batch_norm_train(x, self.eps, fused, None)?;
             let count = x.elem_count() / self.channels;
             self.update_running(&mean, &var, count)?;
             return self.affine(xhat, &cs);

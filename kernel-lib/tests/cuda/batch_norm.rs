@@ -10,7 +10,7 @@ fn run(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, relu: bool, dev: &Device)
     let xv = Var::from_tensor(&x.to_device(dev).unwrap()).unwrap();
     let wv = Var::from_tensor(&w.to_device(dev).unwrap()).unwrap();
     let bv = Var::from_tensor(&b.to_device(dev).unwrap()).unwrap();
-    let (y, mean, var) = batch_norm_affine_train(&xv, &wv, &bv, 1e-5, relu).unwrap();
+    let (y, mean, var) = batch_norm_affine_train(&xv, &wv, &bv, 1e-5, relu, None).unwrap();
     let loss = (&y * &r.to_device(dev).unwrap())
         .unwrap()
         .sum_all()
@@ -65,7 +65,9 @@ fn normalized(x: &Tensor, r: &Tensor, rows: bool, dev: &Device) -> [Tensor; 2] {
     let xhat = if rows {
         sslab::kernels::normalize_rows(&xv, 1e-6, true).unwrap()
     } else {
-        sslab::kernels::batch_norm_train(&xv, 1e-5, true).unwrap().0
+        sslab::kernels::batch_norm_train(&xv, 1e-5, true, None)
+            .unwrap()
+            .0
     };
     let loss = (&xhat * &r.to_device(dev).unwrap())
         .unwrap()

@@ -6,6 +6,7 @@
 mod cuda;
 
 use super::activation::ReluGrad;
+use super::collective::World;
 use super::par::CHUNK;
 use super::storage::{on_cpu_f32, slice, CResult};
 use crate::error::{Error, Result};
@@ -23,26 +24,53 @@ pub(crate) struct BnStats {
 }
 
 /// Per-channel batch mean, biased variance and `1/√(var + eps)` of `(n, c, inner)` data,
-/// accumulated in f64.
-fn channel_stats(x: &[f32], (n, c, inner): (usize, usize, usize), eps: f64) -> BnStats {
-    let m = (n * inner) as f64;
-    let per_channel: Vec<(f32, f32, f32)> = (0..c)
+/// accumulated in f64. With `ranks`, over every rank's rows (SyncBN): the per-channel sums
+/// are all-reduced, the mean's first and then the squares' about the global mean, the same
+/// two passes as in one process.
+fn channel_stats(
+    x: &[f32],
+    (n, c, inner): (usize, usize, usize),
+    eps: f64,
+    ranks: Option<&World>,
+) -> CResult<BnStats> {
+    let size = ranks.map_or(1, |w| w.size());
+    let m = (n * inner * size) as f64;
+    let rows = |ch: usize| (0..n).map(move |b| &x[(b * c + ch) * inner..][..inner]);
+    let mut sums: Vec<f64> = (0..c)
+        .into_par_iter()
+        .map(|ch| rows(ch).flatten().map(|&v| v as f64).sum::<f64>())
+        .collect();
+    all_reduce_f64(ranks, &mut sums)?;
+    let means: Vec<f64> = sums.iter().map(|s| s / m).collect();
+    let mut squares: Vec<f64> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let rows = || (0..n).map(|b| &x[(b * c + ch) * inner..][..inner]);
-            let mean = rows().flatten().map(|&v| v as f64).sum::<f64>() / m;
-            let var = rows()
+            let mean = means[ch];
+            rows(ch)
                 .flatten()
                 .map(|&v| (v as f64 - mean).powi(2))
                 .sum::<f64>()
-                / m;
-            (mean as f32, var as f32, (1.0 / (var + eps).sqrt()) as f32)
         })
         .collect();
-    BnStats {
-        mean: per_channel.iter().map(|p| p.0).collect(),
-        var: per_channel.iter().map(|p| p.1).collect(),
-        inv_std: per_channel.iter().map(|p| p.2).collect(),
+    all_reduce_f64(ranks, &mut squares)?;
+    let vars: Vec<f64> = squares.iter().map(|s| s / m).collect();
+    Ok(BnStats {
+        mean: means.iter().map(|&v| v as f32).collect(),
+        var: vars.iter().map(|&v| v as f32).collect(),
+        inv_std: vars
+            .iter()
+            .map(|&v| (1.0 / (v + eps).sqrt()) as f32)
+            .collect(),
+    })
+}
+
+/// The element-wise sum over `ranks` in place; nothing without ranks.
+fn all_reduce_f64(ranks: Option<&World>, v: &mut [f64]) -> CResult<()> {
+    match ranks {
+        Some(w) => w
+            .all_reduce_sum_f64(v)
+            .map_err(|e| candle_core::Error::Msg(e.to_string())),
+        None => Ok(()),
     }
 }
 
@@ -85,6 +113,8 @@ fn saved_stats(slot: &Mutex<BnStats>) -> CResult<BnStats> {
 pub(crate) struct BatchNormOp {
     pub eps: f64,
     pub stats: Arc<Mutex<BnStats>>,
+    /// Statistics over every rank's rows (SyncBN).
+    pub ranks: Option<World>,
 }
 
 fn bn_dims(dims: &[usize]) -> (usize, usize, usize) {
@@ -102,7 +132,7 @@ impl CustomOp1 for BatchNormOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = slice(s, l, "batchnorm input")?;
         let (n, c, inner) = bn_dims(l.dims());
-        let st = channel_stats(x, (n, c, inner), self.eps);
+        let st = channel_stats(x, (n, c, inner), self.eps, self.ranks.as_ref())?;
         let y = bn_apply(x, (c, inner), &st, None, None);
         store_stats(&self.stats, st);
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -115,6 +145,7 @@ impl CustomOp1 for BatchNormOp {
             inv_std: st.inv_std,
             gamma: None,
             sums: Arc::default(),
+            ranks: self.ranks.clone(),
         };
         Ok(Some(xhat.apply_op2(&g.contiguous()?, grad)?))
     }
@@ -128,6 +159,8 @@ pub(crate) struct BatchNormAffineOp {
     pub stats: Arc<Mutex<BnStats>>,
     /// Apply a ReLU to the output, in the same pass.
     pub relu: bool,
+    /// Statistics over every rank's rows (SyncBN).
+    pub ranks: Option<World>,
 }
 
 impl CustomOp3 for BatchNormAffineOp {
@@ -155,7 +188,7 @@ impl CustomOp3 for BatchNormAffineOp {
                 beta.len()
             );
         }
-        let st = channel_stats(x, (n, c, inner), self.eps);
+        let st = channel_stats(x, (n, c, inner), self.eps, self.ranks.as_ref())?;
         let mut y = bn_apply(x, (c, inner), &st, Some(gamma), Some(beta));
         if self.relu {
             y.par_chunks_mut(CHUNK)
@@ -186,6 +219,7 @@ impl CustomOp3 for BatchNormAffineOp {
             inv_std: st.inv_std,
             gamma: Some(gamma.to_vec1::<f32>()?),
             sums: sums.clone(),
+            ranks: self.ranks.clone(),
         };
         let dx = x.apply_op2(&g.contiguous()?, grad)?;
         let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = sums
@@ -206,11 +240,16 @@ impl CustomOp3 for BatchNormAffineOp {
 /// The BatchNorm input gradient `dx = γ·inv_std·(g − mean(g) − x̂·mean(g·x̂))` per channel;
 /// arguments (x̂, g), or (x, g) with `mean` given (x̂ is then recomputed, not stored). The
 /// per-channel sums Σg and Σg·x̂ (dβ and dγ) are left in `sums`.
+///
+/// With `ranks` (SyncBN) the two means are over every rank's rows, as `torch`'s SyncBN
+/// all-reduces them, and `sums` keeps this rank's own sums: its dγ and dβ, which the
+/// gradient average over ranks turns into the global batch's.
 struct BatchNormGrad {
     mean: Option<Vec<f32>>,
     inv_std: Vec<f32>,
     gamma: Option<Vec<f32>>,
     sums: Arc<Mutex<Vec<(f64, f64)>>>,
+    ranks: Option<World>,
 }
 
 impl CustomOp2 for BatchNormGrad {
@@ -228,7 +267,7 @@ impl CustomOp2 for BatchNormGrad {
         let xin = slice(s1, l1, "batchnorm input")?;
         let g = slice(s2, l2, "batchnorm gradient")?;
         let (n, c, inner) = bn_dims(l1.dims());
-        let m = (n * inner) as f64;
+        let m = (n * inner * self.ranks.as_ref().map_or(1, |w| w.size())) as f64;
         // x̂ of channel `ch` from the input value.
         let xhat = |ch: usize, v: f32| match &self.mean {
             Some(mean) => (v - mean[ch]) * self.inv_std[ch],
@@ -248,13 +287,19 @@ impl CustomOp2 for BatchNormGrad {
                 (sg, sgx)
             })
             .collect();
+        let mut global: Vec<f64> = sums.iter().flat_map(|&(a, b)| [a, b]).collect();
+        all_reduce_f64(self.ranks.as_ref(), &mut global)?;
+        let means: Vec<(f32, f32)> = global
+            .chunks(2)
+            .map(|p| ((p[0] / m) as f32, (p[1] / m) as f32))
+            .collect();
         let mut dx = vec![0f32; xin.len()];
         dx.par_chunks_mut(inner)
             .zip(g.par_chunks(inner).zip(xin.par_chunks(inner)))
             .enumerate()
             .for_each(|(i, (d, (gr, xr)))| {
                 let ch = i % c;
-                let (mg, mgx) = ((sums[ch].0 / m) as f32, (sums[ch].1 / m) as f32);
+                let (mg, mgx) = means[ch];
                 let k = self.inv_std[ch] * self.gamma.as_ref().map_or(1.0, |gm| gm[ch]);
                 for ((o, &gv), &xv) in d.iter_mut().zip(gr).zip(xr) {
                     *o = k * (gv - mg - xhat(ch, xv) * mgx);
@@ -292,10 +337,21 @@ fn check_count(x: &Tensor, channels: usize) -> Result<()> {
 /// Normalises `(n, c, ...)` input over every axis but the channel axis (1) with its batch
 /// statistics; returns x̂ and the detached per-channel mean and biased variance. `fused` takes
 /// sslab's kernel where it applies (CPU, or CUDA in a `cuda` build; f32), otherwise candle's
-/// tensor ops.
-pub fn batch_norm_train(x: &Tensor, eps: f64, fused: bool) -> Result<(Tensor, Tensor, Tensor)> {
+/// tensor ops. With `ranks`, the statistics are over every rank's rows (SyncBN; the CPU
+/// kernel only).
+pub fn batch_norm_train(
+    x: &Tensor,
+    eps: f64,
+    fused: bool,
+    ranks: Option<&World>,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let dims = x.dims();
     check_count(x, dims.get(1).copied().unwrap_or(1))?;
+    if ranks.is_some() && !on_cpu_f32(x) {
+        return Err(Error::Invalid(
+            "BatchNorm across ranks runs on f32 CPU tensors".into(),
+        ));
+    }
     #[cfg(feature = "cuda")]
     if fused && x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
         return cuda::normalize(x, eps);
@@ -305,6 +361,7 @@ pub fn batch_norm_train(x: &Tensor, eps: f64, fused: bool) -> Result<(Tensor, Te
         let xhat = x.contiguous()?.apply_op1(BatchNormOp {
             eps,
             stats: stats.clone(),
+            ranks: ranks.cloned(),
         })?;
         let (mean, var) = stats_tensors(&stats, x.device())?;
         return Ok((xhat, mean, var));
@@ -325,15 +382,22 @@ pub fn batch_norm_train(x: &Tensor, eps: f64, fused: bool) -> Result<(Tensor, Te
 /// a ReLU when `relu` is set; returns y and the detached batch mean and biased variance. On
 /// the CPU one kernel (x̂ and the pre-ReLU output are never stored), on CUDA (f32) sslab's
 /// kernels (`cuda.rs`: statistics and gradient sums stay on the device), elsewhere
-/// [`batch_norm_train`]'s tensor ops and candle's broadcast ops.
+/// [`batch_norm_train`]'s tensor ops and candle's broadcast ops. With `ranks`, the statistics
+/// are over every rank's rows (SyncBN; the CPU kernel only).
 pub fn batch_norm_affine_train(
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
     eps: f64,
     relu: bool,
+    ranks: Option<&World>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     check_count(x, w.elem_count())?;
+    if ranks.is_some() && !on_cpu_f32(x) {
+        return Err(Error::Invalid(
+            "BatchNorm across ranks runs on f32 CPU tensors".into(),
+        ));
+    }
     #[cfg(feature = "cuda")]
     if x.device().is_cuda()
         && [x, w, b]
@@ -348,12 +412,13 @@ pub fn batch_norm_affine_train(
             eps,
             stats: stats.clone(),
             relu,
+            ranks: ranks.cloned(),
         };
         let y = x.contiguous()?.apply_op3(w, b, op)?;
         let (mean, var) = stats_tensors(&stats, x.device())?;
         return Ok((y, mean, var));
     }
-    let (xhat, mean, var) = batch_norm_train(x, eps, false)?;
+    let (xhat, mean, var) = batch_norm_train(x, eps, false, None)?;
     let mut cs = vec![1; x.rank()];
     cs[1] = w.elem_count();
     let y = xhat
@@ -385,6 +450,7 @@ pub fn normalize_rows(x: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
             .apply_op1(BatchNormOp {
                 eps,
                 stats: Arc::new(Mutex::new(BnStats::default())),
+                ranks: None,
             })?
             .reshape(dims)?);
     }
