@@ -26,7 +26,8 @@ mod mpi_world;
 
 pub use crate::kernels::{Collective, World};
 pub use ops::{
-    all_gather, all_reduce_sum, gather_detached, global_moments, mean_over_ranks, Moments,
+    all_gather, all_reduce_sum, average_gradients, gather_detached, global_moments,
+    mean_over_ranks, Moments,
 };
 
 #[cfg(feature = "mpi")]

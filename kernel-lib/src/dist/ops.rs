@@ -3,7 +3,8 @@
 
 use super::{current, rank_and_size};
 use crate::error::Result;
-use crate::kernels;
+use crate::kernels::{self, World};
+use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
 /// The element-wise sum of `t` over ranks; its backward sums the gradients over ranks.
@@ -67,4 +68,33 @@ pub fn global_moments(x: &Tensor) -> Result<Moments> {
         var,
         count,
     })
+}
+
+/// Replaces the gradient of each of `vars` that has one by its mean over the ranks of `world`,
+/// in one all-reduce of all of them (every rank has the same tensors with a gradient: the
+/// same graph).
+pub fn average_gradients<'a>(
+    world: &World,
+    vars: impl Iterator<Item = &'a Tensor>,
+    grads: &mut GradStore,
+) -> Result<()> {
+    let mut flat = Vec::new();
+    let mut placed = Vec::new();
+    for t in vars {
+        if let Some(g) = grads.get(t) {
+            let v = g.flatten_all()?.to_vec1::<f32>()?;
+            placed.push((t.clone(), g.shape().clone(), v.len()));
+            flat.extend(v);
+        }
+    }
+    world.all_reduce_sum(&mut flat)?;
+    let scale = 1.0 / world.size() as f32;
+    flat.iter_mut().for_each(|v| *v *= scale);
+    let mut at = 0;
+    for (t, shape, len) in placed {
+        let g = Tensor::from_slice(&flat[at..at + len], shape, t.device())?;
+        grads.insert(&t, g);
+        at += len;
+    }
+    Ok(())
 }

@@ -11,7 +11,6 @@ use crate::dist::World;
 use crate::error::{Error, Result};
 use crate::methods::MethodKind;
 use crate::models::ParamStore;
-use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
 impl Run {
@@ -123,34 +122,6 @@ fn broadcast_store(world: &World, store: &ParamStore) -> Result<()> {
         let mut v = t.flatten_all()?.to_vec1::<f32>()?;
         world.broadcast(&mut v, 0)?;
         p.var.set(&Tensor::from_vec(v, t.shape(), t.device())?)?;
-    }
-    Ok(())
-}
-
-/// Replaces every gradient of `store`'s trainable tensors by its mean over ranks, in one
-/// all-reduce of all of them (every rank has the same tensors with a gradient: the same graph).
-pub(super) fn average_gradients(
-    world: &World,
-    store: &ParamStore,
-    grads: &mut GradStore,
-) -> Result<()> {
-    let mut flat = Vec::new();
-    let mut placed = Vec::new();
-    for p in store.trainable() {
-        if let Some(g) = grads.get(p.var.as_tensor()) {
-            let v = g.flatten_all()?.to_vec1::<f32>()?;
-            placed.push((p.var.as_tensor().clone(), g.shape().clone(), v.len()));
-            flat.extend(v);
-        }
-    }
-    world.all_reduce_sum(&mut flat)?;
-    let scale = 1.0 / world.size() as f32;
-    flat.iter_mut().for_each(|v| *v *= scale);
-    let mut at = 0;
-    for (t, shape, len) in placed {
-        let g = Tensor::from_slice(&flat[at..at + len], shape, t.device())?;
-        grads.insert(&t, g);
-        at += len;
     }
     Ok(())
 }

@@ -377,7 +377,8 @@ impl Run {
         if let Some(world) = self.world.clone().filter(|w| w.size() > 1) {
             // Every rank steps with the mean gradient, and reports the mean of the ranks'
             // losses (the global batch's loss: each rank's is its share, or already global).
-            super::distributed::average_gradients(&world, self.method.params(), &mut grads)?;
+            let vars = self.method.params().trainable().map(|p| p.var.as_tensor());
+            crate::dist::average_gradients(&world, vars, &mut grads)?;
             out.loss = crate::dist::mean_over_ranks(&out.loss)?;
             for (_, t) in out.parts.iter_mut() {
                 *t = crate::dist::mean_over_ranks(t)?;
