@@ -271,6 +271,41 @@ fn twenty_steps_on_two_ranks_end_where_one_process_ends() {
     }
 }
 
+/// `train.sync_bn = false`: each rank normalises its own rows, so two ranks of MoCo v2 with
+/// one BatchNorm group train as one process with two groups (split BN, the one-process
+/// stand-in for per-GPU BatchNorm), behind the same ShuffleBN permutation.
+#[test]
+fn without_sync_bn_two_ranks_train_as_split_batch_norm_in_one_process() {
+    let Some(bin) = mpi_sslab() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let m = &["moco-v2"][..];
+    let one = train_cmd(&bin, 1, m, &dir.path().join("one"), &["--steps", "3"])
+        .args(["--set", "moco.bn_splits=2"])
+        .output()
+        .unwrap();
+    let two = train_cmd(&bin, 2, m, &dir.path().join("two"), &["--steps", "3"])
+        .args(["--set", "moco.bn_splits=1", "--set", "train.sync_bn=false"])
+        .output()
+        .unwrap();
+    let synced = train_cmd(&bin, 2, m, &dir.path().join("sync"), &["--steps", "3"])
+        .args(["--set", "moco.bn_splits=1"])
+        .output()
+        .unwrap();
+    let (la, lb) = (losses(&ok(one, "one")), losses(&ok(two, "two")));
+    let ls = losses(&ok(synced, "synced"));
+    for (x, y) in la.iter().zip(&lb) {
+        assert!(
+            rel(*y, *x) < 1e-3,
+            "per-rank BN loss {y}, split BN in one process {x}"
+        );
+    }
+    // SyncBN is a different normalisation: its losses move away from split BN's.
+    assert!(
+        la.iter().zip(&ls).any(|(x, y)| rel(*y, *x) > 1e-3),
+        "SyncBN {ls:?} against split BN {la:?}"
+    );
+}
+
 /// The pid of the rank `rank` started with `mark` in its environment.
 fn rank_pid(mark: &str, rank: usize) -> Option<u32> {
     let want = format!("OMPI_COMM_WORLD_RANK={rank}");

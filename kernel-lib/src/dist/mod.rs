@@ -112,31 +112,44 @@ fn init_mpi(_timeout: Duration) -> Result<World> {
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<World>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<(Option<World>, bool)> = const { RefCell::new((None, true)) };
 }
 
 /// Puts `world` in scope on this thread until the guard is dropped (the previous one comes
-/// back then): the operations of this module cross ranks only inside such a scope.
+/// back then): the operations of this module cross ranks only inside such a scope. BatchNorm
+/// takes its statistics over every rank's rows ([`sync_bn`]).
 pub fn scope(world: Option<World>) -> Scope {
-    let prev = CURRENT.with(|c| c.replace(world));
-    Scope { prev }
+    scope_with(world, true)
+}
+
+/// [`scope`], choosing whether BatchNorm's statistics cross ranks (`train.sync_bn`).
+pub fn scope_with(world: Option<World>, sync_bn: bool) -> Scope {
+    let prev = CURRENT.with(|c| c.replace((world, sync_bn)));
+    Scope { prev: Some(prev) }
 }
 
 /// The guard of [`scope`].
 pub struct Scope {
-    prev: Option<World>,
+    prev: Option<(Option<World>, bool)>,
 }
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        let prev = self.prev.take();
-        CURRENT.with(|c| *c.borrow_mut() = prev);
+        if let Some(prev) = self.prev.take() {
+            CURRENT.with(|c| *c.borrow_mut() = prev);
+        }
     }
+}
+
+/// Whether BatchNorm with one group takes its statistics over every rank's rows (SyncBN) in
+/// the current scope, or over this rank's own.
+pub fn sync_bn() -> bool {
+    CURRENT.with(|c| c.borrow().1)
 }
 
 /// The world in scope when it has more than one rank.
 pub fn current() -> Option<World> {
-    CURRENT.with(|c| c.borrow().clone().filter(|w| w.size() > 1))
+    CURRENT.with(|c| c.borrow().0.clone().filter(|w| w.size() > 1))
 }
 
 /// `(rank, size)` of the world in scope; `(0, 1)` outside one.

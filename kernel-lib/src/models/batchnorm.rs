@@ -185,7 +185,8 @@ impl BatchNorm {
     }
 
     /// Training mode across ranks (each holding its consecutive share of the global batch):
-    /// one group is SyncBN, statistics over the global batch; `groups` groups (a multiple of
+    /// one group is SyncBN, statistics over the global batch (or, without `train.sync_bn`,
+    /// each rank's own rows); `groups` groups (a multiple of
     /// the world size) are split BN, each rank normalising its `groups / size` groups, which is
     /// MoCo's per-GPU BatchNorm when a rank holds one group.
     fn forward_ranks(&self, x: &Tensor, groups: usize, relu: bool, size: usize) -> Result<Tensor> {
@@ -200,6 +201,11 @@ impl BatchNorm {
                 ));
             }
             return self.forward_groups(x, groups / size, relu);
+        }
+        if !dist::sync_bn() {
+            // Per-rank BatchNorm (`train.sync_bn = false`): this rank's rows, the running
+            // statistics averaged over ranks.
+            return self.forward_groups(x, 1, relu);
         }
         // The fused kernel with its sums all-reduced (the same arithmetic as in one process,
         // torch's SyncBN in its backward: the means of g and g·x̂ over the global batch, dγ

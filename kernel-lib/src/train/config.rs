@@ -142,6 +142,17 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Periodic checkpoints kept (the oldest are deleted).
     pub keep_checkpoints: usize,
+    /// On several ranks ([`Run::distribute`](super::Run::distribute)): BatchNorm statistics
+    /// over the global batch (SyncBN: what one process with the global batch computes, and
+    /// what the official Barlow Twins and MoCo v3 do); `false`: each rank's own rows, as DDP
+    /// without SyncBN. MoCo's `bn_splits` groups are per rank either way. Written into a
+    /// saved config only when off, so configs saved before it existed print back the same.
+    #[serde(skip_serializing_if = "is_true")]
+    pub sync_bn: bool,
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 /// Evaluation settings.
@@ -212,6 +223,7 @@ impl Default for TrainConfig {
             log_every: 10,
             checkpoint_every: 0,
             keep_checkpoints: 2,
+            sync_bn: true,
         }
     }
 }

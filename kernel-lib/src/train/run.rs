@@ -357,7 +357,7 @@ impl Run {
         // The forward and backward passes of this step in the run's precision, on this thread,
         // and across this run's ranks (if any) until the method's after-step work is done.
         let _precision = crate::kernels::autocast(self.config.precision);
-        let ranks = crate::dist::scope(self.world.clone());
+        let ranks = crate::dist::scope_with(self.world.clone(), self.config.train.sync_bn);
         let s = self.record.steps.len();
         let batch = self.loader.next_batch()?;
         let n = batch.indices.len();
