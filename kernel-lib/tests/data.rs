@@ -289,6 +289,38 @@ fn loader_is_deterministic_and_restartable() {
     assert!(Loader::new(data, recipe, 31, 0, 0).is_err());
 }
 
+/// A rank's shard of a global batch is its consecutive slots of the whole batch: the same
+/// images, views and crops (what makes N ranks train as one process), in every epoch; a batch
+/// that does not divide among the ranks is refused.
+#[test]
+fn shards_of_a_global_batch_put_together_are_the_whole_batch() {
+    use sslab::data::{make_batch, make_shard, Shard};
+    let cfg = ShapesConfig {
+        size: 16,
+        train: 40,
+        test: 10,
+        seed: 2,
+    };
+    let data = Shapes::split(&cfg, 0, 40);
+    let recipe = TwoViewRecipe::named("byol-cifar", 16, None).unwrap();
+    for step in [0, 4, 7] {
+        let whole = make_batch(&data, &recipe, 12, 5, step);
+        let parts: Vec<Batch> = (0..3)
+            .map(|rank| make_shard(&data, &recipe, 12, 5, step, Shard { rank, size: 3 }))
+            .collect();
+        let cat = |f: fn(&Batch) -> Vec<f32>| parts.iter().flat_map(f).collect::<Vec<f32>>();
+        assert_eq!(cat(|b| b.a.clone()), whole.a, "step {step}");
+        assert_eq!(cat(|b| b.b.clone()), whole.b, "step {step}");
+        let idx: Vec<usize> = parts.iter().flat_map(|b| b.indices.clone()).collect();
+        assert_eq!(idx, whole.indices);
+        let crops: Vec<_> = parts.iter().flat_map(|b| b.crops_a.clone()).collect();
+        assert_eq!(crops, whole.crops_a);
+    }
+    let data: Arc<dyn Dataset> = Arc::new(data);
+    let shard = Shard { rank: 0, size: 5 };
+    assert!(Loader::sharded(data, recipe, 12, 5, 0, shard).is_err());
+}
+
 /// The built-in shapes written as an image folder (what `sslab data export` does) read back
 /// with the same pixels under the same class names.
 #[test]

@@ -156,3 +156,50 @@ pub fn current() -> Option<World> {
 pub fn rank_and_size() -> (usize, usize) {
     current().map_or((0, 1), |w| (w.rank(), w.size()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    /// mpirun, srun and torchrun are told apart by what they set; MPI's variables win where
+    /// both are set; no launcher, no world.
+    #[test]
+    fn launchers_are_recognised_by_their_variables() {
+        let mpi = [("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_RANK", "1")];
+        assert_eq!(Launcher::detect(env(&mpi)), Some(Launcher::Mpi));
+        assert_eq!(
+            Launcher::detect(env(&[("SLURM_PROCID", "0")])),
+            Some(Launcher::Mpi)
+        );
+        let torch = [("RANK", "0"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "node0")];
+        assert_eq!(Launcher::detect(env(&torch)), Some(Launcher::Torchrun));
+        let both = [("RANK", "0"), ("WORLD_SIZE", "4"), ("PMI_RANK", "0")];
+        assert_eq!(Launcher::detect(env(&both)), Some(Launcher::Mpi));
+        assert_eq!(Launcher::detect(env(&[("RANK", "0")])), None);
+        assert_eq!(Launcher::detect(env(&[])), None);
+    }
+
+    /// Outside a scope, and in a world of one, the collective operations are the identity and
+    /// BatchNorm syncs by default.
+    #[test]
+    fn outside_a_world_the_operations_are_the_identity() {
+        let t = candle_core::Tensor::new(&[1f32, 2.0, 3.0], &candle_core::Device::Cpu).unwrap();
+        assert!(current().is_none());
+        assert_eq!(rank_and_size(), (0, 1));
+        assert!(sync_bn());
+        let s = all_reduce_sum(&t).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(s, vec![1.0, 2.0, 3.0]);
+        let g = gather_detached(&t).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(g, vec![1.0, 2.0, 3.0]);
+        let _off = scope_with(None, false);
+        assert!(!sync_bn());
+    }
+}
