@@ -42,12 +42,8 @@ pub fn mean_over_ranks(t: &Tensor) -> Result<Tensor> {
 pub struct Moments {
     /// `x` minus the global mean, this rank's rows.
     pub centred: Tensor,
-    /// `(c,)`.
-    pub mean: Tensor,
-    /// `(c,)`, biased (divided by `count`).
+    /// `(c,)`, biased (divided by the number of values per channel over all ranks).
     pub var: Tensor,
-    /// Values per channel over all ranks.
-    pub count: usize,
 }
 
 /// Mean and biased variance per channel of `(n, c, inner)` data over every rank's rows, in two
@@ -62,12 +58,7 @@ pub fn global_moments(x: &Tensor) -> Result<Moments> {
     let centred = x.broadcast_sub(&mean.reshape((1, c, 1))?)?;
     let squares = centred.sqr()?.sum(2)?.sum(0)?;
     let var = (all_reduce_sum(&squares)? / count as f64)?;
-    Ok(Moments {
-        centred,
-        mean,
-        var,
-        count,
-    })
+    Ok(Moments { centred, var })
 }
 
 /// Replaces the gradient of each of `vars` that has one by its mean over the ranks of `world`,

@@ -41,12 +41,8 @@ pub trait Collective: Send + Sync {
 /// A shared handle to the ranks a run trains on.
 pub type World = Arc<dyn Collective>;
 
-fn host<T: candle_core::WithDType>(s: &CpuStorage, l: &Layout) -> CResult<Vec<T>> {
-    let data = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(data[a..b].to_vec()),
-        None => candle_core::bail!("collective: expected a contiguous tensor"),
-    }
+fn host_f32(s: &CpuStorage, l: &Layout) -> CResult<Vec<f32>> {
+    Ok(super::storage::slice(s, l, "collective input")?.to_vec())
 }
 
 fn failed(e: crate::Error) -> candle_core::Error {
@@ -61,19 +57,9 @@ impl CustomOp1 for AllReduce {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F64(_) => {
-                let mut v = host::<f64>(s, l)?;
-                self.0.all_reduce_sum_f64(&mut v).map_err(failed)?;
-                CpuStorage::F64(v)
-            }
-            _ => {
-                let mut v = host::<f32>(s, l)?;
-                self.0.all_reduce_sum(&mut v).map_err(failed)?;
-                CpuStorage::F32(v)
-            }
-        };
-        Ok((out, l.shape().clone()))
+        let mut v = host_f32(s, l)?;
+        self.0.all_reduce_sum(&mut v).map_err(failed)?;
+        Ok((CpuStorage::F32(v), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
@@ -92,7 +78,7 @@ impl CustomOp1 for AllGather {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let v = host::<f32>(s, l)?;
+        let v = host_f32(s, l)?;
         let all = self.0.all_gather(&v).map_err(failed)?;
         let mut dims = l.dims().to_vec();
         if dims.is_empty() {
@@ -111,12 +97,10 @@ impl CustomOp1 for AllGather {
     }
 }
 
-fn check(t: &Tensor, what: &str, f64_too: bool) -> Result<()> {
-    use candle_core::DType;
-    let dtype_ok = t.dtype() == DType::F32 || (f64_too && t.dtype() == DType::F64);
-    if !t.device().is_cpu() || !dtype_ok {
+fn check(t: &Tensor, what: &str) -> Result<()> {
+    if !super::storage::on_cpu_f32(t) {
         return Err(crate::Error::Invalid(format!(
-            "{what} across ranks takes f32 (or f64) tensors on the CPU (MPI), got {:?} on {:?}",
+            "{what} across ranks takes f32 tensors on the CPU (MPI), got {:?} on {:?}",
             t.dtype(),
             t.device()
         )));
@@ -124,16 +108,16 @@ fn check(t: &Tensor, what: &str, f64_too: bool) -> Result<()> {
     Ok(())
 }
 
-/// The element-wise sum of `t` (f32 or f64) over the ranks of `world`, with the all-reduce of
-/// the gradient as its backward.
+/// The element-wise sum of `t` over the ranks of `world`, with the all-reduce of the gradient
+/// as its backward.
 pub fn all_reduce(t: &Tensor, world: &World) -> Result<Tensor> {
-    check(t, "all-reduce", true)?;
+    check(t, "all-reduce")?;
     Ok(t.contiguous()?.apply_op1(AllReduce(world.clone()))?)
 }
 
 /// Every rank's `t` concatenated along axis 0 in rank order; the backward sums the gradients
 /// of all ranks and keeps this rank's rows.
 pub fn all_gather(t: &Tensor, world: &World) -> Result<Tensor> {
-    check(t, "all-gather", false)?;
+    check(t, "all-gather")?;
     Ok(t.contiguous()?.apply_op1(AllGather(world.clone()))?)
 }

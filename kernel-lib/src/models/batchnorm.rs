@@ -7,7 +7,7 @@
 //! projector layer.
 
 use super::params::{Init, ParamBuilder, ParamKind};
-use crate::dist;
+use crate::dist::{self, World};
 use crate::error::{Error, Result};
 use crate::kernels::{batch_norm_affine_train, batch_norm_train};
 use candle_core::{Tensor, Var};
@@ -97,7 +97,7 @@ impl BatchNorm {
     /// The device-independent path built from candle tensor ops (used off the CPU, and by the
     /// tests that check the fused kernel against it).
     pub fn forward_t_generic(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_impl(x, train, false, false)
+        self.forward_impl(x, train, false, false, None)
     }
 
     /// Split BatchNorm (MoCo's single-device stand-in for per-GPU BN, docs/recipes.md §1.3): in
@@ -124,11 +124,11 @@ impl BatchNorm {
     ) -> Result<Tensor> {
         if train {
             if let Some(world) = dist::current() {
-                return self.forward_ranks(x, groups, relu, world.size());
+                return self.forward_ranks(x, groups, relu, &world);
             }
         }
         if !train || groups <= 1 {
-            return self.forward_impl(x, train, true, relu);
+            return self.forward_impl(x, train, true, relu, None);
         }
         self.forward_groups(x, groups, relu)
     }
@@ -189,7 +189,14 @@ impl BatchNorm {
     /// each rank's own rows); `groups` groups (a multiple of
     /// the world size) are split BN, each rank normalising its `groups / size` groups, which is
     /// MoCo's per-GPU BatchNorm when a rank holds one group.
-    fn forward_ranks(&self, x: &Tensor, groups: usize, relu: bool, size: usize) -> Result<Tensor> {
+    fn forward_ranks(
+        &self,
+        x: &Tensor,
+        groups: usize,
+        relu: bool,
+        world: &World,
+    ) -> Result<Tensor> {
+        let size = world.size();
         if groups > 1 {
             if !groups.is_multiple_of(size) {
                 return Err(Error::config(
@@ -210,39 +217,45 @@ impl BatchNorm {
         // The fused kernel with its sums all-reduced (the same arithmetic as in one process,
         // torch's SyncBN in its backward: the means of g and g·x̂ over the global batch, dγ
         // and dβ from this rank's rows).
-        let world = dist::current();
-        let ranks = world.as_ref();
-        let count = x.elem_count() / self.channels * size;
-        if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
-            let (w, b) = (w.as_tensor(), b.as_tensor());
-            let (y, mean, var) = batch_norm_affine_train(x, w, b, self.eps, relu, ranks)?;
-            self.update_running(&mean, &var, count)?;
-            return Ok(y);
-        }
-        let cs = self.channel_shape(x)?;
-        let (xhat, mean, var) = batch_norm_train(x, self.eps, true, ranks)?;
-        self.update_running(&mean, &var, count)?;
-        then_relu(self.affine(xhat, &cs)?, relu)
+        self.forward_impl(x, true, true, relu, Some(world))
     }
 
-    fn forward_impl(&self, x: &Tensor, train: bool, fused: bool, relu: bool) -> Result<Tensor> {
+    /// `ranks`: training-mode statistics over every rank's rows (SyncBN).
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        train: bool,
+        fused: bool,
+        relu: bool,
+        ranks: Option<&World>,
+    ) -> Result<Tensor> {
         if train {
             if let (true, Some(w), Some(b)) = (fused, &self.weight, &self.bias) {
                 let (w, b) = (w.as_tensor(), b.as_tensor());
-                let (y, mean, var) = batch_norm_affine_train(x, w, b, self.eps, relu, None)?;
-                self.update_running(&mean, &var, x.elem_count() / self.channels)?;
+                let (y, mean, var) = batch_norm_affine_train(x, w, b, self.eps, relu, ranks)?;
+                self.update_running(&mean, &var, self.count(x, ranks))?;
                 return Ok(y);
             }
         }
-        then_relu(self.forward_unfused(x, train, fused)?, relu)
+        then_relu(self.forward_unfused(x, train, fused, ranks)?, relu)
     }
 
-    fn forward_unfused(&self, x: &Tensor, train: bool, fused: bool) -> Result<Tensor> {
+    /// Values per channel of a training batch `x`, over every rank's rows with `ranks`.
+    fn count(&self, x: &Tensor, ranks: Option<&World>) -> usize {
+        x.elem_count() / self.channels * ranks.map_or(1, |w| w.size())
+    }
+
+    fn forward_unfused(
+        &self,
+        x: &Tensor,
+        train: bool,
+        fused: bool,
+        ranks: Option<&World>,
+    ) -> Result<Tensor> {
         let cs = self.channel_shape(x)?;
         if train {
-            let (xhat, mean, var) = batch_norm_train(x, self.eps, fused, None)?;
-            let count = x.elem_count() / self.channels;
-            self.update_running(&mean, &var, count)?;
+            let (xhat, mean, var) = batch_norm_train(x, self.eps, fused, ranks)?;
+            self.update_running(&mean, &var, self.count(x, ranks))?;
             return self.affine(xhat, &cs);
         }
         let mean = self.running_mean.as_tensor().reshape(cs.as_slice())?;
