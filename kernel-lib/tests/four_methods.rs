@@ -12,7 +12,9 @@ use sslab::methods::{
     Vicreg, VicregConfig,
 };
 use sslab::models::{Depth, ResNetConfig, Stem};
-use sslab::objectives::{byol_loss, nt_xent, simsiam_loss, vicreg_loss, VicregWeights};
+use sslab::objectives::{
+    byol_loss, nt_xent, nt_xent_at, simsiam_loss, vicreg_loss, vicreg_loss_gathered, VicregWeights,
+};
 
 type Rows = Vec<Vec<f64>>;
 
@@ -141,6 +143,99 @@ fn nt_xent_matches_its_definition_and_finite_differences() {
     )
     .is_err());
     assert!(nt_xent(&t, &t, 0.0).is_err());
+}
+
+/// The value and gradient of `per_rank` averaged over `ranks` equal parts of a batch of `n`
+/// rows (each rank's rows and every rank's rows narrowed from one input, as the all-gather
+/// hands them over; autograd then sums a row's gradient over every rank's loss, which is what
+/// the all-gather's backward and the gradient average give across ranks), against `whole`.
+fn assert_ranks_sum_to_whole(
+    za: &Rows,
+    zb: &Rows,
+    ranks: usize,
+    whole: impl Fn(&Tensor, &Tensor) -> Tensor,
+    per_rank: impl Fn(&Tensor, &Tensor, &Tensor, &Tensor, usize) -> Tensor,
+) {
+    let n = za.len();
+    let share = n / ranks;
+    let x = candle_core::Var::from_tensor(&tensor(&[za.clone(), zb.clone()].concat())).unwrap();
+    let (a, b) = (x.narrow(0, 0, n).unwrap(), x.narrow(0, n, n).unwrap());
+    let one = whole(&a, &b);
+    let mut sum = None::<Tensor>;
+    for r in 0..ranks {
+        let l = per_rank(
+            &a.narrow(0, r * share, share).unwrap(),
+            &b.narrow(0, r * share, share).unwrap(),
+            &a,
+            &b,
+            r * share,
+        );
+        sum = Some(match sum {
+            None => l,
+            Some(s) => (s + l).unwrap(),
+        });
+    }
+    let mean = (sum.unwrap() / ranks as f64).unwrap();
+    assert!(
+        (scalar(&mean) - scalar(&one)).abs() < 1e-12 * scalar(&one).abs().max(1.0),
+        "{ranks} ranks: {} against one process {}",
+        scalar(&mean),
+        scalar(&one)
+    );
+    let grad = |l: &Tensor| {
+        l.backward()
+            .unwrap()
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+    };
+    let (gm, go) = (grad(&mean), grad(&one));
+    for (i, (p, q)) in gm.iter().zip(&go).enumerate() {
+        assert!(
+            (p - q).abs() < 1e-12,
+            "{ranks} ranks: gradient entry {i} is {p}, one process {q}"
+        );
+    }
+}
+
+#[test]
+fn the_per_rank_forms_of_nt_xent_and_vicreg_average_to_the_one_process_loss() {
+    let (za, zb) = (rows(6, 5, 11), rows(6, 5, 12));
+    for ranks in [2, 3] {
+        assert_ranks_sum_to_whole(
+            &za,
+            &zb,
+            ranks,
+            |a, b| nt_xent(a, b, 0.3).unwrap(),
+            |a, b, aa, ba, off| nt_xent_at(a, b, aa, ba, 0.3, off).unwrap(),
+        );
+        let w = VicregWeights {
+            sim: 25.0,
+            std: 25.0,
+            cov: 1.0,
+        };
+        assert_ranks_sum_to_whole(
+            &za,
+            &zb,
+            ranks,
+            |a, b| vicreg_loss(a, b, w).unwrap().loss,
+            |a, b, aa, ba, _| vicreg_loss_gathered(a, b, aa, ba, w).unwrap().loss,
+        );
+    }
+    // A rank's rows must lie inside every rank's.
+    let (t, u) = (tensor(&za), tensor(&zb));
+    let (a, b) = (t.narrow(0, 0, 2).unwrap(), u.narrow(0, 0, 2).unwrap());
+    assert!(nt_xent_at(&a, &b, &t, &u, 0.3, 5).is_err());
+    assert!(nt_xent_at(&a, &b, &t, &u.narrow(0, 0, 4).unwrap(), 0.3, 0).is_err());
+    let w = VicregWeights {
+        sim: 1.0,
+        std: 1.0,
+        cov: 1.0,
+    };
+    assert!(vicreg_loss_gathered(&a, &b, &t.narrow(1, 0, 3).unwrap(), &u, w).is_err());
 }
 
 #[test]

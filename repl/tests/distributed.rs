@@ -166,7 +166,7 @@ fn trainable_1d(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-const METHODS: [&[&str]; 7] = [
+const METHODS: [&[&str]; 9] = [
     &["barlow-twins"],
     &["moco-v2"],
     &["densecl"],
@@ -174,6 +174,8 @@ const METHODS: [&[&str]; 7] = [
     &["moco-v3", "--preset", "resnet"],
     &["byol"],
     &["simsiam"],
+    &["simclr"],
+    &["vicreg"],
 ];
 
 /// Relative distance of two tensors, `‖a − b‖ / ‖b‖`.

@@ -1,12 +1,13 @@
 //! SimCLR v1 (Chen, Kornblith, Norouzi, Hinton 2020; docs/recipes.md §7.1): one ResNet and a
-//! 2-layer projector with BN shared by both views, NT-Xent over the 2N − 2 in-batch negatives,
-//! LARS. No momentum encoder, queue or predictor.
+//! 2-layer projector with BN shared by both views, NT-Xent over the 2N − 2 in-batch negatives
+//! (every rank's, across ranks), LARS. No momentum encoder, queue or predictor.
 
 use super::branch::{check_widths, Branch, Head};
 use super::{ForwardOutput, Method, MethodSetup};
+use crate::dist;
 use crate::error::Result;
 use crate::models::{LastBn, ParamBuilder, ParamStore, ResNetConfig};
-use crate::objectives::nt_xent;
+use crate::objectives::nt_xent_at;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -105,7 +106,11 @@ impl Method for Simclr {
         let n = view_a.dim(0)?;
         let z = self.net.embed(&Tensor::cat(&[view_a, view_b], 0)?)?;
         let (za, zb) = (z.narrow(0, 0, n)?, z.narrow(0, n, n)?);
-        let loss = nt_xent(&za, &zb, self.tau)?;
+        // Across ranks every rank's embeddings are the negatives, gathered with their gradient
+        // (the official cross-replica concat), and this rank's rows sit at its offset.
+        let (za_all, zb_all) = (dist::all_gather(&za)?, dist::all_gather(&zb)?);
+        let offset = dist::rank_and_size().0 * n;
+        let loss = nt_xent_at(&za, &zb, &za_all, &zb_all, self.tau, offset)?;
         Ok(ForwardOutput {
             parts: vec![("nt_xent".into(), loss.detach())],
             loss,

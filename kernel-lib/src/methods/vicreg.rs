@@ -4,9 +4,10 @@
 
 use super::branch::{check_widths, Branch, Head};
 use super::{ForwardOutput, Method, MethodSetup};
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::models::{LastBn, ParamBuilder, ParamStore, ResNetConfig};
-use crate::objectives::{vicreg_loss, VicregWeights};
+use crate::objectives::{vicreg_loss_gathered, VicregWeights};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -129,7 +130,11 @@ impl Method for Vicreg {
     fn forward_train(&mut self, view_a: &Tensor, view_b: &Tensor) -> Result<ForwardOutput> {
         let za = self.net.embed(view_a)?;
         let zb = self.net.embed(view_b)?;
-        let out = vicreg_loss(&za, &zb, self.config.weights())?;
+        // Across ranks the variance and covariance are over the global batch: every rank's
+        // embeddings gathered with their gradient (the official `FullGatherLayer`); the
+        // invariance stays per rank and is averaged with the gradients.
+        let (za_all, zb_all) = (dist::all_gather(&za)?, dist::all_gather(&zb)?);
+        let out = vicreg_loss_gathered(&za, &zb, &za_all, &zb_all, self.config.weights())?;
         Ok(ForwardOutput {
             loss: out.loss,
             parts: vec![

@@ -17,5 +17,7 @@ pub use densecl::{
 };
 pub use info_nce::{cross_entropy, cross_entropy_first, info_nce_queue, l2_normalize, InfoNce};
 pub use moco_v3::{moco_v3_ctr, moco_v3_ctr_at, moco_v3_loss};
-pub use simclr::nt_xent;
-pub use vicreg::{vicreg_loss, VicregLoss, VicregWeights, VICREG_EPS, VICREG_GAMMA};
+pub use simclr::{nt_xent, nt_xent_at};
+pub use vicreg::{
+    vicreg_loss, vicreg_loss_gathered, VicregLoss, VicregWeights, VICREG_EPS, VICREG_GAMMA,
+};

@@ -61,16 +61,60 @@ fn one_view(z: &Tensor) -> Result<(Tensor, Tensor)> {
 /// # Ok::<(), sslab::Error>(())
 /// ```
 pub fn vicreg_loss(za: &Tensor, zb: &Tensor, w: VicregWeights) -> Result<VicregLoss> {
-    if za.rank() != 2 || za.dims() != zb.dims() || za.dim(0)? < 2 {
+    vicreg_loss_gathered(za, zb, za, zb, w)
+}
+
+/// [`vicreg_loss`] on one rank: the invariance over this rank's `(n, D)` rows `za`, `zb`, the
+/// variance and covariance over every rank's rows `za_all`, `zb_all` (all-gathered, with
+/// their gradient), as the official code computes them after its `FullGatherLayer`. The mean
+/// of the ranks' values is the one-process loss over the whole batch, and
+/// `vicreg_loss(za, zb, w)` is `vicreg_loss_gathered(za, zb, za, zb, w)`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use sslab::objectives::{vicreg_loss, vicreg_loss_gathered, VicregWeights};
+/// let za = Tensor::new(&[[2f32, 1.0], [0.5, -2.0], [-1.0, 0.3], [-2.0, -1.5]], &Device::Cpu)?;
+/// let zb = (&za * 0.8)?;
+/// let w = VicregWeights { sim: 25.0, std: 25.0, cov: 1.0 };
+/// let whole = vicreg_loss(&za, &zb, w)?.loss.to_scalar::<f32>()?;
+/// let rank = |r: usize| -> sslab::Result<f32> {
+///     let (a, b) = (za.narrow(0, 2 * r, 2)?, zb.narrow(0, 2 * r, 2)?);
+///     Ok(vicreg_loss_gathered(&a, &b, &za, &zb, w)?.loss.to_scalar::<f32>()?)
+/// };
+/// assert!((whole - (rank(0)? + rank(1)?) / 2.0).abs() < 1e-4);
+/// # Ok::<(), sslab::Error>(())
+/// ```
+pub fn vicreg_loss_gathered(
+    za: &Tensor,
+    zb: &Tensor,
+    za_all: &Tensor,
+    zb_all: &Tensor,
+    w: VicregWeights,
+) -> Result<VicregLoss> {
+    if za.rank() != 2 || za.dims() != zb.dims() || za.dim(0)? < 1 {
         return Err(Error::Shape(format!(
-            "vicreg_loss: views {:?} and {:?} must both be (N, D) with N ≥ 2",
+            "vicreg_loss: views {:?} and {:?} must both be (N, D)",
             za.dims(),
             zb.dims()
         )));
     }
+    if za_all.rank() != 2
+        || za_all.dims() != zb_all.dims()
+        || za_all.dim(1)? != za.dim(1)?
+        || za_all.dim(0)? < 2.max(za.dim(0)?)
+    {
+        return Err(Error::Shape(format!(
+            "vicreg_loss: the views of all ranks {:?} and {:?} must both be (M, {}) with M ≥ 2 \
+             and at least this rank's {} rows",
+            za_all.dims(),
+            zb_all.dims(),
+            za.dim(1)?,
+            za.dim(0)?
+        )));
+    }
     let invariance = (za - zb)?.sqr()?.mean_all()?;
-    let (ha, ca) = one_view(za)?;
-    let (hb, cb) = one_view(zb)?;
+    let (ha, ca) = one_view(za_all)?;
+    let (hb, cb) = one_view(zb_all)?;
     let variance = ((ha + hb)? * 0.5)?;
     let covariance = (ca + cb)?;
     let loss = (((&invariance * w.sim)? + (&variance * w.std)?)? + (&covariance * w.cov)?)?;

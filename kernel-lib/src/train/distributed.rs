@@ -21,8 +21,7 @@ impl Run {
     ///
     /// Refused, with the reason, where ranks cannot train as one process with the global batch
     /// would: a batch that does not divide among the ranks, MoCo's `bn_splits` that does not,
-    /// a device other than the CPU (the MPI world carries host memory), or a method whose
-    /// loss needs every rank's samples in a way sslab does not gather yet (SimCLR, VICReg).
+    /// or a device other than the CPU (the MPI world carries host memory).
     ///
     /// ```no_run
     /// use sslab::prelude::*;
@@ -37,13 +36,6 @@ impl Run {
         let size = world.size();
         let batch = self.config.train.batch_size;
         let kind = self.config.method;
-        if matches!(kind, MethodKind::Simclr | MethodKind::Vicreg) {
-            return Err(Error::Invalid(format!(
-                "{kind} is not data-parallel yet: its loss needs every rank's embeddings \
-                 (SimCLR's negatives, VICReg's variance and covariance) gathered with their \
-                 gradient; train it on one process"
-            )));
-        }
         if !self.device.is_cpu() {
             return Err(Error::Invalid(format!(
                 "data-parallel ranks train on the CPU (MPI); this run is on {}: the NCCL \
