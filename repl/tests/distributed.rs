@@ -131,6 +131,15 @@ fn losses(stdout: &str) -> Vec<f64> {
     out.into_iter().map(|(_, l)| l).collect()
 }
 
+/// The final kNN top-1 (%) from `kNN top-1 at end:  61.70% (...)`.
+fn knn_at_end(stdout: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("kNN top-1 at end:"))
+        .unwrap_or_else(|| panic!("no final kNN line in:\n{stdout}"));
+    line.trim().split('%').next().unwrap().parse().unwrap()
+}
+
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-6)
 }
@@ -207,12 +216,22 @@ fn two_ranks_take_the_steps_of_one_process_with_the_global_batch() {
             let stdout = ok(c.output().unwrap(), name);
             let l = losses(&stdout);
             assert_eq!(l.len(), 3, "{m:?} {name}: {stdout}");
-            (l, weights(&out.join("checkpoints/step-00000003")))
+            (
+                l,
+                weights(&out.join("checkpoints/step-00000003")),
+                knn_at_end(&stdout),
+            )
         };
-        let (la, wa) = run(1, "1", "one");
+        let (la, wa, ka) = run(1, "1", "one");
         let one_d = trainable_1d(&dir.path().join("one/checkpoints/step-00000003"));
-        let (_, wt) = run(1, "2", "one-2t");
-        let (lb, wb) = run(2, "1", "two");
+        let (_, wt, _) = run(1, "2", "one-2t");
+        let (lb, wb, kb) = run(2, "1", "two");
+        // The kNN of two ranks (each extracting half of the features) is one process's: the
+        // weights agree to rounding, so at most one of the 64 test images may change class.
+        assert!(
+            (ka - kb).abs() <= 100.0 / 64.0 + 1e-9,
+            "{m:?}: kNN top-1 {kb}% on two ranks, {ka}% on one process"
+        );
         for (s, (x, y)) in la.iter().zip(&lb).enumerate() {
             assert!(
                 rel(*y, *x) < 1e-3,

@@ -20,6 +20,7 @@
 //! (docs/distributed.md).
 
 mod ops;
+mod thread_world;
 
 #[cfg(feature = "mpi")]
 mod mpi_world;
@@ -32,6 +33,7 @@ pub use ops::{
 
 #[cfg(feature = "mpi")]
 pub use mpi_world::MpiWorld;
+pub use thread_world::ThreadWorld;
 
 use crate::error::{Error, Result};
 use std::cell::RefCell;

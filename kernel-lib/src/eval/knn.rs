@@ -4,6 +4,7 @@
 
 use crate::augment::{normalize, resized_crop, Image, Interpolation, TwoViewRecipe};
 use crate::data::Dataset;
+use crate::dist::World;
 use crate::error::{Error, Result};
 use crate::methods::Method;
 use crate::objectives::l2_normalize;
@@ -33,10 +34,47 @@ pub fn extract_features(
     batch: usize,
     device: &Device,
 ) -> Result<Tensor> {
-    let chunks = map_batches(data, recipe, batch, device, |x| {
-        l2_normalize(&method.features(x)?, 1)
-    })?;
-    Ok(Tensor::cat(&chunks, 0)?)
+    extract_features_across(method, data, recipe, batch, device, None)
+}
+
+/// [`extract_features`] shared out among the ranks of `world`: each rank extracts a
+/// consecutive `1/size` of the dataset and the shares are all-gathered, so every rank ends
+/// with all features in dataset order (evaluation-mode features do not depend on what else
+/// is in the batch). `None`, or a world of one, extracts everything here.
+pub fn extract_features_across(
+    method: &dyn Method,
+    data: &dyn Dataset,
+    recipe: &TwoViewRecipe,
+    batch: usize,
+    device: &Device,
+    world: Option<&World>,
+) -> Result<Tensor> {
+    let features = |rows: &[usize]| -> Result<Tensor> {
+        let chunks = map_indices(data, rows, recipe, batch, device, |x| {
+            l2_normalize(&method.features(x)?, 1)
+        })?;
+        Ok(Tensor::cat(&chunks, 0)?)
+    };
+    let n = data.len();
+    let Some(w) = world.filter(|w| w.size() > 1 && n > 0) else {
+        return features(&(0..n).collect::<Vec<_>>());
+    };
+    // Equal shares for the all-gather: the last ranks repeat the last image to fill theirs,
+    // and those rows are dropped after it.
+    let share = n.div_ceil(w.size());
+    let rows: Vec<usize> = (0..share)
+        .map(|i| (w.rank() * share + i).min(n - 1))
+        .collect();
+    let mine = features(&rows)?;
+    let d = mine.dim(1)?;
+    let all = w.all_gather(
+        &mine
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?,
+    )?;
+    let all = Tensor::from_vec(all, (share * w.size(), d), &Device::Cpu)?;
+    Ok(all.narrow(0, 0, n)?.to_device(device)?)
 }
 
 /// One image as the evaluations see it: the whole image resized to the recipe's view size and
@@ -61,22 +99,32 @@ pub fn map_batches(
     recipe: &TwoViewRecipe,
     batch: usize,
     device: &Device,
+    f: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
+    let all: Vec<usize> = (0..data.len()).collect();
+    map_indices(data, &all, recipe, batch, device, f)
+}
+
+/// [`map_batches`] over the images at `rows`, in that order.
+fn map_indices(
+    data: &dyn Dataset,
+    rows: &[usize],
+    recipe: &TwoViewRecipe,
+    batch: usize,
+    device: &Device,
     mut f: impl FnMut(&Tensor) -> Result<Tensor>,
 ) -> Result<Vec<Tensor>> {
     let size = recipe.a.size;
     let mut chunks = Vec::new();
-    let mut start = 0;
-    while start < data.len() {
-        let end = (start + batch.max(1)).min(data.len());
-        let mut buf = Vec::with_capacity((end - start) * 3 * size * size);
-        for i in start..end {
+    for part in rows.chunks(batch.max(1)) {
+        let mut buf = Vec::with_capacity(part.len() * 3 * size * size);
+        for &i in part {
             buf.extend(eval_input(data.image(i), recipe));
         }
-        let x = Tensor::from_vec(buf, (end - start, 3, size, size), device)?;
+        let x = Tensor::from_vec(buf, (part.len(), 3, size, size), device)?;
         // Detach: the weights are variables, so without it every chunk would keep its whole
         // forward graph (all activations) alive until the end of the pass.
         chunks.push(f(&x)?.detach());
-        start = end;
     }
     if chunks.is_empty() {
         return Err(Error::Invalid(format!("dataset {} is empty", data.name())));
@@ -142,13 +190,26 @@ pub struct KnnSettings {
 /// Scores `test` against a bank built from `train`.
 pub fn knn_eval(
     method: &dyn Method,
+    data: (&dyn Dataset, &dyn Dataset),
+    recipe: &TwoViewRecipe,
+    settings: KnnSettings,
+    device: &Device,
+) -> Result<KnnResult> {
+    knn_eval_across(method, data, recipe, settings, device, None)
+}
+
+/// [`knn_eval`] with the feature extraction shared out among the ranks of `world`
+/// ([`extract_features_across`]); every rank gets the result of one process.
+pub fn knn_eval_across(
+    method: &dyn Method,
     (train, test): (&dyn Dataset, &dyn Dataset),
     recipe: &TwoViewRecipe,
     KnnSettings { k, t, batch }: KnnSettings,
     device: &Device,
+    world: Option<&World>,
 ) -> Result<KnnResult> {
-    let bank = extract_features(method, train, recipe, batch, device)?;
-    let q = extract_features(method, test, recipe, batch, device)?;
+    let bank = extract_features_across(method, train, recipe, batch, device, world)?;
+    let q = extract_features_across(method, test, recipe, batch, device, world)?;
     let labels: Vec<usize> = (0..train.len()).map(|i| train.label(i)).collect();
     let classes = train.num_classes().max(test.num_classes());
     let ranked = knn_predict(&bank, &labels, &q, classes, k, t)?;

@@ -12,7 +12,7 @@ use crate::data::{DataSource, Dataset, Loader};
 use crate::diagnostics::{GradSpikeTracker, LayerGroups};
 use crate::error::{Error, Result};
 use crate::eval::{
-    dense_probe, knn_eval, linear_probe, DenseProbeResult, DenseProbeSettings, KnnResult,
+    dense_probe, knn_eval_across, linear_probe, DenseProbeResult, DenseProbeSettings, KnnResult,
     KnnSettings, LinearProbeResult, LinearProbeSettings,
 };
 use crate::methods::Method;
@@ -537,10 +537,11 @@ impl Run {
     }
 
     /// Weighted kNN (k, t from `eval`) of evaluation-mode backbone features: train split as the
-    /// bank, scored on the test split.
+    /// bank, scored on the test split. On several ranks each extracts its share of the
+    /// features and all get the result (every rank must call it).
     pub fn knn(&mut self) -> Result<KnnResult> {
         let e = &self.config.eval;
-        let r = knn_eval(
+        let r = knn_eval_across(
             self.method.as_ref(),
             (self.train_data.as_ref(), self.test_data.as_ref()),
             &self.recipe,
@@ -550,6 +551,7 @@ impl Run {
                 batch: e.batch_size,
             },
             &self.device,
+            self.world.as_ref(),
         )?;
         self.record.knn.push((self.record.steps.len(), r.clone()));
         if let Some(log) = &mut self.metrics_log {
