@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds sslab with the `cuda,cudnn` features on a machine without a GPU (CI's build check, and
+# Builds sslab with the `cuda,cudnn,nccl` features on a machine without a GPU (CI's build check, and
 # the first half of benches/gpu-prepare.sh): the CUDA 13.0 toolkit from PyPI wheels
 # (benches/cuda-toolkit.sh, kept in $CUDA_CACHE, default ~/.cache/sslab-cuda), then the release
 # binary and the CUDA test binaries, compiled and linked. The binaries need the NVIDIA driver to
@@ -14,7 +14,7 @@ eval "$exports"
 # One cargo invocation for the binary and the GPU tests (kernel-lib/tests/cuda/, one binary so
 # one file travels to the GPU): built together, their dependencies are resolved with one set of
 # features and candle's CUDA kernels are compiled once.
-cargo build --release -p sslab-repl -p sslab --features sslab/cuda,sslab/cudnn \
+cargo build --release -p sslab-repl -p sslab --features sslab/cuda,sslab/cudnn,sslab/nccl \
   --bin sslab --test cuda --target-dir "$TARGET" --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 ok = False

@@ -87,6 +87,19 @@ STUB_C=$WORK/libcuda_stub.c
 echo "libcuda stub: $(grep -c '^int ' "$STUB_C") symbols from $CUDARC_SYS"
 gcc -shared -fPIC -O0 -Wl,-soname,libcuda.so.1 -o "$R/lib64/stubs/libcuda.so" "$STUB_C"
 
+# The same for NCCL (feature `nccl`, CUDA ranks): cudarc links -lnccl, and the real
+# libnccl.so.2 comes at run time from PyTorch's nvidia-nccl wheel (run-on-gpu.sh puts
+# nvidia/*/lib on the library path) or NVIDIA's packages. A stub saves the 300 MB wheel here.
+NCCL_SYS=$(dirname "$CUDARC_TOML")/src/nccl/sys/mod.rs
+NCCL_C=$WORK/libnccl_stub.c
+{
+  echo '/* link-time stand-in for libnccl.so.2; never run */'
+  grep -oE '^pub unsafe fn nccl[A-Za-z0-9_]+\(' "$NCCL_SYS" | sed -E 's/^pub unsafe fn (nccl[A-Za-z0-9_]+)\(/\1/' \
+    | sort -u | while read -r s; do echo "int $s(void) { return 1; /* ncclUnhandledCudaError */ }"; done
+} > "$NCCL_C"
+echo "libnccl stub: $(grep -c '^int ' "$NCCL_C") symbols from $NCCL_SYS"
+gcc -shared -fPIC -O0 -Wl,-soname,libnccl.so.2 -o "$R/lib64/stubs/libnccl.so" "$NCCL_C"
+
 
 # ---------------------------------------------------------------- 5. the environment
 # cudarc: reads CUDA_HOME/CUDA_PATH/CUDA_ROOT as link roots (lib64, lib64/stubs ...),

@@ -8,6 +8,8 @@
 #          convolution, sslab (cuDNN) and PyTorch (cudnn.benchmark) back to back;
 #   check  a CPU-vs-CUDA check of every method's first training steps (same seed, strict fp32:
 #          kNN at init must be equal and the losses agree to float tolerance);
+#   nccl   every method as rank 0 of an NCCL world of one (torchrun --no-python, else its
+#          variables) against the plain CUDA run: the same losses step by step;
 #   steps  sslab on CUDA vs PyTorch on the same card, workload by workload: batch 256 (and 64),
 #          and the GPU-sized presets (ResNet-50 Barlow Twins at 224 px, MoCo v3 ViT-S/16),
 #          PyTorch in fp32 and as GPU users run it (bf16 autocast + channels-last); sslab in f32
@@ -23,7 +25,7 @@ O=${OUT:-/tmp}
 LOG=$O/gpu.log
 TAB=$O/gpu-table.md
 ROWS=$O/rows.tsv
-SECTIONS=${*:-tests conv check steps bf16}
+SECTIONS=${*:-tests conv check nccl steps bf16}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 # The binaries travel gzipped: the working tree and what is carried must fit in 64 MiB.
@@ -120,6 +122,41 @@ if want check; then
     check $m
   done
   check barlow-twins/tiny --set optim.lr=0.02
+fi
+
+# nccl PRESET: three steps on CUDA, then the same as rank 0 of an NCCL world of one, compared.
+nccl() {
+  local m=$1 tag=${1//\//-}
+  local common=(train ${m%%/*} --preset $m --steps 3 --device cuda --no-figures --no-init-knn
+    --set train.log_every=1 --set data.shapes.train=256 --set data.shapes.test=64
+    --set train.batch_size=64 --set cuda.tf32=false)
+  timeout 120 $S "${common[@]}" --out /tmp/nccl-$tag-plain > /tmp/nccl-$tag-plain.log 2>&1
+  if command -v torchrun >/dev/null; then
+    timeout 180 torchrun --no-python --standalone --nproc-per-node 1 $S "${common[@]}" \
+      --distributed --out /tmp/nccl-$tag-rank > /tmp/nccl-$tag-rank.log 2>&1
+  else
+    RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29400 timeout 180 \
+      $S "${common[@]}" --distributed --out /tmp/nccl-$tag-rank > /tmp/nccl-$tag-rank.log 2>&1
+  fi
+  cat /tmp/nccl-$tag-plain.log /tmp/nccl-$tag-rank.log >> "$LOG"
+  python3 - "$m" /tmp/nccl-$tag-plain.log /tmp/nccl-$tag-rank.log <<'EOF' | tee -a "$TAB"
+import re, sys
+m, a, b = sys.argv[1], open(sys.argv[2]).read(), open(sys.argv[3]).read()
+la = [float(x) for x in re.findall(r"^step\s+\d+\s+loss\s+(\S+)", a, re.M)]
+lb = [float(x) for x in re.findall(r"^step\s+\d+\s+loss\s+(\S+)", b, re.M)]
+rel = [abs(x - y) / max(abs(x), 1e-3) for x, y in zip(la, lb)]
+ok = len(la) == 3 and len(lb) == 3 and max(rel) < 1e-3
+err = "" if lb else (re.findall(r"(?im)^.*error.*$", b) or ["no output"])[0][:200]
+worst = f"{max(rel):.2e}" if rel else "n/a"
+print(f"| {m} | cuda {la} | nccl world of 1 {lb} | max rel {worst} | {'OK' if ok else 'MISMATCH ' + err} |")
+EOF
+}
+if want nccl; then
+  echo "## NCCL world of one rank vs the plain CUDA run (loss per step, strict fp32)" | tee -a "$TAB"
+  for m in barlow-twins/tiny moco-v2/tiny densecl/tiny moco-v3/vit-tiny moco-v3/resnet \
+    simclr/tiny byol/tiny simsiam/tiny vicreg/tiny; do
+    nccl $m
+  done
 fi
 
 if want steps; then

@@ -183,7 +183,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn train(a: TrainArgs, world: Option<sslab::dist::World>) -> Result<()> {
+fn train(mut a: TrainArgs, world: Option<sslab::dist::World>) -> Result<()> {
+    // A CUDA rank trains on the GPU its NCCL communicator is on (LOCAL_RANK), unless the
+    // command line names a device (which must then be that one).
+    if let Some(w) = &world {
+        if let (None, sslab::candle::DeviceLocation::Cuda { gpu_id }) =
+            (&a.cfg.device, w.device().location())
+        {
+            a.cfg.device = Some(format!("cuda:{gpu_id}"));
+        }
+    }
     // Build the run first: a config whose data cannot load leaves no output folder behind.
     let mut run = match &a.resume {
         Some(dir) => resume(&a, dir)?,

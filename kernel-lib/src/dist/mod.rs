@@ -20,10 +20,13 @@
 //! (docs/distributed.md).
 
 mod ops;
+mod rendezvous;
 mod thread_world;
 
 #[cfg(feature = "mpi")]
 mod mpi_world;
+#[cfg(feature = "nccl")]
+mod nccl_world;
 
 pub use crate::kernels::{Collective, World};
 pub use ops::{
@@ -33,6 +36,9 @@ pub use ops::{
 
 #[cfg(feature = "mpi")]
 pub use mpi_world::MpiWorld;
+#[cfg(feature = "nccl")]
+pub use nccl_world::NcclWorld;
+pub use rendezvous::Rendezvous;
 pub use thread_world::ThreadWorld;
 
 use crate::error::{Error, Result};
@@ -50,7 +56,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum Launcher {
     /// `mpirun`/`mpiexec` (Open MPI, MPICH) or `srun` (Slurm with PMI/PMIx): an MPI world.
     Mpi,
-    /// `torchrun`'s `RANK`/`WORLD_SIZE`/`MASTER_ADDR`, which NCCL's rendezvous takes.
+    /// `torchrun`'s `RANK`/`WORLD_SIZE`/`MASTER_ADDR`: CUDA ranks on NCCL.
     Torchrun,
 }
 
@@ -77,24 +83,65 @@ impl Launcher {
 
 /// Joins the world the launcher of this process set up, with `timeout` on every collective.
 ///
-/// CPU ranks run on MPI (`mpirun -np 2 sslab train ... --distributed`); a process started
-/// without a launcher gets an error that says how to launch it. Call it once per process, and
-/// keep the world until the end: the last handle dropped finalises MPI.
+/// CPU ranks run on MPI (`mpirun -np 2 sslab train ... --distributed`); CUDA ranks on NCCL,
+/// one GPU each (`LOCAL_RANK`), from torchrun's variables (`torchrun --nproc-per-node 8 sslab
+/// train ... --distributed`, feature `nccl`). A process started without a launcher gets an
+/// error that says how to launch it. Call it once per process, and keep the world until the
+/// end: the last handle dropped finalises MPI.
 pub fn init_from_env(timeout: Duration) -> Result<World> {
     match Launcher::detect(|k| std::env::var(k).ok()) {
         Some(Launcher::Mpi) => init_mpi(timeout),
-        Some(Launcher::Torchrun) => Err(Error::Invalid(
-            "RANK/WORLD_SIZE are set as torchrun sets them, which is the NCCL rendezvous for \
-             CUDA ranks: this build has no NCCL backend. Launch CPU ranks with mpirun or srun \
-             (docs/distributed.md)"
-                .into(),
-        )),
+        Some(Launcher::Torchrun) => init_nccl(timeout),
         None => Err(Error::Invalid(
             "--distributed: no launcher found (no OMPI_COMM_WORLD_SIZE, PMI_RANK, PMIX_RANK or \
-             SLURM_PROCID in the environment); start the ranks with e.g. \
-             `mpirun -np 2 sslab train barlow-twins --distributed`"
+             SLURM_PROCID for CPU ranks, no RANK/WORLD_SIZE for CUDA ranks in the environment); \
+             start the ranks with e.g. `mpirun -np 2 sslab train barlow-twins --distributed` \
+             or `torchrun --nproc-per-node 8 sslab train barlow-twins --distributed`"
                 .into(),
         )),
+    }
+}
+
+/// What torchrun (or any launcher that sets its variables) tells a CUDA rank.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TorchrunEnv {
+    /// `RANK`.
+    pub rank: usize,
+    /// `WORLD_SIZE`.
+    pub size: usize,
+    /// `LOCAL_RANK`, the rank's GPU on its machine (`RANK` when unset, as on one machine).
+    pub local_rank: usize,
+    /// Where the ranks meet for NCCL's id.
+    pub rendezvous: Rendezvous,
+}
+
+impl TorchrunEnv {
+    /// Reads and checks the variables.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<TorchrunEnv> {
+        let num = |key: &str| -> Result<Option<usize>> {
+            env(key)
+                .map(|v| {
+                    v.trim().parse::<usize>().map_err(|_| {
+                        Error::config(key, format!("'{v}' is not a non-negative whole number"))
+                    })
+                })
+                .transpose()
+        };
+        let (Some(rank), Some(size)) = (num("RANK")?, num("WORLD_SIZE")?) else {
+            return Err(Error::config("RANK", "CUDA ranks need RANK and WORLD_SIZE"));
+        };
+        if size == 0 || rank >= size {
+            return Err(Error::config(
+                "RANK",
+                format!("rank {rank} is not one of WORLD_SIZE = {size} ranks"),
+            ));
+        }
+        Ok(TorchrunEnv {
+            rank,
+            size,
+            local_rank: num("LOCAL_RANK")?.unwrap_or(rank),
+            rendezvous: Rendezvous::from_env(&env)?,
+        })
     }
 }
 
@@ -109,6 +156,30 @@ fn init_mpi(_timeout: Duration) -> Result<World> {
         "this sslab was built without MPI: build it with `cargo build --release -p sslab-repl \
          --features mpi` (needs Open MPI's headers and libclang: apt-get install \
          libopenmpi-dev openmpi-bin libclang-dev)"
+            .into(),
+    ))
+}
+
+/// A CUDA rank on GPU `LOCAL_RANK` in the NCCL world of `WORLD_SIZE` ranks.
+#[cfg(feature = "nccl")]
+fn init_nccl(timeout: Duration) -> Result<World> {
+    let env = TorchrunEnv::from_env(|k| std::env::var(k).ok())?;
+    let device = candle_core::Device::new_cuda(env.local_rank)?;
+    Ok(std::sync::Arc::new(NcclWorld::init(
+        &device,
+        env.rank,
+        env.size,
+        &env.rendezvous,
+        timeout,
+    )?))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn init_nccl(_timeout: Duration) -> Result<World> {
+    Err(Error::Invalid(
+        "RANK/WORLD_SIZE are set as torchrun sets them for CUDA ranks, and this sslab was \
+         built without NCCL: build it with `--features cuda,cudnn,nccl` (links libnccl.so.2), \
+         or launch CPU ranks with mpirun or srun (docs/distributed.md)"
             .into(),
     ))
 }
@@ -183,6 +254,22 @@ mod tests {
         );
         let torch = [("RANK", "0"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "node0")];
         assert_eq!(Launcher::detect(env(&torch)), Some(Launcher::Torchrun));
+        let t = TorchrunEnv::from_env(env(&[
+            ("RANK", "5"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "node1"),
+            ("MASTER_PORT", "29500"),
+        ]))
+        .unwrap();
+        assert_eq!((t.rank, t.size, t.local_rank), (5, 8, 1));
+        assert_eq!(t.rendezvous, Rendezvous::Tcp("node1:29501".into()));
+        let bad_rank = [("RANK", "4"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "a")];
+        assert!(TorchrunEnv::from_env(env(&bad_rank)).is_err());
+        let no_port = [("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "a")];
+        assert!(TorchrunEnv::from_env(env(&no_port)).is_err());
+        let local = [("RANK", "x"), ("WORLD_SIZE", "1")];
+        assert!(TorchrunEnv::from_env(env(&local)).is_err());
         let both = [("RANK", "0"), ("WORLD_SIZE", "4"), ("PMI_RANK", "0")];
         assert_eq!(Launcher::detect(env(&both)), Some(Launcher::Mpi));
         assert_eq!(Launcher::detect(env(&[("RANK", "0")])), None);

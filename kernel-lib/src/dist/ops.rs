@@ -40,6 +40,8 @@ pub fn mean_over_ranks(t: &Tensor) -> Result<Tensor> {
 
 /// Statistics of `x` per channel over the global batch, as SyncBN takes them.
 pub struct Moments {
+    /// `(c,)`, over every rank's rows.
+    pub mean: Tensor,
     /// `x` minus the global mean, this rank's rows.
     pub centred: Tensor,
     /// `(c,)`, biased (divided by the number of values per channel over all ranks).
@@ -58,7 +60,7 @@ pub fn global_moments(x: &Tensor) -> Result<Moments> {
     let centred = x.broadcast_sub(&mean.reshape((1, c, 1))?)?;
     let squares = centred.sqr()?.sum(2)?.sum(0)?;
     let var = (all_reduce_sum(&squares)? / count as f64)?;
-    Ok(Moments { centred, var })
+    Ok(Moments { mean, centred, var })
 }
 
 /// Replaces the gradient of each of `vars` that has one by its mean over the ranks of `world`,

@@ -22,6 +22,11 @@ pub trait Collective: Send + Sync {
     fn size(&self) -> usize;
     /// What carries the data (`"mpi"`, `"nccl"`), for reports.
     fn backend(&self) -> &'static str;
+    /// The device this rank trains on: a CUDA rank's GPU (NCCL), the CPU otherwise. A run
+    /// on these ranks must be on it.
+    fn device(&self) -> candle_core::Device {
+        candle_core::Device::Cpu
+    }
     /// Element-wise sum over ranks, in place.
     fn all_reduce_sum(&self, data: &mut [f32]) -> Result<()>;
     /// The same in f64 (statistics whose f32 sums would lose the digits that matter).
@@ -97,27 +102,36 @@ impl CustomOp1 for AllGather {
     }
 }
 
-fn check(t: &Tensor, what: &str) -> Result<()> {
-    if !super::storage::on_cpu_f32(t) {
+/// `op` on `t` as f32 host memory, which every [`Collective`] carries: a tensor on a GPU goes
+/// to the host and its result comes back (both moves differentiable), so the same operation
+/// serves CPU ranks on MPI and CUDA ranks on NCCL, whose backend stages host buffers through
+/// its device.
+fn on_host(t: &Tensor, what: &str, op: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    if t.dtype() != candle_core::DType::F32 {
         return Err(crate::Error::Invalid(format!(
-            "{what} across ranks takes f32 tensors on the CPU (MPI), got {:?} on {:?}",
-            t.dtype(),
-            t.device()
+            "{what} across ranks takes f32 tensors, got {:?}",
+            t.dtype()
         )));
     }
-    Ok(())
+    if t.device().is_cpu() {
+        return op(&t.contiguous()?);
+    }
+    let host = t.to_device(&candle_core::Device::Cpu)?;
+    Ok(op(&host)?.to_device(t.device())?)
 }
 
 /// The element-wise sum of `t` over the ranks of `world`, with the all-reduce of the gradient
 /// as its backward.
 pub fn all_reduce(t: &Tensor, world: &World) -> Result<Tensor> {
-    check(t, "all-reduce")?;
-    Ok(t.contiguous()?.apply_op1(AllReduce(world.clone()))?)
+    on_host(t, "all-reduce", |h| {
+        Ok(h.apply_op1(AllReduce(world.clone()))?)
+    })
 }
 
 /// Every rank's `t` concatenated along axis 0 in rank order; the backward sums the gradients
 /// of all ranks and keeps this rank's rows.
 pub fn all_gather(t: &Tensor, world: &World) -> Result<Tensor> {
-    check(t, "all-gather")?;
-    Ok(t.contiguous()?.apply_op1(AllGather(world.clone()))?)
+    on_host(t, "all-gather", |h| {
+        Ok(h.apply_op1(AllGather(world.clone()))?)
+    })
 }

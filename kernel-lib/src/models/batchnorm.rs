@@ -214,10 +214,36 @@ impl BatchNorm {
             // statistics averaged over ranks.
             return self.forward_groups(x, 1, relu);
         }
+        if !x.device().is_cpu() {
+            return self.forward_synced_on_device(x, relu);
+        }
         // The fused kernel with its sums all-reduced (the same arithmetic as in one process,
         // torch's SyncBN in its backward: the means of g and g·x̂ over the global batch, dγ
         // and dβ from this rank's rows).
         self.forward_impl(x, true, true, relu, Some(world))
+    }
+
+    /// SyncBN of a tensor on a GPU: the per-channel mean and biased variance over every
+    /// rank's rows from tensor ops around two differentiable all-reduces
+    /// ([`dist::global_moments`]), so autograd gives torch's SyncBN backward. The fused CUDA
+    /// kernel keeps its statistics on the device and has no all-reduce between its passes.
+    fn forward_synced_on_device(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let cs = self.channel_shape(x)?;
+        let dims = x.dims().to_vec();
+        let inner: usize = dims[2..].iter().product();
+        let m = dist::global_moments(&x.reshape((dims[0], self.channels, inner))?)?;
+        let inv_std =
+            (m.var.clone() + self.eps)?
+                .sqrt()?
+                .recip()?
+                .reshape((1, self.channels, 1))?;
+        let xhat = m
+            .centred
+            .broadcast_mul(&inv_std)?
+            .reshape(dims.as_slice())?;
+        let count = x.elem_count() / self.channels * dist::rank_and_size().1;
+        self.update_running(&m.mean.detach(), &m.var.detach(), count)?;
+        then_relu(self.affine(xhat, &cs)?, relu)
     }
 
     /// `ranks`: training-mode statistics over every rank's rows (SyncBN).
@@ -297,4 +323,102 @@ fn then_relu(y: Tensor, relu: bool) -> Result<Tensor> {
         return crate::kernels::relu(&y);
     }
     Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::ThreadWorld;
+    use candle_core::Device;
+
+    fn bn(c: usize) -> BatchNorm {
+        let v = |x: Vec<f32>| Var::from_vec(x, c, &Device::Cpu).unwrap();
+        BatchNorm {
+            weight: Some(v((0..c).map(|i| 0.5 + i as f32).collect())),
+            bias: Some(v((0..c).map(|i| 0.1 * i as f32).collect())),
+            running_mean: v(vec![0.0; c]),
+            running_var: v(vec![1.0; c]),
+            eps: 1e-5,
+            momentum: 0.1,
+            channels: c,
+        }
+    }
+
+    /// The SyncBN of tensors on a GPU (tensor ops around differentiable all-reduces), run here
+    /// on CPU tensors by two thread ranks, gives each rank its rows of one process's training
+    /// BatchNorm over the whole batch: outputs, input gradients, and the running statistics;
+    /// γ's and β's gradients, averaged over ranks as the run averages them, are one process's.
+    #[test]
+    fn device_sync_bn_on_two_ranks_is_one_process_batch_norm() {
+        let (n, c, hw) = (6, 3, 4);
+        let data: Vec<f32> = (0..n * c * hw)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3 + (i % c) as f32)
+            .collect();
+        let x = Tensor::from_vec(data, (n, c, 2, 2), &Device::Cpu).unwrap();
+        let probe = Tensor::arange(0f32, (n * c * hw) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((n, c, 2, 2))
+            .unwrap()
+            .cos()
+            .unwrap();
+        let run = |bn: &BatchNorm, x: &Tensor, probe: &Tensor, ranked: bool| {
+            let xv = Var::from_tensor(x).unwrap();
+            let y = if ranked {
+                bn.forward_synced_on_device(xv.as_tensor(), true).unwrap()
+            } else {
+                bn.forward_impl(xv.as_tensor(), true, false, true, None)
+                    .unwrap()
+            };
+            let g = (&y * probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad = |t: &Tensor| g.get(t).unwrap().flatten_all().unwrap().to_vec1::<f32>();
+            let w = bn.weight.as_ref().unwrap().as_tensor();
+            let b = bn.bias.as_ref().unwrap().as_tensor();
+            let stats = [&bn.running_mean, &bn.running_var]
+                .map(|v| v.as_tensor().to_vec1::<f32>().unwrap());
+            let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (
+                y,
+                grad(xv.as_tensor()).unwrap(),
+                grad(w).unwrap(),
+                grad(b).unwrap(),
+                stats,
+            )
+        };
+        let one = run(&bn(c), &x, &probe, false);
+        let ranks = ThreadWorld::ranks(2, std::time::Duration::from_secs(30));
+        let per_rank: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = ranks
+                .into_iter()
+                .map(|w| {
+                    let (x, probe) = (&x, &probe);
+                    s.spawn(move || {
+                        let r = w.rank();
+                        let _scope = dist::scope(Some(w));
+                        let rows = |t: &Tensor| t.narrow(0, r * n / 2, n / 2).unwrap();
+                        run(&bn(c), &rows(x), &rows(probe), true)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (p, q) in a.iter().zip(b) {
+                assert!((p - q).abs() < 1e-4 * (1.0 + q.abs()), "{what}: {p} vs {q}");
+            }
+        };
+        let half = one.0.len() / 2;
+        for (r, got) in per_rank.iter().enumerate() {
+            close(&got.0, &one.0[r * half..(r + 1) * half], "output");
+            close(&got.1, &one.1[r * half..(r + 1) * half], "input gradient");
+            close(&got.4[0], &one.4[0], "running mean");
+            close(&got.4[1], &one.4[1], "running variance");
+        }
+        // Each rank's γ and β gradients are sums over its own rows; the gradient average of a
+        // run halves their total, so their sum over ranks is one process's.
+        let total = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| p + q).collect::<Vec<_>>();
+        let (a, b) = (&per_rank[0], &per_rank[1]);
+        close(&total(&a.2, &b.2), &one.2, "γ gradient");
+        close(&total(&a.3, &b.3), &one.3, "β gradient");
+    }
 }

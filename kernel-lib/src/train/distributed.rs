@@ -21,7 +21,7 @@ impl Run {
     ///
     /// Refused, with the reason, where ranks cannot train as one process with the global batch
     /// would: a batch that does not divide among the ranks, MoCo's `bn_splits` that does not,
-    /// or a device other than the CPU (the MPI world carries host memory).
+    /// or a device other than the ranks' own (the CPU for MPI, the rank's GPU for NCCL).
     ///
     /// ```no_run
     /// use sslab::prelude::*;
@@ -36,11 +36,13 @@ impl Run {
         let size = world.size();
         let batch = self.config.train.batch_size;
         let kind = self.config.method;
-        if !self.device.is_cpu() {
+        if self.device.location() != world.device().location() {
             return Err(Error::Invalid(format!(
-                "data-parallel ranks train on the CPU (MPI); this run is on {}: the NCCL \
-                 backend for CUDA ranks is not built yet",
-                self.device_name()
+                "this run is on {} and its ranks' collectives ({}) on {:?}: CPU ranks train on \
+                 MPI, CUDA ranks on NCCL, each on its GPU (LOCAL_RANK); set the device to match",
+                self.device_name(),
+                world.backend(),
+                world.device()
             )));
         }
         if !batch.is_multiple_of(size) || batch / size < 2 {
