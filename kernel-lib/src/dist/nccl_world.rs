@@ -72,6 +72,11 @@ impl NcclWorld {
                 ))
             })?;
         let stream = cuda.cuda_stream();
+        // ncclCommInitRank takes the calling thread's current device.
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(nccl("binding the GPU"))?;
         let comm = Comm::from_rank(stream.clone(), rank, size, Id::uninit(internal))
             .map_err(nccl("communicator"))?;
         Ok(NcclWorld {
@@ -91,6 +96,7 @@ impl NcclWorld {
             .comm
             .lock()
             .map_err(|_| Error::Invalid(format!("NCCL {what}: the communicator is poisoned")))?;
+        self.stream.context().bind_to_thread().map_err(nccl(what))?;
         op(&cell.0)?;
         let done = self.stream.record_event(None).map_err(nccl(what))?;
         let deadline = Instant::now() + self.timeout;
