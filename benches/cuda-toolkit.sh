@@ -77,28 +77,25 @@ find_cudarc() { cargo metadata --format-version 1 --manifest-path "$PROJECT/Carg
   | "$PY" -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="cudarc"))' 2>/dev/null; }
 CUDARC_TOML=$(find_cudarc) || CUDARC_TOML=$(find_cudarc --all-features) \
   || { echo "cudarc is not in the project's dependency graph, even with --all-features"; exit 2; }
-CUDARC_SYS=$(dirname "$CUDARC_TOML")/src/driver/sys/mod.rs
-STUB_C=$WORK/libcuda_stub.c
-{
-  echo '/* link-time stand-in for the NVIDIA driver library libcuda.so.1; never run */'
-  grep -oE '^\s+fn cu[A-Za-z0-9_]+\(' "$CUDARC_SYS" | sed -E 's/^\s+fn (cu[A-Za-z0-9_]+)\(/\1/' \
-    | sort -u | while read -r s; do echo "int $s(void) { return 999; /* CUDA_ERROR_UNKNOWN */ }"; done
-} > "$STUB_C"
-echo "libcuda stub: $(grep -c '^int ' "$STUB_C") symbols from $CUDARC_SYS"
-gcc -shared -fPIC -O0 -Wl,-soname,libcuda.so.1 -o "$R/lib64/stubs/libcuda.so" "$STUB_C"
-
+CUDARC_SRC=$(dirname "$CUDARC_TOML")/src
+# stub SONAME SYS_FILE REGEX RETURN: a shared library named SONAME (linked as lib64/stubs/
+# <its name without the version>) with one function returning RETURN for every name that
+# REGEX (one capture group) finds in cudarc's bindings SYS_FILE.
+stub() {
+  local soname=$1 sys=$2 re=$3 ret=$4 c=$WORK/${1%%.so*}_stub.c
+  {
+    echo "/* link-time stand-in for $soname; never run */"
+    grep -oE "$re" "$sys" | sed -E "s/$re/\1/" | sort -u \
+      | while read -r s; do echo "int $s(void) { return $ret; }"; done
+  } > "$c"
+  echo "${soname%%.so*} stub: $(grep -c '^int ' "$c") symbols from $sys"
+  gcc -shared -fPIC -O0 -Wl,-soname,"$soname" -o "$R/lib64/stubs/${soname%%.so*}.so" "$c"
+}
+stub libcuda.so.1 "$CUDARC_SRC/driver/sys/mod.rs" '^\s+fn (cu[A-Za-z0-9_]+)\(' 999  # CUDA_ERROR_UNKNOWN
 # The same for NCCL (feature `nccl`, CUDA ranks): cudarc links -lnccl, and the real
 # libnccl.so.2 comes at run time from PyTorch's nvidia-nccl wheel (run-on-gpu.sh puts
 # nvidia/*/lib on the library path) or NVIDIA's packages. A stub saves the 300 MB wheel here.
-NCCL_SYS=$(dirname "$CUDARC_TOML")/src/nccl/sys/mod.rs
-NCCL_C=$WORK/libnccl_stub.c
-{
-  echo '/* link-time stand-in for libnccl.so.2; never run */'
-  grep -oE '^pub unsafe fn nccl[A-Za-z0-9_]+\(' "$NCCL_SYS" | sed -E 's/^pub unsafe fn (nccl[A-Za-z0-9_]+)\(/\1/' \
-    | sort -u | while read -r s; do echo "int $s(void) { return 1; /* ncclUnhandledCudaError */ }"; done
-} > "$NCCL_C"
-echo "libnccl stub: $(grep -c '^int ' "$NCCL_C") symbols from $NCCL_SYS"
-gcc -shared -fPIC -O0 -Wl,-soname,libnccl.so.2 -o "$R/lib64/stubs/libnccl.so" "$NCCL_C"
+stub libnccl.so.2 "$CUDARC_SRC/nccl/sys/mod.rs" '^pub unsafe fn (nccl[A-Za-z0-9_]+)\(' 1  # ncclUnhandledCudaError
 
 
 # ---------------------------------------------------------------- 5. the environment

@@ -29,7 +29,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "auto")]
     device: String,
     /// Precision of the step workloads: f32, or bf16 (bf16 matrix products with f32 weights,
-    /// as PyTorch's autocast; convolutions too on CUDA, f32 Winograd on the CPU).
+    /// as PyTorch's autocast; convolutions too). For `conv`: the CPU's bf16 products.
     #[arg(long, default_value = "f32")]
     precision: String,
     /// For `conv`: time candle's own convolution instead of sslab's kernels (the baseline).
@@ -164,10 +164,11 @@ fn conv(a: &BenchArgs) -> Result<()> {
     let mut cfg = RunConfig::default();
     apply_sets(&mut cfg, &a.sets)?;
     sslab::kernels::set_conv_tf32(cfg.cuda.tf32);
-    let imp = if a.candle_conv {
-        ConvImpl::Candle
-    } else {
-        ConvImpl::Sslab
+    let imp = match (a.candle_conv, a.precision.as_str()) {
+        (true, _) => ConvImpl::Candle,
+        (false, "bf16") if dev.is_cpu() => ConvImpl::SslabBf16,
+        (false, "f32" | "bf16") => ConvImpl::Sslab,
+        (_, other) => bail!("--precision {other}: not f32 or bf16"),
     };
     let Some(net) = network_convs(&a.net) else {
         bail!("--net {}: not resnet18 or resnet50", a.net);

@@ -199,15 +199,8 @@ fn fetch(addr: &str, rank: usize, size: usize, deadline: Instant) -> Result<Vec<
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::env;
     use super::*;
-
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
 
     #[test]
     fn the_meeting_point_comes_from_the_launcher_or_sslab_rendezvous() {

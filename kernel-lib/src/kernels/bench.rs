@@ -135,6 +135,9 @@ pub enum ConvImpl {
     /// sslab's convolution with its explicit backward, what training uses: im2col + GEMM and
     /// Winograd on the CPU, cuDNN with measured algorithms on CUDA.
     Sslab,
+    /// sslab's CPU convolution under bf16 autocast: bf16-rounded operands, f32 sums
+    /// (AVX512-BF16; plain loops over the rounded values elsewhere).
+    SslabBf16,
     /// candle's `conv2d`, and the `conv_transpose2d` / transposed `conv2d` its autograd runs.
     Candle,
 }
@@ -186,6 +189,12 @@ pub fn time_conv(
     imp: ConvImpl,
     dev: &Device,
 ) -> Result<ConvTiming> {
+    if imp == ConvImpl::SslabBf16 && !dev.is_cpu() {
+        return Err(crate::Error::Invalid(
+            "ConvImpl::SslabBf16 is the CPU's bf16 path; a GPU's bf16 convolution is cuDNN's"
+                .into(),
+        ));
+    }
     if imp == ConvImpl::Sslab && dev.is_cuda() && !cfg!(feature = "cudnn") {
         return Err(crate::Error::Invalid(
             "sslab's CUDA convolutions need the `cudnn` feature; time ConvImpl::Candle".into(),
@@ -202,20 +211,30 @@ pub fn time_conv(
     let ho = shape.out_size();
     let dy = Tensor::randn(0f32, 1.0, (batch, shape.out, ho, ho), dev)?;
     let (fwd, dx, dw) = match imp {
-        ConvImpl::Sslab => (
-            median_seconds(dev, reps, || {
-                x.apply_op2(&w, Conv2dOp { stride: s, pad: p })?;
-                Ok(())
-            })?,
-            median_seconds(dev, reps, || {
-                conv2d_dx(&dy, &w, x.dims(), s, p)?;
-                Ok(())
-            })?,
-            median_seconds(dev, reps, || {
-                conv2d_dw(&x, &dy, w.dims(), s, p)?;
-                Ok(())
-            })?,
-        ),
+        ConvImpl::Sslab | ConvImpl::SslabBf16 => {
+            let bf16 = imp == ConvImpl::SslabBf16;
+            (
+                median_seconds(dev, reps, || {
+                    x.apply_op2(
+                        &w,
+                        Conv2dOp {
+                            stride: s,
+                            pad: p,
+                            bf16,
+                        },
+                    )?;
+                    Ok(())
+                })?,
+                median_seconds(dev, reps, || {
+                    conv2d_dx(&dy, &w, x.dims(), s, p, bf16)?;
+                    Ok(())
+                })?,
+                median_seconds(dev, reps, || {
+                    conv2d_dw(&x, &dy, w.dims(), s, p, bf16)?;
+                    Ok(())
+                })?,
+            )
+        }
         ConvImpl::Candle => {
             // The same calls as candle 0.11's backprop for conv2d.
             let out_pad = shape.size - ((ho - 1) * s + k - 2 * p);

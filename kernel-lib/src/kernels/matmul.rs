@@ -77,6 +77,36 @@ pub(crate) fn matmul_ld(
     }
 }
 
+/// [`matmul_ld`] into `dst` (rows `dims.1` apart), or with bf16-rounded operands and f32 sums
+/// ([`matmul_bf16`], on this thread) when `bf16`: the convolutions' products under CPU
+/// autocast.
+pub(crate) fn product(
+    bf16: bool,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: (&[f32], (usize, usize)),
+    rhs: (&[f32], (usize, usize)),
+) {
+    product_ld(bf16, (m, n, k), (dst, n), accumulate, lhs, rhs)
+}
+
+/// [`product`] into a `dst` whose rows lie `ld` apart.
+pub(crate) fn product_ld(
+    bf16: bool,
+    dims: (usize, usize, usize),
+    dst: (&mut [f32], usize),
+    accumulate: bool,
+    lhs: (&[f32], (usize, usize)),
+    rhs: (&[f32], (usize, usize)),
+) {
+    if bf16 {
+        matmul_bf16(dims, dst, accumulate, lhs, rhs, false);
+    } else {
+        matmul_ld(dims, dst, accumulate, lhs, rhs);
+    }
+}
+
 /// Output columns up to which a weight gradient takes [`matmul_nt_narrow`].
 pub(super) const NARROW: usize = 32;
 

@@ -71,8 +71,9 @@ pub(crate) fn autocast_pair(
     }
     if a.device().is_cpu() {
         // The CPU's products go through `cpu_bf16` before they get here, and its
-        // convolutions stay f32 (`conv2d`); what is left (another op) is rounded to bf16 and
-        // computed in f32: the numbers of a bf16 product with f32 accumulation.
+        // convolutions round their own products' operands (`conv2d`); what is left (another
+        // op) is rounded to bf16 and computed in f32: the numbers of a bf16 product with f32
+        // accumulation.
         let round =
             |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?) };
         return f(&round(a)?, &round(b)?);

@@ -21,7 +21,7 @@ mod im2col;
 pub(crate) mod plan;
 pub(crate) mod winograd;
 
-use super::matmul::{matmul, matmul_nt_narrow, NARROW};
+use super::matmul::{matmul_nt_narrow, product, NARROW};
 use super::par::{images_per_group, sum_over_groups};
 use super::storage::{slice, CResult};
 use crate::error::Result;
@@ -43,6 +43,8 @@ pub(crate) struct ConvGeom {
     pad: usize,
     ho: usize,
     wo: usize,
+    /// Products with bf16-rounded operands and f32 sums (CPU autocast bf16).
+    bf16: bool,
 }
 
 impl ConvGeom {
@@ -67,7 +69,13 @@ impl ConvGeom {
             pad,
             ho,
             wo,
+            bf16: false,
         })
+    }
+    /// This geometry with its products in bf16 (`true`) or f32.
+    pub(crate) fn with_bf16(mut self, bf16: bool) -> Self {
+        self.bf16 = bf16;
+        self
     }
     fn ckk(&self) -> usize {
         self.c * self.k * self.k
@@ -107,6 +115,8 @@ const IM2COL_COLS: usize = 256;
 pub(crate) struct Conv2dOp {
     pub stride: usize,
     pub pad: usize,
+    /// bf16 operands with f32 sums on the CPU, in the backward too (PyTorch's CPU autocast).
+    pub bf16: bool,
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -121,12 +131,12 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?.with_bf16(self.bf16);
         let x = slice(s1, l1, "conv2d input")?;
         let w = slice(s2, l2, "conv2d kernel")?;
         let shape = Shape::from((g.n, g.o, g.ho, g.wo));
         if g.winograd() {
-            let y = winograd::forward(x, w, (g.n, g.c, g.h, g.w), g.o, g.stride);
+            let y = winograd::forward(x, w, (g.n, g.c, g.h, g.w), g.o, g.stride, g.bf16);
             return Ok((CpuStorage::F32(y), shape));
         }
         let (ckk, hw, chw) = (g.ckk(), g.hw_out(), g.c * g.h * g.w);
@@ -135,7 +145,14 @@ impl CustomOp2 for Conv2dOp {
             .zip(x.par_chunks(chw))
             .for_each_init(Vec::new, |cols, (yn, xn)| {
                 let cols = group_cols(&g, xn, cols);
-                matmul(g.o, hw, ckk, yn, false, w, (ckk, 1), cols, (hw, 1));
+                product(
+                    g.bf16,
+                    (g.o, hw, ckk),
+                    yn,
+                    false,
+                    (w, (ckk, 1)),
+                    (cols, (hw, 1)),
+                );
             });
         Ok((CpuStorage::F32(y), shape))
     }
@@ -159,8 +176,8 @@ impl CustomOp2 for Conv2dOp {
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = conv2d_dx(&dy, w, x.dims(), self.stride, self.pad)?;
-        let dw = conv2d_dw(x, &dy, w.dims(), self.stride, self.pad)?;
+        let dx = conv2d_dx(&dy, w, x.dims(), self.stride, self.pad, self.bf16)?;
+        let dw = conv2d_dw(x, &dy, w.dims(), self.stride, self.pad, self.bf16)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -172,8 +189,9 @@ pub(crate) fn conv2d_dx(
     x_dims: &[usize],
     stride: usize,
     pad: usize,
+    bf16: bool,
 ) -> CResult<Tensor> {
-    let g = ConvGeom::new(x_dims, w.dims(), stride, pad)?;
+    let g = ConvGeom::new(x_dims, w.dims(), stride, pad)?.with_bf16(bf16);
     dy.apply_op2(w, Conv2dInputGrad(g))
 }
 
@@ -184,8 +202,9 @@ pub(crate) fn conv2d_dw(
     w_dims: &[usize],
     stride: usize,
     pad: usize,
+    bf16: bool,
 ) -> CResult<Tensor> {
-    let g = ConvGeom::new(x.dims(), w_dims, stride, pad)?;
+    let g = ConvGeom::new(x.dims(), w_dims, stride, pad)?.with_bf16(bf16);
     x.apply_op2(dy, Conv2dWeightGrad(g))
 }
 
@@ -210,7 +229,7 @@ impl CustomOp2 for Conv2dInputGrad {
         let shape = Shape::from((g.n, g.c, g.h, g.w));
         if g.winograd_input_grad() {
             let (dims, x_dims) = ((g.n, g.o, g.ho, g.wo), (g.c, g.h, g.w));
-            let dx = winograd::input_grad(dy, w, dims, x_dims, g.stride);
+            let dx = winograd::input_grad(dy, w, dims, x_dims, g.stride, g.bf16);
             return Ok((CpuStorage::F32(dx), shape));
         }
         let (ckk, hw) = (g.ckk(), g.hw_out());
@@ -220,10 +239,11 @@ impl CustomOp2 for Conv2dInputGrad {
             .for_each_init(
                 || vec![0f32; if g.pointwise() { 0 } else { ckk * hw }],
                 |cols, (dxn, dyn_)| {
+                    let (l, r) = ((w, (1, ckk)), (dyn_, (hw, 1)));
                     if g.pointwise() {
-                        matmul(ckk, hw, g.o, dxn, false, w, (1, ckk), dyn_, (hw, 1));
+                        product(g.bf16, (ckk, hw, g.o), dxn, false, l, r);
                     } else {
-                        matmul(ckk, hw, g.o, cols, false, w, (1, ckk), dyn_, (hw, 1));
+                        product(g.bf16, (ckk, hw, g.o), cols, false, l, r);
                         col2im(&g, cols, dxn);
                     }
                 },
@@ -262,7 +282,7 @@ impl CustomOp2 for Conv2dWeightGrad {
         let dy = slice(s2, l2, "conv2d output gradient")?;
         let shape = Shape::from((g.o, g.c, g.k, g.k));
         if g.winograd_weight_grad() {
-            let dw = winograd::weight_grad(x, dy, (g.n, g.c, g.h, g.w), g.o, g.stride);
+            let dw = winograd::weight_grad(x, dy, (g.n, g.c, g.h, g.w), g.o, g.stride, g.bf16);
             return Ok((CpuStorage::F32(dw), shape));
         }
         let (ckk, hw, o, chw) = (g.ckk(), g.hw_out(), g.o, g.c * g.h * g.w);
@@ -277,9 +297,10 @@ impl CustomOp2 for Conv2dWeightGrad {
                 let c = group_cols(&g, &x[imgs.start * chw..imgs.end * chw], cols);
                 let d = to_group_matrix(&dy[imgs.start * o * hw..imgs.end * o * hw], (o, hw), dyg);
                 if ckk <= NARROW {
+                    // The stem's few taps: f32 dot products (a sliver of the step).
                     matmul_nt_narrow(d, c, (o, ckk, ld, ld), dw, !first);
                 } else {
-                    matmul(o, ckk, ld, dw, !first, d, (ld, 1), c, (1, ld));
+                    product(g.bf16, (o, ckk, ld), dw, !first, (d, (ld, 1)), (c, (1, ld)));
                 }
             },
         );
@@ -327,7 +348,8 @@ pub fn cached_conv_algorithms() -> usize {
 /// explicit backward: on the CPU (f32) sslab's kernels above; on CUDA (f32, f16, bf16, in a
 /// build with the `cudnn` feature) cuDNN's three passes with measured algorithms (`cudnn.rs`);
 /// anywhere else candle's `conv2d`. Under a bf16 [`autocast`](crate::kernels::autocast) a GPU's
-/// operands are cast to bf16 and the result back to f32; the CPU stays f32.
+/// operands are cast to bf16 and the result back to f32; the CPU keeps f32 tensors and runs
+/// its products on bf16-rounded operands with f32 sums (AVX512-BF16).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -341,19 +363,22 @@ pub fn cached_conv_algorithms() -> usize {
 /// ```
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     if x.device().is_cpu() {
-        // The CPU convolves in f32 under any autocast: Winograd F(4,3) does a 3×3 layer with a
-        // quarter of im2col's multiplications, more than bf16's doubled rate gives back.
-        return conv2d_in(x, w, stride, pad);
+        // Under bf16 autocast on a CPU with AVX512-BF16, the products (Winograd's per-position
+        // GEMMs, im2col's GEMM) take bf16-rounded operands with f32 sums; tensors stay f32.
+        let bf16 = super::precision::autocast_precision() == super::precision::Precision::Bf16
+            && super::precision::cpu_has_bf16()
+            && x.dtype() == candle_core::DType::F32;
+        return conv2d_in(x, w, stride, pad, bf16);
     }
     // Under bf16 autocast: bf16 operands, the result back in f32.
-    super::precision::autocast_pair(x, w, |x, w| conv2d_in(x, w, stride, pad))
+    super::precision::autocast_pair(x, w, |x, w| conv2d_in(x, w, stride, pad, false))
 }
 
-/// [`conv2d`] in the operands' own dtype.
-fn conv2d_in(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+/// [`conv2d`] in the operands' own dtype (CPU products in bf16 with `bf16`).
+fn conv2d_in(x: &Tensor, w: &Tensor, stride: usize, pad: usize, bf16: bool) -> Result<Tensor> {
     match plan::route(x.device(), x.dtype(), cfg!(feature = "cudnn")) {
         ConvRoute::CpuKernel | ConvRoute::Cudnn => {
-            let op = Conv2dOp { stride, pad };
+            let op = Conv2dOp { stride, pad, bf16 };
             Ok(x.contiguous()?.apply_op2(&w.contiguous()?, op)?)
         }
         ConvRoute::Candle => Ok(x.conv2d(w, pad, stride, 1, 1)?),

@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::matmul::matmul_ld;
+use crate::kernels::matmul::product_ld;
 use crate::kernels::par::{images_per_group, sum_over_groups};
 use crate::kernels::simd::avx2;
 
@@ -285,6 +285,7 @@ fn conv_tiled<T: Tile>(
     x: &[f32],
     k: &KernelTransform,
     (n, h, w): (usize, usize, usize),
+    bf16: bool,
 ) -> Vec<f32> {
     let (o, c) = (k.rows, k.cols);
     let (ho, wo) = (out_side::<T>(h), out_side::<T>(w));
@@ -293,19 +294,21 @@ fn conv_tiled<T: Tile>(
     let sizes = (c * h * w, o * ho * wo);
     over_groups::<T>((x, &mut y), sizes, (n, ho, wo), (c, o), |xg, yg, g| {
         transform_in::<T>(xg, g.first, (g.imgs, c, h, w), fast);
-        position_products::<T>(k, false, (g.first, g.second), (g.tiles, g.row));
+        position_products::<T>(k, false, (g.first, g.second), (g.tiles, g.row), bf16);
         transform_out::<T>(g.second, yg, (g.imgs, o, ho, wo), fast);
     });
     y
 }
 
 /// `dst[·][ξ][·] = U[ξ] · src[·][ξ][·]` for every tile position ξ (`Uᵀ` when `transposed`),
-/// over a group of `tiles` tiles whose channel rows are `row` apart in both buffers.
+/// over a group of `tiles` tiles whose channel rows are `row` apart in both buffers; the
+/// operands rounded to bf16 (f32 sums) when `bf16`.
 fn position_products<T: Tile>(
     k: &KernelTransform,
     transposed: bool,
     (src, dst): (&[f32], &mut [f32]),
     (tiles, row): (usize, usize),
+    bf16: bool,
 ) {
     let (a, nu, q) = (T::ALPHA, T::NU, k.cols);
     let plane = nu * nu * q;
@@ -316,7 +319,8 @@ fn position_products<T: Tile>(
     };
     for xi in 0..a * a {
         let xu = T::U_OF[xi / a] * nu + T::U_OF[xi % a];
-        matmul_ld(
+        product_ld(
+            bf16,
             (m, tiles, inner),
             (&mut dst[xi * tiles..], row),
             false,
@@ -443,6 +447,7 @@ fn weight_grad_tiles<T: Tile>(
     dy: &[f32],
     (n, c, h, w): (usize, usize, usize, usize),
     o: usize,
+    bf16: bool,
 ) -> Vec<f32> {
     let (m, a) = (T::M, T::ALPHA);
     let a2 = a * a;
@@ -464,7 +469,8 @@ fn weight_grad_tiles<T: Tile>(
                 transform_in::<T>(xg, v, (imgs.len(), c, h, w), fast);
                 transform_grad_out::<T>(dyg, dm, (imgs.len(), o, ho, wo), fast);
                 for xi in 0..a2 {
-                    matmul_ld(
+                    product_ld(
+                        bf16,
                         (o, c, t),
                         (&mut du[xi * o * c..], c),
                         true,
@@ -1134,11 +1140,13 @@ pub(crate) fn forward(
     (n, c, h, wd): (usize, usize, usize, usize),
     o: usize,
     stride: usize,
+    bf16: bool,
 ) -> Vec<f32> {
+    let io = (n, h, wd);
     match (stride, small(h, wd)) {
-        (2, _) => conv_with::<S2>(x, w, (n, h, wd), (o, c), false),
-        (_, true) => conv_with::<F2>(x, w, (n, h, wd), (o, c), false),
-        _ => conv_with::<F4>(x, w, (n, h, wd), (o, c), false),
+        (2, _) => conv_with::<S2>(x, w, io, (o, c), false, bf16),
+        (_, true) => conv_with::<F2>(x, w, io, (o, c), false, bf16),
+        _ => conv_with::<F4>(x, w, io, (o, c), false, false),
     }
 }
 
@@ -1150,8 +1158,9 @@ fn conv_with<T: Tile>(
     dims: (usize, usize, usize),
     (o, c): (usize, usize),
     input_grad: bool,
+    bf16: bool,
 ) -> Vec<f32> {
-    conv_tiled::<T>(x, &transform_kernel::<T>(w, o, c, input_grad), dims)
+    conv_tiled::<T>(x, &transform_kernel::<T>(w, o, c, input_grad), dims, bf16)
 }
 
 /// Input gradient: `dx (n×c×h×w)` of `y = x ⋆ w` from `dy (n×o×ho×wo)`, w o×c×3×3. At stride
@@ -1163,11 +1172,13 @@ pub(crate) fn input_grad(
     (n, o, ho, wo): (usize, usize, usize, usize),
     (c, h, wd): (usize, usize, usize),
     stride: usize,
+    bf16: bool,
 ) -> Vec<f32> {
+    let io = (n, ho, wo);
     match (stride, small(ho, wo)) {
-        (2, _) => input_grad_strided::<S2>(dy, w, (n, o, ho, wo), (c, h, wd)),
-        (_, true) => conv_with::<F2>(dy, w, (n, ho, wo), (o, c), true),
-        _ => conv_with::<F4>(dy, w, (n, ho, wo), (o, c), true),
+        (2, _) => input_grad_strided::<S2>(dy, w, (n, o, ho, wo), (c, h, wd), bf16),
+        (_, true) => conv_with::<F2>(dy, w, io, (o, c), true, bf16),
+        _ => conv_with::<F4>(dy, w, io, (o, c), true, false),
     }
 }
 
@@ -1179,6 +1190,7 @@ fn input_grad_strided<T: Tile>(
     w: &[f32],
     (n, o, ho, wo): (usize, usize, usize, usize),
     (c, h, wd): (usize, usize, usize),
+    bf16: bool,
 ) -> Vec<f32> {
     let k = transform_kernel::<T>(w, o, c, false);
     let fast = avx2();
@@ -1186,7 +1198,7 @@ fn input_grad_strided<T: Tile>(
     let sizes = (o * ho * wo, c * h * wd);
     over_groups::<T>((dy, &mut dx), sizes, (n, ho, wo), (o, c), |dyg, dxg, g| {
         transform_grad_out::<T>(dyg, g.first, (g.imgs, o, ho, wo), fast);
-        position_products::<T>(&k, true, (g.first, g.second), (g.tiles, g.row));
+        position_products::<T>(&k, true, (g.first, g.second), (g.tiles, g.row), bf16);
         transform_in_adjoint::<T>(g.second, dxg, (g.imgs, c, h, wd), fast);
     });
     dx
@@ -1200,14 +1212,20 @@ pub(crate) fn weight_grad(
     dims: (usize, usize, usize, usize),
     o: usize,
     stride: usize,
+    bf16: bool,
 ) -> Vec<f32> {
     match (stride, small(dims.2, dims.3)) {
-        (2, _) => weight_grad_tiles::<S2>(x, dy, dims, o),
-        (_, true) => weight_grad_tiles::<F2>(x, dy, dims, o),
-        _ => weight_grad_tiles::<F4>(x, dy, dims, o),
+        (2, _) => weight_grad_tiles::<S2>(x, dy, dims, o, bf16),
+        (_, true) => weight_grad_tiles::<F2>(x, dy, dims, o, bf16),
+        _ => weight_grad_tiles::<F4>(x, dy, dims, o, false),
     }
 }
 
+/// F(4,3) keeps f32 products under bf16 autocast: its transforms (points ±2, ±½) magnify the
+/// rounding of bf16 operands, 4-7% of the largest output on random data against f32, where
+/// F(2,3), the stride-2 tiles and im2col stay within 0.5%; and F(2,3) in bf16 (4 products per
+/// output at about 1.4× the rate) would cost more than F(4,3) in f32 (2.25).
+///
 /// Below 8×8, F(2,3): at 4×4 (ResNet-18's last stage at 32 px) F(4,3)'s transformed kernel,
 /// 36 values per tap pair, costs more memory traffic than its products save (measured 200 vs
 /// 180 GFLOP/s on 512 channels).
