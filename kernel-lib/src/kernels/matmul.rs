@@ -79,7 +79,10 @@ pub(crate) fn matmul_ld(
 
 /// [`matmul_ld`] into `dst` (rows `dims.1` apart), or with bf16-rounded operands and f32 sums
 /// ([`matmul_bf16`], on this thread) when `bf16`: the convolutions' products under CPU
-/// autocast.
+/// autocast. Products narrower than the bf16 kernel's 32-column panels, or shallower than
+/// 64, stay f32: there packing costs more than the doubled rate gives (measured on a
+/// ResNet-18's layers, `sslab bench conv --precision bf16`: the 3-channel stem, 1×1
+/// shortcuts at 4×4 output, 1.5-2× slower in bf16).
 pub(crate) fn product(
     bf16: bool,
     (m, n, k): (usize, usize, usize),
@@ -91,6 +94,10 @@ pub(crate) fn product(
     product_ld(bf16, (m, n, k), (dst, n), accumulate, lhs, rhs)
 }
 
+/// Columns and depth from which a convolution's product takes bf16 (see [`product`]).
+const BF16_MIN_COLS: usize = 32;
+const BF16_MIN_DEPTH: usize = 64;
+
 /// [`product`] into a `dst` whose rows lie `ld` apart.
 pub(crate) fn product_ld(
     bf16: bool,
@@ -100,7 +107,7 @@ pub(crate) fn product_ld(
     lhs: (&[f32], (usize, usize)),
     rhs: (&[f32], (usize, usize)),
 ) {
-    if bf16 {
+    if bf16 && dims.1 >= BF16_MIN_COLS && dims.2 >= BF16_MIN_DEPTH {
         matmul_bf16(dims, dst, accumulate, lhs, rhs, false);
     } else {
         matmul_ld(dims, dst, accumulate, lhs, rhs);
