@@ -19,7 +19,8 @@ pub enum Rendezvous {
     /// Rank 0 listens on this `host:port`; the others connect to it.
     Tcp(String),
     /// Rank 0 writes the id into this file (atomically, by a rename); the others wait for it.
-    /// The folder must be one every rank sees (any local folder on one machine).
+    /// The folder must be one every rank sees (any local folder on one machine), and the path
+    /// new for each job: a rank that finds an earlier job's file takes its id.
     File(PathBuf),
 }
 
@@ -66,6 +67,10 @@ impl Rendezvous {
         timeout: Duration,
     ) -> Result<Vec<u8>> {
         let deadline = Instant::now() + timeout;
+        if let (1, Some(id)) = (size, id) {
+            // Nobody to meet: no port to bind or file to write.
+            return Ok(id.to_vec());
+        }
         match (self, rank, id) {
             (_, 0, None) | (_, 1.., Some(_)) => Err(Error::Invalid(
                 "rendezvous: rank 0, and only rank 0, brings the id".into(),
