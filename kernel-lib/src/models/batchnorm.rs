@@ -215,7 +215,7 @@ impl BatchNorm {
             return self.forward_groups(x, 1, relu);
         }
         if !x.device().is_cpu() {
-            return self.forward_synced_on_device(x, relu);
+            return self.forward_synced_on_device(x, relu, world);
         }
         // The fused kernel with its sums all-reduced (the same arithmetic as in one process,
         // torch's SyncBN in its backward: the means of g and g·x̂ over the global batch, dγ
@@ -227,7 +227,7 @@ impl BatchNorm {
     /// rank's rows from tensor ops around two differentiable all-reduces
     /// ([`dist::global_moments`]), so autograd gives torch's SyncBN backward. The fused CUDA
     /// kernel keeps its statistics on the device and has no all-reduce between its passes.
-    fn forward_synced_on_device(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+    fn forward_synced_on_device(&self, x: &Tensor, relu: bool, world: &World) -> Result<Tensor> {
         let cs = self.channel_shape(x)?;
         let dims = x.dims().to_vec();
         let inner: usize = dims[2..].iter().product();
@@ -241,8 +241,11 @@ impl BatchNorm {
             .centred
             .broadcast_mul(&inv_std)?
             .reshape(dims.as_slice())?;
-        let count = x.elem_count() / self.channels * dist::rank_and_size().1;
-        self.update_running(&m.mean.detach(), &m.var.detach(), count)?;
+        self.update_running(
+            &m.mean.detach(),
+            &m.var.detach(),
+            self.count(x, Some(world)),
+        )?;
         then_relu(self.affine(xhat, &cs)?, relu)
     }
 
@@ -361,10 +364,11 @@ mod tests {
             .unwrap()
             .cos()
             .unwrap();
-        let run = |bn: &BatchNorm, x: &Tensor, probe: &Tensor, ranked: bool| {
+        let run = |bn: &BatchNorm, x: &Tensor, probe: &Tensor, ranks: Option<&World>| {
             let xv = Var::from_tensor(x).unwrap();
-            let y = if ranked {
-                bn.forward_synced_on_device(xv.as_tensor(), true).unwrap()
+            let y = if let Some(w) = ranks {
+                bn.forward_synced_on_device(xv.as_tensor(), true, w)
+                    .unwrap()
             } else {
                 bn.forward_impl(xv.as_tensor(), true, false, true, None)
                     .unwrap()
@@ -384,7 +388,7 @@ mod tests {
                 stats,
             )
         };
-        let one = run(&bn(c), &x, &probe, false);
+        let one = run(&bn(c), &x, &probe, None);
         let ranks = ThreadWorld::ranks(2, std::time::Duration::from_secs(30));
         let per_rank: Vec<_> = std::thread::scope(|s| {
             let hs: Vec<_> = ranks
@@ -393,9 +397,9 @@ mod tests {
                     let (x, probe) = (&x, &probe);
                     s.spawn(move || {
                         let r = w.rank();
-                        let _scope = dist::scope(Some(w));
+                        let _scope = dist::scope(Some(w.clone()));
                         let rows = |t: &Tensor| t.narrow(0, r * n / 2, n / 2).unwrap();
-                        run(&bn(c), &rows(x), &rows(probe), true)
+                        run(&bn(c), &rows(x), &rows(probe), Some(&w))
                     })
                 })
                 .collect();
