@@ -2,7 +2,7 @@
 //! chunks with one-pass backward kernels.
 
 use super::par::{par_map, CHUNK};
-use super::storage::{own_kernel, slice, CResult};
+use super::storage::{own_kernel, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
@@ -69,14 +69,15 @@ impl CustomOp2 for AddReluOp {
                 l2.dims()
             );
         }
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(y, (a, b))| {
-                for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
-                    *y = (a + b).max(0.0);
-                }
-            });
+        let y = written(a.len(), |y| {
+            y.par_chunks_mut(CHUNK)
+                .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+                .for_each(|(y, (a, b))| {
+                    for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
+                        *y = (a + b).max(0.0);
+                    }
+                });
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -119,14 +120,15 @@ impl CustomOp2 for ReluGrad {
     ) -> CResult<(CpuStorage, Shape)> {
         let y = slice(s1, l1, "relu output")?;
         let g = slice(s2, l2, "relu gradient")?;
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (y, g))| {
-                for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                    *d = if y > 0.0 { g } else { 0.0 };
-                }
-            });
+        let dx = written(y.len(), |dx| {
+            dx.par_chunks_mut(CHUNK)
+                .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                .for_each(|(d, (y, g))| {
+                    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+                        *d = if y > 0.0 { g } else { 0.0 };
+                    }
+                });
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 
@@ -223,10 +225,11 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = slice(s, l, "gelu input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| gelu_wide(x, y));
+        let y = written(x.len(), |y| {
+            y.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(y, x)| gelu_wide(x, y));
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -256,10 +259,11 @@ impl CustomOp2 for GeluGrad {
     ) -> CResult<(CpuStorage, Shape)> {
         let x = slice(s1, l1, "gelu input")?;
         let g = slice(s2, l2, "gelu gradient")?;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (x, g))| gelu_grad_wide(x, g, d));
+        let dx = written(x.len(), |dx| {
+            dx.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                .for_each(|(d, (x, g))| gelu_grad_wide(x, g, d));
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 

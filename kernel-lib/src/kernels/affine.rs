@@ -2,7 +2,7 @@
 //! column sums of their backward from row blocks in parallel.
 
 use super::par::sum_partials;
-use super::storage::{own_kernel, slice, CResult};
+use super::storage::{own_kernel, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor,
@@ -56,16 +56,17 @@ impl CustomOp2 for AddBiasOp {
         if d == 0 || l1.dims().last() != Some(&d) {
             candle_core::bail!("bias of {d} added to input {:?}", l1.dims());
         }
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * ROW_BLOCK)
-            .zip(x.par_chunks(d * ROW_BLOCK))
-            .for_each(|(yo, xi)| {
-                for (yr, xr) in yo.chunks_mut(d).zip(xi.chunks(d)) {
-                    for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
-                        *o = v + bv;
+        let y = written(x.len(), |y| {
+            y.par_chunks_mut(d * ROW_BLOCK)
+                .zip(x.par_chunks(d * ROW_BLOCK))
+                .for_each(|(yo, xi)| {
+                    for (yr, xr) in yo.chunks_mut(d).zip(xi.chunks(d)) {
+                        for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
+                            *o = v + bv;
+                        }
                     }
-                }
-            });
+                });
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -125,16 +126,17 @@ impl CustomOp3 for ScaleShiftOp {
         let w = slice(s2, l2, "scale")?;
         let b = slice(s3, l3, "shift")?;
         let d = row_width(l1, w.len(), b.len())?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * ROW_BLOCK)
-            .zip(x.par_chunks(d * ROW_BLOCK))
-            .for_each(|(yo, xi)| {
-                for (yr, xr) in yo.chunks_mut(d).zip(xi.chunks(d)) {
-                    for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                        *o = v * wv + bv;
+        let y = written(x.len(), |y| {
+            y.par_chunks_mut(d * ROW_BLOCK)
+                .zip(x.par_chunks(d * ROW_BLOCK))
+                .for_each(|(yo, xi)| {
+                    for (yr, xr) in yo.chunks_mut(d).zip(xi.chunks(d)) {
+                        for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                            *o = v * wv + bv;
+                        }
                     }
-                }
-            });
+                });
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -186,16 +188,17 @@ impl CustomOp2 for ScaleRows {
         let g = slice(s1, l1, "scale-shift gradient")?;
         let w = slice(s2, l2, "scale")?;
         let d = row_width(l1, w.len(), w.len())?;
-        let mut dx = vec![0f32; g.len()];
-        dx.par_chunks_mut(d * ROW_BLOCK)
-            .zip(g.par_chunks(d * ROW_BLOCK))
-            .for_each(|(o, gi)| {
-                for (orow, grow) in o.chunks_mut(d).zip(gi.chunks(d)) {
-                    for ((o, &gv), &wv) in orow.iter_mut().zip(grow).zip(w) {
-                        *o = gv * wv;
+        let dx = written(g.len(), |dx| {
+            dx.par_chunks_mut(d * ROW_BLOCK)
+                .zip(g.par_chunks(d * ROW_BLOCK))
+                .for_each(|(o, gi)| {
+                    for (orow, grow) in o.chunks_mut(d).zip(gi.chunks(d)) {
+                        for ((o, &gv), &wv) in orow.iter_mut().zip(grow).zip(w) {
+                            *o = gv * wv;
+                        }
                     }
-                }
-            });
+                });
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
     fn cuda_fwd(

@@ -23,7 +23,7 @@
 
 use super::matmul::matmul_ld;
 use super::softmax::{softmax_grad_row_wide, softmax_row_wide};
-use super::storage::{own_kernel, slice, CResult};
+use super::storage::{own_kernel, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -103,8 +103,12 @@ impl CustomOp1 for AttentionOp {
         let g = Geometry::of(l.dims(), self.heads)?;
         let qkv = slice(s, l, "attention qkv")?;
         let (t, w, r, dim) = (g.tokens, g.width, g.row(), g.dim());
-        let mut out = vec![0f32; g.batch * t * dim];
-        if t * w > 0 {
+        // Every head writes its columns of every token's row.
+        let out = written(g.batch * t * dim, |out| {
+            if t * w == 0 {
+                out.fill(0.0);
+                return;
+            }
             out.par_chunks_mut(t * dim)
                 .zip(qkv.par_chunks(t * r))
                 .for_each(|(o, x)| {
@@ -121,7 +125,7 @@ impl CustomOp1 for AttentionOp {
                         );
                     }
                 });
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from((g.batch, t, dim))))
     }
 
@@ -161,8 +165,12 @@ impl CustomOp2 for AttentionGrad {
                 l1.dims()
             );
         }
-        let mut dqkv = vec![0f32; qkv.len()];
-        if t * w > 0 {
+        // Every head writes its dQ, dK and dV columns of every token's row.
+        let dqkv = written(qkv.len(), |dqkv| {
+            if t * w == 0 {
+                dqkv.fill(0.0);
+                return;
+            }
             dqkv.par_chunks_mut(t * r)
                 .zip(qkv.par_chunks(t * r).zip(d_out.par_chunks(t * dim)))
                 .for_each(|(dx, (x, d_o))| {
@@ -186,7 +194,7 @@ impl CustomOp2 for AttentionGrad {
                         matmul_ld((t, w, t), (dk, r), false, (&s, (1, t)), (q, (r, 1)));
                     }
                 });
-        }
+        });
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 

@@ -3,7 +3,7 @@
 
 use super::matmul_bf16::matmul_bf16;
 use super::simd::avx2;
-use super::storage::{slice, CResult};
+use super::storage::{slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -260,22 +260,24 @@ impl CustomOp2 for BatchedMatmulOp {
         let b = slice(s2, l2, "batched matmul rhs")?;
         let a_strides = if self.ta { (1, m) } else { (k, 1) };
         let b_strides = if self.tb { (1, k) } else { (n, 1) };
-        let mut c = vec![0f32; batch * m * n];
         // One product per thread over the batch; a single product (a linear layer) splits
         // its rows over the threads instead (bf16; candle's own f32 matmul does the same).
+        // Both kernels write every element of their result (zeros when k = 0).
         let split_rows = batch < rayon::current_num_threads();
-        if m * n > 0 {
-            c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
-                let ai = &a[i * m * k..(i + 1) * m * k];
-                let bi = &b[i * k * n..(i + 1) * k * n];
-                if self.bf16 {
-                    let (l, r) = ((ai, a_strides), (bi, b_strides));
-                    matmul_bf16((m, n, k), (ci, n), false, l, r, split_rows);
-                } else {
-                    matmul(m, n, k, ci, false, ai, a_strides, bi, b_strides);
-                }
-            });
-        }
+        let c = written(batch * m * n, |c| {
+            if m * n > 0 {
+                c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
+                    let ai = &a[i * m * k..(i + 1) * m * k];
+                    let bi = &b[i * k * n..(i + 1) * k * n];
+                    if self.bf16 {
+                        let (l, r) = ((ai, a_strides), (bi, b_strides));
+                        matmul_bf16((m, n, k), (ci, n), false, l, r, split_rows);
+                    } else {
+                        matmul(m, n, k, ci, false, ai, a_strides, bi, b_strides);
+                    }
+                });
+            }
+        });
         Ok((CpuStorage::F32(c), Shape::from((batch, m, n))))
     }
 

@@ -57,3 +57,4 @@ pub use optim_update::{ema, GroupSettings, OptimKind};
 pub use precision::{autocast, autocast_precision, cpu_has_bf16, Autocast, Precision};
 pub use simd::cpu_report;
 pub use softmax::softmax_last;
+pub use storage::poison_outputs;

@@ -1,6 +1,7 @@
 //! Thread helpers shared by the CPU kernels: element-wise maps in parallel chunks, and sums over
 //! groups of images whose rounding does not depend on scheduling.
 
+use super::storage::written;
 use rayon::prelude::*;
 
 /// Elements per parallel work unit of the element-wise kernels.
@@ -63,9 +64,10 @@ pub(crate) fn images_per_group(n: usize, per_image: usize, target: usize) -> usi
 
 /// `f` applied to every element, in parallel chunks.
 pub(crate) fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
+    let y = written(x.len(), |y| {
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
+    });
     y
 }

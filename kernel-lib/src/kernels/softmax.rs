@@ -2,7 +2,7 @@
 
 use super::activation::exp_nonpositive;
 use super::simd::{lane_dot, lane_max, lane_sum};
-use super::storage::{own_kernel, slice, CResult};
+use super::storage::{own_kernel, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 
@@ -39,10 +39,11 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = slice(s, l, "softmax input")?;
         let d = *l.dims().last().unwrap_or(&1);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d.max(1))
-            .zip(x.par_chunks(d.max(1)))
-            .for_each(|(yr, xr)| softmax_row_wide(xr, yr, self.scale));
+        let y = written(x.len(), |y| {
+            y.par_chunks_mut(d.max(1))
+                .zip(x.par_chunks(d.max(1)))
+                .for_each(|(yr, xr)| softmax_row_wide(xr, yr, self.scale));
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -104,13 +105,14 @@ impl CustomOp2 for SoftmaxGrad {
         let g = slice(s2, l2, "softmax gradient")?;
         let d = *l1.dims().last().unwrap_or(&1);
         let scale = self.scale;
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(d.max(1))
-            .zip(y.par_chunks(d.max(1)).zip(g.par_chunks(d.max(1))))
-            .for_each(|(o, (yr, gr))| {
-                o.copy_from_slice(gr);
-                softmax_grad_row_wide(yr, o, scale);
-            });
+        let dx = written(y.len(), |dx| {
+            dx.par_chunks_mut(d.max(1))
+                .zip(y.par_chunks(d.max(1)).zip(g.par_chunks(d.max(1))))
+                .for_each(|(o, (yr, gr))| {
+                    o.copy_from_slice(gr);
+                    softmax_grad_row_wide(yr, o, scale);
+                });
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 

@@ -8,7 +8,7 @@ mod cuda;
 use super::activation::ReluGrad;
 use super::collective::World;
 use super::par::CHUNK;
-use super::storage::{on_cpu_f32, slice, CResult};
+use super::storage::{on_cpu_f32, slice, written, CResult};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -82,18 +82,19 @@ fn bn_apply(
     scale: Option<&[f32]>,
     shift: Option<&[f32]>,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(inner)
-        .zip(x.par_chunks(inner))
-        .enumerate()
-        .for_each(|(i, (yr, xr))| {
-            let ch = i % c;
-            let (mean, a) = (st.mean[ch], st.inv_std[ch] * scale.map_or(1.0, |s| s[ch]));
-            let b = shift.map_or(0.0, |s| s[ch]);
-            yr.iter_mut()
-                .zip(xr)
-                .for_each(|(o, &v)| *o = (v - mean) * a + b);
-        });
+    let y = written(x.len(), |y| {
+        y.par_chunks_mut(inner)
+            .zip(x.par_chunks(inner))
+            .enumerate()
+            .for_each(|(i, (yr, xr))| {
+                let ch = i % c;
+                let (mean, a) = (st.mean[ch], st.inv_std[ch] * scale.map_or(1.0, |s| s[ch]));
+                let b = shift.map_or(0.0, |s| s[ch]);
+                yr.iter_mut()
+                    .zip(xr)
+                    .for_each(|(o, &v)| *o = (v - mean) * a + b);
+            });
+    });
     y
 }
 
@@ -293,18 +294,19 @@ impl CustomOp2 for BatchNormGrad {
             .chunks(2)
             .map(|p| ((p[0] / m) as f32, (p[1] / m) as f32))
             .collect();
-        let mut dx = vec![0f32; xin.len()];
-        dx.par_chunks_mut(inner)
-            .zip(g.par_chunks(inner).zip(xin.par_chunks(inner)))
-            .enumerate()
-            .for_each(|(i, (d, (gr, xr)))| {
-                let ch = i % c;
-                let (mg, mgx) = means[ch];
-                let k = self.inv_std[ch] * self.gamma.as_ref().map_or(1.0, |gm| gm[ch]);
-                for ((o, &gv), &xv) in d.iter_mut().zip(gr).zip(xr) {
-                    *o = k * (gv - mg - xhat(ch, xv) * mgx);
-                }
-            });
+        let dx = written(xin.len(), |dx| {
+            dx.par_chunks_mut(inner)
+                .zip(g.par_chunks(inner).zip(xin.par_chunks(inner)))
+                .enumerate()
+                .for_each(|(i, (d, (gr, xr)))| {
+                    let ch = i % c;
+                    let (mg, mgx) = means[ch];
+                    let k = self.inv_std[ch] * self.gamma.as_ref().map_or(1.0, |gm| gm[ch]);
+                    for ((o, &gv), &xv) in d.iter_mut().zip(gr).zip(xr) {
+                        *o = k * (gv - mg - xhat(ch, xv) * mgx);
+                    }
+                });
+        });
         if let Ok(mut slot) = self.sums.lock() {
             *slot = sums;
         }

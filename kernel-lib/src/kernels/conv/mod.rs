@@ -23,7 +23,7 @@ pub(crate) mod winograd;
 
 use super::matmul::{matmul_nt_narrow, product, NARROW};
 use super::par::{images_per_group, sum_over_groups};
-use super::storage::{slice, CResult};
+use super::storage::{slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor};
 use im2col::{col2im, group_cols, to_group_matrix};
@@ -140,20 +140,21 @@ impl CustomOp2 for Conv2dOp {
             return Ok((CpuStorage::F32(y), shape));
         }
         let (ckk, hw, chw) = (g.ckk(), g.hw_out(), g.c * g.h * g.w);
-        let mut y = vec![0f32; g.n * g.o * hw];
-        y.par_chunks_mut(g.o * hw)
-            .zip(x.par_chunks(chw))
-            .for_each_init(Vec::new, |cols, (yn, xn)| {
-                let cols = group_cols(&g, xn, cols);
-                product(
-                    g.bf16,
-                    (g.o, hw, ckk),
-                    yn,
-                    false,
-                    (w, (ckk, 1)),
-                    (cols, (hw, 1)),
-                );
-            });
+        let y = written(g.n * g.o * hw, |y| {
+            y.par_chunks_mut(g.o * hw)
+                .zip(x.par_chunks(chw))
+                .for_each_init(Vec::new, |cols, (yn, xn)| {
+                    let cols = group_cols(&g, xn, cols);
+                    product(
+                        g.bf16,
+                        (g.o, hw, ckk),
+                        yn,
+                        false,
+                        (w, (ckk, 1)),
+                        (cols, (hw, 1)),
+                    );
+                });
+        });
         Ok((CpuStorage::F32(y), shape))
     }
 

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use crate::kernels::matmul::product_ld;
 use crate::kernels::par::{images_per_group, sum_over_groups};
 use crate::kernels::simd::avx2;
+use crate::kernels::storage::written;
 
 /// Output tile side `m`, the convolution's stride, and the transform matrices of F(m×m, 3×3),
 /// whose input patch (α×α, starting one pixel up and left of the tile's first output's window)
@@ -290,14 +291,15 @@ fn conv_tiled<T: Tile>(
     let (o, c) = (k.rows, k.cols);
     let (ho, wo) = (out_side::<T>(h), out_side::<T>(w));
     let fast = avx2();
-    let mut y = vec![0f32; n * o * ho * wo];
     let sizes = (c * h * w, o * ho * wo);
-    over_groups::<T>((x, &mut y), sizes, (n, ho, wo), (c, o), |xg, yg, g| {
-        transform_in::<T>(xg, g.first, (g.imgs, c, h, w), fast);
-        position_products::<T>(k, false, (g.first, g.second), (g.tiles, g.row), bf16);
-        transform_out::<T>(g.second, yg, (g.imgs, o, ho, wo), fast);
-    });
-    y
+    // The output transform writes every pixel once (each lies in exactly one tile).
+    written(n * o * ho * wo, |y| {
+        over_groups::<T>((x, y), sizes, (n, ho, wo), (c, o), |xg, yg, g| {
+            transform_in::<T>(xg, g.first, (g.imgs, c, h, w), fast);
+            position_products::<T>(k, false, (g.first, g.second), (g.tiles, g.row), bf16);
+            transform_out::<T>(g.second, yg, (g.imgs, o, ho, wo), fast);
+        })
+    })
 }
 
 /// `dst[·][ξ][·] = U[ξ] · src[·][ξ][·]` for every tile position ξ (`Uᵀ` when `transposed`),
