@@ -53,16 +53,15 @@ pub(crate) fn matmul_bf16(
     if m == 0 || n == 0 {
         return;
     }
-    if !accumulate {
-        for r in 0..m {
-            dst[r * ld..r * ld + n].fill(0.0);
+    if k == 0 || !available() {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * ld..r * ld + n].fill(0.0);
+            }
         }
-    }
-    if k == 0 {
-        return;
-    }
-    if !available() {
-        reference(m, n, k, dst, ld, lhs, rhs);
+        if k > 0 {
+            reference(m, n, k, dst, ld, lhs, rhs);
+        }
         return;
     }
     let workers = if parallel {
@@ -103,9 +102,12 @@ pub(crate) fn matmul_bf16(
             let (k0, kc) = (i * KC, KC.min(k - i * KC));
             let a = &mut packed_a[..kc.div_ceil(2) * rows.div_ceil(MR) * MR];
             pack::<MR>(lhs.0, lhs.1, (r0, rows), (k0, kc), a);
+            // The first depth block stores its sums (dst is not read, so it need not be
+            // zeroed: [`written`](super::storage::written) buffers), later ones add.
+            let overwrite = !accumulate && i == 0;
             // SAFETY: each block writes only its own rows r0..r0 + rows of dst, whose extent
             // the assert above checked.
-            unsafe { block_product(a, b, rows, n, kc, dst_ptr.at(r0 * ld), ld) };
+            unsafe { block_product(a, b, (rows, n, kc), dst_ptr.at(r0 * ld), ld, overwrite) };
         }
     };
     let blocks = m.div_ceil(mc);
@@ -293,18 +295,18 @@ mod simd {
     }
 }
 
-/// `dst += A · B` for one packed row block against the packed depth block, tile by tile.
+/// `dst += A · B` (`dst = A · B` when `overwrite`) for one packed row block against the packed
+/// depth block, tile by tile.
 ///
 /// # Safety
 /// `dst` points at `rows` rows of at least `n` floats, `ld` apart; AVX512-BF16 is present.
 unsafe fn block_product(
     a: &[u32],
     b: &[u32],
-    rows: usize,
-    n: usize,
-    kc: usize,
+    (rows, n, kc): (usize, usize, usize),
     dst: *mut f32,
     ld: usize,
+    overwrite: bool,
 ) {
     let pairs = kc.div_ceil(2);
     for (jp, b_panel) in b.chunks(pairs * NR).take(n.div_ceil(NR)).enumerate() {
@@ -319,8 +321,7 @@ unsafe fn block_product(
                     a_panel,
                     b_panel,
                     pairs,
-                    dst.add(i0 * ld + j0),
-                    ld,
+                    (dst.add(i0 * ld + j0), ld, overwrite),
                     valid,
                     cols,
                 )
@@ -329,7 +330,8 @@ unsafe fn block_product(
     }
 }
 
-/// One MR × NR tile: sums over `pairs` depth pairs, added into `dst` (a `rows × cols` corner).
+/// One MR × NR tile: sums over `pairs` depth pairs, added into `dst` (a `rows × cols` corner),
+/// or stored there when `overwrite` (`dst` is then not read).
 ///
 /// # Safety
 /// As [`block_product`], for the tile's corner of `dst`.
@@ -339,8 +341,7 @@ unsafe fn tile(
     a: &[u32],
     b: &[u32],
     pairs: usize,
-    dst: *mut f32,
-    ld: usize,
+    (dst, ld, overwrite): (*mut f32, usize, bool),
     rows: usize,
     cols: usize,
 ) {
@@ -367,11 +368,16 @@ unsafe fn tile(
             // SAFETY: a whole row of NR floats lies at dst + i·ld.
             unsafe {
                 let d = dst.add(i * ld);
-                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), acc_i[0]));
-                _mm512_storeu_ps(
-                    d.add(16),
-                    _mm512_add_ps(_mm512_loadu_ps(d.add(16)), acc_i[1]),
-                );
+                if overwrite {
+                    _mm512_storeu_ps(d, acc_i[0]);
+                    _mm512_storeu_ps(d.add(16), acc_i[1]);
+                } else {
+                    _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), acc_i[0]));
+                    _mm512_storeu_ps(
+                        d.add(16),
+                        _mm512_add_ps(_mm512_loadu_ps(d.add(16)), acc_i[1]),
+                    );
+                }
             }
         }
     } else {
@@ -381,8 +387,12 @@ unsafe fn tile(
                 // SAFETY: the mask keeps the lanes below `cols`, inside the row.
                 unsafe {
                     let d = dst.add(i * ld + 16 * h);
-                    let old = _mm512_maskz_loadu_ps(mask, d);
-                    _mm512_mask_storeu_ps(d, mask, _mm512_add_ps(old, acc_i[h]));
+                    let sum = if overwrite {
+                        acc_i[h]
+                    } else {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d), acc_i[h])
+                    };
+                    _mm512_mask_storeu_ps(d, mask, sum);
                 }
             }
         }
@@ -390,7 +400,7 @@ unsafe fn tile(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: &[u32], _: &[u32], _: usize, _: *mut f32, _: usize, _: usize, _: usize) {
+unsafe fn tile(_: &[u32], _: &[u32], _: usize, _: (*mut f32, usize, bool), _: usize, _: usize) {
     unreachable!("the bf16 kernels run only where `available()`")
 }
 
