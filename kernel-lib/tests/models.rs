@@ -634,6 +634,52 @@ fn fused_scale_shift_matches_broadcast_ops_in_values_and_all_three_gradients() {
     assert!(scale_shift_rows(x.as_tensor(), &bad, &bad, true).is_err());
 }
 
+/// `kernels::linear` (the linear layers' product, one op reading the weight transposed in
+/// place) against `x · wᵀ` in f64: values, and the gradients of x and w for a weighted sum of
+/// the output (`dx = g·w`, `dw = gᵀ·x`), with few rows (one thread's product) and with enough
+/// rows that the threads split them. The weight gradient must come back contiguous: that is
+/// what the op is for.
+#[test]
+fn linear_matches_the_product_with_the_transposed_weight_in_values_and_gradients() {
+    use sslab::kernels::linear;
+    let dev = Device::Cpu;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for (rows, inp, out) in [(5, 7, 3), (100, 33, 20), (257, 64, 48)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (out, inp), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (rows, out), &dev).unwrap();
+        let (y, grads) = pool.install(|| {
+            let y = linear(x.as_tensor(), w.as_tensor()).unwrap();
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, grads)
+        });
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let (x64, w64, g64) = (f64s(x.as_tensor()), f64s(w.as_tensor()), f64s(&g));
+        let want_y = x64.matmul(&w64.t().unwrap()).unwrap();
+        let want_dx = g64.matmul(&w64).unwrap();
+        let want_dw = g64.t().unwrap().matmul(&x64).unwrap();
+        let dw = grads.get(w.as_tensor()).unwrap();
+        assert!(
+            dw.is_contiguous(),
+            "{rows}x{inp}x{out}: weight gradient is a view"
+        );
+        for (what, got, want) in [
+            ("y", &y, &want_y),
+            ("dx", grads.get(x.as_tensor()).unwrap(), &want_dx),
+            ("dw", dw, &want_dw),
+        ] {
+            let err = max_abs_diff(
+                &f64s(got).to_dtype(DType::F32).unwrap(),
+                &want.to_dtype(DType::F32).unwrap(),
+            );
+            assert!(err < 1e-4, "{rows}x{inp}x{out} {what}: off by {err}");
+        }
+    }
+}
+
 #[test]
 fn batched_matmul_matches_candle_in_values_and_gradients_for_every_transpose() {
     use sslab::kernels::batched_matmul;

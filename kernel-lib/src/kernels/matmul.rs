@@ -261,22 +261,33 @@ impl CustomOp2 for BatchedMatmulOp {
         let a_strides = if self.ta { (1, m) } else { (k, 1) };
         let b_strides = if self.tb { (1, k) } else { (n, 1) };
         // One product per thread over the batch; a single product (a linear layer) splits
-        // its rows over the threads instead (bf16; candle's own f32 matmul does the same).
-        // Both kernels write every element of their result (zeros when k = 0).
-        let split_rows = batch < rayon::current_num_threads();
+        // its rows over the threads instead (candle's own f32 matmul does the same). Both
+        // kernels write every element of their result (zeros when k = 0).
+        let threads = rayon::current_num_threads();
+        let split_rows = batch < threads;
         let c = written(batch * m * n, |c| {
-            if m * n > 0 {
-                c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
-                    let ai = &a[i * m * k..(i + 1) * m * k];
-                    let bi = &b[i * k * n..(i + 1) * k * n];
-                    if self.bf16 {
-                        let (l, r) = ((ai, a_strides), (bi, b_strides));
-                        matmul_bf16((m, n, k), (ci, n), false, l, r, split_rows);
-                    } else {
-                        matmul(m, n, k, ci, false, ai, a_strides, bi, b_strides);
-                    }
-                });
+            if m * n == 0 {
+                return;
             }
+            c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
+                let ai = &a[i * m * k..(i + 1) * m * k];
+                let bi = &b[i * k * n..(i + 1) * k * n];
+                if self.bf16 {
+                    let (l, r) = ((ai, a_strides), (bi, b_strides));
+                    matmul_bf16((m, n, k), (ci, n), false, l, r, split_rows);
+                } else if split_rows && m >= 2 * ROW_SPLIT_MIN {
+                    // Blocks of whole rows, one or two per thread; row r0 of A starts at
+                    // r0 · (A's row stride), whichever way A is laid out.
+                    let rows = m.div_ceil(threads).max(ROW_SPLIT_MIN);
+                    ci.par_chunks_mut(rows * n).enumerate().for_each(|(j, cj)| {
+                        let (r0, mj) = (j * rows, cj.len() / n);
+                        let aj = &ai[r0 * a_strides.0..];
+                        matmul(mj, n, k, cj, false, aj, a_strides, bi, b_strides);
+                    });
+                } else {
+                    matmul(m, n, k, ci, false, ai, a_strides, bi, b_strides);
+                }
+            });
         });
         Ok((CpuStorage::F32(c), Shape::from((batch, m, n))))
     }
@@ -324,6 +335,36 @@ pub fn batched_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -
 fn cpu_product(a: &Tensor, b: &Tensor, ta: bool, tb: bool, bf16: bool) -> Result<Tensor> {
     let op = BatchedMatmulOp { ta, tb, bf16 };
     Ok(a.contiguous()?.apply_op2(&b.contiguous()?, op)?)
+}
+
+/// Rows per thread below which a single f32 product is not split over the threads.
+const ROW_SPLIT_MIN: usize = 16;
+
+/// A linear layer's product `x · wᵀ` for `x` `(rows, in)` and a weight `w` `(out, in)`, in this
+/// thread's precision (as [`autocast_matmul`]).
+///
+/// On the CPU it is one op that reads `w` transposed in place, so the weight gradient comes
+/// back in `w`'s own layout. `x.matmul(&w.t())` gave autograd a transposed view of it, which
+/// candle then copied element by element to make it contiguous: a strided copy of every
+/// weight gradient per step (3% of a Barlow Twins step with its 2048×2048 projector, `perf`).
+/// Elsewhere it is `x · wᵀ` through [`autocast_matmul`].
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu)?;
+/// let w = Tensor::new(&[[1f32, 0.0], [1.0, 1.0], [0.0, 2.0]], &Device::Cpu)?;
+/// let y = sslab::kernels::linear(&x, &w)?;
+/// assert_eq!(y.to_vec2::<f32>()?, [[1.0, 3.0, 4.0], [3.0, 7.0, 8.0]]);
+/// # Ok::<(), sslab::Error>(())
+/// ```
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let on_cpu = super::storage::on_cpu_f32(x) && super::storage::on_cpu_f32(w);
+    if on_cpu && x.rank() == 2 && w.rank() == 2 {
+        let bf16 = super::precision::cpu_bf16(x, w);
+        let y = cpu_product(&x.unsqueeze(0)?, &w.unsqueeze(0)?, false, true, bf16)?;
+        return Ok(y.squeeze(0)?);
+    }
+    autocast_matmul(x, &w.t()?)
 }
 
 /// `a · b` (candle's matmul: cuBLAS on CUDA, gemm on the CPU) in this thread's precision: under

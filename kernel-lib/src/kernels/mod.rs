@@ -13,7 +13,7 @@
 //! | `attention.rs` | multi-head self-attention from the fused qkv projection: no head-split copies, probabilities recomputed in the backward ([`attention`]) |
 //! | `collective.rs` | sums and gathers across ranks with their backward ([`all_reduce`], [`all_gather`]; the [`Collective`] a world implements, `crate::dist` the rest) |
 //! | `softmax.rs` | softmax over the last axis with a folded scale ([`softmax_last`]) |
-//! | `matmul.rs` | GEMM wrappers, narrow weight-gradient products, batched products ([`batched_matmul`]) |
+//! | `matmul.rs` | GEMM wrappers, narrow weight-gradient products, batched products ([`batched_matmul`]), the linear layers' product ([`linear`]) |
 //! | `matmul_bf16.rs` | the CPU's bf16 product: AVX512-BF16 micro-kernel, f32 sums ([`autocast_matmul`] under bf16) |
 //! | `optim_update.rs` | optimizer updates and the momentum encoder's EMA, in place ([`ema`]; the optimizers' rules, [`OptimKind`]) |
 //! | `simd.rs`, `par.rs`, `storage.rs`, `cuda.rs` | instruction-set choice at run time, thread helpers, storage access, loading sslab's CUDA kernels (`kernel-lib/cuda/*.cu`, compiled to PTX by `build.rs`) |
@@ -52,7 +52,7 @@ pub use collective::{all_gather, all_reduce, Collective, World};
 pub use conv::plan::{conv_tf32, set_conv_tf32};
 pub use conv::winograd::{set_winograd, winograd};
 pub use conv::{cached_conv_algorithms, conv2d};
-pub use matmul::{autocast_matmul, batched_matmul};
+pub use matmul::{autocast_matmul, batched_matmul, linear};
 pub use optim_update::{ema, GroupSettings, OptimKind};
 pub use precision::{autocast, autocast_precision, cpu_has_bf16, Autocast, Precision};
 pub use simd::cpu_report;

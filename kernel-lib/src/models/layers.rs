@@ -62,7 +62,7 @@ impl Linear {
             x.reshape((rows, inp))?
         };
         // bf16 operands under a bf16 autocast (`kernels::precision`), f32 otherwise.
-        let y = kernels::autocast_matmul(&flat, &self.weight.as_tensor().t()?)?;
+        let y = kernels::linear(&flat, self.weight.as_tensor())?;
         let y = match &self.bias {
             Some(b) => kernels::add_bias(&y, b.as_tensor())?,
             None => y,

@@ -323,7 +323,7 @@ impl Vit {
             )
         };
         let wt = w.reshape((self.cfg.dim, c * p * p))?;
-        Ok(crate::kernels::autocast_matmul(&patches, &wt.t()?)?
+        Ok(crate::kernels::linear(&patches, &wt)?
             .broadcast_add(&b)?
             .reshape((n, gh * gw, self.cfg.dim))?)
     }
