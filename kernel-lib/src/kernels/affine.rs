@@ -38,6 +38,20 @@ pub(crate) struct AddBiasOp;
 
 const ROW_BLOCK: usize = 64;
 
+/// `f(output row, input row)` for every `d`-wide row (`d > 0`) of `x`, blocks of rows in
+/// parallel, into a new buffer: the bias add, the scale-shift and its input gradient.
+fn map_rows(x: &[f32], d: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    written(x.len(), |y| {
+        y.par_chunks_mut(d * ROW_BLOCK)
+            .zip(x.par_chunks(d * ROW_BLOCK))
+            .for_each(|(yo, xi)| {
+                for (yr, xr) in yo.chunks_mut(d).zip(xi.chunks(d)) {
+                    f(yr, xr);
+                }
+            });
+    })
+}
+
 impl CustomOp2 for AddBiasOp {
     fn name(&self) -> &'static str {
         "sslab-add-bias"
@@ -56,16 +70,10 @@ impl CustomOp2 for AddBiasOp {
         if d == 0 || l1.dims().last() != Some(&d) {
             candle_core::bail!("bias of {d} added to input {:?}", l1.dims());
         }
-        let y = written(x.len(), |y| {
-            y.par_chunks_mut(d * ROW_BLOCK)
-                .zip(x.par_chunks(d * ROW_BLOCK))
-                .for_each(|(yo, xi)| {
-                    for (yr, xr) in yo.chunks_mut(d).zip(xi.chunks(d)) {
-                        for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
-                            *o = v + bv;
-                        }
-                    }
-                });
+        let y = map_rows(x, d, |yr, xr| {
+            for ((o, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
+                *o = v + bv;
+            }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -126,16 +134,10 @@ impl CustomOp3 for ScaleShiftOp {
         let w = slice(s2, l2, "scale")?;
         let b = slice(s3, l3, "shift")?;
         let d = row_width(l1, w.len(), b.len())?;
-        let y = written(x.len(), |y| {
-            y.par_chunks_mut(d * ROW_BLOCK)
-                .zip(x.par_chunks(d * ROW_BLOCK))
-                .for_each(|(yo, xi)| {
-                    for (yr, xr) in yo.chunks_mut(d).zip(xi.chunks(d)) {
-                        for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                            *o = v * wv + bv;
-                        }
-                    }
-                });
+        let y = map_rows(x, d, |yr, xr| {
+            for (((o, &v), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                *o = v * wv + bv;
+            }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -188,16 +190,10 @@ impl CustomOp2 for ScaleRows {
         let g = slice(s1, l1, "scale-shift gradient")?;
         let w = slice(s2, l2, "scale")?;
         let d = row_width(l1, w.len(), w.len())?;
-        let dx = written(g.len(), |dx| {
-            dx.par_chunks_mut(d * ROW_BLOCK)
-                .zip(g.par_chunks(d * ROW_BLOCK))
-                .for_each(|(o, gi)| {
-                    for (orow, grow) in o.chunks_mut(d).zip(gi.chunks(d)) {
-                        for ((o, &gv), &wv) in orow.iter_mut().zip(grow).zip(w) {
-                            *o = gv * wv;
-                        }
-                    }
-                });
+        let dx = map_rows(g, d, |orow, grow| {
+            for ((o, &gv), &wv) in orow.iter_mut().zip(grow).zip(w) {
+                *o = gv * wv;
+            }
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
