@@ -142,6 +142,84 @@ fn unfolded_conv_matches_candle_values_and_gradients() {
     assert!(sslab::models::conv2d_unfolded(&x, &w, 1, 0).is_err());
 }
 
+/// Split BatchNorm (the CPU kernel reading each group of the batch in place) against each group
+/// normalised on its own by candle's tensor ops (`forward_t_generic` of a fresh BN per group),
+/// the groups put back together: values, the gradients of x, γ and β, and the running
+/// statistics (the average of the groups' with momentum 1); with and without the affine part
+/// and the ReLU.
+#[test]
+fn split_batchnorm_normalises_each_group_with_its_own_statistics() {
+    let dev = Device::Cpu;
+    for (groups, affine, relu) in [(2, true, false), (4, true, true), (3, false, false)] {
+        let (n, c) = (12usize, 5usize);
+        let mut pb = ParamBuilder::new(7, &dev);
+        let mut bn = BatchNorm::new(&mut pb, "bn", c, affine, 1.0).unwrap();
+        bn.momentum = 1.0;
+        if affine {
+            let gamma = Tensor::new(&[0.5f32, 1.2, -0.7, 1.5, 0.3], &dev).unwrap();
+            let beta = Tensor::new(&[0.2f32, -0.3, 0.1, 0.0, -0.5], &dev).unwrap();
+            bn.weight.as_ref().unwrap().set(&gamma).unwrap();
+            bn.bias.as_ref().unwrap().set(&beta).unwrap();
+        }
+        let x = Var::from_tensor(&Tensor::randn(0.5f32, 2.0, (n, c, 3, 4), &dev).unwrap()).unwrap();
+        let got = if relu {
+            bn.forward_split_relu(x.as_tensor(), true, groups).unwrap()
+        } else {
+            bn.forward_split(x.as_tensor(), true, groups).unwrap()
+        };
+        let (got_mean, got_var) = (
+            bn.running_mean.as_tensor().clone(),
+            bn.running_var.as_tensor().clone(),
+        );
+        // The reference: one BN per group, with this BN's γ and β, through candle's ops.
+        let per = n / groups;
+        let mut outs = Vec::new();
+        let (mut means, mut vars) = (Vec::new(), Vec::new());
+        for g in 0..groups {
+            let xg = x.as_tensor().narrow(0, g * per, per).unwrap();
+            let mut pb = ParamBuilder::new(7, &dev);
+            let mut one = BatchNorm::new(&mut pb, "bn", c, false, 1.0).unwrap();
+            one.momentum = 1.0;
+            let mut y = one.forward_t_generic(&xg, true).unwrap();
+            if affine {
+                let cs = (1, c, 1, 1);
+                let w = bn.weight.as_ref().unwrap().as_tensor().reshape(cs).unwrap();
+                let b = bn.bias.as_ref().unwrap().as_tensor().reshape(cs).unwrap();
+                y = y.broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
+            }
+            outs.push(if relu { y.relu().unwrap() } else { y });
+            means.push(one.running_mean.as_tensor().clone());
+            vars.push(one.running_var.as_tensor().clone());
+        }
+        let want = Tensor::cat(&outs, 0).unwrap();
+        let avg = |v: &[Tensor]| Tensor::stack(v, 0).unwrap().mean(0).unwrap();
+        let case = format!("groups {groups} affine {affine} relu {relu}");
+        assert!(max_abs_diff(&got, &want) < 1e-5, "{case}: values");
+        assert!(
+            max_abs_diff(&got_mean, &avg(&means)) < 1e-5,
+            "{case}: running mean"
+        );
+        assert!(
+            max_abs_diff(&got_var, &avg(&vars)) < 1e-4,
+            "{case}: running var"
+        );
+        let (g1, g2) = grads_through(&got, &want);
+        let mut params = vec![x.as_tensor()];
+        if affine {
+            params.push(bn.weight.as_ref().unwrap().as_tensor());
+            params.push(bn.bias.as_ref().unwrap().as_tensor());
+        }
+        for t in params {
+            let (a, b) = (g1.get(t).unwrap(), g2.get(t).unwrap());
+            assert!(
+                max_abs_diff(a, b) < 1e-4,
+                "{case}: gradient off by {}",
+                max_abs_diff(a, b)
+            );
+        }
+    }
+}
+
 /// BN with the ReLU inside its kernel against BN then candle's ReLU (plain and split BN), and the
 /// residual add-ReLU kernel against candle's add and ReLU: values and every gradient.
 #[test]

@@ -47,6 +47,7 @@ mod storage;
 pub use activation::{add_relu, gelu, relu};
 pub use affine::{add_bias, scale_shift_rows};
 pub use attention::{attention, attention_probabilities};
+pub(crate) use batch_norm::split_batch_norm_train_cpu;
 pub use batch_norm::{batch_norm_affine_train, batch_norm_train, normalize_rows};
 pub use collective::{all_gather, all_reduce, Collective, World};
 pub use conv::plan::{conv_tf32, set_conv_tf32};

@@ -9,7 +9,7 @@
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::dist::{self, World};
 use crate::error::{Error, Result};
-use crate::kernels::{batch_norm_affine_train, batch_norm_train};
+use crate::kernels::{batch_norm_affine_train, batch_norm_train, split_batch_norm_train_cpu};
 use candle_core::{Tensor, Var};
 
 /// Batch normalisation over the channel axis (dim 1) of `(n, c)` or `(n, c, h, w)` input.
@@ -145,6 +145,32 @@ impl BatchNorm {
         }
         let m = n / groups;
         let inner: usize = dims[2..].iter().product();
+        let count = m * inner;
+        // Across ranks each holds some of the groups: the running statistics move towards the
+        // average over every rank's groups, as in one process.
+        let update = |mean: Tensor, var: Tensor| -> Result<()> {
+            let mean = mean.reshape((groups, self.channels))?.mean(0)?;
+            let var = var.reshape((groups, self.channels))?.mean(0)?;
+            let (mean, var) = (dist::mean_over_ranks(&mean)?, dist::mean_over_ranks(&var)?);
+            self.update_running(&mean, &var, count)
+        };
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+            // The CPU kernel reads each group where it lies (statistics per group and
+            // channel, group-major, as the regrouped layout below orders them).
+            let affine = match (&self.weight, &self.bias) {
+                (Some(w), Some(b)) => Some((w.as_tensor(), b.as_tensor())),
+                _ => None,
+            };
+            let fused_relu = relu && affine.is_some();
+            let (y, mean, var) =
+                split_batch_norm_train_cpu(x, affine, self.eps, fused_relu, groups)?;
+            update(mean, var)?;
+            return if affine.is_some() {
+                Ok(y)
+            } else {
+                then_relu(self.affine(y, &cs)?, relu)
+            };
+        }
         // (n, c, inner) → (m, groups·c, inner): each (group, channel) pair becomes a channel.
         let grouped = x
             .reshape((groups, m, self.channels, inner))?
@@ -154,15 +180,6 @@ impl BatchNorm {
             Ok(t.reshape((m, groups, self.channels, inner))?
                 .transpose(0, 1)?
                 .reshape(dims.as_slice())?)
-        };
-        let count = m * inner;
-        // Across ranks each holds some of the groups: the running statistics move towards the
-        // average over every rank's groups, as in one process.
-        let update = |mean: Tensor, var: Tensor| -> Result<()> {
-            let mean = mean.reshape((groups, self.channels))?.mean(0)?;
-            let var = var.reshape((groups, self.channels))?.mean(0)?;
-            let (mean, var) = (dist::mean_over_ranks(&mean)?, dist::mean_over_ranks(&var)?);
-            self.update_running(&mean, &var, count)
         };
         if let (Some(w), Some(b)) = (&self.weight, &self.bias) {
             // γ and β repeated per group: grouped channel g·c + ch takes channel ch's, and the
