@@ -268,21 +268,19 @@ impl CustomOp3 for BatchNormAffineOp {
             groups: self.groups,
         };
         let dx = x.apply_op2(&g.contiguous()?, grad)?;
-        // dγ = Σ g·x̂ and dβ = Σ g of each channel, over its groups in order.
+        // dγ = Σ g·x̂ and dβ = Σ g of each channel: each group's f64 sums rounded to f32,
+        // then added over the groups in order in f32, the arithmetic of the regrouped layout
+        // whose γ repeated per group summed its gradient that way (so split-BN training
+        // takes the same numbers as before this kernel read the groups in place).
         let c = gamma.elem_count();
-        let (mut dgamma, mut dbeta) = (vec![0f64; c], vec![0f64; c]);
+        let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
         let sums = sums
             .lock()
             .map_err(|_| candle_core::Error::Msg("batchnorm gradient lock poisoned".into()))?;
         for (s, &(sg, sgx)) in sums.iter().enumerate() {
-            dgamma[s % c] += sgx;
-            dbeta[s % c] += sg;
+            dgamma[s % c] += sgx as f32;
+            dbeta[s % c] += sg as f32;
         }
-        let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = dgamma
-            .iter()
-            .zip(&dbeta)
-            .map(|(&a, &b)| (a as f32, b as f32))
-            .unzip();
         Ok((
             Some(dx),
             Some(Tensor::from_vec(dgamma, c, gamma.device())?),
