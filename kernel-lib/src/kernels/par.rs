@@ -64,10 +64,9 @@ pub(crate) fn images_per_group(n: usize, per_image: usize, target: usize) -> usi
 
 /// `f` applied to every element, in parallel chunks.
 pub(crate) fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let y = written(x.len(), |y| {
+    written(x.len(), |y| {
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
-    });
-    y
+    })
 }

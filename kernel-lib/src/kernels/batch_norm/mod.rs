@@ -118,7 +118,7 @@ fn bn_apply(
     scale: Option<&[f32]>,
     shift: Option<&[f32]>,
 ) -> Vec<f32> {
-    let y = written(x.len(), |y| {
+    written(x.len(), |y| {
         y.par_chunks_mut(inner)
             .zip(x.par_chunks(inner))
             .enumerate()
@@ -130,8 +130,7 @@ fn bn_apply(
                     .zip(xr)
                     .for_each(|(o, &v)| *o = (v - mean) * a + b);
             });
-    });
-    y
+    })
 }
 
 fn store_stats(slot: &Mutex<BnStats>, st: BnStats) {
@@ -413,15 +412,7 @@ pub fn batch_norm_train(
         return cuda::normalize(x, eps);
     }
     if fused && on_cpu_f32(x) {
-        let stats = Arc::new(Mutex::new(BnStats::default()));
-        let xhat = x.contiguous()?.apply_op1(BatchNormOp {
-            eps,
-            stats: stats.clone(),
-            ranks: ranks.cloned(),
-            groups: 1,
-        })?;
-        let (mean, var) = stats_tensors(&stats, x.device())?;
-        return Ok((xhat, mean, var));
+        return train_on_cpu(x, None, (eps, false), ranks, 1);
     }
     let reduce: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
     let mean = x.mean_keepdim(reduce.as_slice())?;
@@ -464,17 +455,7 @@ pub fn batch_norm_affine_train(
         return cuda::affine_train(x, w, b, eps, relu);
     }
     if on_cpu_f32(x) {
-        let stats = Arc::new(Mutex::new(BnStats::default()));
-        let op = BatchNormAffineOp {
-            eps,
-            stats: stats.clone(),
-            relu,
-            ranks: ranks.cloned(),
-            groups: 1,
-        };
-        let y = x.contiguous()?.apply_op3(w, b, op)?;
-        let (mean, var) = stats_tensors(&stats, x.device())?;
-        return Ok((y, mean, var));
+        return train_on_cpu(x, Some((w, b)), (eps, relu), ranks, 1);
     }
     let (xhat, mean, var) = batch_norm_train(x, eps, false, None)?;
     let mut cs = vec![1; x.rank()];
@@ -501,8 +482,21 @@ pub(crate) fn split_batch_norm_train_cpu(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let c = x.dims().get(1).copied().unwrap_or(1);
     check_count(x, c * groups)?;
+    train_on_cpu(x, affine, (eps, relu), None, groups)
+}
+
+/// The CPU kernels' training-mode BatchNorm: `relu?(x̂·γ + β)` with `affine`, x̂ without it
+/// (`relu` applies to the affine form only), statistics over `ranks` and per group of
+/// `groups`; returns the output and the detached batch mean and biased variance.
+fn train_on_cpu(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    (eps, relu): (f64, bool),
+    ranks: Option<&World>,
+    groups: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let stats = Arc::new(Mutex::new(BnStats::default()));
-    let x = x.contiguous()?;
+    let (ranks, x) = (ranks.cloned(), x.contiguous()?);
     let y = match affine {
         Some((w, b)) => x.apply_op3(
             w,
@@ -511,14 +505,14 @@ pub(crate) fn split_batch_norm_train_cpu(
                 eps,
                 stats: stats.clone(),
                 relu,
-                ranks: None,
+                ranks,
                 groups,
             },
         )?,
         None => x.apply_op1(BatchNormOp {
             eps,
             stats: stats.clone(),
-            ranks: None,
+            ranks,
             groups,
         })?,
     };
