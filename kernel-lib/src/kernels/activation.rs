@@ -1,7 +1,7 @@
 //! Element-wise activations: ReLU (and the residual `relu(a + b)`) and exact GELU, in parallel
 //! chunks with one-pass backward kernels.
 
-use super::par::{par_map, CHUNK};
+use super::par::{par_map, par_zip_map, CHUNK};
 use super::storage::{own_kernel, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
@@ -69,15 +69,7 @@ impl CustomOp2 for AddReluOp {
                 l2.dims()
             );
         }
-        let y = written(a.len(), |y| {
-            y.par_chunks_mut(CHUNK)
-                .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-                .for_each(|(y, (a, b))| {
-                    for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
-                        *y = (a + b).max(0.0);
-                    }
-                });
-        });
+        let y = par_zip_map(a, b, |a, b| (a + b).max(0.0));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -120,15 +112,10 @@ impl CustomOp2 for ReluGrad {
     ) -> CResult<(CpuStorage, Shape)> {
         let y = slice(s1, l1, "relu output")?;
         let g = slice(s2, l2, "relu gradient")?;
-        let dx = written(y.len(), |dx| {
-            dx.par_chunks_mut(CHUNK)
-                .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                .for_each(|(d, (y, g))| {
-                    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                        *d = if y > 0.0 { g } else { 0.0 };
-                    }
-                });
-        });
+        if y.len() != g.len() {
+            candle_core::bail!("relu gradient: {} values for {} outputs", g.len(), y.len());
+        }
+        let dx = par_zip_map(y, g, |y, g| if y > 0.0 { g } else { 0.0 });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 

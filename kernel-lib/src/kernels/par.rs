@@ -70,3 +70,22 @@ pub(crate) fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
             .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
     })
 }
+
+/// `f(a, b)` of every pair of elements of two equally long slices, in parallel chunks.
+pub(crate) fn par_zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    // Equal lengths: otherwise `written` would hand out values nobody wrote.
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "par_zip_map: operands of different lengths"
+    );
+    written(a.len(), |y| {
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(o, (a, b))| {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = f(a, b);
+                }
+            });
+    })
+}

@@ -7,7 +7,6 @@ mod cuda;
 
 use super::activation::ReluGrad;
 use super::collective::World;
-use super::par::CHUNK;
 use super::storage::{on_cpu_f32, slice, written, CResult};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -110,13 +109,13 @@ fn all_reduce_f64(ranks: Option<&World>, v: &mut [f64]) -> CResult<()> {
 }
 
 /// `y = (x − mean)·inv_std·scale + shift` per channel (`scale`/`shift` `None`: 1 and 0), the
-/// statistics of each row's group and channel.
+/// statistics of each row's group and channel; with `relu`, `max(y, 0)` in the same pass.
 fn bn_apply(
     x: &[f32],
     (c, inner): (usize, usize),
     (st, split): (&BnStats, Split),
-    scale: Option<&[f32]>,
-    shift: Option<&[f32]>,
+    (scale, shift): (Option<&[f32]>, Option<&[f32]>),
+    relu: bool,
 ) -> Vec<f32> {
     written(x.len(), |y| {
         y.par_chunks_mut(inner)
@@ -126,9 +125,12 @@ fn bn_apply(
                 let (ch, s) = (i % c, split.stat(i, c));
                 let (mean, a) = (st.mean[s], st.inv_std[s] * scale.map_or(1.0, |v| v[ch]));
                 let b = shift.map_or(0.0, |s| s[ch]);
-                yr.iter_mut()
-                    .zip(xr)
-                    .for_each(|(o, &v)| *o = (v - mean) * a + b);
+                let pairs = yr.iter_mut().zip(xr);
+                if relu {
+                    pairs.for_each(|(o, &v)| *o = ((v - mean) * a + b).max(0.0));
+                } else {
+                    pairs.for_each(|(o, &v)| *o = (v - mean) * a + b);
+                }
             });
     })
 }
@@ -172,7 +174,7 @@ impl CustomOp1 for BatchNormOp {
         let (n, c, inner) = bn_dims(l.dims());
         let split = Split::of(n, self.groups)?;
         let st = channel_stats(x, (c, inner), split, self.eps, self.ranks.as_ref())?;
-        let y = bn_apply(x, (c, inner), (&st, split), None, None);
+        let y = bn_apply(x, (c, inner), (&st, split), (None, None), false);
         store_stats(&self.stats, st);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -233,11 +235,8 @@ impl CustomOp3 for BatchNormAffineOp {
         }
         let split = Split::of(n, self.groups)?;
         let st = channel_stats(x, (c, inner), split, self.eps, self.ranks.as_ref())?;
-        let mut y = bn_apply(x, (c, inner), (&st, split), Some(gamma), Some(beta));
-        if self.relu {
-            y.par_chunks_mut(CHUNK)
-                .for_each(|ch| ch.iter_mut().for_each(|v| *v = v.max(0.0)));
-        }
+        let affine = (Some(gamma), Some(beta));
+        let y = bn_apply(x, (c, inner), (&st, split), affine, self.relu);
         store_stats(&self.stats, st);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
