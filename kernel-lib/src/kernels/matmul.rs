@@ -385,7 +385,8 @@ pub fn autocast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if super::precision::cpu_bf16(a, b) {
         match (a.rank(), b.rank()) {
             (2, 2) => {
-                // A linear layer's weight comes as a transposed view: read it as one.
+                // A weight passed as `w.t()` is a transposed view: read it as one, as [`linear`]
+                // does (the model's linear layers call that directly).
                 let (b, tb) = if !b.is_contiguous() && b.t()?.is_contiguous() {
                     (b.t()?, true)
                 } else {
