@@ -1,38 +1,46 @@
-// Element-wise activations on CUDA, f32: ReLU, the residual relu(a + b), exact GELU, and their
-// one-pass backward kernels, as the CPU kernels in kernels/activation.rs.
+// Element-wise activations on CUDA: ReLU, the residual relu(a + b), exact GELU, and their
+// one-pass backward kernels, as the CPU kernels in kernels/activation.rs. Each comes as _f32 and
+// _bf16 (elements.cuh): f32 arithmetic, the data in the dtype the activations are kept in.
 
-#define GRID_STRIDE(i, n)                                                                   \
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n);           \
-         i += (long long)gridDim.x * blockDim.x)
+#include "elements.cuh"
 
-extern "C" __global__ void relu_f32(const float *x, float *y, long long n) {
-    GRID_STRIDE(i, n) { y[i] = fmaxf(x[i], 0.f); }
-}
+#define RELU(T, sfx)                                                                        \
+    extern "C" __global__ void relu_##sfx(const T *x, T *y, long long n) {                  \
+        GRID_STRIDE(i, n) { st(y, i, fmaxf(ld(x, i), 0.f)); }                               \
+    }
+FOR_F32_AND_BF16(RELU)
 
-extern "C" __global__ void add_relu_f32(const float *a, const float *b, float *y, long long n) {
-    GRID_STRIDE(i, n) { y[i] = fmaxf(a[i] + b[i], 0.f); }
-}
+#define ADD_RELU(T, sfx)                                                                    \
+    extern "C" __global__ void add_relu_##sfx(const T *a, const T *b, T *y, long long n) {  \
+        GRID_STRIDE(i, n) { st(y, i, fmaxf(ld(a, i) + ld(b, i), 0.f)); }                    \
+    }
+FOR_F32_AND_BF16(ADD_RELU)
 
 // dx = g where the ReLU's output is positive, else 0.
-extern "C" __global__ void relu_grad_f32(const float *y, const float *g, float *dx, long long n) {
-    GRID_STRIDE(i, n) { dx[i] = y[i] > 0.f ? g[i] : 0.f; }
-}
+#define RELU_GRAD(T, sfx)                                                                   \
+    extern "C" __global__ void relu_grad_##sfx(const T *y, const T *g, T *dx, long long n) { \
+        GRID_STRIDE(i, n) { st(dx, i, ld(y, i) > 0.f ? ld(g, i) : 0.f); }                   \
+    }
+FOR_F32_AND_BF16(RELU_GRAD)
 
 // y = x·Φ(x), Φ the standard normal CDF (exact, through erf).
-extern "C" __global__ void gelu_f32(const float *x, float *y, long long n) {
-    GRID_STRIDE(i, n) {
-        float v = x[i];
-        y[i] = 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+#define GELU(T, sfx)                                                                        \
+    extern "C" __global__ void gelu_##sfx(const T *x, T *y, long long n) {                  \
+        GRID_STRIDE(i, n) {                                                                 \
+            float v = ld(x, i);                                                             \
+            st(y, i, 0.5f * v * (1.f + erff(v * 0.70710678118654752f)));                   \
+        }                                                                                   \
     }
-}
+FOR_F32_AND_BF16(GELU)
 
 // dx = g·(Φ(x) + x·φ(x)).
-extern "C" __global__ void gelu_grad_f32(const float *x, const float *g, float *dx,
-                                         long long n) {
-    GRID_STRIDE(i, n) {
-        float v = x[i];
-        float cdf = 0.5f * (1.f + erff(v * 0.70710678118654752f));
-        float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
-        dx[i] = g[i] * (cdf + v * pdf);
+#define GELU_GRAD(T, sfx)                                                                   \
+    extern "C" __global__ void gelu_grad_##sfx(const T *x, const T *g, T *dx, long long n) { \
+        GRID_STRIDE(i, n) {                                                                 \
+            float v = ld(x, i);                                                             \
+            float cdf = 0.5f * (1.f + erff(v * 0.70710678118654752f));                      \
+            float pdf = 0.39894228040143268f * expf(-0.5f * v * v);                         \
+            st(dx, i, ld(g, i) * (cdf + v * pdf));                                          \
+        }                                                                                   \
     }
-}
+FOR_F32_AND_BF16(GELU_GRAD)

@@ -251,14 +251,9 @@ fn moco_v3_vit_bf16_deviation() -> (f64, f64) {
         flat
     };
     let (g32, g16) = (grads(Precision::F32), grads(Precision::Bf16));
-    let dot =
-        |x: &[f32], y: &[f32]| -> f64 { x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum() };
+    let norm = |x: &[f32]| -> f64 { x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() };
     let diff: Vec<f32> = g16.iter().zip(&g32).map(|(p, q)| p - q).collect();
-    let n32 = dot(&g32, &g32).sqrt();
-    (
-        dot(&g16, &g32) / (dot(&g16, &g16).sqrt() * n32),
-        dot(&diff, &diff).sqrt() / n32,
-    )
+    (common::cosine(&g16, &g32), norm(&diff) / norm(&g32))
 }
 
 /// The bf16 gradient of a MoCo v3 ViT step at initialisation sits as far from its f32

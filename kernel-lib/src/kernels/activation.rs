@@ -2,7 +2,7 @@
 //! chunks with one-pass backward kernels.
 
 use super::par::{par_map, par_zip_map, CHUNK};
-use super::storage::{own_kernel, slice, written, CResult};
+use super::storage::{own_kernel_data, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
@@ -36,7 +36,7 @@ impl CustomOp1 for ReluOp {
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
-        on_cuda("relu_f32", &[(s, l)])
+        on_cuda("relu", &[(s, l)])
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
@@ -80,7 +80,7 @@ impl CustomOp2 for AddReluOp {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        on_cuda("add_relu_f32", &[(s1, l1), (s2, l2)])
+        on_cuda("add_relu", &[(s1, l1), (s2, l2)])
     }
 
     fn bwd(
@@ -126,7 +126,7 @@ impl CustomOp2 for ReluGrad {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        on_cuda("relu_grad_f32", &[(s1, l1), (s2, l2)])
+        on_cuda("relu_grad", &[(s1, l1), (s2, l2)])
     }
 }
 
@@ -221,7 +221,7 @@ impl CustomOp1 for GeluOp {
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
-        on_cuda("gelu_f32", &[(s, l)])
+        on_cuda("gelu", &[(s, l)])
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
@@ -261,32 +261,38 @@ impl CustomOp2 for GeluGrad {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        on_cuda("gelu_grad_f32", &[(s1, l1), (s2, l2)])
+        on_cuda("gelu_grad", &[(s1, l1), (s2, l2)])
     }
 }
 
-/// ReLU: on the CPU sslab's parallel kernel with a one-pass backward, on CUDA (f32, `cuda`
-/// build) its CUDA kernels, elsewhere candle's.
+/// ReLU: on the CPU sslab's parallel kernel with a one-pass backward, on CUDA (f32, or bf16
+/// activations, `cuda` build) its CUDA kernels, elsewhere candle's.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if own_kernel(x) {
+    if own_kernel_data(x) {
         return Ok(x.contiguous()?.apply_op1(ReluOp)?);
     }
     Ok(x.relu()?)
 }
 
 /// `relu(a + b)`: on the CPU and CUDA one kernel (the sum is never stored), elsewhere
-/// candle's ops.
+/// candle's ops. Operands of different dtypes (a bf16 activation and an f32 one) add in the
+/// wider, f32, as PyTorch promotes them.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if own_kernel(a) && own_kernel(b) && a.dims() == b.dims() {
+    if a.dtype() != b.dtype() {
+        let f32 = candle_core::DType::F32;
+        return add_relu(&a.to_dtype(f32)?, &b.to_dtype(f32)?);
+    }
+    if own_kernel_data(a) && own_kernel_data(b) && a.dims() == b.dims() {
         return Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)?);
     }
     Ok((a + b)?.relu()?)
 }
 
 /// Exact (erf) GELU: on the CPU sslab's parallel kernel with a one-pass derivative, on CUDA
-/// its CUDA kernels, elsewhere candle's `gelu_erf`.
+/// its CUDA kernels (f32 or bf16), elsewhere candle's `gelu_erf` (which computes a bf16
+/// input in f32 too).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if own_kernel(x) {
+    if own_kernel_data(x) {
         return Ok(x.contiguous()?.apply_op1(GeluOp)?);
     }
     Ok(x.gelu_erf()?)

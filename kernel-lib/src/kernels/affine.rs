@@ -2,7 +2,7 @@
 //! column sums of their backward from row blocks in parallel.
 
 use super::par::sum_partials;
-use super::storage::{own_kernel, slice, written, CResult};
+use super::storage::{own_kernel, own_kernel_data, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor,
@@ -87,7 +87,7 @@ impl CustomOp2 for AddBiasOp {
     ) -> CResult<(CudaStorage, Shape)> {
         let d = l2.shape().elem_count();
         row_width(l1, d, d)?;
-        on_cuda("add_cols_f32", &[(s1, l1), (s2, l2)], None)
+        on_cuda("add_cols", &[(s1, l1), (s2, l2)], None)
     }
 
     fn bwd(
@@ -152,7 +152,7 @@ impl CustomOp3 for ScaleShiftOp {
         l3: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
         row_width(l1, l2.shape().elem_count(), l3.shape().elem_count())?;
-        on_cuda("scale_shift_f32", &[(s1, l1), (s2, l2), (s3, l3)], None)
+        on_cuda("scale_shift", &[(s1, l1), (s2, l2), (s3, l3)], None)
     }
 
     fn bwd(
@@ -206,7 +206,7 @@ impl CustomOp2 for ScaleRows {
     ) -> CResult<(CudaStorage, Shape)> {
         let d = l2.shape().elem_count();
         row_width(l1, d, d)?;
-        on_cuda("scale_cols_f32", &[(s1, l1), (s2, l2)], None)
+        on_cuda("scale_cols", &[(s1, l1), (s2, l2)], None)
     }
 }
 
@@ -262,7 +262,7 @@ impl CustomOp2 for ScaleShiftSums {
         if l1.dims() != l2.dims() {
             candle_core::bail!("scale-shift sums: {:?} vs {:?}", l1.dims(), l2.dims());
         }
-        on_cuda("col_sums2_f32", &[(s1, l1), (s2, l2)], Some(2))
+        on_cuda("col_sums2", &[(s1, l1), (s2, l2)], Some(2))
     }
 }
 
@@ -293,24 +293,29 @@ impl CustomOp1 for ColumnSums {
         if l.dims().last() != Some(&self.0) {
             candle_core::bail!("column sums of {} over input {:?}", self.0, l.dims());
         }
-        on_cuda("col_sums_f32", &[(s, l)], Some(1))
+        on_cuda("col_sums", &[(s, l)], Some(1))
     }
 }
 
 /// `y + b` with `(d,)`-shaped `b` broadcast over the rows of a `(rows, d)` `y`: a linear
 /// layer's bias. On the CPU and CUDA sslab's kernel (its bias gradient as column sums, from
-/// row blocks in parallel), elsewhere candle's broadcast add.
+/// row blocks in parallel; on CUDA `y` may be a bf16 activation, the result then bf16 and the
+/// bias and its gradient f32), elsewhere candle's broadcast add in `y`'s dtype.
 pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if own_kernel(y) && own_kernel(b) {
+    if own_kernel_data(y) && own_kernel(b) && y.device().same_device(b.device()) {
         return Ok(y.apply_op2(b, AddBiasOp)?);
     }
-    Ok(y.broadcast_add(b)?)
+    Ok(y.broadcast_add(&b.to_dtype(y.dtype())?)?)
 }
 
 /// `x ⊙ w + b` with `(d,)`-shaped `w` and `b` broadcast over the last axis: LayerNorm's affine
 /// part. `fused` takes sslab's kernel on the CPU or CUDA (one pass each way plus one for both
 /// column sums) where it applies; otherwise candle's broadcast ops.
 pub fn scale_shift_rows(x: &Tensor, w: &Tensor, b: &Tensor, fused: bool) -> Result<Tensor> {
+    if x.dtype() == candle_core::DType::BF16 {
+        // LayerNorm runs in f32 under autocast.
+        return scale_shift_rows(&x.to_dtype(candle_core::DType::F32)?, w, b, fused);
+    }
     if fused && own_kernel(x) && own_kernel(w) && own_kernel(b) {
         return Ok(x.contiguous()?.apply_op3(w, b, ScaleShiftOp)?);
     }

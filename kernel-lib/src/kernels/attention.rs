@@ -19,11 +19,14 @@
 //! strided operands. CUDA: per head, one strided-batched cuBLAS GEMM over the images (heads
 //! are few, images many) and sslab's warp-per-row softmax kernels over all rows at once; TF32
 //! tensor cores under a bf16 [`autocast`](crate::kernels::autocast), full f32 otherwise (as
-//! PyTorch's default for matrix products).
+//! PyTorch's default for matrix products). Under a bf16 autocast on CUDA the qkv activation is
+//! bf16 (`kernels::precision`): the products take bf16 operands on tensor cores with f32 sums,
+//! the scores and `dP` stay f32, the softmax kernels write the probabilities and `dS` in bf16
+//! for the products that read them, and the output and `dqkv` are bf16.
 
 use super::matmul::matmul_ld;
 use super::softmax::{softmax_grad_row_wide, softmax_row_wide};
-use super::storage::{own_kernel, slice, written, CResult};
+use super::storage::{own_kernel_data, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -230,9 +233,16 @@ impl CustomOp2 for AttentionGrad {
 /// ```
 pub fn attention(qkv: &Tensor, heads: usize, fused: bool) -> Result<Tensor> {
     let g = Geometry::of(qkv.dims(), heads)?;
-    if fused && own_kernel(qkv) {
+    if fused && own_kernel_data(qkv) {
+        // f32 on the CPU and CUDA; on CUDA also a bf16 qkv activation (bf16 autocast), whose
+        // products take bf16 tensor cores and whose output is a bf16 activation.
         let tf32 = super::autocast_precision() == super::Precision::Bf16;
         return Ok(qkv.contiguous()?.apply_op1(AttentionOp { heads, tf32 })?);
+    }
+    if qkv.dtype() == candle_core::DType::BF16 {
+        // A bf16 qkv activation elsewhere (the CPU under `bf16_activations_on_cpu`): the f32
+        // op between a widening and a rounding.
+        return super::precision::via_f32(qkv, |qkv| attention(qkv, heads, fused));
     }
     let (b, t, w) = (g.batch, g.tokens, g.width);
     let (p, v) = probabilities_and_values(qkv, g)?;
@@ -247,6 +257,8 @@ pub fn attention(qkv: &Tensor, heads: usize, fused: bool) -> Result<Tensor> {
 /// i weighs every token. Candle's ops (with a backward), for inspection: the fused op never
 /// stores them.
 pub fn attention_probabilities(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let qkv = qkv.to_dtype(candle_core::DType::F32)?;
+    let qkv = &qkv;
     let g = Geometry::of(qkv.dims(), heads)?;
     let (p, _) = probabilities_and_values(qkv, g)?;
     Ok(p.reshape((g.batch, heads, g.tokens, g.tokens))?)
@@ -268,26 +280,68 @@ fn probabilities_and_values(qkv: &Tensor, g: Geometry) -> Result<(Tensor, Tensor
 #[cfg(feature = "cuda")]
 mod on_cuda {
     use super::{CResult, Geometry};
-    use crate::kernels::cuda::{f32_view, int, warp_per_row, SOFTMAX};
+    use crate::kernels::cuda::{int, view, warp_per_row, Buf, PushTyped, View, SOFTMAX};
     use candle_core::cuda::cudarc::cublas::{result, sys, CudaBlas};
     use candle_core::cuda::cudarc::driver::{
-        CudaSlice, CudaView, DevicePtr, DevicePtrMut, PushKernelArg,
+        CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg, SyncOnDrop,
     };
     use candle_core::cuda::WrapErr;
-    use candle_core::{CudaDevice, CudaStorage, Layout, Shape};
+    use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
 
     /// A row-major operand of a strided-batched product: device memory from the first
     /// matrix's first value, rows `ld` apart, matrices `stride` apart, used transposed when `t`.
     struct Operand<'a> {
-        view: CudaView<'a, f32>,
+        view: View<'a>,
         ld: usize,
         stride: usize,
         t: bool,
     }
 
+    /// cuBLAS's name for the element type.
+    fn data_type(dtype: DType) -> sys::cudaDataType_t {
+        match dtype {
+            DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
+            _ => sys::cudaDataType_t::CUDA_R_32F,
+        }
+    }
+
+    /// The device address of a view, with the guard that orders its use on `stream`.
+    fn address<'s>(v: &'s View, stream: &'s CudaStream) -> (u64, SyncOnDrop<'s>) {
+        match v {
+            View::F32(v) => v.device_ptr(stream),
+            View::Bf16(v) => v.device_ptr(stream),
+        }
+    }
+
+    /// `view` of a buffer from value `from` on.
+    fn view_of(b: &Buf, from: usize) -> View<'_> {
+        match b {
+            Buf::F32(s) => View::F32(s.slice(from..)),
+            Buf::Bf16(s) => View::Bf16(s.slice(from..)),
+        }
+    }
+
+    /// `view` from value `from` on.
+    fn from<'a>(v: &View<'a>, from: usize) -> View<'a> {
+        match v {
+            View::F32(v) => View::F32(v.slice(from..)),
+            View::Bf16(v) => View::Bf16(v.slice(from..)),
+        }
+    }
+
+    /// The element type a buffer holds.
+    fn dtype_of(b: &Buf) -> DType {
+        match b {
+            Buf::F32(_) => DType::F32,
+            Buf::Bf16(_) => DType::BF16,
+        }
+    }
+
     /// `c[i] = op(a[i])·op(b[i])` for `batch` row-major `(m×n)` results, rows `ldc` apart,
-    /// matrices `stride_c` apart, starting at `c_at` in `c`. cuBLAS is column-major: it computes
-    /// `cᵀ = op(b)ᵀ·op(a)ᵀ`, so the operands go in swapped.
+    /// matrices `stride_c` apart, starting at value `c_at` of `c`. cuBLAS is column-major: it
+    /// computes `cᵀ = op(b)ᵀ·op(a)ᵀ`, so the operands go in swapped. `a` and `b` are both f32
+    /// or both bf16, `c` either; sums are f32 (TF32 tensor cores for f32 operands when `tf32`,
+    /// bf16 tensor cores for bf16 operands).
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         blas: &CudaBlas,
@@ -295,24 +349,36 @@ mod on_cuda {
         (m, n, k, batch): (usize, usize, usize, usize),
         a: Operand,
         b: Operand,
-        c: &mut CudaSlice<f32>,
+        c: &mut Buf,
         (c_at, ldc, stride_c): (usize, usize, usize),
     ) -> CResult<()> {
         use sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let ab_type = a.view.dtype();
+        if b.view.dtype() != ab_type {
+            candle_core::bail!("attention: a product's operands differ in dtype");
+        }
         let op = |t| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let compute = if tf32 {
+        let compute = if tf32 && ab_type == DType::F32 {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
         };
         let (alpha, beta) = (1f32, 0f32);
-        let stream = c.stream().clone();
-        let mut c_view = c.slice_mut(c_at..);
-        let (pa, _ga) = a.view.device_ptr(&stream);
-        let (pb, _gb) = b.view.device_ptr(&stream);
-        let (pc, _gc) = c_view.device_ptr_mut(&stream);
+        let c_type = dtype_of(c);
+        let stream = match &*c {
+            Buf::F32(s) => s.stream().clone(),
+            Buf::Bf16(s) => s.stream().clone(),
+        };
+        let (pa, _ga) = address(&a.view, &stream);
+        let (pb, _gb) = address(&b.view, &stream);
+        let (pc, _gc) = match c {
+            Buf::F32(s) => s.device_ptr_mut(&stream),
+            Buf::Bf16(s) => s.device_ptr_mut(&stream),
+        };
+        let pc = pc + (c_at * c_type.size_in_bytes()) as u64;
         // SAFETY: the callers size every operand for `batch` matrices of these strides (the
-        // views end where the tensors end, and each matrix's last row lies inside them).
+        // views end where the tensors end, and each matrix's last row lies inside them), and
+        // the element types named here are the ones the views and the buffer hold.
         unsafe {
             result::gemm_strided_batched_ex(
                 *blas.handle(),
@@ -323,16 +389,16 @@ mod on_cuda {
                 int(k, "attention inner size")?,
                 &alpha as *const f32 as *const _,
                 pb as *const _,
-                sys::cudaDataType_t::CUDA_R_32F,
+                data_type(ab_type),
                 int(b.ld, "attention row stride")?,
                 b.stride as i64,
                 pa as *const _,
-                sys::cudaDataType_t::CUDA_R_32F,
+                data_type(ab_type),
                 int(a.ld, "attention row stride")?,
                 a.stride as i64,
                 &beta as *const f32 as *const _,
                 pc as *mut _,
-                sys::cudaDataType_t::CUDA_R_32F,
+                data_type(c_type),
                 int(ldc, "attention row stride")?,
                 stride_c as i64,
                 int(batch, "attention batch")?,
@@ -346,51 +412,54 @@ mod on_cuda {
 
     /// The views of a qkv tensor's Q, K and V of head `h` (each run `width` long, rows
     /// `3·dim` apart, images `tokens·3·dim` apart).
-    fn heads_of<'a>(
-        x: &CudaView<'a, f32>,
-        g: Geometry,
-        h: usize,
-        t: [bool; 3],
-    ) -> [Operand<'a>; 3] {
+    fn heads_of<'a>(x: &View<'a>, g: Geometry, h: usize, t: [bool; 3]) -> [Operand<'a>; 3] {
         std::array::from_fn(|i| Operand {
-            view: x.slice(i * g.dim() + h * g.width..),
+            view: from(x, i * g.dim() + h * g.width),
             ld: g.row(),
             stride: g.tokens * g.row(),
             t: t[i],
         })
     }
 
-    /// `(batch, heads, tokens, tokens)` probabilities `softmax(s·Q·Kᵀ)` of every head, and the
-    /// raw scores' buffer (free for the backward's `dP`).
+    /// `(batch, heads, tokens, tokens)` probabilities `softmax(s·Q·Kᵀ)` of every head, in the
+    /// qkv's dtype (the next product reads them with V or dO), and the raw scores' f32 buffer
+    /// (free for the backward's `dP`).
     fn probabilities(
         dev: &CudaDevice,
-        x: &CudaView<f32>,
+        x: &View,
         g: Geometry,
         tf32: bool,
-    ) -> CResult<(CudaSlice<f32>, CudaSlice<f32>)> {
+    ) -> CResult<(Buf, CudaSlice<f32>)> {
         let (t, hh) = (g.tokens, g.heads);
         let n = g.batch * hh * t * t;
-        let mut s = unsafe { dev.alloc::<f32>(n)? };
+        let mut s = Buf::F32(unsafe { dev.alloc::<f32>(n)? });
         let blas = dev.cublas_handle();
         for h in 0..hh {
             let [q, k, _] = heads_of(x, g, h, [false, true, false]);
             let dims = (t, t, g.width, g.batch);
             gemm(&blas, tf32, dims, q, k, &mut s, (h * t * t, t, hh * t * t))?;
         }
-        let p = unsafe { dev.alloc::<f32>(n)? };
-        let f = dev.get_or_load_custom_func("softmax_f32", SOFTMAX.name, SOFTMAX.ptx)?;
+        let Buf::F32(s) = s else {
+            unreachable!("the scores were allocated as f32 above")
+        };
+        let p = Buf::alloc(dev, x.dtype(), n)?;
+        let kernel = match x.dtype() {
+            DType::BF16 => "softmax_to_bf16",
+            _ => "softmax_f32",
+        };
+        let f = dev.get_or_load_custom_func(kernel, SOFTMAX.name, SOFTMAX.ptx)?;
         let (rows, d, scale) = ((g.batch * hh * t) as i64, int(t, "tokens")?, g.scale());
         let mut b = f.builder();
-        b.arg(&s).arg(&p).arg(&rows).arg(&d).arg(&scale);
+        b.arg(&s).buf(&p).arg(&rows).arg(&d).arg(&scale);
         unsafe { b.launch(warp_per_row(rows as usize)) }.w()?;
         Ok((p, s))
     }
 
-    /// The probabilities of head `h` as an operand (`t`: transposed).
-    fn probs<'a>(p: &'a CudaSlice<f32>, g: Geometry, h: usize, t: bool) -> Operand<'a> {
+    /// The probabilities (or dS) of head `h` as an operand (`t`: transposed).
+    fn probs(p: &Buf, g: Geometry, h: usize, t: bool) -> Operand<'_> {
         let tt = g.tokens * g.tokens;
         Operand {
-            view: p.slice(h * tt..),
+            view: view_of(p, h * tt),
             ld: g.tokens,
             stride: g.heads * tt,
             t,
@@ -398,9 +467,9 @@ mod on_cuda {
     }
 
     /// Head `h`'s columns of a `(batch, tokens, dim)` tensor as an operand.
-    fn columns<'a>(y: &CudaView<'a, f32>, g: Geometry, h: usize) -> Operand<'a> {
+    fn columns<'a>(y: &View<'a>, g: Geometry, h: usize) -> Operand<'a> {
         Operand {
-            view: y.slice(h * g.width..),
+            view: from(y, h * g.width),
             ld: g.dim(),
             stride: g.tokens * g.dim(),
             t: false,
@@ -413,29 +482,22 @@ mod on_cuda {
         g: Geometry,
         tf32: bool,
     ) -> CResult<(CudaStorage, Shape)> {
-        let x = f32_view(s, l, "attention qkv")?;
+        let x = view(s, l, "attention qkv")?;
         let dev = &s.device;
         let (t, w, dim) = (g.tokens, g.width, g.dim());
         let shape = Shape::from((g.batch, t, dim));
-        let mut out = unsafe { dev.alloc::<f32>(g.batch * t * dim)? };
+        let mut out = Buf::alloc(dev, x.dtype(), g.batch * t * dim)?;
         if g.batch * t * w > 0 {
             let (p, _) = probabilities(dev, &x, g, tf32)?;
             let blas = dev.cublas_handle();
             for h in 0..g.heads {
                 let [_, _, v] = heads_of(&x, g, h, [false; 3]);
                 let dims = (t, w, t, g.batch);
-                gemm(
-                    &blas,
-                    tf32,
-                    dims,
-                    probs(&p, g, h, false),
-                    v,
-                    &mut out,
-                    (h * w, dim, t * dim),
-                )?;
+                let at = (h * w, dim, t * dim);
+                gemm(&blas, tf32, dims, probs(&p, g, h, false), v, &mut out, at)?;
             }
         }
-        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
+        Ok((out.into_storage(dev), shape))
     }
 
     pub(super) fn backward(
@@ -444,71 +506,59 @@ mod on_cuda {
         g: Geometry,
         tf32: bool,
     ) -> CResult<(CudaStorage, Shape)> {
-        let x = f32_view(s1, l1, "attention qkv")?;
-        let d_out = f32_view(s2, l2, "attention output gradient")?;
+        let x = view(s1, l1, "attention qkv")?;
+        let d_out = view(s2, l2, "attention output gradient")?;
         let (t, w, dim, r) = (g.tokens, g.width, g.dim(), g.row());
-        if l2.shape().elem_count() != g.batch * t * dim {
+        if l2.shape().elem_count() != g.batch * t * dim || d_out.dtype() != x.dtype() {
             candle_core::bail!(
-                "attention gradient: {:?} does not fit {:?}",
+                "attention gradient: {:?} {:?} does not fit {:?} {:?}",
                 l2.dims(),
-                l1.dims()
+                d_out.dtype(),
+                l1.dims(),
+                x.dtype()
             );
         }
         let dev = &s1.device;
-        let mut dx = unsafe { dev.alloc::<f32>(g.batch * t * r)? };
+        let mut dx = Buf::alloc(dev, x.dtype(), g.batch * t * r)?;
         if g.batch * t * w == 0 {
-            return Ok((
-                CudaStorage::wrap_cuda_slice(dx, dev.clone()),
-                l1.shape().clone(),
-            ));
+            return Ok((dx.into_storage(dev), l1.shape().clone()));
         }
-        let (p, mut dp) = probabilities(dev, &x, g, tf32)?;
+        let (p, dp) = probabilities(dev, &x, g, tf32)?;
+        let mut dp = Buf::F32(dp);
         let blas = dev.cublas_handle();
         let img = t * r;
         for h in 0..g.heads {
             let [_, _, v] = heads_of(&x, g, h, [false, false, true]);
-            // dV = Pᵀ·dO into V's columns; dP = dO·Vᵀ.
+            // dV = Pᵀ·dO into V's columns; dP = dO·Vᵀ (f32).
             let dims = (t, w, t, g.batch);
             let at = (2 * dim + h * w, r, img);
-            gemm(
-                &blas,
-                tf32,
-                dims,
-                probs(&p, g, h, true),
-                columns(&d_out, g, h),
-                &mut dx,
-                at,
-            )?;
+            let pt = probs(&p, g, h, true);
+            gemm(&blas, tf32, dims, pt, columns(&d_out, g, h), &mut dx, at)?;
             let dims = (t, t, w, g.batch);
             let at = (h * t * t, t, g.heads * t * t);
             gemm(&blas, tf32, dims, columns(&d_out, g, h), v, &mut dp, at)?;
         }
-        let ds = unsafe { dev.alloc::<f32>(g.batch * g.heads * t * t)? };
-        let f = dev.get_or_load_custom_func("softmax_grad_f32", SOFTMAX.name, SOFTMAX.ptx)?;
+        // dS in the qkv's dtype, from the probabilities the forward's product read.
+        let ds = Buf::alloc(dev, x.dtype(), g.batch * g.heads * t * t)?;
+        let kernel = match x.dtype() {
+            DType::BF16 => "softmax_grad_bf16",
+            _ => "softmax_grad_f32",
+        };
+        let f = dev.get_or_load_custom_func(kernel, SOFTMAX.name, SOFTMAX.ptx)?;
         let (rows, d, scale) = ((g.batch * g.heads * t) as i64, int(t, "tokens")?, g.scale());
         let mut b = f.builder();
-        b.arg(&p).arg(&dp).arg(&ds).arg(&rows).arg(&d).arg(&scale);
+        b.buf(&p).buf(&dp).buf(&ds).arg(&rows).arg(&d).arg(&scale);
         unsafe { b.launch(warp_per_row(rows as usize)) }.w()?;
         for h in 0..g.heads {
             let [q, k, _] = heads_of(&x, g, h, [false; 3]);
             let dims = (t, w, t, g.batch);
             // dQ = dS·K, dK = dSᵀ·Q.
-            gemm(
-                &blas,
-                tf32,
-                dims,
-                probs(&ds, g, h, false),
-                k,
-                &mut dx,
-                (h * w, r, img),
-            )?;
+            let at = (h * w, r, img);
+            gemm(&blas, tf32, dims, probs(&ds, g, h, false), k, &mut dx, at)?;
             let at = (dim + h * w, r, img);
             gemm(&blas, tf32, dims, probs(&ds, g, h, true), q, &mut dx, at)?;
         }
-        Ok((
-            CudaStorage::wrap_cuda_slice(dx, dev.clone()),
-            l1.shape().clone(),
-        ))
+        Ok((dx.into_storage(dev), l1.shape().clone()))
     }
 }
 

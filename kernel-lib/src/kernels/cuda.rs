@@ -5,9 +5,12 @@
 
 use super::storage::CResult;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::driver::{
+    CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda::WrapErr;
-use candle_core::{CudaStorage, Layout, Shape, Storage, Tensor};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape, Storage, Tensor};
+use half::bf16;
 
 /// The `cpu_fwd` of an op that exists only on CUDA (its CPU counterpart is another op): an
 /// error naming it. `1`, `2`, `3`: `CustomOp1/2/3`; `inplace2`, `inplace3`: `InplaceOp2/3`.
@@ -162,10 +165,101 @@ pub(crate) fn f32_view<'a>(
     l: &Layout,
     what: &str,
 ) -> CResult<CudaView<'a, f32>> {
-    if !l.is_contiguous() || s.dtype() != candle_core::DType::F32 {
+    if !l.is_contiguous() || s.dtype() != DType::F32 {
         candle_core::bail!("{what}: expected a contiguous f32 tensor");
     }
     Ok(s.as_cuda_slice::<f32>()?.slice(l.start_offset()..))
+}
+
+/// The device memory of a contiguous activation: f32, or bf16 where a bf16 autocast keeps
+/// activations in bf16 between ops (`kernels::precision`). The kernels that read one come in
+/// two instantiations, `name_f32` and `name_bf16`, which load into f32 registers, compute in
+/// f32 and round only what they store.
+pub(crate) enum View<'a> {
+    F32(CudaView<'a, f32>),
+    Bf16(CudaView<'a, bf16>),
+}
+
+impl View<'_> {
+    /// The dtype it holds.
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            View::F32(_) => DType::F32,
+            View::Bf16(_) => DType::BF16,
+        }
+    }
+}
+
+/// [`View`] of a contiguous f32 or bf16 kernel argument (`what` names it in the error).
+pub(crate) fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> CResult<View<'a>> {
+    if !l.is_contiguous() {
+        candle_core::bail!("{what}: expected a contiguous tensor");
+    }
+    match s.dtype() {
+        DType::F32 => Ok(View::F32(
+            s.as_cuda_slice::<f32>()?.slice(l.start_offset()..),
+        )),
+        DType::BF16 => Ok(View::Bf16(
+            s.as_cuda_slice::<bf16>()?.slice(l.start_offset()..),
+        )),
+        other => candle_core::bail!("{what}: expected an f32 or bf16 tensor, got {other:?}"),
+    }
+}
+
+/// The name of the instantiation of `kernel` for data of `dtype` (`relu` → `relu_bf16`).
+pub(crate) fn typed_name(kernel: &str, dtype: DType) -> String {
+    match dtype {
+        DType::BF16 => format!("{kernel}_bf16"),
+        _ => format!("{kernel}_f32"),
+    }
+}
+
+/// A fresh kernel output of f32 or bf16 values.
+pub(crate) enum Buf {
+    F32(CudaSlice<f32>),
+    Bf16(CudaSlice<bf16>),
+}
+
+impl Buf {
+    /// `n` uninitialised values of `dtype` (f32 unless bf16); the kernel writes every one.
+    pub(crate) fn alloc(dev: &CudaDevice, dtype: DType, n: usize) -> CResult<Buf> {
+        // SAFETY: every kernel this output is handed to writes each of its `n` values before
+        // anything reads them (element-wise maps and per-row kernels cover every index).
+        Ok(match dtype {
+            DType::BF16 => Buf::Bf16(unsafe { dev.alloc::<bf16>(n)? }),
+            _ => Buf::F32(unsafe { dev.alloc::<f32>(n)? }),
+        })
+    }
+
+    /// The storage candle wraps around it.
+    pub(crate) fn into_storage(self, dev: &CudaDevice) -> CudaStorage {
+        match self {
+            Buf::F32(s) => CudaStorage::wrap_cuda_slice(s, dev.clone()),
+            Buf::Bf16(s) => CudaStorage::wrap_cuda_slice(s, dev.clone()),
+        }
+    }
+}
+
+/// Pushes a [`View`] or a [`Buf`] as a kernel's pointer argument, whichever dtype it holds.
+pub(crate) trait PushTyped<'a> {
+    fn view<'b: 'a, 'c: 'b>(&mut self, v: &'b View<'c>) -> &mut Self;
+    fn buf<'b: 'a>(&mut self, v: &'b Buf) -> &mut Self;
+}
+
+impl<'a> PushTyped<'a> for LaunchArgs<'a> {
+    fn view<'b: 'a, 'c: 'b>(&mut self, v: &'b View<'c>) -> &mut Self {
+        match v {
+            View::F32(v) => self.arg(v),
+            View::Bf16(v) => self.arg(v),
+        }
+    }
+
+    fn buf<'b: 'a>(&mut self, v: &'b Buf) -> &mut Self {
+        match v {
+            Buf::F32(v) => self.arg(v),
+            Buf::Bf16(v) => self.arg(v),
+        }
+    }
 }
 
 /// Runs `f` with the f32 device memory of `t`, a contiguous CUDA tensor (`what` names it in
@@ -188,7 +282,8 @@ pub(crate) fn int(v: usize, what: &str) -> CResult<i32> {
 }
 
 /// An element-wise kernel `kernel(inputs…, out, n)` of `module` over equally shaped contiguous
-/// f32 inputs, into a fresh tensor of their shape: the CUDA arm of the activations.
+/// inputs of one dtype, into a fresh tensor of their shape and dtype: the CUDA arm of the
+/// activations. `kernel` is the name without its dtype (`relu` runs `relu_f32` or `relu_bf16`).
 pub(crate) fn map(
     module: &Module,
     kernel: &str,
@@ -197,7 +292,8 @@ pub(crate) fn map(
     launch_over(module, kernel, inputs, Grid::Elements)
 }
 
-/// A row kernel `kernel(inputs…, out, rows, d, scale)` with one warp per row of the last axis.
+/// A row kernel `kernel(inputs…, out, rows, d, scale)` with one warp per row of the last axis
+/// (f32 only: the softmax rows).
 pub(crate) fn per_row(
     module: &Module,
     kernel: &str,
@@ -230,20 +326,28 @@ fn launch_over(
         if l.shape() != &shape {
             candle_core::bail!("{kernel}: expected inputs of shape {shape:?}");
         }
-        views.push(f32_view(s, l, kernel)?);
+        views.push(view(s, l, kernel)?);
+    }
+    let dtype = views[0].dtype();
+    if views.iter().any(|v| v.dtype() != dtype)
+        || (matches!(grid, Grid::WarpPerRow(_)) && dtype != DType::F32)
+    {
+        candle_core::bail!(
+            "{kernel}: expected inputs of one dtype (f32, or bf16 for element-wise kernels)"
+        );
     }
     let n = shape.elem_count();
     let dev = &first.device;
-    let out = unsafe { dev.alloc::<f32>(n)? };
-    let f = dev.get_or_load_custom_func(kernel, module.name, module.ptx)?;
+    let out = Buf::alloc(dev, dtype, n)?;
+    let f = dev.get_or_load_custom_func(&typed_name(kernel, dtype), module.name, module.ptx)?;
     let len = n as i64;
     let d = *shape.dims().last().unwrap_or(&1);
     let (rows, di) = ((n / d.max(1)) as i64, int(d, "row length")?);
     let mut b = f.builder();
     for v in &views {
-        b.arg(v);
+        b.view(v);
     }
-    b.arg(&out);
+    b.buf(&out);
     let cfg = match &grid {
         Grid::Elements => {
             b.arg(&len);
@@ -255,20 +359,22 @@ fn launch_over(
         }
     };
     unsafe { b.launch(cfg) }.w()?;
-    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
+    Ok((out.into_storage(dev), shape))
 }
 
 /// How a column kernel of `cuda/affine.cu` runs over `(rows, d)` data.
 pub(crate) enum Columns {
     /// Element-wise over all `rows·d` values, a column's parameter broadcast: `kernel(inputs…,
-    /// out, n, d)` into a fresh `(rows, d)`-shaped output.
+    /// out, n, d)` into a fresh `(rows, d)`-shaped output of the data's dtype; the inputs after
+    /// the first are f32 parameters.
     Map,
-    /// Column sums into a zeroed output of `parts·d` values: `kernel(inputs…, out, rows, d,
-    /// chunk)`, one thread per column and block row per chunk of rows.
+    /// Column sums into a zeroed f32 output of `parts·d` values: `kernel(inputs…, out, rows, d,
+    /// chunk)`, one thread per column and block row per chunk of rows; every input is data.
     Sums { parts: usize },
 }
 
-/// A kernel of `cuda/affine.cu` over contiguous f32 inputs whose first is `(…, d)`-shaped.
+/// A kernel of `cuda/affine.cu` (named without its dtype, which is the first input's) over
+/// contiguous inputs whose first is `(…, d)`-shaped data, f32 or bf16.
 pub(crate) fn columns(
     kernel: &str,
     inputs: &[(&CudaStorage, &Layout)],
@@ -279,17 +385,29 @@ pub(crate) fn columns(
     };
     let views = inputs
         .iter()
-        .map(|(s, l)| f32_view(s, l, kernel))
+        .map(|(s, l)| view(s, l, kernel))
         .collect::<CResult<Vec<_>>>()?;
+    let dtype = views[0].dtype();
+    let expected = |i: usize| match how {
+        Columns::Map if i > 0 => DType::F32,
+        _ => dtype,
+    };
+    if views
+        .iter()
+        .enumerate()
+        .any(|(i, v)| v.dtype() != expected(i))
+    {
+        candle_core::bail!("{kernel}: expected data of one dtype (f32 or bf16) and f32 parameters");
+    }
     let n = first_l.shape().elem_count();
     let d = *first_l.dims().last().unwrap_or(&1);
     let rows = n / d.max(1);
     let dev = &first.device;
-    let f = dev.get_or_load_custom_func(kernel, AFFINE.name, AFFINE.ptx)?;
+    let f = dev.get_or_load_custom_func(&typed_name(kernel, dtype), AFFINE.name, AFFINE.ptx)?;
     let (n64, d64, rows64) = (n as i64, d as i64, rows as i64);
     let (out, shape, cfg, chunk) = match how {
         Columns::Map => (
-            unsafe { dev.alloc::<f32>(n)? },
+            Buf::alloc(dev, dtype, n)?,
             first_l.shape().clone(),
             elementwise(n),
             0i64,
@@ -311,19 +429,24 @@ pub(crate) fn columns(
             } else {
                 Shape::from((parts, d))
             };
-            (dev.alloc_zeros::<f32>(parts * d)?, shape, cfg, chunk as i64)
+            (
+                Buf::F32(dev.alloc_zeros::<f32>(parts * d)?),
+                shape,
+                cfg,
+                chunk as i64,
+            )
         }
     };
     let mut b = f.builder();
     for v in &views {
-        b.arg(v);
+        b.view(v);
     }
-    b.arg(&out);
+    b.buf(&out);
     if chunk == 0 {
         b.arg(&n64).arg(&d64);
     } else {
         b.arg(&rows64).arg(&d64).arg(&chunk);
     }
     unsafe { b.launch(cfg) }.w()?;
-    Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
+    Ok((out.into_storage(dev), shape))
 }

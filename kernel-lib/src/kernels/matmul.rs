@@ -327,7 +327,7 @@ pub fn batched_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, fused: bool) -
     if super::precision::cpu_bf16(a, b) {
         return cpu_product(a, b, ta, tb, true);
     }
-    super::precision::autocast_pair(a, b, |a, b| batched_in(a, b, ta, tb, fused))
+    super::precision::autocast_pair(a, b, false, |a, b| batched_in(a, b, ta, tb, fused))
 }
 
 /// sslab's CPU product of f32 tensors (`(batch, m, k)`-shaped, transposed where flagged), in
@@ -347,7 +347,9 @@ const ROW_SPLIT_MIN: usize = 16;
 /// back in `w`'s own layout. `x.matmul(&w.t())` gave autograd a transposed view of it, which
 /// candle then copied element by element to make it contiguous: a strided copy of every
 /// weight gradient per step (3% of a Barlow Twins step with its 2048×2048 projector, `perf`).
-/// Elsewhere it is `x · wᵀ` through [`autocast_matmul`].
+/// Elsewhere it is `x · wᵀ` through [`autocast_matmul`], except under a bf16 autocast on a
+/// device that keeps activations in bf16 (CUDA): there the product returns bf16, the dtype the
+/// next op reads (`kernels::precision`).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -358,6 +360,10 @@ const ROW_SPLIT_MIN: usize = 16;
 /// # Ok::<(), sslab::Error>(())
 /// ```
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if super::precision::bf16_activations(x.device()) {
+        // `w` cast first and read transposed: cuBLAS takes the transpose as a flag.
+        return super::precision::autocast_pair(x, w, true, |x, w| Ok(x.matmul(&w.t()?)?));
+    }
     let on_cpu = super::storage::on_cpu_f32(x) && super::storage::on_cpu_f32(w);
     if on_cpu && x.rank() == 2 && w.rank() == 2 {
         let bf16 = super::precision::cpu_bf16(x, w);
@@ -399,7 +405,7 @@ pub fn autocast_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             _ => {}
         }
     }
-    super::precision::autocast_pair(a, b, |a, b| Ok(a.matmul(b)?))
+    super::precision::autocast_pair(a, b, false, |a, b| Ok(a.matmul(b)?))
 }
 
 /// [`batched_matmul`] in the operands' own dtype.

@@ -55,7 +55,10 @@ pub use conv::winograd::{set_winograd, winograd};
 pub use conv::{cached_conv_algorithms, conv2d};
 pub use matmul::{autocast_matmul, batched_matmul, linear};
 pub use optim_update::{ema, GroupSettings, OptimKind};
+pub(crate) use precision::via_f32;
 pub use precision::{autocast, autocast_precision, cpu_has_bf16, Autocast, Precision};
+#[doc(hidden)]
+pub use precision::{bf16_activations_on_cpu, Bf16OnCpu};
 pub use simd::cpu_report;
 pub use softmax::softmax_last;
 pub use storage::poison_outputs;

@@ -1,14 +1,25 @@
 //! Mixed precision as PyTorch's autocast does it: under `bf16`, convolutions and matrix
-//! products take bf16 operands (f32 accumulation, tensor cores on a GPU) and return f32, while
-//! parameters, optimizer state, normalisation statistics, softmax and losses stay f32. The
-//! casts are candle ops, so gradients flow back to the f32 weights through them.
+//! products take bf16 operands (f32 accumulation, tensor cores on a GPU), while parameters,
+//! optimizer state, normalisation statistics, softmax and losses stay f32. The casts are candle
+//! ops, so gradients flow back to the f32 weights through them.
+//!
+//! Where the activations live between ops depends on the device ([`bf16_activations`]):
+//!
+//! - On CUDA a layer's product (`linear`, `conv2d`) returns bf16, as in PyTorch, and the ops
+//!   after it (BatchNorm, ReLU, the residual add, GELU, a bias) read and write bf16 with f32
+//!   arithmetic inside: half the memory and traffic of f32 activations. LayerNorm and softmax
+//!   read bf16 and return f32, as autocast's f32 ops do; a model's outputs (pooled features,
+//!   heads, tokens) are f32, so losses never see bf16.
+//! - On the CPU the tensors stay f32 and each product rounds its operands to bf16 while
+//!   packing them (`matmul_bf16.rs`): the CPU's kernels read f32, and its bf16 arithmetic is in
+//!   the products alone.
 //!
 //! The setting is per thread and scoped, like `torch.autocast`: a `Run` holds an [`Autocast`]
 //! guard for the forward and backward pass of each step, so two runs in one notebook do not
 //! see each other's precision.
 
 use crate::error::Result;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::cell::Cell;
 
 config_names! {
@@ -25,6 +36,7 @@ config_names! {
 
 thread_local! {
     static AUTOCAST: Cell<Precision> = const { Cell::new(Precision::F32) };
+    static BF16_ON_CPU: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Restores the previous precision of this thread when dropped (see [`autocast`]).
@@ -56,30 +68,75 @@ pub fn autocast_precision() -> Precision {
     AUTOCAST.with(|a| a.get())
 }
 
-/// `f(a, b)` with both operands cast to bf16 and the result cast back to f32 when this thread
-/// autocasts to bf16 and the operands are f32; otherwise `f(a, b)` as it is.
+/// Whether activations on `device` are kept in bf16 between ops: under a bf16 autocast on
+/// CUDA (and on the CPU while a test holds [`bf16_activations_on_cpu`]).
+pub(crate) fn bf16_activations(device: &Device) -> bool {
+    autocast_precision() == Precision::Bf16 && (device.is_cuda() || BF16_ON_CPU.with(|c| c.get()))
+}
+
+/// Restores the CPU's f32 activations when dropped (see [`bf16_activations_on_cpu`]).
+#[doc(hidden)]
+#[must_use = "the CPU returns to f32 activations when the guard is dropped"]
+pub struct Bf16OnCpu(bool);
+
+impl Drop for Bf16OnCpu {
+    fn drop(&mut self) {
+        BF16_ON_CPU.with(|c| c.set(self.0));
+    }
+}
+
+/// Keeps activations on the CPU in bf16 under a bf16 autocast, as CUDA keeps them, until the
+/// guard drops (this thread only). For tests: the ops take the same bf16 tensors as on a GPU,
+/// computed through f32 where the CPU has no bf16 kernel, so the data flow of a GPU's bf16 step
+/// (which op gets which dtype, where the model returns to f32, how gradients reach the f32
+/// weights) runs and is checked without one.
+#[doc(hidden)]
+pub fn bf16_activations_on_cpu(on: bool) -> Bf16OnCpu {
+    Bf16OnCpu(BF16_ON_CPU.with(|c| c.replace(on)))
+}
+
+/// `f(x)` computed in f32 when `x` is a bf16 activation: an op that has no bf16 kernel on
+/// this device (or must run in f32, as statistics do) widens its input, computes, and rounds
+/// its result back to bf16; f32 input passes through.
+pub(crate) fn via_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    if x.dtype() != DType::BF16 {
+        return f(x);
+    }
+    Ok(f(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16)?)
+}
+
+/// `f(a, b)`, a product, in this thread's precision. Under a bf16 autocast, when the operands
+/// are f32 or bf16 and not both bf16 already, both are cast to bf16 (rounded and computed in
+/// f32 on the CPU: the numbers of a bf16 product with f32 accumulation); the result is bf16
+/// when `layer` (a model's linear or convolution) and the device keeps bf16 activations, f32
+/// otherwise. Anything else is `f(a, b)` as it is.
 pub(crate) fn autocast_pair(
     a: &Tensor,
     b: &Tensor,
+    layer: bool,
     f: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
+    let float = |t: &Tensor| matches!(t.dtype(), DType::F32 | DType::BF16);
     let casts = autocast_precision() == Precision::Bf16
-        && a.dtype() == DType::F32
-        && b.dtype() == DType::F32;
+        && float(a)
+        && float(b)
+        && (a.dtype() == DType::F32 || b.dtype() == DType::F32);
     if !casts {
         return f(a, b);
     }
+    let keep = layer && bf16_activations(a.device());
     if a.device().is_cpu() {
         // The CPU's products go through `cpu_bf16` before they get here, and its
         // convolutions round their own products' operands (`conv2d`); what is left (another
-        // op) is rounded to bf16 and computed in f32: the numbers of a bf16 product with f32
-        // accumulation.
+        // op, or bf16 activations under `bf16_activations_on_cpu`) is rounded to bf16 and
+        // computed in f32.
         let round =
             |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?) };
-        return f(&round(a)?, &round(b)?);
+        let y = f(&round(a)?, &round(b)?)?;
+        return Ok(if keep { y.to_dtype(DType::BF16)? } else { y });
     }
     let y = f(&a.to_dtype(DType::BF16)?, &b.to_dtype(DType::BF16)?)?;
-    Ok(y.to_dtype(DType::F32)?)
+    Ok(if keep { y } else { y.to_dtype(DType::F32)? })
 }
 
 /// Whether a product of `a` and `b` takes the CPU's bf16 kernel (`matmul_bf16.rs`): this

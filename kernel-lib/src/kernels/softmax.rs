@@ -48,7 +48,7 @@ impl CustomOp1 for SoftmaxOp {
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
-        on_cuda("softmax_f32", &[(s, l)], self.scale)
+        on_cuda("softmax", &[(s, l)], self.scale)
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> CResult<Option<Tensor>> {
@@ -123,7 +123,7 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        on_cuda("softmax_grad_f32", &[(s1, l1), (s2, l2)], self.scale)
+        on_cuda("softmax_grad", &[(s1, l1), (s2, l2)], self.scale)
     }
 }
 
@@ -131,6 +131,10 @@ impl CustomOp2 for SoftmaxGrad {
 /// parallel) and on CUDA (a warp per row) when `fused`, the scale folded in; else candle's
 /// op-built `softmax` (never the fused `softmax_last_dim`, which has none).
 pub fn softmax_last(x: &Tensor, scale: f64, fused: bool) -> Result<Tensor> {
+    if x.dtype() == candle_core::DType::BF16 {
+        // Softmax is one of autocast's f32 ops: bf16 input, f32 output.
+        return softmax_last(&x.to_dtype(candle_core::DType::F32)?, scale, fused);
+    }
     if fused && own_kernel(x) {
         let op = SoftmaxOp {
             scale: scale as f32,

@@ -27,6 +27,14 @@ pub(crate) fn own_kernel(x: &Tensor) -> bool {
         && (x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda()))
 }
 
+/// Whether one of sslab's element-wise kernels takes the activation `x`: as [`own_kernel`],
+/// and also bf16 on CUDA in a `cuda` build (the activations a bf16 autocast keeps there, which
+/// the kernels of `cuda/activation.cu`, `affine.cu` and `batch_norm.cu` read and write as bf16).
+pub(crate) fn own_kernel_data(x: &Tensor) -> bool {
+    own_kernel(x)
+        || (cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == candle_core::DType::BF16)
+}
+
 /// The error of a CUDA arm in a build without the feature it needs. No CUDA tensor reaches one
 /// there (the dispatchers' [`own_kernel`] sends it to candle's ops), so this is a guard, written
 /// once for every op that has a CUDA arm.

@@ -122,6 +122,12 @@ impl BatchNorm {
         groups: usize,
         relu: bool,
     ) -> Result<Tensor> {
+        if x.dtype() == candle_core::DType::BF16 && (!train || dist::current().is_some()) {
+            // bf16 activations (a bf16 autocast on CUDA): evaluation with the f32 running
+            // statistics and BatchNorm across ranks compute in f32; one process's training
+            // BN reads and writes bf16 in its kernels.
+            return crate::kernels::via_f32(x, |x| self.forward_split_act(x, train, groups, relu));
+        }
         if train {
             if let Some(world) = dist::current() {
                 return self.forward_ranks(x, groups, relu, &world);

@@ -111,6 +111,7 @@ impl Mlp {
         if let Some(bn) = &self.last_bn {
             h = bn.forward_t(&h, train)?;
         }
-        Ok(h)
+        // f32 out, as a network's outputs are (bf16 activations stay inside, see ResNet).
+        Ok(h.to_dtype(candle_core::DType::F32)?)
     }
 }

@@ -228,6 +228,10 @@ impl ResNet {
         for b in &self.blocks {
             h = b.forward_t(&h, train, self.bn_splits)?;
         }
+        // The network's outputs are f32 whatever its activations were (bf16 under a bf16
+        // autocast on CUDA, `kernels::precision`): the pool then sums in f32 and what follows
+        // (heads, losses, dense correspondence) never sees bf16.
+        let h = h.to_dtype(candle_core::DType::F32)?;
         let pooled = h.mean((2, 3))?;
         Ok(ResNetOutput {
             feature_map: h,

@@ -191,9 +191,14 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attention(&self.norm1.forward(x)?)?)?;
+        // The residual stream stays in x's dtype (f32); under a bf16 autocast on CUDA the
+        // branches' products come back bf16 and are widened as they are added, as PyTorch's
+        // type promotion does.
+        let attn = self.attention(&self.norm1.forward(x)?)?;
+        let x = (x + attn.to_dtype(x.dtype())?)?;
         let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
-        Ok((&x + self.fc2.forward(&h)?)?)
+        let mlp = self.fc2.forward(&h)?;
+        Ok((&x + mlp.to_dtype(x.dtype())?)?)
     }
 }
 
@@ -323,9 +328,13 @@ impl Vit {
             )
         };
         let wt = w.reshape((self.cfg.dim, c * p * p))?;
-        Ok(crate::kernels::linear(&patches, &wt)?
-            .broadcast_add(&b)?
-            .reshape((n, gh * gw, self.cfg.dim))?)
+        // f32 tokens: the residual stream starts here (the product is bf16 under a bf16
+        // autocast on CUDA).
+        Ok(
+            crate::kernels::add_bias(&crate::kernels::linear(&patches, &wt)?, &b)?
+                .to_dtype(candle_core::DType::F32)?
+                .reshape((n, gh * gw, self.cfg.dim))?,
+        )
     }
 
     /// The [CLS] token after the final LayerNorm, `(n, dim)`.

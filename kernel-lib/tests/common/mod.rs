@@ -117,6 +117,14 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
 }
 
+/// The cosine of the angle between `a` and `b` (f64 sums): how far one gradient points from
+/// another.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot =
+        |x: &[f32], y: &[f32]| -> f64 { x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum() };
+    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt()).max(1e-300)
+}
+
 /// One setting of every update rule: SGD plain and Nesterov, LARS in both variants, AdamW,
 /// LAMB.
 pub fn every_optimizer() -> [sslab::optim::OptimKind; 6] {

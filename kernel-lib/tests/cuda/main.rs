@@ -8,6 +8,7 @@ mod common;
 mod activation;
 mod affine;
 mod batch_norm;
+mod bf16;
 mod conv;
 mod optim;
 

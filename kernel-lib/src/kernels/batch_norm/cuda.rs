@@ -2,14 +2,47 @@
 //! (`cuda/batch_norm.cu`): statistics, normalisation, gradient sums and input gradient as four
 //! kernels, with the statistics kept on the device. candle's ops took about ten allocating
 //! passes each way, and its broadcast multiply and add each reduced the full gradient again
-//! for dγ and dβ.
+//! for dγ and dβ. The data (x, y and their gradients) is f32 or bf16, the dtype a bf16 autocast
+//! keeps activations in (`kernels::precision`); statistics, γ, β and their gradients are f32.
 
 use super::bn_dims;
-use crate::kernels::cuda::{elementwise, f32_view, int, per_item, with_f32, BATCH_NORM};
+use crate::kernels::cuda::{
+    elementwise, f32_view, int, per_item, typed_name, view, with_f32, Buf, PushTyped, View,
+    BATCH_NORM,
+};
 use crate::kernels::storage::CResult;
 use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::cuda::WrapErr;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+
+/// The name of `kernel`'s instantiation for the data's dtype, which every data argument shares.
+fn typed(kernel: &str, data: &[&View]) -> CResult<String> {
+    let dtype = data[0].dtype();
+    if data.iter().any(|v| v.dtype() != dtype) {
+        candle_core::bail!("{kernel}: the input, output and gradient differ in dtype");
+    }
+    Ok(typed_name(kernel, dtype))
+}
+
+/// The backward kernels' (x, dy, y), checked to be one size.
+fn data3<'a>(
+    (s1, l1): (&'a CudaStorage, &Layout),
+    (s2, l2): (&'a CudaStorage, &Layout),
+    (s3, l3): (&'a CudaStorage, &Layout),
+) -> CResult<(View<'a>, View<'a>, View<'a>)> {
+    let x = view(s1, l1, "batchnorm input")?;
+    let dy = view(s2, l2, "batchnorm output gradient")?;
+    let y = view(s3, l3, "batchnorm output")?;
+    if l1.dims() != l2.dims() || l1.dims() != l3.dims() {
+        candle_core::bail!(
+            "batchnorm backward: input {:?}, gradient {:?}, output {:?}",
+            l1.dims(),
+            l2.dims(),
+            l3.dims()
+        );
+    }
+    Ok((x, dy, y))
+}
 
 /// Per-channel mean, biased variance and `1/√(var + eps)` as a `(3, c)` tensor.
 struct StatsOp {
@@ -24,15 +57,24 @@ impl CustomOp1 for StatsOp {
     cpu_refused!(1);
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
-        let x = f32_view(s, l, "batchnorm input")?;
+        let x = view(s, l, "batchnorm input")?;
         let (n, c, inner) = bn_dims(l.dims());
         let dev = &s.device;
         let stats = unsafe { dev.alloc::<f32>(3 * c)? };
-        let f = dev.get_or_load_custom_func("bn_stats_f32", BATCH_NORM.name, BATCH_NORM.ptx)?;
+        let f = dev.get_or_load_custom_func(
+            &typed("bn_stats", &[&x])?,
+            BATCH_NORM.name,
+            BATCH_NORM.ptx,
+        )?;
         let (n, ci, inner) = (int(n, "batch")?, int(c, "channels")?, int(inner, "plane")?);
         let eps = self.eps as f32;
         let mut b = f.builder();
-        b.arg(&x).arg(&stats).arg(&n).arg(&ci).arg(&inner).arg(&eps);
+        b.view(&x)
+            .arg(&stats)
+            .arg(&n)
+            .arg(&ci)
+            .arg(&inner)
+            .arg(&eps);
         unsafe { b.launch(per_item(c)) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(stats, dev.clone()),
@@ -63,7 +105,7 @@ impl CustomOp3 for AffineOp {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        let x = f32_view(s1, l1, "batchnorm input")?;
+        let x = view(s1, l1, "batchnorm input")?;
         let gamma = f32_view(s2, l2, "batchnorm weight")?;
         let beta = f32_view(s3, l3, "batchnorm bias")?;
         let (_, c, inner) = bn_dims(l1.dims());
@@ -76,21 +118,22 @@ impl CustomOp3 for AffineOp {
         }
         let total = l1.shape().elem_count();
         let dev = &s1.device;
-        let y = unsafe { dev.alloc::<f32>(total)? };
-        let f = dev.get_or_load_custom_func("bn_apply_f32", BATCH_NORM.name, BATCH_NORM.ptx)?;
+        let y = Buf::alloc(dev, x.dtype(), total)?;
+        let f = dev.get_or_load_custom_func(
+            &typed("bn_apply", &[&x])?,
+            BATCH_NORM.name,
+            BATCH_NORM.ptx,
+        )?;
         let (tot, ci, inner) = (total as i64, int(c, "channels")?, int(inner, "plane")?);
         let relu = self.relu as i32;
         with_f32(&self.stats, "batchnorm statistics", |stats| {
             let mut b = f.builder();
-            b.arg(&x).arg(stats).arg(&gamma).arg(&beta).arg(&y);
+            b.view(&x).arg(stats).arg(&gamma).arg(&beta).buf(&y);
             b.arg(&tot).arg(&ci).arg(&inner).arg(&relu);
             unsafe { b.launch(elementwise(total)) }.w()?;
             Ok(())
         })?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(y, dev.clone()),
-            l1.shape().clone(),
-        ))
+        Ok((y.into_storage(dev), l1.shape().clone()))
     }
 
     fn bwd(
@@ -148,18 +191,20 @@ impl CustomOp3 for GradSumsOp {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        let x = f32_view(s1, l1, "batchnorm input")?;
-        let dy = f32_view(s2, l2, "batchnorm output gradient")?;
-        let y = f32_view(s3, l3, "batchnorm output")?;
+        let (x, dy, y) = data3((s1, l1), (s2, l2), (s3, l3))?;
         let (n, c, inner) = bn_dims(l1.dims());
         let dev = &s1.device;
         let sums = unsafe { dev.alloc::<f32>(2 * c)? };
-        let f = dev.get_or_load_custom_func("bn_grad_sums_f32", BATCH_NORM.name, BATCH_NORM.ptx)?;
+        let f = dev.get_or_load_custom_func(
+            &typed("bn_grad_sums", &[&x, &dy, &y])?,
+            BATCH_NORM.name,
+            BATCH_NORM.ptx,
+        )?;
         let (ni, ci, ii) = (int(n, "batch")?, int(c, "channels")?, int(inner, "plane")?);
         let relu = self.relu as i32;
         with_f32(&self.stats, "batchnorm statistics", |stats| {
             let mut b = f.builder();
-            b.arg(&x).arg(&dy).arg(&y).arg(stats).arg(&sums);
+            b.view(&x).view(&dy).view(&y).arg(stats).arg(&sums);
             b.arg(&ni).arg(&ci).arg(&ii).arg(&relu);
             unsafe { b.launch(per_item(c)) }.w()?;
             Ok(())
@@ -195,15 +240,16 @@ impl CustomOp3 for GradInputOp {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        let x = f32_view(s1, l1, "batchnorm input")?;
-        let dy = f32_view(s2, l2, "batchnorm output gradient")?;
-        let y = f32_view(s3, l3, "batchnorm output")?;
+        let (x, dy, y) = data3((s1, l1), (s2, l2), (s3, l3))?;
         let (n, c, inner) = bn_dims(l1.dims());
         let total = l1.shape().elem_count();
         let dev = &s1.device;
-        let dx = unsafe { dev.alloc::<f32>(total)? };
-        let f =
-            dev.get_or_load_custom_func("bn_grad_input_f32", BATCH_NORM.name, BATCH_NORM.ptx)?;
+        let dx = Buf::alloc(dev, x.dtype(), total)?;
+        let f = dev.get_or_load_custom_func(
+            &typed("bn_grad_input", &[&x, &dy, &y])?,
+            BATCH_NORM.name,
+            BATCH_NORM.ptx,
+        )?;
         let (tot, ci, ii) = (total as i64, int(c, "channels")?, int(inner, "plane")?);
         let count = (n * inner) as f32;
         let relu = self.relu as i32;
@@ -211,27 +257,25 @@ impl CustomOp3 for GradInputOp {
             with_f32(&self.sums, "batchnorm gradient sums", |sums| {
                 with_f32(&self.gamma, "batchnorm weight", |gamma| {
                     let mut b = f.builder();
-                    b.arg(&x)
-                        .arg(&dy)
-                        .arg(&y)
+                    b.view(&x)
+                        .view(&dy)
+                        .view(&y)
                         .arg(stats)
                         .arg(sums)
                         .arg(gamma)
-                        .arg(&dx);
+                        .buf(&dx);
                     b.arg(&tot).arg(&ci).arg(&ii).arg(&count).arg(&relu);
                     unsafe { b.launch(elementwise(total)) }.w()?;
                     Ok(())
                 })
             })
         })?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(dx, dev.clone()),
-            l1.shape().clone(),
-        ))
+        Ok((dx.into_storage(dev), l1.shape().clone()))
     }
 }
 
-/// Training-mode BatchNorm with scale `w`, shift `b` and an optional ReLU on CUDA (f32): y and
+/// Training-mode BatchNorm with scale `w`, shift `b` and an optional ReLU on CUDA (f32 or bf16
+/// data, f32 parameters; y in the data's dtype): y and
 /// the detached batch mean and biased variance, which stay on the device.
 pub(super) fn affine_train(
     x: &Tensor,
@@ -250,7 +294,7 @@ pub(super) fn affine_train(
     Ok((y, stats.get(0)?, stats.get(1)?))
 }
 
-/// Training-mode normalisation without the affine part on CUDA (f32): x̂ and the detached mean
+/// Training-mode normalisation without the affine part on CUDA (f32 or bf16 data): x̂ and the detached mean
 /// and biased variance. The affine kernels with γ = 1 and β = 0: the same passes, and the
 /// gradients of the two constants are never asked for.
 pub(super) fn normalize(x: &Tensor, eps: f64) -> crate::Result<(Tensor, Tensor, Tensor)> {

@@ -9,7 +9,7 @@ use super::activation::ReluGrad;
 use super::collective::World;
 use super::storage::{on_cpu_f32, slice, written, CResult};
 use crate::error::{Error, Result};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -401,6 +401,16 @@ pub fn batch_norm_train(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dims = x.dims();
     check_count(x, dims.get(1).copied().unwrap_or(1))?;
+    if x.dtype() == DType::BF16 {
+        // bf16 activations (a bf16 autocast on CUDA): the CUDA kernels read and write bf16
+        // with f32 statistics; anywhere else the normalisation runs in f32.
+        #[cfg(feature = "cuda")]
+        if fused && x.device().is_cuda() && ranks.is_none() {
+            return cuda::normalize(x, eps);
+        }
+        let (xhat, mean, var) = batch_norm_train(&x.to_dtype(DType::F32)?, eps, fused, ranks)?;
+        return Ok((xhat.to_dtype(DType::BF16)?, mean, var));
+    }
     if ranks.is_some() && !on_cpu_f32(x) {
         return Err(Error::Invalid(
             "BatchNorm across ranks runs on f32 CPU tensors".into(),
@@ -427,8 +437,8 @@ pub fn batch_norm_train(
 
 /// Training-mode BatchNorm with scale `w` and shift `b` (one entry per channel of `x`), then
 /// a ReLU when `relu` is set; returns y and the detached batch mean and biased variance. On
-/// the CPU one kernel (x̂ and the pre-ReLU output are never stored), on CUDA (f32) sslab's
-/// kernels (`cuda.rs`: statistics and gradient sums stay on the device), elsewhere
+/// the CPU one kernel (x̂ and the pre-ReLU output are never stored), on CUDA (f32, or bf16
+/// activations with f32 statistics and parameters) sslab's kernels (`cuda.rs`: statistics and gradient sums stay on the device), elsewhere
 /// [`batch_norm_train`]'s tensor ops and candle's broadcast ops. With `ranks`, the statistics
 /// are over every rank's rows (SyncBN; the CPU kernel only).
 pub fn batch_norm_affine_train(
@@ -440,6 +450,20 @@ pub fn batch_norm_affine_train(
     ranks: Option<&World>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     check_count(x, w.elem_count())?;
+    if x.dtype() == DType::BF16 {
+        // As in `batch_norm_train`: bf16 in and out on CUDA, f32 arithmetic elsewhere.
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda()
+            && ranks.is_none()
+            && w.dtype() == DType::F32
+            && b.dtype() == DType::F32
+        {
+            return cuda::affine_train(x, w, b, eps, relu);
+        }
+        let (y, mean, var) =
+            batch_norm_affine_train(&x.to_dtype(DType::F32)?, w, b, eps, relu, ranks)?;
+        return Ok((y.to_dtype(DType::BF16)?, mean, var));
+    }
     if ranks.is_some() && !on_cpu_f32(x) {
         return Err(Error::Invalid(
             "BatchNorm across ranks runs on f32 CPU tensors".into(),
@@ -524,6 +548,10 @@ fn train_on_cpu(
 /// BatchNorm of a batch of one whose channels are the rows, so the BN kernel (parallel,
 /// explicit backward) does it; otherwise tensor ops.
 pub fn normalize_rows(x: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    if x.dtype() == DType::BF16 {
+        // LayerNorm is one of autocast's f32 ops: bf16 input, f32 output.
+        return normalize_rows(&x.to_dtype(DType::F32)?, eps, fused);
+    }
     #[cfg(feature = "cuda")]
     if fused && x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
         let dims = x.dims().to_vec();

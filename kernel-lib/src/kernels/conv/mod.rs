@@ -349,8 +349,9 @@ pub fn cached_conv_algorithms() -> usize {
 /// explicit backward: on the CPU (f32) sslab's kernels above; on CUDA (f32, f16, bf16, in a
 /// build with the `cudnn` feature) cuDNN's three passes with measured algorithms (`cudnn.rs`);
 /// anywhere else candle's `conv2d`. Under a bf16 [`autocast`](crate::kernels::autocast) a GPU's
-/// operands are cast to bf16 and the result back to f32; the CPU keeps f32 tensors and runs
-/// its products on bf16-rounded operands with f32 sums (AVX512-BF16).
+/// operands are cast to bf16 and the result stays bf16 (the dtype its activations keep); the
+/// CPU keeps f32 tensors and runs its products on bf16-rounded operands with f32 sums
+/// (AVX512-BF16).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -363,7 +364,8 @@ pub fn cached_conv_algorithms() -> usize {
 /// # Ok::<(), sslab::Error>(())
 /// ```
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
-    if x.device().is_cpu() {
+    let bf16_out = super::precision::bf16_activations(x.device());
+    if x.device().is_cpu() && !bf16_out {
         // Under bf16 autocast on a CPU with AVX512-BF16, the products (Winograd's per-position
         // GEMMs, im2col's GEMM) take bf16-rounded operands with f32 sums; tensors stay f32.
         let bf16 = super::precision::autocast_precision() == super::precision::Precision::Bf16
@@ -371,8 +373,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tenso
             && x.dtype() == candle_core::DType::F32;
         return conv2d_in(x, w, stride, pad, bf16);
     }
-    // Under bf16 autocast: bf16 operands, the result back in f32.
-    super::precision::autocast_pair(x, w, |x, w| conv2d_in(x, w, stride, pad, false))
+    // Under bf16 autocast: bf16 operands, the result bf16 where activations stay bf16 (CUDA).
+    super::precision::autocast_pair(x, w, true, |x, w| conv2d_in(x, w, stride, pad, false))
 }
 
 /// [`conv2d`] in the operands' own dtype (CPU products in bf16 with `bf16`).
