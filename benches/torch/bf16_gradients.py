@@ -7,7 +7,13 @@ two views of 32 fixed pseudo-random images (splitmix64, as the test's `common::s
 from an identical momentum encoder, and MoCo v3's loss at tau 0.2. It prints the cosine and the
 relative norm of the difference between the two gradients, all trainable tensors as one vector.
 
-    benches/.venv/bin/python benches/torch/bf16_gradients.py [--seeds N]
+`--model barlow-twins`: the same for a Barlow Twins step of the `barlow-twins/tiny` shape
+(ResNet-18 of width 16, CIFAR stem, 512-512-512 projector, lambda 0.0051, 16 images), the
+twin of the Barlow Twins line of `every_method_steps_with_bf16_activations` in
+kernel-lib/tests/bf16_activations.rs. PyTorch's CPU autocast keeps a ResNet's activations in
+bf16 between ops (convolution outputs, BatchNorm, ReLU, the residual add), as sslab does on CUDA.
+
+    benches/.venv/bin/python benches/torch/bf16_gradients.py [--seeds N] [--model M]
 
 Not run by the tests or CI (PyTorch is a benchmark-only dependency).
 """
@@ -91,11 +97,43 @@ def deviation(seed, init):
     return cos, ((g16 - g32).norm() / g32.norm()).item()
 
 
+def barlow_twins_deviation(seed):
+    torch.manual_seed(seed)
+    net = W.ResNet18(16, zero_init=False)
+    model = torch.nn.Sequential(net, W.mlp([net.dim, 512, 512, 512], bias=False))
+    params = list(model.parameters())
+    x1 = splitmix(16 * 3 * 32 * 32, 31).reshape(16, 3, 32, 32)
+    x2 = splitmix(16 * 3 * 32 * 32, 32).reshape(16, 3, 32, 32)
+
+    def grads(amp):
+        for p in params:
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            z1, z2 = model(x1), model(x2)
+            if amp:
+                with torch.no_grad():
+                    h = net.blocks[0](net.stem(x1))
+                assert h.dtype == torch.bfloat16, "autocast keeps a ResNet's activations in bf16"
+        loss = W.barlow_twins_loss(z1.float(), z2.float(), 0.0051, 1.0)
+        loss.backward()
+        return torch.cat([p.grad.flatten().double() for p in params])
+
+    g32, g16 = grads(False), grads(True)
+    cos = torch.nn.functional.cosine_similarity(g16, g32, 0).item()
+    return cos, ((g16 - g32).norm() / g32.norm()).item()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3, help="weight initialisations to try")
+    ap.add_argument("--model", choices=["moco-v3-vit", "barlow-twins"], default="moco-v3-vit")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.model == "barlow-twins":
+        for seed in range(args.seeds):
+            cos, rel = barlow_twins_deviation(seed)
+            print(f"RESULT bf16_gradients model=barlow-twins seed={seed} cosine={cos:.4f} relative={rel:.3f}")
+        return
     # `pytorch`: the twin's default init (random positions x 0.02); `moco-v3`: sslab's.
     for init in ("pytorch", "moco-v3"):
         for seed in range(args.seeds):

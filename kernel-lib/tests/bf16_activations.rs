@@ -187,13 +187,15 @@ fn every_method_steps_with_bf16_activations() {
         let mut cfg = RunConfig::preset(preset).unwrap();
         cfg.device = "cpu".into();
         let mut run = Run::new(cfg).unwrap();
-        let mut step = |bf16: bool| {
+        // (autocast, bf16 activations): f32; the CPU's bf16 (rounded operands, f32
+        // activations); the GPU's bf16 flow.
+        let mut step = |(bf16, stored): (bool, bool)| {
             let _g = autocast(if bf16 {
                 Precision::Bf16
             } else {
                 Precision::F32
             });
-            let _on = bf16_activations_on_cpu(bf16);
+            let _on = bf16_activations_on_cpu(stored);
             let out = run.method_mut().forward_train(&a, &b).unwrap();
             let grads = out.loss.backward().unwrap();
             let mut flat = Vec::new();
@@ -207,16 +209,21 @@ fn every_method_steps_with_bf16_activations() {
             assert!(flat.iter().all(|v| v.is_finite()), "{preset}: gradient");
             (out.loss.to_scalar::<f32>().unwrap(), flat)
         };
-        let (l32, g32) = step(false);
-        let (l16, g16) = step(true);
+        let (l32, g32) = step((false, false));
+        let (_, g_operands) = step((true, false));
+        let (l16, g16) = step((true, true));
         let cos = common::cosine(&g16, &g32);
-        eprintln!("{preset}: loss {l16:.5} vs f32 {l32:.5}, gradient cosine {cos:.4}");
+        eprintln!(
+            "{preset}: loss {l16:.5} vs f32 {l32:.5}, gradient cosine {cos:.4} (rounded \
+             operands alone: {:.4})",
+            common::cosine(&g_operands, &g32)
+        );
         assert!(
             (l16 - l32).abs() <= 3e-2 * l32.abs().max(1e-3),
             "{preset}: loss {l16} vs {l32}"
         );
-        // The ViT's bf16 gradient at initialisation sits further from f32 (cosine 0.96, see
-        // tests/precision.rs); the ResNets' within 0.99.
+        // At initialisation bf16 gradients sit 0.93-1.00 from f32 (the ViT's as PyTorch's
+        // autocast puts it, see tests/precision.rs); a lost gradient path falls far below.
         assert!(cos > 0.9, "{preset}: gradient cosine {cos:.4}");
     }
 }

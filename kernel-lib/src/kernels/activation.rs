@@ -289,11 +289,14 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// Exact (erf) GELU: on the CPU sslab's parallel kernel with a one-pass derivative, on CUDA
-/// its CUDA kernels (f32 or bf16), elsewhere candle's `gelu_erf` (which computes a bf16
-/// input in f32 too).
+/// its CUDA kernels (f32 or bf16), elsewhere candle's `gelu_erf` (a bf16 input through f32).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if own_kernel_data(x) {
         return Ok(x.contiguous()?.apply_op1(GeluOp)?);
+    }
+    if x.dtype() == candle_core::DType::BF16 {
+        // As the CUDA kernel: f32 arithmetic, one rounding each way.
+        return super::precision::via_f32(x, gelu);
     }
     Ok(x.gelu_erf()?)
 }

@@ -300,12 +300,16 @@ impl CustomOp1 for ColumnSums {
 /// `y + b` with `(d,)`-shaped `b` broadcast over the rows of a `(rows, d)` `y`: a linear
 /// layer's bias. On the CPU and CUDA sslab's kernel (its bias gradient as column sums, from
 /// row blocks in parallel; on CUDA `y` may be a bf16 activation, the result then bf16 and the
-/// bias and its gradient f32), elsewhere candle's broadcast add in `y`'s dtype.
+/// bias and its gradient f32), elsewhere candle's broadcast add (in f32 for a bf16 `y`).
 pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     if own_kernel_data(y) && own_kernel(b) && y.device().same_device(b.device()) {
         return Ok(y.apply_op2(b, AddBiasOp)?);
     }
-    Ok(y.broadcast_add(&b.to_dtype(y.dtype())?)?)
+    if y.dtype() == candle_core::DType::BF16 && b.dtype() == candle_core::DType::F32 {
+        // As the CUDA kernel: f32 arithmetic, the bias gradient summed in f32.
+        return super::precision::via_f32(y, |y| add_bias(y, b));
+    }
+    Ok(y.broadcast_add(b)?)
 }
 
 /// `x ⊙ w + b` with `(d,)`-shaped `w` and `b` broadcast over the last axis: LayerNorm's affine

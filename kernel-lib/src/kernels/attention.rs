@@ -283,7 +283,7 @@ mod on_cuda {
     use crate::kernels::cuda::{int, view, warp_per_row, Buf, PushTyped, View, SOFTMAX};
     use candle_core::cuda::cudarc::cublas::{result, sys, CudaBlas};
     use candle_core::cuda::cudarc::driver::{
-        CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg, SyncOnDrop,
+        CudaStream, DevicePtr, DevicePtrMut, PushKernelArg, SyncOnDrop,
     };
     use candle_core::cuda::WrapErr;
     use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
@@ -424,12 +424,7 @@ mod on_cuda {
     /// `(batch, heads, tokens, tokens)` probabilities `softmax(s·Q·Kᵀ)` of every head, in the
     /// qkv's dtype (the next product reads them with V or dO), and the raw scores' f32 buffer
     /// (free for the backward's `dP`).
-    fn probabilities(
-        dev: &CudaDevice,
-        x: &View,
-        g: Geometry,
-        tf32: bool,
-    ) -> CResult<(Buf, CudaSlice<f32>)> {
+    fn probabilities(dev: &CudaDevice, x: &View, g: Geometry, tf32: bool) -> CResult<(Buf, Buf)> {
         let (t, hh) = (g.tokens, g.heads);
         let n = g.batch * hh * t * t;
         let mut s = Buf::F32(unsafe { dev.alloc::<f32>(n)? });
@@ -439,9 +434,6 @@ mod on_cuda {
             let dims = (t, t, g.width, g.batch);
             gemm(&blas, tf32, dims, q, k, &mut s, (h * t * t, t, hh * t * t))?;
         }
-        let Buf::F32(s) = s else {
-            unreachable!("the scores were allocated as f32 above")
-        };
         let p = Buf::alloc(dev, x.dtype(), n)?;
         let kernel = match x.dtype() {
             DType::BF16 => "softmax_to_bf16",
@@ -450,7 +442,7 @@ mod on_cuda {
         let f = dev.get_or_load_custom_func(kernel, SOFTMAX.name, SOFTMAX.ptx)?;
         let (rows, d, scale) = ((g.batch * hh * t) as i64, int(t, "tokens")?, g.scale());
         let mut b = f.builder();
-        b.arg(&s).buf(&p).arg(&rows).arg(&d).arg(&scale);
+        b.buf(&s).buf(&p).arg(&rows).arg(&d).arg(&scale);
         unsafe { b.launch(warp_per_row(rows as usize)) }.w()?;
         Ok((p, s))
     }
@@ -523,8 +515,7 @@ mod on_cuda {
         if g.batch * t * w == 0 {
             return Ok((dx.into_storage(dev), l1.shape().clone()));
         }
-        let (p, dp) = probabilities(dev, &x, g, tf32)?;
-        let mut dp = Buf::F32(dp);
+        let (p, mut dp) = probabilities(dev, &x, g, tf32)?;
         let blas = dev.cublas_handle();
         let img = t * r;
         for h in 0..g.heads {
