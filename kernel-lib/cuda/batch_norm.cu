@@ -117,3 +117,88 @@ FOR_F32_AND_BF16(BN_GRAD_SUMS)
         }                                                                                   \
     }
 FOR_F32_AND_BF16(BN_GRAD_INPUT)
+
+// (rows, c) data: BatchNorm1d, and channels-last (NHWC) activations seen as (n·h·w, c). With one
+// value per (row, channel) the kernels above would give each channel's block one busy thread;
+// here a block of ROWS_X × ROWS_Y threads takes ROWS_X adjacent columns (coalesced reads of each
+// row) over a chunk of rows, sums them in double, and adds its partial sums into acc[2·c]
+// (double atomics); bn_finish_stats / bn_finish_sums turn acc into what the kernels above write.
+
+#define ROWS_X 32
+#define ROWS_Y 8
+
+// Adds a block's column partials a, b (per thread) into acc[col], acc[c + col].
+__device__ void columns_add(double a, double b, double *acc, int c, int col) {
+    __shared__ double sa[ROWS_Y][ROWS_X], sb[ROWS_Y][ROWS_X];
+    sa[threadIdx.y][threadIdx.x] = a;
+    sb[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < c) {
+        for (int k = 1; k < ROWS_Y; ++k) {
+            a += sa[k][threadIdx.x];
+            b += sb[k][threadIdx.x];
+        }
+        atomicAdd(acc + col, a);
+        atomicAdd(acc + c + col, b);
+    }
+}
+
+// acc[0..c) += Σ x, acc[c..2c) += Σ x² over this block's rows.
+#define BN_STATS_ROWS(T, sfx)                                                               \
+    extern "C" __global__ void bn_stats_rows_##sfx(const T *x, double *acc, long long rows, \
+                                                   int c, long long chunk) {                \
+        int col = blockIdx.x * ROWS_X + threadIdx.x;                                        \
+        long long r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);                      \
+        double s = 0.0, ss = 0.0;                                                           \
+        if (col < c) {                                                                      \
+            for (long long r = r0 + threadIdx.y; r < r1; r += ROWS_Y) {                     \
+                double v = ld(x, r * c + col);                                              \
+                s += v;                                                                     \
+                ss += v * v;                                                                \
+            }                                                                               \
+        }                                                                                   \
+        columns_add(s, ss, acc, c, col);                                                    \
+    }
+FOR_F32_AND_BF16(BN_STATS_ROWS)
+
+// stats as bn_stats writes them, from acc of `count` values per channel.
+extern "C" __global__ void bn_finish_stats(const double *acc, float *stats, int c, double count,
+                                           float eps) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    double mean = acc[ch] / count;
+    double var = acc[c + ch] / count - mean * mean;
+    if (var < 0.0) var = 0.0;
+    stats[ch] = (float)mean;
+    stats[c + ch] = (float)var;
+    stats[2 * c + ch] = (float)(1.0 / sqrt(var + (double)eps));
+}
+
+// acc[0..c) += Σ g, acc[c..2c) += Σ g·x̂ over this block's rows, g masked as in bn_grad_sums.
+#define BN_GRAD_SUMS_ROWS(T, sfx)                                                           \
+    extern "C" __global__ void bn_grad_sums_rows_##sfx(                                     \
+        const T *x, const T *dy, const T *y, const float *stats, double *acc,               \
+        long long rows, int c, long long chunk, int relu) {                                 \
+        int col = blockIdx.x * ROWS_X + threadIdx.x;                                        \
+        long long r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);                      \
+        double sg = 0.0, sgx = 0.0;                                                         \
+        if (col < c) {                                                                      \
+            const float mean = stats[col], inv_std = stats[2 * c + col];                    \
+            for (long long r = r0 + threadIdx.y; r < r1; r += ROWS_Y) {                     \
+                long long i = r * c + col;                                                  \
+                double g = masked(dy, y, i, relu);                                          \
+                sg += g;                                                                    \
+                sgx += g * (double)((ld(x, i) - mean) * inv_std);                           \
+            }                                                                               \
+        }                                                                                   \
+        columns_add(sg, sgx, acc, c, col);                                                  \
+    }
+FOR_F32_AND_BF16(BN_GRAD_SUMS_ROWS)
+
+// sums as bn_grad_sums writes them, from acc.
+extern "C" __global__ void bn_finish_sums(const double *acc, float *sums, int c) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    sums[ch] = (float)acc[ch];
+    sums[c + ch] = (float)acc[c + ch];
+}

@@ -23,12 +23,17 @@ fn run(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, relu: bool, dev: &Device)
 #[test]
 fn batch_norm_matches_the_cpu_kernel() {
     let Some(dev) = gpu(false) else { return };
-    // A ResNet stage, a late small plane, a projector's BN1d (rank 2), a plane wider than a block.
+    // A ResNet stage, a late small plane, a projector's BN1d (rank 2), a plane wider than a
+    // block; rank-2 data takes the column kernels (`_rows`): a channels-last feature map seen
+    // as (n·h·w, c), a wide projector, and columns that do not fill a block.
     for dims in [
         vec![8, 64, 32, 32],
         vec![4, 256, 7, 7],
         vec![64, 512],
         vec![2, 3, 40, 40],
+        vec![8 * 32 * 32, 64],
+        vec![256, 8192],
+        vec![300, 5],
     ] {
         let c = dims[1];
         // Offset and scaled input: the variance must not come from E[x²] − mean² cancellation.

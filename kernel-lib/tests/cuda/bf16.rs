@@ -56,7 +56,7 @@ fn bf16_kernels_match_the_cpu_computed_in_f32() {
         }
     };
     let (bn_plain, bn_relu) = (bn(false), bn(true));
-    let cases: [(&str, Op, &Tensor, bool); 7] = [
+    let cases: [(&str, Op, &Tensor, bool); 8] = [
         ("relu", &|x, _, _| relu(x).unwrap(), &gamma, false),
         (
             "add_relu",
@@ -68,6 +68,8 @@ fn bf16_kernels_match_the_cpu_computed_in_f32() {
         ("bias", &|x, _, p| add_bias(x, p).unwrap(), &bias, true),
         ("batchnorm", &bn_plain, &gamma, false),
         ("batchnorm+relu", &bn_relu, &gamma, false),
+        // Rank 2: the column kernels, as a channels-last map or a projector reaches them.
+        ("batchnorm rows", &bn_relu, &bias, true),
         (
             "batchnorm (no affine part)",
             &|x, _, _| batch_norm_train(x, 1e-5, true, None).unwrap().0,

@@ -11,7 +11,7 @@ use crate::kernels::cuda::{
     BATCH_NORM,
 };
 use crate::kernels::storage::CResult;
-use candle_core::cuda::cudarc::driver::PushKernelArg;
+use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda::WrapErr;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
@@ -44,6 +44,54 @@ fn data3<'a>(
     Ok((x, dy, y))
 }
 
+/// Columns per block and rows per column of the `_rows` kernels (`ROWS_X`, `ROWS_Y` in
+/// `batch_norm.cu`).
+const ROWS_X: usize = 32;
+const ROWS_Y: usize = 8;
+
+/// Column sums of `(rows, c)` data by a `_rows` kernel of `batch_norm.cu`: `kernel(data…, [stats,]
+/// acc, rows, c, chunk[, relu])` adds each block's partial sums over a chunk of rows into a
+/// zeroed `double[2·c]`, returned (`grad`: the statistics and the ReLU flag of the gradient
+/// sums). Chunks are sized for about a thousand blocks in all (at least 64 rows each), so a
+/// projector's BatchNorm1d of a few hundred rows and a channels-last feature map of hundreds of
+/// thousands both fill the GPU.
+fn rows_sums(
+    dev: &candle_core::CudaDevice,
+    kernel: &str,
+    data: &[&View],
+    (rows, c): (usize, usize),
+    grad: Option<(&CudaView<'_, f32>, i32)>,
+) -> CResult<CudaSlice<f64>> {
+    let acc = dev.alloc_zeros::<f64>(2 * c)?;
+    let col_blocks = c.div_ceil(ROWS_X).max(1);
+    let chunks = 1024usize
+        .div_ceil(col_blocks)
+        .min(rows.div_ceil(64))
+        .clamp(1, 65_535);
+    let chunk = rows.div_ceil(chunks).max(1);
+    let cfg = LaunchConfig {
+        grid_dim: (col_blocks as u32, rows.div_ceil(chunk).max(1) as u32, 1),
+        block_dim: (ROWS_X as u32, ROWS_Y as u32, 1),
+        shared_mem_bytes: 0,
+    };
+    let name = typed(kernel, data)?;
+    let f = dev.get_or_load_custom_func(&name, BATCH_NORM.name, BATCH_NORM.ptx)?;
+    let (rows64, ci, chunk64) = (rows as i64, int(c, "channels")?, chunk as i64);
+    let mut b = f.builder();
+    for v in data {
+        b.view(v);
+    }
+    if let Some((stats, _)) = &grad {
+        b.arg(*stats);
+    }
+    b.arg(&acc).arg(&rows64).arg(&ci).arg(&chunk64);
+    if let Some((_, relu)) = &grad {
+        b.arg(relu);
+    }
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(acc)
+}
+
 /// Per-channel mean, biased variance and `1/√(var + eps)` as a `(3, c)` tensor.
 struct StatsOp {
     eps: f64,
@@ -61,6 +109,20 @@ impl CustomOp1 for StatsOp {
         let (n, c, inner) = bn_dims(l.dims());
         let dev = &s.device;
         let stats = unsafe { dev.alloc::<f32>(3 * c)? };
+        if inner == 1 {
+            // (rows, c): a block per run of columns, not per channel (see `rows_launch`).
+            let acc = rows_sums(dev, "bn_stats_rows", &[&x], (n, c), None)?;
+            let f =
+                dev.get_or_load_custom_func("bn_finish_stats", BATCH_NORM.name, BATCH_NORM.ptx)?;
+            let (ci, count, eps) = (int(c, "channels")?, n as f64, self.eps as f32);
+            let mut b = f.builder();
+            b.arg(&acc).arg(&stats).arg(&ci).arg(&count).arg(&eps);
+            unsafe { b.launch(elementwise(c)) }.w()?;
+            return Ok((
+                CudaStorage::wrap_cuda_slice(stats, dev.clone()),
+                Shape::from((3, c)),
+            ));
+        }
         let f = dev.get_or_load_custom_func(
             &typed("bn_stats", &[&x])?,
             BATCH_NORM.name,
@@ -195,13 +257,29 @@ impl CustomOp3 for GradSumsOp {
         let (n, c, inner) = bn_dims(l1.dims());
         let dev = &s1.device;
         let sums = unsafe { dev.alloc::<f32>(2 * c)? };
+        let relu = self.relu as i32;
+        if inner == 1 {
+            let acc = with_f32(&self.stats, "batchnorm statistics", |stats| {
+                let data = [&x, &dy, &y];
+                rows_sums(dev, "bn_grad_sums_rows", &data, (n, c), Some((stats, relu)))
+            })?;
+            let f =
+                dev.get_or_load_custom_func("bn_finish_sums", BATCH_NORM.name, BATCH_NORM.ptx)?;
+            let ci = int(c, "channels")?;
+            let mut b = f.builder();
+            b.arg(&acc).arg(&sums).arg(&ci);
+            unsafe { b.launch(elementwise(c)) }.w()?;
+            return Ok((
+                CudaStorage::wrap_cuda_slice(sums, dev.clone()),
+                Shape::from((2, c)),
+            ));
+        }
         let f = dev.get_or_load_custom_func(
             &typed("bn_grad_sums", &[&x, &dy, &y])?,
             BATCH_NORM.name,
             BATCH_NORM.ptx,
         )?;
         let (ni, ci, ii) = (int(n, "batch")?, int(c, "channels")?, int(inner, "plane")?);
-        let relu = self.relu as i32;
         with_f32(&self.stats, "batchnorm statistics", |stats| {
             let mut b = f.builder();
             b.view(&x).view(&dy).view(&y).arg(stats).arg(&sums);
