@@ -2,8 +2,9 @@
 # On the GPU machine (see benches/gpu-prepare.sh), in one `run` call with carry [".gpu"]:
 #   bash .gpu/gpu.sh [SECTION...]      sections, in this order by default:
 #   tests  the CUDA tests built by gpu-prepare.sh (kernel-lib/tests/cuda: every ResNet-18 and
-#          ResNet-50 convolution shape against the CPU kernels and candle; BatchNorm, the
-#          activations, the optimizer updates and the EMA against the CPU kernels);
+#          ResNet-50 convolution shape against the CPU kernels and candle, and NHWC against
+#          NCHW; BatchNorm, the activations, the optimizer updates and the EMA against the CPU
+#          kernels; their bf16 instantiations and a bf16 step against the CPU's bf16 flow);
 #   conv   per-pass TFLOP/s of every ResNet-18 (batch 256) and ResNet-50 (224 px, batch 128)
 #          convolution, sslab (cuDNN) and PyTorch (cudnn.benchmark) back to back;
 #   check  a CPU-vs-CUDA check of every method's first training steps (same seed, strict fp32:
@@ -12,8 +13,9 @@
 #          variables) against the plain CUDA run: the same losses step by step;
 #   steps  sslab on CUDA vs PyTorch on the same card, workload by workload: batch 256 (and 64),
 #          and the GPU-sized presets (ResNet-50 Barlow Twins at 224 px, MoCo v3 ViT-S/16),
-#          PyTorch in fp32 and as GPU users run it (bf16 autocast + channels-last); sslab in f32
-#          and in bf16 (`--precision bf16`);
+#          PyTorch in fp32 and as GPU users run it (bf16 autocast + channels-last); sslab in f32,
+#          in bf16 (`--precision bf16`: bf16 activations) and, for the ResNets, in bf16 with
+#          channels-last activations (`--set cuda.channels_last=true`);
 #   bf16   100 steps of the tiny presets in f32 and in bf16: the kNN at the end should agree.
 # Every command has its own timeout and appends to $OUT/gpu.log and $OUT/gpu-table.md as it
 # goes, so a call cut short still brings back what ran. At the end benches/gpu_report.py writes
@@ -165,6 +167,7 @@ if want steps; then
   for w in barlow-twins moco-v2 moco-v3-vit; do
     run 90 sslab $w 256 f32 $S bench $w --device cuda --steps 10 --batch 256
     run 90 sslab $w 256 bf16 $S bench $w --device cuda --steps 10 --batch 256 --precision bf16
+    [ $w != moco-v3-vit ] && run 90 sslab $w 256 bf16+cl $S bench $w --device cuda --steps 10 --batch 256 --precision bf16 --set cuda.channels_last=true
     run 90 torch $w 256 fp32 python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 256
     run 90 torch $w 256 bf16+cl python3 $G/torch/workloads.py $w --device cuda --steps 10 --batch 256 --amp --channels-last
   done
@@ -172,6 +175,7 @@ if want steps; then
     w=${wp%%:*}; p=${wp#*:}
     run 150 sslab $p 128 f32 $S bench $w --preset $p --device cuda --steps 5 --batch 128
     run 150 sslab $p 128 bf16 $S bench $w --preset $p --device cuda --steps 5 --batch 128 --precision bf16
+    [ $w = barlow-twins ] && run 150 sslab $p 128 bf16+cl $S bench $w --preset $p --device cuda --steps 5 --batch 128 --precision bf16 --set cuda.channels_last=true
     run 120 torch $p 128 fp32 python3 $G/torch/workloads.py $w --preset $p --device cuda --steps 5 --batch 128
     run 120 torch $p 128 bf16+cl python3 $G/torch/workloads.py $w --preset $p --device cuda --steps 5 --batch 128 --amp --channels-last
   done

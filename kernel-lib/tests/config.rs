@@ -244,7 +244,7 @@ fn set_changes_one_key_and_validates() {
 /// (`method`, `model.backbone`, `augment.recipe`, `optim.kind`, `optim.schedule`, the momentum
 /// schedules were strings): both still load, and the config prints back the same text (plus
 /// what was added after it was written, at its defaults: two linear-probe keys, `precision`,
-/// `[cuda]` and the sections of SimCLR, BYOL, SimSiam and VICReg).
+/// `[cuda]` (`tf32`, `channels_last`) and the sections of SimCLR, BYOL, SimSiam and VICReg).
 #[test]
 fn configs_saved_before_typed_names_load_and_print_back_the_same() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -255,7 +255,7 @@ fn configs_saved_before_typed_names_load_and_print_back_the_same() {
     assert_eq!(c.method, "barlow-twins");
     let added = [
         "linear_probe_epochs = 30\nlinear_probe_lr = 0.0\n",
-        "\n[cuda]\ntf32 = true\n",
+        "\n[cuda]\ntf32 = true\nchannels_last = false\n",
         "precision = \"f32\"\n",
         "\n[simclr]\nprojector = [\n    2048,\n    128,\n]\ntau = 0.1\n",
         "\n[byol]\nprojector = [\n    4096,\n    256,\n]\npredictor_hidden = 4096\nmomentum = 0.996\nmomentum_schedule = \"cosine\"\n",

@@ -9,6 +9,7 @@
 //! | `batch_norm/` | training-mode BatchNorm, with the affine part and ReLU fused (CPU; CUDA kernels in `cuda/batch_norm.cu`) ([`batch_norm_train`], [`batch_norm_affine_train`]); LayerNorm's normalisation ([`normalize_rows`]) |
 //! | `activation.rs` | ReLU, residual add + ReLU, exact GELU ([`relu`], [`add_relu`], [`gelu`]) |
 //! | `affine.rs` | a linear layer's bias, LayerNorm's scale and shift ([`add_bias`], [`scale_shift_rows`]) |
+//! | `layout.rs` | channels-last (NHWC) ResNet activations on CUDA ([`set_channels_last`]) |
 //! | `precision.rs` | mixed precision as autocast: bf16 convolutions and matrix products, f32 elsewhere ([`autocast`], [`Precision`]) |
 //! | `attention.rs` | multi-head self-attention from the fused qkv projection: no head-split copies, probabilities recomputed in the backward ([`attention`]) |
 //! | `collective.rs` | sums and gathers across ranks with their backward ([`all_reduce`], [`all_gather`]; the [`Collective`] a world implements, `crate::dist` the rest) |
@@ -36,6 +37,7 @@ mod batch_norm;
 pub mod bench;
 mod collective;
 mod conv;
+mod layout;
 mod matmul;
 mod matmul_bf16;
 pub(crate) mod optim_update;
@@ -52,7 +54,11 @@ pub use batch_norm::{batch_norm_affine_train, batch_norm_train, normalize_rows};
 pub use collective::{all_gather, all_reduce, Collective, World};
 pub use conv::plan::{conv_tf32, set_conv_tf32};
 pub use conv::winograd::{set_winograd, winograd};
-pub use conv::{cached_conv_algorithms, conv2d};
+pub use conv::{cached_conv_algorithms, conv2d, conv2d_channels_last};
+pub(crate) use layout::channels_last_on;
+pub use layout::{channels_last, set_channels_last};
+#[doc(hidden)]
+pub use layout::{channels_last_here, ChannelsLastHere};
 pub use matmul::{autocast_matmul, batched_matmul, linear};
 pub use optim_update::{ema, GroupSettings, OptimKind};
 pub(crate) use precision::via_f32;

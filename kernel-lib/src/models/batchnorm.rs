@@ -115,6 +115,30 @@ impl BatchNorm {
         self.forward_split_act(x, train, groups, true)
     }
 
+    /// [`forward_split`](Self::forward_split) (then a ReLU when `relu`) of channels-last
+    /// `(…, c)` activations: BatchNorm of the `(rows, c)` matrix of every position's channels,
+    /// which is BatchNorm1d, in every mode (split groups are runs of whole images, since an
+    /// image's positions are consecutive rows).
+    pub fn forward_channels_last(
+        &self,
+        x: &Tensor,
+        train: bool,
+        groups: usize,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let c = *dims.last().unwrap_or(&0);
+        if c != self.channels {
+            return Err(Error::Shape(format!(
+                "BatchNorm of {} channels got channels-last input {dims:?}",
+                self.channels
+            )));
+        }
+        let rows = x.elem_count() / c.max(1);
+        let y = self.forward_split_act(&x.reshape((rows, c))?, train, groups, relu)?;
+        Ok(y.reshape(dims)?)
+    }
+
     fn forward_split_act(
         &self,
         x: &Tensor,

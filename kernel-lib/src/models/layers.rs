@@ -113,6 +113,12 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         kernels::conv2d(x, self.weight.as_tensor(), self.stride, self.padding)
     }
+
+    /// The same convolution of channels-last `(n, h, w, c)` input, NHWC out
+    /// ([`kernels::conv2d_channels_last`]); the weight stays `(out, in, k, k)`.
+    pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
+        kernels::conv2d_channels_last(x, self.weight.as_tensor(), self.stride, self.padding)
+    }
 }
 
 /// A convolution written as an explicit im2col (k² shifted, strided views of the padded

@@ -57,20 +57,43 @@ struct Block {
     downsample: Option<(Conv2d, BatchNorm)>,
 }
 
+/// How a forward pass lays out its activations and what that changes per layer.
+#[derive(Clone, Copy, Debug)]
+struct Pass {
+    train: bool,
+    /// BatchNorm groups (see [`ResNet::set_bn_splits`]).
+    splits: usize,
+    /// NHWC activations (`kernels::set_channels_last`) instead of NCHW.
+    channels_last: bool,
+}
+
+impl Pass {
+    fn conv(&self, conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+        if self.channels_last {
+            return conv.forward_channels_last(x);
+        }
+        conv.forward(x)
+    }
+
+    /// BatchNorm, then a ReLU when `relu`.
+    fn bn(&self, bn: &BatchNorm, x: &Tensor, relu: bool) -> Result<Tensor> {
+        match (self.channels_last, relu) {
+            (true, _) => bn.forward_channels_last(x, self.train, self.splits, relu),
+            (false, true) => bn.forward_split_relu(x, self.train, self.splits),
+            (false, false) => bn.forward_split(x, self.train, self.splits),
+        }
+    }
+}
+
 impl Block {
-    fn forward_t(&self, x: &Tensor, train: bool, splits: usize) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            let c = conv.forward(&h)?;
-            h = if i < last {
-                bn.forward_split_relu(&c, train, splits)?
-            } else {
-                bn.forward_split(&c, train, splits)?
-            };
+            h = pass.bn(bn, &pass.conv(conv, &h)?, i < last)?;
         }
         let shortcut = match &self.downsample {
-            Some((c, bn)) => bn.forward_split(&c.forward(x)?, train, splits)?,
+            Some((c, bn)) => pass.bn(bn, &pass.conv(c, x)?, false)?,
             None => x.clone(),
         };
         add_relu(&h, &shortcut)
@@ -82,12 +105,18 @@ impl Block {
 /// pool is built from ops that have one. Padding replicates the edge, which for a max is the
 /// same as padding with −∞.
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
+    pool_over(x, (2, 3))
+}
+
+/// [`max_pool_3x3_s2_p1`] over the spatial axes `(ya, xa)`: (2, 3) for NCHW, (1, 2) for NHWC.
+fn pool_over(x: &Tensor, (ya, xa): (usize, usize)) -> Result<Tensor> {
+    x.dims4()?;
+    let (h, w) = (x.dim(ya)?, x.dim(xa)?);
     let (ho, wo) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
     // Pad so every view `start .. start + 2·out` (start ≤ 2) fits.
     let x = x
-        .pad_with_same(2, 1, (2 * ho + 1).saturating_sub(h))?
-        .pad_with_same(3, 1, (2 * wo + 1).saturating_sub(w))?;
+        .pad_with_same(ya, 1, (2 * ho + 1).saturating_sub(h))?
+        .pad_with_same(xa, 1, (2 * wo + 1).saturating_sub(w))?;
     let strided = |t: &Tensor, dim: usize, start: usize, out: usize| -> Result<Tensor> {
         let t = t.narrow(dim, start, 2 * out)?;
         let mut shape = t.dims().to_vec();
@@ -97,9 +126,9 @@ pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
     };
     let mut out: Option<Tensor> = None;
     for dy in 0..3 {
-        let rows = strided(&x, 2, dy, ho)?;
+        let rows = strided(&x, ya, dy, ho)?;
         for dx in 0..3 {
-            let v = strided(&rows, 3, dx, wo)?;
+            let v = strided(&rows, xa, dx, wo)?;
             out = Some(match out {
                 Some(m) => m.maximum(&v)?,
                 None => v,
@@ -218,20 +247,36 @@ impl ResNet {
                 x.dims()
             )));
         }
-        let mut h =
-            self.stem
-                .1
-                .forward_split_relu(&self.stem.0.forward(x)?, train, self.bn_splits)?;
+        let pass = Pass {
+            train,
+            splits: self.bn_splits,
+            channels_last: crate::kernels::channels_last_on(x.device()),
+        };
+        // Channels-last: converted once here, back at the outputs.
+        let x = if pass.channels_last {
+            x.permute((0, 2, 3, 1))?.contiguous()?
+        } else {
+            x.clone()
+        };
+        let mut h = pass.bn(&self.stem.1, &pass.conv(&self.stem.0, &x)?, true)?;
         if self.maxpool {
-            h = max_pool_3x3_s2_p1(&h)?;
+            h = match pass.channels_last {
+                true => pool_over(&h, (1, 2))?,
+                false => pool_over(&h, (2, 3))?,
+            };
         }
         for b in &self.blocks {
-            h = b.forward_t(&h, train, self.bn_splits)?;
+            h = b.forward_t(&h, pass)?;
         }
         // The network's outputs are f32 whatever its activations were (bf16 under a bf16
         // autocast on CUDA, `kernels::precision`): the pool then sums in f32 and what follows
-        // (heads, losses, dense correspondence) never sees bf16.
+        // (heads, losses, dense correspondence) never sees bf16. They are NCHW either way.
         let h = h.to_dtype(candle_core::DType::F32)?;
+        let h = if pass.channels_last {
+            h.permute((0, 3, 1, 2))?.contiguous()?
+        } else {
+            h
+        };
         let pooled = h.mean((2, 3))?;
         Ok(ResNetOutput {
             feature_map: h,

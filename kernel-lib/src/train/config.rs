@@ -58,11 +58,19 @@ pub struct CudaConfig {
     /// (`torch.backends.cudnn.allow_tf32`); `false` forces strict fp32, for comparisons with
     /// the CPU. Process-wide: the run built last sets it ([`crate::kernels::set_conv_tf32`]).
     pub tf32: bool,
+    /// ResNets keep their activations channels-last (NHWC) on the GPU, as PyTorch with
+    /// `memory_format=torch.channels_last`: cuDNN's tensor-core convolutions read NHWC without
+    /// transposing (`kernels::set_channels_last`). Same numbers up to summation order.
+    /// Process-wide, as `tf32`.
+    pub channels_last: bool,
 }
 
 impl Default for CudaConfig {
     fn default() -> Self {
-        CudaConfig { tf32: true }
+        CudaConfig {
+            tf32: true,
+            channels_last: false,
+        }
     }
 }
 

@@ -93,6 +93,7 @@ impl Run {
             config.augment.scale_min,
         );
         crate::kernels::set_conv_tf32(config.cuda.tf32);
+        crate::kernels::set_channels_last(config.cuda.channels_last);
         if config.precision == crate::kernels::Precision::Bf16
             && device.is_cpu()
             && !crate::kernels::cpu_has_bf16()

@@ -5,7 +5,7 @@
 use super::{gpu, rel_err};
 use candle_core::{DType, Device, Tensor, Var};
 use sslab::kernels::bench::{ConvShape, RESNET18_CIFAR_CONVS, RESNET50_IMAGENET_CONVS};
-use sslab::kernels::{cached_conv_algorithms, conv2d, set_conv_tf32};
+use sslab::kernels::{cached_conv_algorithms, conv2d, conv2d_channels_last, set_conv_tf32};
 use std::sync::Mutex;
 
 /// The TF32 switch is process-wide: the tests that set it take turns.
@@ -181,4 +181,95 @@ fn a_bf16_resnet_step_follows_f32() {
         (l16 - l32).abs() / l32.abs() < 3e-2,
         "bf16 loss {l16} vs f32 {l32}"
     );
+}
+
+/// Output and both gradients of `Σ conv_channels_last(x, w)·r` (x and r NHWC) on the GPU.
+fn passes_nhwc(x: &Tensor, w: &Tensor, r: &Tensor, s: ConvShape) -> [Tensor; 3] {
+    let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+    let y = conv2d_channels_last(&xv, &wv, s.stride, s.padding()).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (dx, dw) = (g.get(&xv).unwrap().clone(), g.get(&wv).unwrap().clone());
+    [y, dx, dw]
+}
+
+/// cuDNN's NHWC convolutions (channels-last) against its NCHW ones, for every ResNet-18 and
+/// ResNet-50 shape: the same numbers in strict f32 (up to summation order), the weight gradient
+/// in the parameter's own (out, in, k, k) layout.
+#[test]
+fn channels_last_convolutions_match_nchw() {
+    let Some(dev) = gpu(true) else { return };
+    let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
+    set_conv_tf32(false);
+    for (shapes, batch) in [
+        (&RESNET18_CIFAR_CONVS[..], 8),
+        (&RESNET50_IMAGENET_CONVS[..], 2),
+    ] {
+        for &s in shapes {
+            let x = Tensor::randn(0f32, 1.0, (batch, s.inp, s.size, s.size), &dev).unwrap();
+            let w = Tensor::randn(0f32, 0.1, (s.out, s.inp, s.kernel, s.kernel), &dev).unwrap();
+            let ho = s.out_size();
+            let r = Tensor::randn(0f32, 1.0, (batch, s.out, ho, ho), &dev).unwrap();
+            let nchw = passes(&x, &w, &r, s, false);
+            let to_nhwc = |t: &Tensor| t.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+            let nhwc = passes_nhwc(&to_nhwc(&x), &w, &to_nhwc(&r), s);
+            let back = |t: &Tensor| t.permute((0, 3, 1, 2)).unwrap();
+            let got = [back(&nhwc[0]), back(&nhwc[1]), nhwc[2].clone()];
+            for (i, pass) in ["forward", "input gradient", "weight gradient"]
+                .iter()
+                .enumerate()
+            {
+                assert_eq!(got[i].dims(), nchw[i].dims(), "{s} {pass}: shape");
+                let e = rel_err(&got[i], &nchw[i]);
+                assert!(e < STRICT, "{s} {pass}: NHWC vs NCHW {e:.2e}");
+            }
+        }
+    }
+    set_conv_tf32(true);
+}
+
+/// A ResNet-50 training step channels-last on the GPU against the same step in NCHW, in f32
+/// and in bf16 (bf16 activations): the same loss and gradients within the precision's rounding.
+#[test]
+fn a_channels_last_resnet_step_follows_nchw() {
+    use sslab::kernels::{autocast, channels_last_here, Precision};
+    use sslab::models::{Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
+    let Some(dev) = gpu(true) else { return };
+    let mut pb = ParamBuilder::new(4, &dev);
+    let cfg = ResNetConfig {
+        depth: Depth::R50,
+        stem: Stem::Imagenet,
+        width: 16,
+        zero_init_residual: false,
+    };
+    let net = ResNet::new(&mut pb, "r", &cfg).unwrap();
+    let store = pb.finish();
+    let x = Tensor::randn(0f32, 1.0, (8, 3, 64, 64), &dev).unwrap();
+    let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
+    set_conv_tf32(false);
+    let step = |p: Precision, cl: bool| {
+        let _g = autocast(p);
+        let _cl = channels_last_here(cl);
+        let out = net.forward_t(&x, true).unwrap();
+        let l = out.pooled.sqr().unwrap().mean_all().unwrap();
+        let grads = l.backward().unwrap();
+        let mut flat = Vec::new();
+        for q in store.trainable() {
+            let g = grads
+                .get(q.var.as_tensor())
+                .expect("every weight gets a gradient");
+            assert_eq!(g.dtype(), DType::F32, "{}", q.name);
+            let g = g.to_device(&Device::Cpu).unwrap();
+            flat.extend(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        (l.to_scalar::<f32>().unwrap(), flat)
+    };
+    for (p, tol, min_cos) in [(Precision::F32, 1e-4, 0.9999), (Precision::Bf16, 3e-2, 0.9)] {
+        let (l_nchw, g_nchw) = step(p, false);
+        let (l_nhwc, g_nhwc) = step(p, true);
+        let cos = super::common::cosine(&g_nhwc, &g_nchw);
+        eprintln!("{p:?}: loss NHWC {l_nhwc} NCHW {l_nchw}, gradient cosine {cos:.5}");
+        assert!((l_nhwc - l_nchw).abs() <= tol * l_nchw.abs(), "{p:?}: loss");
+        assert!(cos > min_cos, "{p:?}: gradient cosine {cos}");
+    }
+    set_conv_tf32(true);
 }

@@ -211,16 +211,21 @@ impl Call {
         math: MathMode,
     ) -> CResult<Self> {
         let d = descriptors(g)?;
-        let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        // The dims are NCHW-ordered either way; the format says how memory holds them (NHWC:
+        // channels innermost, the filter as OHWI).
+        let format = match g.format {
+            super::plan::Format::Nchw => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+            super::plan::Format::Nhwc => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+        };
         let data = sys_dtype(dtype);
         let tensor = |dims| -> CResult<TensorDesc> {
             let t = TensorDesc(result::create_tensor_descriptor()?);
-            unsafe { result::set_tensor4d_descriptor(t.0, nchw, data, dims) }?;
+            unsafe { result::set_tensor4d_descriptor(t.0, format, data, dims) }?;
             Ok(t)
         };
         let (x, y) = (tensor(d.x)?, tensor(d.y)?);
         let w = FilterDesc(result::create_filter_descriptor()?);
-        unsafe { result::set_filter4d_descriptor(w.0, data, nchw, d.w) }?;
+        unsafe { result::set_filter4d_descriptor(w.0, data, format, d.w) }?;
         let conv = ConvDesc(result::create_convolution_descriptor()?);
         unsafe {
             result::set_convolution2d_descriptor(

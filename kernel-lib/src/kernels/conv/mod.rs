@@ -45,6 +45,8 @@ pub(crate) struct ConvGeom {
     wo: usize,
     /// Products with bf16-rounded operands and f32 sums (CPU autocast bf16).
     bf16: bool,
+    /// Layout of the activations and the kernel (cuDNN only takes NHWC).
+    format: plan::Format,
 }
 
 impl ConvGeom {
@@ -70,7 +72,26 @@ impl ConvGeom {
             ho,
             wo,
             bf16: false,
+            format: plan::Format::Nchw,
         })
+    }
+
+    /// The geometry of an NHWC input `(n, h, w, c)` and an OHWI kernel `(o, k, k, c)`.
+    pub(crate) fn nhwc(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> CResult<Self> {
+        let (&[n, h, w, c], &[o, k, k2, ci]) = (x, wt) else {
+            candle_core::bail!("conv2d channels-last: input {x:?} and kernel {wt:?} are not 4-D");
+        };
+        let mut g = ConvGeom::new(&[n, c, h, w], &[o, ci, k, k2], stride, pad)?;
+        g.format = plan::Format::Nhwc;
+        Ok(g)
+    }
+
+    /// An error unless the geometry is NCHW, the only layout of the CPU kernels.
+    fn nchw_only(&self) -> CResult<()> {
+        if self.format != plan::Format::Nchw {
+            candle_core::bail!("conv2d: the CPU kernels take NCHW data");
+        }
+        Ok(())
     }
     /// This geometry with its products in bf16 (`true`) or f32.
     pub(crate) fn with_bf16(mut self, bf16: bool) -> Self {
@@ -183,6 +204,56 @@ impl CustomOp2 for Conv2dOp {
     }
 }
 
+/// A convolution of channels-last data on CUDA: NHWC input `(n, h, w, c)`, OHWI kernel
+/// `(o, k, k, c)`, NHWC output, through cuDNN's NHWC descriptors; the backward takes the same
+/// layout (dx NHWC, dw OHWI). CUDA only: the CPU's kernels read NCHW, and
+/// [`conv2d_channels_last`] goes through NCHW there.
+struct Conv2dNhwcOp {
+    stride: usize,
+    pad: usize,
+}
+
+impl CustomOp2 for Conv2dNhwcOp {
+    fn name(&self) -> &'static str {
+        "sslab-conv2d-nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        candle_core::bail!("conv2d channels-last is a cuDNN op; on the CPU it goes through NCHW")
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        let g = ConvGeom::nhwc(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        cuda_pass(Pass::Forward, &g, (s1, l1), (s2, l2))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let g = ConvGeom::nhwc(x.dims(), w.dims(), self.stride, self.pad)?;
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2(w, Conv2dInputGrad(g))?;
+        let dw = x.apply_op2(&dy, Conv2dWeightGrad(g))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
 /// The input gradient of a convolution of an input shaped `x_dims` (contiguous `dy`).
 pub(crate) fn conv2d_dx(
     dy: &Tensor,
@@ -225,6 +296,7 @@ impl CustomOp2 for Conv2dInputGrad {
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
         let g = self.0;
+        g.nchw_only()?;
         let dy = slice(s1, l1, "conv2d output gradient")?;
         let w = slice(s2, l2, "conv2d kernel")?;
         let shape = Shape::from((g.n, g.c, g.h, g.w));
@@ -279,6 +351,7 @@ impl CustomOp2 for Conv2dWeightGrad {
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
         let g = self.0;
+        g.nchw_only()?;
         let x = slice(s1, l1, "conv2d input")?;
         let dy = slice(s2, l2, "conv2d output gradient")?;
         let shape = Shape::from((g.o, g.c, g.k, g.k));
@@ -375,6 +448,43 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tenso
     }
     // Under bf16 autocast: bf16 operands, the result bf16 where activations stay bf16 (CUDA).
     super::precision::autocast_pair(x, w, true, |x, w| conv2d_in(x, w, stride, pad, false))
+}
+
+/// [`conv2d`] of channels-last data: NHWC input `(n, h, w, c)` and the usual `(out, in, k, k)`
+/// kernel, NHWC output `(n, ho, wo, out)`. On CUDA with cuDNN it is cuDNN's NHWC convolution
+/// (the kernel read as OHWI, one small transposed copy or cast per call; under a bf16 autocast
+/// the output is a bf16 activation, as [`conv2d`]'s); elsewhere the same convolution through
+/// NCHW, transposing in and out.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::randn(0f32, 1.0, (2, 6, 6, 3), &Device::Cpu)?;
+/// let w = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &Device::Cpu)?;
+/// let y = sslab::kernels::conv2d_channels_last(&x, &w, 1, 1)?;
+/// let nchw = sslab::kernels::conv2d(&x.permute((0, 3, 1, 2))?.contiguous()?, &w, 1, 1)?;
+/// let diff = (y.permute((0, 3, 1, 2))? - nchw)?.abs()?.max_all()?.to_scalar::<f32>()?;
+/// assert_eq!(diff, 0.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn conv2d_channels_last(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    if x.rank() != 4 || w.rank() != 4 {
+        return Err(crate::error::Error::Shape(format!(
+            "conv2d channels-last takes a 4-D input and kernel, got {:?} and {:?}",
+            x.dims(),
+            w.dims()
+        )));
+    }
+    if plan::route(x.device(), x.dtype(), cfg!(feature = "cudnn")) == ConvRoute::Cudnn {
+        let ohwi = w.permute((0, 2, 3, 1))?;
+        let op = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            let (stride, pad) = (stride, pad);
+            Ok(x.contiguous()?
+                .apply_op2(&w.contiguous()?, Conv2dNhwcOp { stride, pad })?)
+        };
+        return super::precision::autocast_pair(x, &ohwi, true, op);
+    }
+    let y = conv2d(&x.permute((0, 3, 1, 2))?.contiguous()?, w, stride, pad)?;
+    Ok(y.permute((0, 2, 3, 1))?.contiguous()?)
 }
 
 /// [`conv2d`] in the operands' own dtype (CPU products in bf16 with `bf16`).

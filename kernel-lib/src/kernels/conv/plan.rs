@@ -105,10 +105,12 @@ pub(crate) fn math_mode(dtype: ConvDType, tf32: bool) -> MathMode {
     }
 }
 
-/// Memory layout of the activations. Only NCHW so far; channels-last adds its own key.
+/// Memory layout of the activations (and of the kernel: OIHW with NCHW, OHWI with NHWC, which
+/// cuDNN's NHWC tensor-core kernels read). Each has its own algorithm choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Format {
     Nchw,
+    Nhwc,
 }
 
 /// What an algorithm choice depends on: it is measured once per key and kept for the process.
@@ -136,7 +138,7 @@ impl ConvKey {
             device,
             pass,
             dtype,
-            format: Format::Nchw,
+            format: g.format,
             // TF32 only means something for f32 data: half types share one entry.
             tf32: tf32 && dtype == ConvDType::F32,
             dims: [g.n, g.c, g.h, g.w, g.o, g.k, g.stride, g.pad],
@@ -172,12 +174,15 @@ pub(crate) fn descriptors(g: &ConvGeom) -> candle_core::Result<Descriptors> {
     })
 }
 
-/// The elements of what each pass writes: y, dx or dw.
+/// The shape of what each pass writes: y, dx or dw, in the geometry's layout.
 pub(crate) fn output_dims(pass: Pass, g: &ConvGeom) -> [usize; 4] {
-    match pass {
-        Pass::Forward => [g.n, g.o, g.ho, g.wo],
-        Pass::InputGrad => [g.n, g.c, g.h, g.w],
-        Pass::WeightGrad => [g.o, g.c, g.k, g.k],
+    match (pass, g.format) {
+        (Pass::Forward, Format::Nchw) => [g.n, g.o, g.ho, g.wo],
+        (Pass::InputGrad, Format::Nchw) => [g.n, g.c, g.h, g.w],
+        (Pass::WeightGrad, Format::Nchw) => [g.o, g.c, g.k, g.k],
+        (Pass::Forward, Format::Nhwc) => [g.n, g.ho, g.wo, g.o],
+        (Pass::InputGrad, Format::Nhwc) => [g.n, g.h, g.w, g.c],
+        (Pass::WeightGrad, Format::Nhwc) => [g.o, g.k, g.k, g.c],
     }
 }
 
@@ -288,6 +293,21 @@ mod tests {
             k(Pass::Forward, ConvDType::BF16, true),
             k(Pass::Forward, ConvDType::BF16, false)
         );
+    }
+
+    /// A channels-last geometry: the same descriptor dims (cuDNN takes them NCHW-ordered with
+    /// an NHWC format), outputs shaped NHWC and OHWI, and its own algorithm cache entry.
+    #[test]
+    fn channels_last_geometry_keeps_dims_and_gets_its_own_key() {
+        let nchw = geom([4, 256, 56, 56], [512, 256, 3, 3], 2, 1);
+        let nhwc = ConvGeom::nhwc(&[4, 56, 56, 256], &[512, 3, 3, 256], 2, 1).unwrap();
+        assert_eq!(descriptors(&nhwc).unwrap(), descriptors(&nchw).unwrap());
+        assert_eq!(output_dims(Pass::Forward, &nhwc), [4, 28, 28, 512]);
+        assert_eq!(output_dims(Pass::InputGrad, &nhwc), [4, 56, 56, 256]);
+        assert_eq!(output_dims(Pass::WeightGrad, &nhwc), [512, 3, 3, 256]);
+        let key = |g| ConvKey::new(0, Pass::Forward, g, ConvDType::BF16, true);
+        assert_ne!(key(&nchw), key(&nhwc));
+        assert!(ConvGeom::nhwc(&[4, 56, 56, 256], &[512, 3, 3, 128], 1, 1).is_err());
     }
 
     #[test]
