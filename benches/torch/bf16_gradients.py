@@ -69,6 +69,25 @@ def moco_v3_init(net):
     torch.nn.init.normal_(net.cls, std=1e-6)
 
 
+def compare(params, loss_of):
+    """Cosine and relative difference between the gradients of `loss_of(amp)` without and with
+    bf16 autocast, all of `params` as one vector."""
+
+    def grads(amp):
+        for p in params:
+            p.grad = None
+        loss_of(amp).backward()
+        return torch.cat([p.grad.flatten().double() for p in params])
+
+    g32, g16 = grads(False), grads(True)
+    cos = torch.nn.functional.cosine_similarity(g16, g32, 0).item()
+    return cos, ((g16 - g32).norm() / g32.norm()).item()
+
+
+def views(n, seeds):
+    return [splitmix(n * 3 * 32 * 32, s).reshape(n, 3, 32, 32) for s in seeds]
+
+
 def deviation(seed, init):
     torch.manual_seed(seed)
     net = W.Vit()
@@ -77,50 +96,34 @@ def deviation(seed, init):
             moco_v3_init(net)
     enc = torch.nn.Sequential(net, W.mlp([net.dim, 1024, 1024, 256], bias=False, last_bn="nonaffine"))
     pred = W.mlp([256, 1024, 256], bias=False, last_bn="nonaffine")
-    params = list(enc.parameters()) + list(pred.parameters())
-    x1 = splitmix(32 * 3 * 32 * 32, 1).reshape(32, 3, 32, 32)
-    x2 = splitmix(32 * 3 * 32 * 32, 2).reshape(32, 3, 32, 32)
+    x1, x2 = views(32, (1, 2))
 
-    def grads(amp):
-        for p in params:
-            p.grad = None
+    def loss_of(amp):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             q1, q2 = pred(enc(x1)), pred(enc(x2))
             with torch.no_grad():
                 k1, k2 = enc(x1), enc(x2)
-        loss = W.ctr(q1.float(), k2.float(), 0.2) + W.ctr(q2.float(), k1.float(), 0.2)
-        loss.backward()
-        return torch.cat([p.grad.flatten().double() for p in params])
+        return W.ctr(q1.float(), k2.float(), 0.2) + W.ctr(q2.float(), k1.float(), 0.2)
 
-    g32, g16 = grads(False), grads(True)
-    cos = torch.nn.functional.cosine_similarity(g16, g32, 0).item()
-    return cos, ((g16 - g32).norm() / g32.norm()).item()
+    return compare(list(enc.parameters()) + list(pred.parameters()), loss_of)
 
 
 def barlow_twins_deviation(seed):
     torch.manual_seed(seed)
     net = W.ResNet18(16, zero_init=False)
     model = torch.nn.Sequential(net, W.mlp([net.dim, 512, 512, 512], bias=False))
-    params = list(model.parameters())
-    x1 = splitmix(16 * 3 * 32 * 32, 31).reshape(16, 3, 32, 32)
-    x2 = splitmix(16 * 3 * 32 * 32, 32).reshape(16, 3, 32, 32)
+    x1, x2 = views(16, (31, 32))
 
-    def grads(amp):
-        for p in params:
-            p.grad = None
+    def loss_of(amp):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             z1, z2 = model(x1), model(x2)
             if amp:
                 with torch.no_grad():
                     h = net.blocks[0](net.stem(x1))
                 assert h.dtype == torch.bfloat16, "autocast keeps a ResNet's activations in bf16"
-        loss = W.barlow_twins_loss(z1.float(), z2.float(), 0.0051, 1.0)
-        loss.backward()
-        return torch.cat([p.grad.flatten().double() for p in params])
+        return W.barlow_twins_loss(z1.float(), z2.float(), 0.0051, 1.0)
 
-    g32, g16 = grads(False), grads(True)
-    cos = torch.nn.functional.cosine_similarity(g16, g32, 0).item()
-    return cos, ((g16 - g32).norm() / g32.norm()).item()
+    return compare(list(model.parameters()), loss_of)
 
 
 def main():

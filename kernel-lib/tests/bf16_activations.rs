@@ -12,7 +12,7 @@ use sslab::kernels::{
     add_bias, add_relu, attention, autocast, batch_norm_affine_train, bf16_activations_on_cpu,
     conv2d, cpu_has_bf16, gelu, linear, normalize_rows, relu, softmax_last, Precision,
 };
-use sslab::models::{Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
+use sslab::models::{Depth, Stem};
 use sslab::train::{Run, RunConfig};
 
 fn input(shape: &[usize], seed: u64) -> Tensor {
@@ -110,16 +110,7 @@ fn a_bf16_product_rounds_its_operands_and_its_result_once() {
 /// in f32, and its loss stays within bf16's rounding of the all-f32 network's.
 #[test]
 fn a_resnet_with_bf16_activations_returns_f32_and_trains_f32_weights() {
-    let dev = Device::Cpu;
-    let mut pb = ParamBuilder::new(3, &dev);
-    let cfg = ResNetConfig {
-        depth: Depth::R18,
-        stem: Stem::Cifar,
-        width: 8,
-        zero_init_residual: false,
-    };
-    let net = ResNet::new(&mut pb, "r", &cfg).unwrap();
-    let store = pb.finish();
+    let (net, store) = common::resnet(Depth::R18, Stem::Cifar, 8, 3, &Device::Cpu);
     let x = input(&[8, 3, 16, 16], 21);
     let run = |bf16: bool| {
         let _g = autocast(if bf16 {
@@ -196,18 +187,7 @@ fn every_method_steps_with_bf16_activations() {
                 Precision::F32
             });
             let _on = bf16_activations_on_cpu(stored);
-            let out = run.method_mut().forward_train(&a, &b).unwrap();
-            let grads = out.loss.backward().unwrap();
-            let mut flat = Vec::new();
-            for q in run.method().params().trainable() {
-                let g = grads
-                    .get(q.var.as_tensor())
-                    .unwrap_or_else(|| panic!("{preset}: {} has no gradient", q.name));
-                assert_eq!(g.dtype(), DType::F32, "{preset}: {}", q.name);
-                flat.extend(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-            }
-            assert!(flat.iter().all(|v| v.is_finite()), "{preset}: gradient");
-            (out.loss.to_scalar::<f32>().unwrap(), flat)
+            common::step_gradients(&mut run, &a, &b, preset)
         };
         let (l32, g32) = step((false, false));
         let (_, g_operands) = step((true, false));

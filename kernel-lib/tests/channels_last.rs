@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use sslab::kernels::{
     autocast, bf16_activations_on_cpu, channels_last_here, conv2d, conv2d_channels_last, Precision,
 };
-use sslab::models::{Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
+use sslab::models::{Depth, ResNet, Stem};
 use sslab::train::{Run, RunConfig};
 
 fn input(shape: &[usize], seed: u64) -> Tensor {
@@ -51,15 +51,7 @@ fn a_channels_last_resnet_computes_the_nchw_network() {
         (Depth::R18, Stem::Cifar, 16),
         (Depth::R50, Stem::Imagenet, 32),
     ] {
-        let mut pb = ParamBuilder::new(5, &dev);
-        let cfg = ResNetConfig {
-            depth,
-            stem,
-            width: 8,
-            zero_init_residual: false,
-        };
-        let mut net = ResNet::new(&mut pb, "r", &cfg).unwrap();
-        let store = pb.finish();
+        let (mut net, store) = common::resnet(depth, stem, 8, 5, &dev);
         let x = input(&[4, 3, size, size], 3);
         for (splits, train) in [(1, true), (2, true), (1, false)] {
             net.set_bn_splits(splits);
@@ -87,15 +79,7 @@ fn a_channels_last_resnet_computes_the_nchw_network() {
 /// within bf16 rounding.
 #[test]
 fn channels_last_with_bf16_activations_follows_nchw() {
-    let dev = Device::Cpu;
-    let mut pb = ParamBuilder::new(9, &dev);
-    let cfg = ResNetConfig {
-        depth: Depth::R18,
-        stem: Stem::Cifar,
-        width: 8,
-        zero_init_residual: false,
-    };
-    let net = ResNet::new(&mut pb, "r", &cfg).unwrap();
+    let (net, _) = common::resnet(Depth::R18, Stem::Cifar, 8, 9, &Device::Cpu);
     let x = input(&[8, 3, 16, 16], 4);
     let pooled = |cl: bool| {
         let _bf16 = autocast(Precision::Bf16);

@@ -11,7 +11,7 @@ use common::rel_err;
 use sslab::kernels::{
     autocast, autocast_matmul, autocast_precision, batched_matmul, conv2d, cpu_has_bf16, Precision,
 };
-use sslab::models::{Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
+use sslab::models::{Depth, Stem};
 use sslab::train::{Run, RunConfig};
 
 #[test]
@@ -120,15 +120,7 @@ fn every_cpu_convolution_pass_follows_f32_in_bf16() {
 #[test]
 fn a_resnet_step_in_bf16_gives_the_f32_loss_and_every_gradient() {
     let dev = Device::Cpu;
-    let mut pb = ParamBuilder::new(3, &dev);
-    let cfg = ResNetConfig {
-        depth: Depth::R18,
-        stem: Stem::Cifar,
-        width: 4,
-        zero_init_residual: false,
-    };
-    let net = ResNet::new(&mut pb, "r", &cfg).unwrap();
-    let store = pb.finish();
+    let (net, store) = common::resnet(Depth::R18, Stem::Cifar, 4, 3, &dev);
     let x = Tensor::randn(0f32, 1.0, (4, 3, 16, 16), &dev).unwrap();
     let loss = |p: Precision| {
         let _g = autocast(p);
@@ -239,16 +231,7 @@ fn moco_v3_vit_bf16_deviation() -> (f64, f64) {
     let (a, b) = (view(1), view(2));
     let mut grads = |p: Precision| {
         let _autocast = autocast(p);
-        let out = run.method_mut().forward_train(&a, &b).unwrap();
-        let g = out.loss.backward().unwrap();
-        let mut flat = Vec::new();
-        for q in run.method().params().trainable() {
-            let t = g
-                .get(q.var.as_tensor())
-                .expect("every weight has a gradient");
-            flat.extend(t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        }
-        flat
+        common::step_gradients(&mut run, &a, &b, "moco-v3/vit-tiny").1
     };
     let (g32, g16) = (grads(Precision::F32), grads(Precision::Bf16));
     let norm = |x: &[f32]| -> f64 { x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() };

@@ -215,14 +215,7 @@ pub fn time_conv(
             let bf16 = imp == ConvImpl::SslabBf16;
             (
                 median_seconds(dev, reps, || {
-                    x.apply_op2(
-                        &w,
-                        Conv2dOp {
-                            stride: s,
-                            pad: p,
-                            bf16,
-                        },
-                    )?;
+                    x.apply_op2(&w, Conv2dOp::nchw(s, p, bf16))?;
                     Ok(())
                 })?,
                 median_seconds(dev, reps, || {

@@ -160,3 +160,42 @@ pub fn every_optimizer() -> [sslab::optim::OptimKind; 6] {
         },
     ]
 }
+
+/// A ResNet without zero-initialised residual branches, its weights drawn from `seed` on
+/// `dev`, and its parameters.
+pub fn resnet(
+    depth: sslab::models::Depth,
+    stem: sslab::models::Stem,
+    width: usize,
+    seed: u64,
+    dev: &candle_core::Device,
+) -> (sslab::models::ResNet, sslab::models::ParamStore) {
+    let mut pb = sslab::models::ParamBuilder::new(seed, dev);
+    let cfg = sslab::models::ResNetConfig {
+        depth,
+        stem,
+        width,
+        zero_init_residual: false,
+    };
+    let net = sslab::models::ResNet::new(&mut pb, "r", &cfg).unwrap();
+    (net, pb.finish())
+}
+
+/// The loss of one training forward of `run`'s method on views `a` and `b`, and every
+/// trainable weight's gradient, in order, as one f32 vector on the host; each gradient must
+/// exist, be f32 (the master weights' dtype) and be finite. `what` names the run in failures.
+pub fn step_gradients(run: &mut Run, a: &Tensor, b: &Tensor, what: &str) -> (f32, Vec<f32>) {
+    let out = run.method_mut().forward_train(a, b).unwrap();
+    let grads = out.loss.backward().unwrap();
+    let mut flat = Vec::new();
+    for q in run.method().params().trainable() {
+        let g = grads
+            .get(q.var.as_tensor())
+            .unwrap_or_else(|| panic!("{what}: {} has no gradient", q.name));
+        assert_eq!(g.dtype(), DType::F32, "{what}: {}", q.name);
+        let g = g.to_device(&candle_core::Device::Cpu).unwrap();
+        flat.extend(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    assert!(flat.iter().all(|v| v.is_finite()), "{what}: gradient");
+    (out.loss.to_scalar::<f32>().unwrap(), flat)
+}

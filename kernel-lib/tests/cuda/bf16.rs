@@ -3,7 +3,7 @@
 //! bf16 values in f32 and rounds its result once; and a training step with them against the
 //! same step's data flow run on the CPU (`tests/bf16_activations.rs` checks that flow there).
 
-use super::{gpu, rel_err};
+use super::{common, gpu, rel_err};
 use candle_core::{DType, Device, Tensor, Var};
 use sslab::kernels::{
     add_bias, add_relu, autocast, batch_norm_affine_train, batch_norm_train,
@@ -116,7 +116,7 @@ fn a_bf16_step_on_cuda_follows_the_cpu_data_flow() {
     }
     let view = |seed: u64| {
         Tensor::from_vec(
-            super::common::splitmix(16 * 3 * 32 * 32, seed),
+            common::splitmix(16 * 3 * 32 * 32, seed),
             (16, 3, 32, 32),
             &Device::Cpu,
         )
@@ -132,23 +132,11 @@ fn a_bf16_step_on_cuda_follows_the_cpu_data_flow() {
             let _bf16 = autocast(Precision::Bf16);
             let _on = bf16_activations_on_cpu(true);
             let (a, b) = (a.to_device(&d).unwrap(), b.to_device(&d).unwrap());
-            let out = run.method_mut().forward_train(&a, &b).unwrap();
-            let grads = out.loss.backward().unwrap();
-            let mut flat = Vec::new();
-            for q in run.method().params().trainable() {
-                let g = grads
-                    .get(q.var.as_tensor())
-                    .expect("every weight has a gradient");
-                assert_eq!(g.dtype(), DType::F32, "{preset}: {}", q.name);
-                let g = g.to_device(&Device::Cpu).unwrap();
-                flat.extend(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-            }
-            assert!(flat.iter().all(|v| v.is_finite()), "{preset} on {device}");
-            (out.loss.to_scalar::<f32>().unwrap(), flat)
+            common::step_gradients(&mut run, &a, &b, preset)
         };
         let (l_gpu, g_gpu) = step("cuda");
         let (l_cpu, g_cpu) = step("cpu");
-        let cos = super::common::cosine(&g_gpu, &g_cpu);
+        let cos = common::cosine(&g_gpu, &g_cpu);
         eprintln!("{preset}: loss {l_gpu:.5} on CUDA, {l_cpu:.5} on the CPU; cosine {cos:.4}");
         assert!(
             (l_gpu - l_cpu).abs() <= 3e-2 * l_cpu.abs().max(1e-3),

@@ -143,17 +143,9 @@ fn repeated_calls_agree() {
 #[test]
 fn a_bf16_resnet_step_follows_f32() {
     use sslab::kernels::{autocast, Precision};
-    use sslab::models::{Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
+    use sslab::models::{Depth, Stem};
     let Some(dev) = gpu(true) else { return };
-    let mut pb = ParamBuilder::new(3, &dev);
-    let cfg = ResNetConfig {
-        depth: Depth::R18,
-        stem: Stem::Cifar,
-        width: 16,
-        zero_init_residual: false,
-    };
-    let net = ResNet::new(&mut pb, "r", &cfg).unwrap();
-    let store = pb.finish();
+    let (net, store) = super::common::resnet(Depth::R18, Stem::Cifar, 16, 3, &dev);
     let x = Tensor::randn(0f32, 1.0, (32, 3, 32, 32), &dev).unwrap();
     let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
     set_conv_tf32(false);
@@ -232,17 +224,9 @@ fn channels_last_convolutions_match_nchw() {
 #[test]
 fn a_channels_last_resnet_step_follows_nchw() {
     use sslab::kernels::{autocast, channels_last_here, Precision};
-    use sslab::models::{Depth, ParamBuilder, ResNet, ResNetConfig, Stem};
+    use sslab::models::{Depth, Stem};
     let Some(dev) = gpu(true) else { return };
-    let mut pb = ParamBuilder::new(4, &dev);
-    let cfg = ResNetConfig {
-        depth: Depth::R50,
-        stem: Stem::Imagenet,
-        width: 16,
-        zero_init_residual: false,
-    };
-    let net = ResNet::new(&mut pb, "r", &cfg).unwrap();
-    let store = pb.finish();
+    let (net, store) = super::common::resnet(Depth::R50, Stem::Imagenet, 16, 4, &dev);
     let x = Tensor::randn(0f32, 1.0, (8, 3, 64, 64), &dev).unwrap();
     let _turn = TF32.lock().unwrap_or_else(|e| e.into_inner());
     set_conv_tf32(false);

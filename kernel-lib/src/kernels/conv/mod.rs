@@ -138,6 +138,31 @@ pub(crate) struct Conv2dOp {
     pub pad: usize,
     /// bf16 operands with f32 sums on the CPU, in the backward too (PyTorch's CPU autocast).
     pub bf16: bool,
+    /// NCHW input with an OIHW kernel, or (cuDNN only) NHWC input with an OHWI kernel; the
+    /// output and both gradients come in the same layout.
+    pub format: plan::Format,
+}
+
+impl Conv2dOp {
+    /// The NCHW convolution (every device).
+    pub(crate) fn nchw(stride: usize, pad: usize, bf16: bool) -> Self {
+        let format = plan::Format::Nchw;
+        Conv2dOp {
+            stride,
+            pad,
+            bf16,
+            format,
+        }
+    }
+
+    /// The geometry of input and kernel shaped `x` and `w` in this op's layout.
+    fn geom(&self, x: &[usize], w: &[usize]) -> CResult<ConvGeom> {
+        let (s, p) = (self.stride, self.pad);
+        match self.format {
+            plan::Format::Nchw => Ok(ConvGeom::new(x, w, s, p)?.with_bf16(self.bf16)),
+            plan::Format::Nhwc => ConvGeom::nhwc(x, w, s, p),
+        }
+    }
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -152,7 +177,8 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?.with_bf16(self.bf16);
+        let g = self.geom(l1.dims(), l2.dims())?;
+        g.nchw_only()?;
         let x = slice(s1, l1, "conv2d input")?;
         let w = slice(s2, l2, "conv2d kernel")?;
         let shape = Shape::from((g.n, g.o, g.ho, g.wo));
@@ -186,10 +212,9 @@ impl CustomOp2 for Conv2dOp {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
-        let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let g = self.geom(l1.dims(), l2.dims())?;
         cuda_pass(Pass::Forward, &g, (s1, l1), (s2, l2))
     }
-
     fn bwd(
         &self,
         x: &Tensor,
@@ -197,56 +222,7 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = conv2d_dx(&dy, w, x.dims(), self.stride, self.pad, self.bf16)?;
-        let dw = conv2d_dw(x, &dy, w.dims(), self.stride, self.pad, self.bf16)?;
-        Ok((Some(dx), Some(dw)))
-    }
-}
-
-/// A convolution of channels-last data on CUDA: NHWC input `(n, h, w, c)`, OHWI kernel
-/// `(o, k, k, c)`, NHWC output, through cuDNN's NHWC descriptors; the backward takes the same
-/// layout (dx NHWC, dw OHWI). CUDA only: the CPU's kernels read NCHW, and
-/// [`conv2d_channels_last`] goes through NCHW there.
-struct Conv2dNhwcOp {
-    stride: usize,
-    pad: usize,
-}
-
-impl CustomOp2 for Conv2dNhwcOp {
-    fn name(&self) -> &'static str {
-        "sslab-conv2d-nhwc"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        candle_core::bail!("conv2d channels-last is a cuDNN op; on the CPU it goes through NCHW")
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> CResult<(CudaStorage, Shape)> {
-        let g = ConvGeom::nhwc(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        cuda_pass(Pass::Forward, &g, (s1, l1), (s2, l2))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let g = ConvGeom::nhwc(x.dims(), w.dims(), self.stride, self.pad)?;
+        let g = self.geom(x.dims(), w.dims())?;
         let dy = dy.contiguous()?;
         let dx = dy.apply_op2(w, Conv2dInputGrad(g))?;
         let dw = x.apply_op2(&dy, Conv2dWeightGrad(g))?;
@@ -477,9 +453,11 @@ pub fn conv2d_channels_last(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -
     if plan::route(x.device(), x.dtype(), cfg!(feature = "cudnn")) == ConvRoute::Cudnn {
         let ohwi = w.permute((0, 2, 3, 1))?;
         let op = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
-            let (stride, pad) = (stride, pad);
-            Ok(x.contiguous()?
-                .apply_op2(&w.contiguous()?, Conv2dNhwcOp { stride, pad })?)
+            let nhwc = Conv2dOp {
+                format: plan::Format::Nhwc,
+                ..Conv2dOp::nchw(stride, pad, false)
+            };
+            Ok(x.contiguous()?.apply_op2(&w.contiguous()?, nhwc)?)
         };
         return super::precision::autocast_pair(x, &ohwi, true, op);
     }
@@ -491,7 +469,7 @@ pub fn conv2d_channels_last(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -
 fn conv2d_in(x: &Tensor, w: &Tensor, stride: usize, pad: usize, bf16: bool) -> Result<Tensor> {
     match plan::route(x.device(), x.dtype(), cfg!(feature = "cudnn")) {
         ConvRoute::CpuKernel | ConvRoute::Cudnn => {
-            let op = Conv2dOp { stride, pad, bf16 };
+            let op = Conv2dOp::nchw(stride, pad, bf16);
             Ok(x.contiguous()?.apply_op2(&w.contiguous()?, op)?)
         }
         ConvRoute::Candle => Ok(x.conv2d(w, pad, stride, 1, 1)?),
