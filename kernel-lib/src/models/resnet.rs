@@ -59,7 +59,7 @@ struct Block {
 
 /// How a forward pass lays out its activations and what that changes per layer.
 #[derive(Clone, Copy, Debug)]
-struct Pass {
+struct Forward {
     train: bool,
     /// BatchNorm groups (see [`ResNet::set_bn_splits`]).
     splits: usize,
@@ -67,7 +67,7 @@ struct Pass {
     channels_last: bool,
 }
 
-impl Pass {
+impl Forward {
     fn conv(&self, conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
         if self.channels_last {
             return conv.forward_channels_last(x);
@@ -86,7 +86,7 @@ impl Pass {
 }
 
 impl Block {
-    fn forward_t(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, pass: Forward) -> Result<Tensor> {
         let mut h = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
@@ -247,7 +247,7 @@ impl ResNet {
                 x.dims()
             )));
         }
-        let pass = Pass {
+        let pass = Forward {
             train,
             splits: self.bn_splits,
             channels_last: crate::kernels::channels_last_on(x.device()),

@@ -196,19 +196,44 @@ fn bn_apply(
         y.par_chunks_mut(inner)
             .zip(x.par_chunks(inner))
             .enumerate()
+            .with_min_len(rows_per_task(inner))
             .for_each(|(i, (yr, xr))| {
                 let (ch, s) = (i % c, split.stat(i, c));
                 let (mean, a) = (st.mean[s], st.inv_std[s] * scale.map_or(1.0, |v| v[ch]));
                 let b = shift.map_or(0.0, |s| s[ch]);
-                let pairs = yr.iter_mut().zip(xr);
-                if relu {
-                    pairs.for_each(|(o, &v)| *o = ((v - mean) * a + b).max(0.0));
-                } else {
-                    pairs.for_each(|(o, &v)| *o = (v - mean) * a + b);
-                }
+                affine_row_wide(yr, xr, (mean, a, b), relu);
             });
     })
 }
+
+/// Rows of a `(n·c, inner)` pass per parallel task: a plane of 16 values (a ResNet's last
+/// stage at 32 px) is too little work to schedule alone.
+fn rows_per_task(inner: usize) -> usize {
+    (4096 / inner.max(1)).max(1)
+}
+
+/// `y = (x − mean)·a + b`, then `max(y, 0)` with `relu`: one row of [`bn_apply`].
+#[inline(always)]
+fn affine_row(y: &mut [f32], x: &[f32], (mean, a, b): (f32, f32, f32), relu: bool) {
+    let pairs = y.iter_mut().zip(x);
+    if relu {
+        pairs.for_each(|(o, &v)| *o = ((v - mean) * a + b).max(0.0));
+    } else {
+        pairs.for_each(|(o, &v)| *o = (v - mean) * a + b);
+    }
+}
+
+/// `dx = k·(g − mg − x̂·mgx)` with `x̂ = (x − mean)·inv_std`: one row of the input gradient.
+#[inline(always)]
+fn grad_row(d: &mut [f32], g: &[f32], x: &[f32], (k, mg, mgx): (f32, f32, f32), at: (f32, f32)) {
+    let (mean, inv_std) = at;
+    for ((o, &gv), &xv) in d.iter_mut().zip(g).zip(x) {
+        *o = k * (gv - mg - (xv - mean) * inv_std * mgx);
+    }
+}
+
+wide!(affine_row_wide = affine_row(y: &mut [f32], x: &[f32], k: (f32, f32, f32), relu: bool));
+wide!(grad_row_wide = grad_row(d: &mut [f32], g: &[f32], x: &[f32], k: (f32, f32, f32), at: (f32, f32)));
 
 fn store_stats(slot: &Mutex<BnStats>, st: BnStats) {
     if let Ok(mut s) = slot.lock() {
@@ -397,20 +422,16 @@ impl CustomOp2 for BatchNormGrad {
         let split = Split::of(n, self.groups)?;
         let m = (split.per * inner * self.ranks.as_ref().map_or(1, |w| w.size())) as f64;
         // x̂ of statistic `s` from the input value.
-        let xhat = |s: usize, v: f32| match &self.mean {
-            Some(mean) => (v - mean[s]) * self.inv_std[s],
-            None => v,
+        // x̂ = (x − mean)·inv_std of statistic `s`, or the input itself when it already is x̂.
+        let at = |s: usize| match &self.mean {
+            Some(mean) => (mean[s], self.inv_std[s]),
+            None => (0.0, 1.0),
         };
         let sums: Vec<(f64, f64)> = (0..split.groups * c)
             .into_par_iter()
             .map(|s| {
-                // x̂ = (x − mean)·inv_std, or the input itself when it already is x̂.
-                let at = match &self.mean {
-                    Some(mean) => (mean[s], self.inv_std[s]),
-                    None => (0.0, 1.0),
-                };
                 let mut acc = (0f64, 0f64);
-                grad_sums_wide(g, xin, split.rows_of(s, (c, inner)), at, &mut acc);
+                grad_sums_wide(g, xin, split.rows_of(s, (c, inner)), at(s), &mut acc);
                 acc
             })
             .collect();
@@ -424,13 +445,12 @@ impl CustomOp2 for BatchNormGrad {
             dx.par_chunks_mut(inner)
                 .zip(g.par_chunks(inner).zip(xin.par_chunks(inner)))
                 .enumerate()
+                .with_min_len(rows_per_task(inner))
                 .for_each(|(i, (d, (gr, xr)))| {
                     let (ch, s) = (i % c, split.stat(i, c));
                     let (mg, mgx) = means[s];
                     let k = self.inv_std[s] * self.gamma.as_ref().map_or(1.0, |gm| gm[ch]);
-                    for ((o, &gv), &xv) in d.iter_mut().zip(gr).zip(xr) {
-                        *o = k * (gv - mg - xhat(s, xv) * mgx);
-                    }
+                    grad_row_wide(d, gr, xr, (k, mg, mgx), at(s));
                 });
         });
         if let Ok(mut slot) = self.sums.lock() {
