@@ -145,6 +145,7 @@ fn channel_stats(
     let pass = |about: Option<&[f64]>| -> Vec<f64> {
         (0..stats)
             .into_par_iter()
+            .with_min_len(rows_per_task(split.per * inner))
             .map(|s| {
                 let m = about.map_or(0.0, |means| means[s] as f32);
                 let mut acc = (0f64, 0f64);
@@ -206,8 +207,8 @@ fn bn_apply(
     })
 }
 
-/// Rows of a `(n·c, inner)` pass per parallel task: a plane of 16 values (a ResNet's last
-/// stage at 32 px) is too little work to schedule alone.
+/// Rows (or statistics) of `inner` values per parallel task: a plane of 16 values (a ResNet's
+/// last stage at 32 px) or a LayerNorm row of 192 is too little work to schedule alone.
 fn rows_per_task(inner: usize) -> usize {
     (4096 / inner.max(1)).max(1)
 }
@@ -429,6 +430,7 @@ impl CustomOp2 for BatchNormGrad {
         };
         let sums: Vec<(f64, f64)> = (0..split.groups * c)
             .into_par_iter()
+            .with_min_len(rows_per_task(split.per * inner))
             .map(|s| {
                 let mut acc = (0f64, 0f64);
                 grad_sums_wide(g, xin, split.rows_of(s, (c, inner)), at(s), &mut acc);
