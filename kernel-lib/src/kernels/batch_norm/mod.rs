@@ -109,11 +109,11 @@ fn lane_sums2(
     out.1 += b.iter().sum::<f64>();
 }
 
-/// `out.0 += Σ x`, `out.1 += Σ (x − m)²` over the rows `at` of `x`. Inlined into
+/// `out.0 += Σ (x − k)`, `out.1 += Σ (x − k)²` over the rows `at` of `x`. Inlined into
 /// [`moments_wide`], which compiles it for the CPU's vector width.
 #[inline(always)]
-fn moments(x: &[f32], at: Rows, m: f32, out: &mut (f64, f64)) {
-    lane_sums2((x, x), at, out, |v, _| (v, (v - m) * (v - m)));
+fn moments(x: &[f32], at: Rows, k: f32, out: &mut (f64, f64)) {
+    lane_sums2((x, x), at, out, |v, _| (v - k, (v - k) * (v - k)));
 }
 
 /// `out.0 += Σ g`, `out.1 += Σ g·(x − mean)·inv_std` over the rows `at`: dβ and dγ of
@@ -124,13 +124,17 @@ fn grad_sums(g: &[f32], x: &[f32], at: Rows, k: (f32, f32), out: &mut (f64, f64)
     lane_sums2((g, x), at, out, |gv, xv| (gv, gv * ((xv - mean) * inv_std)));
 }
 
-wide!(moments_wide = moments(x: &[f32], at: Rows, m: f32, out: &mut (f64, f64)));
+wide!(moments_wide = moments(x: &[f32], at: Rows, k: f32, out: &mut (f64, f64)));
 wide!(grad_sums_wide = grad_sums(g: &[f32], x: &[f32], at: Rows, k: (f32, f32), out: &mut (f64, f64)));
 
 /// Per-channel (per group and channel, under a [`Split`]) batch mean, biased variance and
-/// `1/√(var + eps)` of `(n, c, inner)` data, accumulated in f64. With `ranks`, over every
-/// rank's rows (SyncBN): the per-channel sums are all-reduced, the mean's first and then the
-/// squares' about the global mean, the same two passes as in one process.
+/// `1/√(var + eps)` of `(n, c, inner)` data, accumulated in f64.
+///
+/// In one process, one pass: the sums of `x − k` and `(x − k)²` about one of the channel's own
+/// values `k`, so that the variance `Σ(x−k)²/m − (Σ(x−k)/m)²` subtracts numbers of the size of
+/// the spread, not of the mean (the naive `E[x²] − E[x]²` loses a channel whose mean is large
+/// against its spread). With `ranks` (SyncBN), the two passes of one process over every rank's
+/// rows: the sums all-reduced for the global mean first, then the squares about it.
 fn channel_stats(
     x: &[f32],
     (c, inner): (usize, usize),
@@ -141,29 +145,43 @@ fn channel_stats(
     let size = ranks.map_or(1, |w| w.size());
     let m = (split.per * inner * size) as f64;
     let stats = split.groups * c;
-    // Σ x (the second sum, about 0, is not used), then Σ (x − mean)² about the (global) mean.
-    let pass = |about: Option<&[f64]>| -> Vec<f64> {
+    // Σ (x − k) and Σ (x − k)² of every statistic, `k` per statistic.
+    let pass = |k: &(dyn Fn(usize) -> f32 + Sync)| -> Vec<(f64, f64)> {
         (0..stats)
             .into_par_iter()
             .with_min_len(rows_per_task(split.per * inner))
             .map(|s| {
-                let m = about.map_or(0.0, |means| means[s] as f32);
                 let mut acc = (0f64, 0f64);
-                moments_wide(x, split.rows_of(s, (c, inner)), m, &mut acc);
-                if about.is_some() {
-                    acc.1
-                } else {
-                    acc.0
-                }
+                moments_wide(x, split.rows_of(s, (c, inner)), k(s), &mut acc);
+                acc
             })
             .collect()
     };
-    let mut sums = pass(None);
-    all_reduce_f64(ranks, &mut sums)?;
-    let means: Vec<f64> = sums.iter().map(|s| s / m).collect();
-    let mut squares = pass(Some(&means));
-    all_reduce_f64(ranks, &mut squares)?;
-    let vars: Vec<f64> = squares.iter().map(|s| s / m).collect();
+    let (means, vars): (Vec<f64>, Vec<f64>) = match ranks {
+        None => {
+            let first = |s: usize| x.get(split.rows_of(s, (c, inner)).first).copied();
+            let k = |s: usize| first(s).filter(|v| v.is_finite()).unwrap_or(0.0);
+            pass(&k)
+                .into_iter()
+                .enumerate()
+                .map(|(s, (d, d2))| {
+                    let shift = d / m;
+                    (k(s) as f64 + shift, (d2 / m - shift * shift).max(0.0))
+                })
+                .unzip()
+        }
+        Some(_) => {
+            let mut sums: Vec<f64> = pass(&|_| 0.0).into_iter().map(|p| p.0).collect();
+            all_reduce_f64(ranks, &mut sums)?;
+            let means: Vec<f64> = sums.iter().map(|s| s / m).collect();
+            let mut squares: Vec<f64> = pass(&|s| means[s] as f32)
+                .into_iter()
+                .map(|p| p.1)
+                .collect();
+            all_reduce_f64(ranks, &mut squares)?;
+            (means, squares.iter().map(|s| s / m).collect())
+        }
+    };
     Ok(BnStats {
         mean: means.iter().map(|&v| v as f32).collect(),
         var: vars.iter().map(|&v| v as f32).collect(),
