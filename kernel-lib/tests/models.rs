@@ -1026,3 +1026,48 @@ fn attention_kernel_matches_an_f64_reference_in_values_and_gradients() {
     assert!(attention(&bad, 0, true).is_err());
     assert!(attention(&bad.flatten_to(1).unwrap(), 1, true).is_err());
 }
+
+/// BatchNorm's one-pass statistics keep a channel whose mean is large against its spread: a
+/// mean of 1000-3000 and a spread of 0.01 give the mean and variance computed in f64, and x̂ unit
+/// variance. The squares are taken about one of the channel's own values in f32 lanes; about
+/// zero, an f32 square of 1000 rounds by more than the whole variance (3·10⁻⁵).
+#[test]
+fn batchnorm_statistics_keep_a_small_spread_about_a_large_mean() {
+    let (n, c, hw) = (8, 3, 49);
+    let vals: Vec<f32> = common::splitmix(n * c * hw, 5)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| 1000.0 * ((i / hw) % c + 1) as f32 + 0.01 * v)
+        .collect();
+    let x = Tensor::from_vec(vals.clone(), (n, c, 7, 7), &Device::Cpu).unwrap();
+    let (xhat, mean, var) = sslab::kernels::batch_norm_train(&x, 1e-12, true, None).unwrap();
+    let (mean, var) = (
+        mean.to_vec1::<f32>().unwrap(),
+        var.to_vec1::<f32>().unwrap(),
+    );
+    for ch in 0..c {
+        let xs: Vec<f64> = (0..n)
+            .flat_map(|b| vals[(b * c + ch) * hw..][..hw].iter().map(|&v| v as f64))
+            .collect();
+        let m = xs.iter().sum::<f64>() / xs.len() as f64;
+        let v = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(
+            ((mean[ch] as f64 - m) / m).abs() < 1e-7,
+            "channel {ch}: mean"
+        );
+        assert!(
+            ((var[ch] as f64 - v) / v).abs() < 1e-3,
+            "channel {ch}: var {} vs {v}",
+            var[ch]
+        );
+    }
+    // x̂ has unit variance per channel.
+    let xh = xhat
+        .sqr()
+        .unwrap()
+        .mean((0, 2, 3))
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(xh.iter().all(|&s| (s - 1.0).abs() < 2e-3), "{xh:?}");
+}
