@@ -130,11 +130,12 @@ wide!(grad_sums_wide = grad_sums(g: &[f32], x: &[f32], at: Rows, k: (f32, f32), 
 /// Per-channel (per group and channel, under a [`Split`]) batch mean, biased variance and
 /// `1/√(var + eps)` of `(n, c, inner)` data, accumulated in f64.
 ///
-/// In one process, one pass: the sums of `x − k` and `(x − k)²` about one of the channel's own
-/// values `k`, so that the variance `Σ(x−k)²/m − (Σ(x−k)/m)²` subtracts numbers of the size of
-/// the spread, not of the mean (the naive `E[x²] − E[x]²` loses a channel whose mean is large
-/// against its spread). With `ranks` (SyncBN), the two passes of one process over every rank's
-/// rows: the sums all-reduced for the global mean first, then the squares about it.
+/// One pass: the sums of `x − k` and `(x − k)²` about one of the channel's own values `k` (its
+/// first), so that the variance `Σ(x−k)²/m − (Σ(x−k)/m)²` subtracts numbers of the size of the
+/// spread, not of the mean (the naive `E[x²] − E[x]²` loses a channel whose mean is large
+/// against its spread). With `ranks` (SyncBN) `k` is rank 0's first value, which is one
+/// process's first value of the global batch, and both sums are all-reduced: the same
+/// arithmetic as one process up to the order of the additions.
 fn channel_stats(
     x: &[f32],
     (c, inner): (usize, usize),
@@ -145,43 +146,33 @@ fn channel_stats(
     let size = ranks.map_or(1, |w| w.size());
     let m = (split.per * inner * size) as f64;
     let stats = split.groups * c;
-    // Σ (x − k) and Σ (x − k)² of every statistic, `k` per statistic.
-    let pass = |k: &(dyn Fn(usize) -> f32 + Sync)| -> Vec<(f64, f64)> {
-        (0..stats)
-            .into_par_iter()
-            .with_min_len(rows_per_task(split.per * inner))
-            .map(|s| {
-                let mut acc = (0f64, 0f64);
-                moments_wide(x, split.rows_of(s, (c, inner)), k(s), &mut acc);
-                acc
-            })
-            .collect()
-    };
-    let (means, vars): (Vec<f64>, Vec<f64>) = match ranks {
-        None => {
-            let first = |s: usize| x.get(split.rows_of(s, (c, inner)).first).copied();
-            let k = |s: usize| first(s).filter(|v| v.is_finite()).unwrap_or(0.0);
-            pass(&k)
-                .into_iter()
-                .enumerate()
-                .map(|(s, (d, d2))| {
-                    let shift = d / m;
-                    (k(s) as f64 + shift, (d2 / m - shift * shift).max(0.0))
-                })
-                .unzip()
-        }
-        Some(_) => {
-            let mut sums: Vec<f64> = pass(&|_| 0.0).into_iter().map(|p| p.0).collect();
-            all_reduce_f64(ranks, &mut sums)?;
-            let means: Vec<f64> = sums.iter().map(|s| s / m).collect();
-            let mut squares: Vec<f64> = pass(&|s| means[s] as f32)
-                .into_iter()
-                .map(|p| p.1)
-                .collect();
-            all_reduce_f64(ranks, &mut squares)?;
-            (means, squares.iter().map(|s| s / m).collect())
-        }
-    };
+    let first = |s: usize| x.get(split.rows_of(s, (c, inner)).first).copied();
+    let lead = ranks.is_none_or(|w| w.rank() == 0);
+    let mut k: Vec<f64> = (0..stats)
+        .map(|s| match (lead, first(s)) {
+            (true, Some(v)) if v.is_finite() => v as f64,
+            _ => 0.0,
+        })
+        .collect();
+    all_reduce_f64(ranks, &mut k)?;
+    let mut sums: Vec<f64> = (0..stats)
+        .into_par_iter()
+        .with_min_len(rows_per_task(split.per * inner))
+        .flat_map_iter(|s| {
+            let mut acc = (0f64, 0f64);
+            moments_wide(x, split.rows_of(s, (c, inner)), k[s] as f32, &mut acc);
+            [acc.0, acc.1]
+        })
+        .collect();
+    all_reduce_f64(ranks, &mut sums)?;
+    let (means, vars): (Vec<f64>, Vec<f64>) = sums
+        .chunks(2)
+        .zip(&k)
+        .map(|(d, &k)| {
+            let shift = d[0] / m;
+            (k + shift, (d[1] / m - shift * shift).max(0.0))
+        })
+        .unzip();
     Ok(BnStats {
         mean: means.iter().map(|&v| v as f32).collect(),
         var: vars.iter().map(|&v| v as f32).collect(),
