@@ -313,30 +313,6 @@ mod on_cuda {
         }
     }
 
-    /// `view` of a buffer from value `from` on.
-    fn view_of(b: &Buf, from: usize) -> View<'_> {
-        match b {
-            Buf::F32(s) => View::F32(s.slice(from..)),
-            Buf::Bf16(s) => View::Bf16(s.slice(from..)),
-        }
-    }
-
-    /// `view` from value `from` on.
-    fn from<'a>(v: &View<'a>, from: usize) -> View<'a> {
-        match v {
-            View::F32(v) => View::F32(v.slice(from..)),
-            View::Bf16(v) => View::Bf16(v.slice(from..)),
-        }
-    }
-
-    /// The element type a buffer holds.
-    fn dtype_of(b: &Buf) -> DType {
-        match b {
-            Buf::F32(_) => DType::F32,
-            Buf::Bf16(_) => DType::BF16,
-        }
-    }
-
     /// `c[i] = op(a[i])·op(b[i])` for `batch` row-major `(m×n)` results, rows `ldc` apart,
     /// matrices `stride_c` apart, starting at value `c_at` of `c`. cuBLAS is column-major: it
     /// computes `cᵀ = op(b)ᵀ·op(a)ᵀ`, so the operands go in swapped. `a` and `b` are both f32
@@ -364,7 +340,7 @@ mod on_cuda {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
         };
         let (alpha, beta) = (1f32, 0f32);
-        let c_type = dtype_of(c);
+        let c_type = c.dtype();
         let stream = match &*c {
             Buf::F32(s) => s.stream().clone(),
             Buf::Bf16(s) => s.stream().clone(),
@@ -414,7 +390,7 @@ mod on_cuda {
     /// `3·dim` apart, images `tokens·3·dim` apart).
     fn heads_of<'a>(x: &View<'a>, g: Geometry, h: usize, t: [bool; 3]) -> [Operand<'a>; 3] {
         std::array::from_fn(|i| Operand {
-            view: from(x, i * g.dim() + h * g.width),
+            view: x.from(i * g.dim() + h * g.width),
             ld: g.row(),
             stride: g.tokens * g.row(),
             t: t[i],
@@ -451,7 +427,7 @@ mod on_cuda {
     fn probs(p: &Buf, g: Geometry, h: usize, t: bool) -> Operand<'_> {
         let tt = g.tokens * g.tokens;
         Operand {
-            view: view_of(p, h * tt),
+            view: p.view_from(h * tt),
             ld: g.tokens,
             stride: g.heads * tt,
             t,
@@ -461,7 +437,7 @@ mod on_cuda {
     /// Head `h`'s columns of a `(batch, tokens, dim)` tensor as an operand.
     fn columns<'a>(y: &View<'a>, g: Geometry, h: usize) -> Operand<'a> {
         Operand {
-            view: from(y, h * g.width),
+            view: y.from(h * g.width),
             ld: g.dim(),
             stride: g.tokens * g.dim(),
             t: false,

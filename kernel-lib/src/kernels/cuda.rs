@@ -180,7 +180,7 @@ pub(crate) enum View<'a> {
     Bf16(CudaView<'a, bf16>),
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
     /// The dtype it holds.
     pub(crate) fn dtype(&self) -> DType {
         match self {
@@ -188,6 +188,30 @@ impl View<'_> {
             View::Bf16(_) => DType::BF16,
         }
     }
+
+    /// The same memory from value `from` on.
+    pub(crate) fn from(&self, from: usize) -> View<'a> {
+        match self {
+            View::F32(v) => View::F32(v.slice(from..)),
+            View::Bf16(v) => View::Bf16(v.slice(from..)),
+        }
+    }
+}
+
+/// The one dtype of `views`, the data of one kernel call; an error naming `kernel` if they
+/// differ.
+pub(crate) fn one_dtype<'v, 'a: 'v>(
+    kernel: &str,
+    views: impl IntoIterator<Item = &'v View<'a>>,
+) -> CResult<DType> {
+    let mut dtypes = views.into_iter().map(View::dtype);
+    let Some(first) = dtypes.next() else {
+        candle_core::bail!("{kernel}: no input");
+    };
+    if dtypes.any(|d| d != first) {
+        candle_core::bail!("{kernel}: its data arguments differ in dtype");
+    }
+    Ok(first)
 }
 
 /// [`View`] of a contiguous f32 or bf16 kernel argument (`what` names it in the error).
@@ -221,6 +245,22 @@ pub(crate) enum Buf {
 }
 
 impl Buf {
+    /// The dtype it holds.
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            Buf::F32(_) => DType::F32,
+            Buf::Bf16(_) => DType::BF16,
+        }
+    }
+
+    /// Its memory from value `from` on.
+    pub(crate) fn view_from(&self, from: usize) -> View<'_> {
+        match self {
+            Buf::F32(s) => View::F32(s.slice(from..)),
+            Buf::Bf16(s) => View::Bf16(s.slice(from..)),
+        }
+    }
+
     /// `n` uninitialised values of `dtype` (f32 unless bf16); the kernel writes every one.
     pub(crate) fn alloc(dev: &CudaDevice, dtype: DType, n: usize) -> CResult<Buf> {
         // SAFETY: every kernel this output is handed to writes each of its `n` values before
@@ -328,13 +368,9 @@ fn launch_over(
         }
         views.push(view(s, l, kernel)?);
     }
-    let dtype = views[0].dtype();
-    if views.iter().any(|v| v.dtype() != dtype)
-        || (matches!(grid, Grid::WarpPerRow(_)) && dtype != DType::F32)
-    {
-        candle_core::bail!(
-            "{kernel}: expected inputs of one dtype (f32, or bf16 for element-wise kernels)"
-        );
+    let dtype = one_dtype(kernel, &views)?;
+    if matches!(grid, Grid::WarpPerRow(_)) && dtype != DType::F32 {
+        candle_core::bail!("{kernel}: the row kernels take f32 data");
     }
     let n = shape.elem_count();
     let dev = &first.device;

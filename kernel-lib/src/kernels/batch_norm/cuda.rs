@@ -7,8 +7,8 @@
 
 use super::bn_dims;
 use crate::kernels::cuda::{
-    elementwise, f32_view, int, per_item, typed_name, view, with_f32, Buf, PushTyped, View,
-    BATCH_NORM,
+    elementwise, f32_view, int, one_dtype, per_item, typed_name, view, with_f32, Buf, PushTyped,
+    View, BATCH_NORM,
 };
 use crate::kernels::storage::CResult;
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
@@ -17,11 +17,7 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Shape, 
 
 /// The name of `kernel`'s instantiation for the data's dtype, which every data argument shares.
 fn typed(kernel: &str, data: &[&View]) -> CResult<String> {
-    let dtype = data[0].dtype();
-    if data.iter().any(|v| v.dtype() != dtype) {
-        candle_core::bail!("{kernel}: the input, output and gradient differ in dtype");
-    }
-    Ok(typed_name(kernel, dtype))
+    Ok(typed_name(kernel, one_dtype(kernel, data.iter().copied())?))
 }
 
 /// The backward kernels' (x, dy, y), checked to be one size.
