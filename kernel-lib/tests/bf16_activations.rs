@@ -20,14 +20,6 @@ fn input(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(common::splitmix(n, seed), shape, &Device::Cpu).unwrap()
 }
 
-/// `t` rounded to bf16 and widened back to f32.
-fn rounded(t: &Tensor) -> Tensor {
-    t.to_dtype(DType::BF16)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-}
-
 #[test]
 fn each_op_returns_the_dtype_autocast_gives_it() {
     let x = input(&[2, 4, 6, 6], 1);
@@ -80,7 +72,7 @@ fn a_bf16_product_rounds_its_operands_and_its_result_once() {
         let _on = bf16_activations_on_cpu(true);
         linear(&x, &w).unwrap()
     };
-    let f64_of = |t: &Tensor| rounded(t).to_dtype(DType::F64).unwrap();
+    let f64_of = |t: &Tensor| common::bf16_rounded(t, DType::F64);
     let exact = f64_of(&x).matmul(&f64_of(&w).t().unwrap()).unwrap();
     let got = y.to_dtype(DType::F64).unwrap();
     let (e, g) = (
@@ -94,7 +86,8 @@ fn a_bf16_product_rounds_its_operands_and_its_result_once() {
         );
     }
     // And the result is not the f32 product: it was rounded.
-    let f32_product = rounded(&x).matmul(&rounded(&w).t().unwrap()).unwrap();
+    let f32_of = |t: &Tensor| common::bf16_rounded(t, DType::F32);
+    let f32_product = f32_of(&x).matmul(&f32_of(&w).t().unwrap()).unwrap();
     let same = (f32_product - y.to_dtype(DType::F32).unwrap())
         .unwrap()
         .abs()

@@ -168,14 +168,6 @@ fn a_cpu_run_takes_bf16_only_with_its_kernels_and_a_running_one_keeps_its_precis
     assert!(e.contains("precision") && e.contains("fixed"), "{e}");
 }
 
-/// `t` rounded to bf16 and widened to f64: the operands a bf16 product multiplies.
-fn bf16_f64(t: &Tensor) -> Tensor {
-    t.to_dtype(DType::BF16)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-}
-
 #[test]
 fn cpu_bf16_products_multiply_the_rounded_operands_in_both_passes() {
     if !cpu_has_bf16() {
@@ -183,6 +175,7 @@ fn cpu_bf16_products_multiply_the_rounded_operands_in_both_passes() {
         return;
     }
     let dev = Device::Cpu;
+    let f64_of = |t: &Tensor| common::bf16_rounded(t, DType::F64);
     // A linear layer's product: its weight arrives as a transposed view.
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (67, 45), &dev).unwrap()).unwrap();
     let w = Var::from_tensor(&Tensor::randn(0f32, 0.3, (37, 45), &dev).unwrap()).unwrap();
@@ -191,7 +184,7 @@ fn cpu_bf16_products_multiply_the_rounded_operands_in_both_passes() {
         let _bf16 = autocast(Precision::Bf16);
         autocast_matmul(x.as_tensor(), &w.as_tensor().t().unwrap()).unwrap()
     };
-    let want = bf16_f64(&x).matmul(&bf16_f64(&w).t().unwrap()).unwrap();
+    let want = f64_of(&x).matmul(&f64_of(&w).t().unwrap()).unwrap();
     let got = y.to_dtype(DType::F64).unwrap();
     let e = rel_err(&got, &want);
     assert!(
@@ -202,8 +195,8 @@ fn cpu_bf16_products_multiply_the_rounded_operands_in_both_passes() {
     let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
     let dw = grads.get(&w).unwrap().to_dtype(DType::F64).unwrap();
     let dx = grads.get(&x).unwrap().to_dtype(DType::F64).unwrap();
-    let want_dw = bf16_f64(&g).t().unwrap().matmul(&bf16_f64(&x)).unwrap();
-    let want_dx = bf16_f64(&g).matmul(&bf16_f64(&w)).unwrap();
+    let want_dw = f64_of(&g).t().unwrap().matmul(&f64_of(&x)).unwrap();
+    let want_dx = f64_of(&g).matmul(&f64_of(&w)).unwrap();
     let (ew, ex) = (rel_err(&dw, &want_dw), rel_err(&dx, &want_dx));
     assert!(ew < 1e-6 && ex < 1e-6, "dW {ew:.2e}, dx {ex:.2e}");
     // ... and differ from the f32 product by bf16's rounding, not more.

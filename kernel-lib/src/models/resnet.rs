@@ -260,10 +260,8 @@ impl ResNet {
         };
         let mut h = pass.bn(&self.stem.1, &pass.conv(&self.stem.0, &x)?, true)?;
         if self.maxpool {
-            h = match pass.channels_last {
-                true => pool_over(&h, (1, 2))?,
-                false => pool_over(&h, (2, 3))?,
-            };
+            let spatial = if pass.channels_last { (1, 2) } else { (2, 3) };
+            h = pool_over(&h, spatial)?;
         }
         for b in &self.blocks {
             h = b.forward_t(&h, pass)?;

@@ -117,6 +117,12 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
 }
 
+/// `t` rounded to bf16 and widened to `dtype`: the operands a bf16 product multiplies, or
+/// (widened to f32) the values a bf16 activation holds.
+pub fn bf16_rounded(t: &Tensor, dtype: DType) -> Tensor {
+    t.to_dtype(DType::BF16).unwrap().to_dtype(dtype).unwrap()
+}
+
 /// The cosine of the angle between `a` and `b` (f64 sums): how far one gradient points from
 /// another.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {

@@ -431,7 +431,6 @@ impl CustomOp2 for BatchNormGrad {
         let (n, c, inner) = bn_dims(l1.dims());
         let split = Split::of(n, self.groups)?;
         let m = (split.per * inner * self.ranks.as_ref().map_or(1, |w| w.size())) as f64;
-        // x̂ of statistic `s` from the input value.
         // x̂ = (x − mean)·inv_std of statistic `s`, or the input itself when it already is x̂.
         let at = |s: usize| match &self.mean {
             Some(mean) => (mean[s], self.inv_std[s]),
@@ -543,9 +542,10 @@ pub fn batch_norm_train(
 /// Training-mode BatchNorm with scale `w` and shift `b` (one entry per channel of `x`), then
 /// a ReLU when `relu` is set; returns y and the detached batch mean and biased variance. On
 /// the CPU one kernel (x̂ and the pre-ReLU output are never stored), on CUDA (f32, or bf16
-/// activations with f32 statistics and parameters) sslab's kernels (`cuda.rs`: statistics and gradient sums stay on the device), elsewhere
-/// [`batch_norm_train`]'s tensor ops and candle's broadcast ops. With `ranks`, the statistics
-/// are over every rank's rows (SyncBN; the CPU kernel only).
+/// activations with f32 statistics and parameters) sslab's kernels (`cuda.rs`: statistics and
+/// gradient sums stay on the device), elsewhere [`batch_norm_train`]'s tensor ops and candle's
+/// broadcast ops. With `ranks`, the statistics are over every rank's rows (SyncBN; the CPU
+/// kernel only).
 pub fn batch_norm_affine_train(
     x: &Tensor,
     w: &Tensor,
