@@ -12,6 +12,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::storage::written;
+
 /// Rows of the micro-kernel's tile.
 const MR: usize = 14;
 /// Columns of the micro-kernel's tile: two 16-lane registers.
@@ -76,39 +78,49 @@ pub(crate) fn matmul_bf16(
     // cache, instead of dst streaming through once per depth block.
     let per_block = KC / 2 * n.div_ceil(NR) * NR;
     let depth_blocks = k.div_ceil(KC);
-    let mut packed_b = vec![0u32; per_block * depth_blocks];
-    let pack_block = |(i, chunk): (usize, &mut [u32])| {
-        let (k0, kc) = (i * KC, KC.min(k - i * KC));
-        pack::<NR>(rhs.0, (rhs.1 .1, rhs.1 .0), (0, n), (k0, kc), chunk);
-    };
-    if parallel && depth_blocks > 1 {
-        packed_b
-            .par_chunks_mut(per_block)
-            .enumerate()
-            .for_each(pack_block);
-    } else {
-        packed_b
-            .chunks_mut(per_block)
-            .enumerate()
-            .for_each(pack_block);
-    }
+    // Every depth block's panels are stored whole by `pack` (the last block's are shorter), so
+    // the buffer needs no zero fill.
+    let last = (k - (depth_blocks - 1) * KC).div_ceil(2) * n.div_ceil(NR) * NR;
+    let packed_b = written(
+        per_block * (depth_blocks - 1) + last,
+        |packed_b: &mut [u32]| {
+            let pack_block = |(i, chunk): (usize, &mut [u32])| {
+                let (k0, kc) = (i * KC, KC.min(k - i * KC));
+                pack::<NR>(rhs.0, (rhs.1 .1, rhs.1 .0), (0, n), (k0, kc), chunk);
+            };
+            if parallel && depth_blocks > 1 {
+                packed_b
+                    .par_chunks_mut(per_block)
+                    .enumerate()
+                    .for_each(pack_block);
+            } else {
+                packed_b
+                    .chunks_mut(per_block)
+                    .enumerate()
+                    .for_each(pack_block);
+            }
+        },
+    );
     let packed_b = &packed_b[..];
     let dst_ptr = DstPtr(dst.as_mut_ptr());
     let run = |block: usize| {
         let r0 = block * mc;
         let rows = mc.min(m - r0);
-        let mut packed_a = vec![0u32; KC / 2 * rows.div_ceil(MR) * MR];
-        for (i, b) in packed_b.chunks(per_block).enumerate() {
-            let (k0, kc) = (i * KC, KC.min(k - i * KC));
-            let a = &mut packed_a[..kc.div_ceil(2) * rows.div_ceil(MR) * MR];
-            pack::<MR>(lhs.0, lhs.1, (r0, rows), (k0, kc), a);
-            // The first depth block stores its sums (dst is not read, so it need not be
-            // zeroed: [`written`](super::storage::written) buffers), later ones add.
-            let overwrite = !accumulate && i == 0;
-            // SAFETY: each block writes only its own rows r0..r0 + rows of dst, whose extent
-            // the assert above checked.
-            unsafe { block_product(a, b, (rows, n, kc), dst_ptr.at(r0 * ld), ld, overwrite) };
-        }
+        let panel_rows = rows.div_ceil(MR) * MR;
+        // The first depth block (the longest) stores the whole buffer; later ones its front.
+        let _: Vec<u32> = written(KC.min(k).div_ceil(2) * panel_rows, |packed_a| {
+            for (i, b) in packed_b.chunks(per_block).enumerate() {
+                let (k0, kc) = (i * KC, KC.min(k - i * KC));
+                let a = &mut packed_a[..kc.div_ceil(2) * panel_rows];
+                pack::<MR>(lhs.0, lhs.1, (r0, rows), (k0, kc), a);
+                // The first depth block stores its sums (dst is not read, so it need not be
+                // zeroed: [`written`] buffers), later ones add.
+                let overwrite = !accumulate && i == 0;
+                // SAFETY: each block writes only its own rows r0..r0 + rows of dst, whose
+                // extent the assert above checked.
+                unsafe { block_product(a, b, (rows, n, kc), dst_ptr.at(r0 * ld), ld, overwrite) };
+            }
+        });
     };
     let blocks = m.div_ceil(mc);
     if workers > 1 && blocks > 1 {
@@ -206,8 +218,44 @@ mod simd {
         }
     }
 
+    /// `r[j][i] = r[i][j]` for a 16 × 16 block of 32-bit words: 32-bit and 64-bit interleaves
+    /// within 128-bit lanes, then two rounds of 128-bit lane shuffles.
+    #[inline(always)]
+    unsafe fn transpose16(r: &mut [__m512i; 16]) {
+        // SAFETY (whole body): register operations only; the caller enabled AVX-512F.
+        unsafe {
+            let mut t = [_mm512_setzero_si512(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+            }
+            // u[4g + c], 128-bit lane q: column 4q + c of rows 4g..4g + 4.
+            let mut u = [_mm512_setzero_si512(); 16];
+            for g in 0..4 {
+                let (a, b) = (t[4 * g], t[4 * g + 2]);
+                let (c, d) = (t[4 * g + 1], t[4 * g + 3]);
+                u[4 * g] = _mm512_unpacklo_epi64(a, b);
+                u[4 * g + 1] = _mm512_unpackhi_epi64(a, b);
+                u[4 * g + 2] = _mm512_unpacklo_epi64(c, d);
+                u[4 * g + 3] = _mm512_unpackhi_epi64(c, d);
+            }
+            for c in 0..4 {
+                let v0 = _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]);
+                let v1 = _mm512_shuffle_i32x4::<0xDD>(u[c], u[4 + c]);
+                let v2 = _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]);
+                let v3 = _mm512_shuffle_i32x4::<0xDD>(u[8 + c], u[12 + c]);
+                r[c] = _mm512_shuffle_i32x4::<0x88>(v0, v2);
+                r[4 + c] = _mm512_shuffle_i32x4::<0x88>(v1, v3);
+                r[8 + c] = _mm512_shuffle_i32x4::<0xDD>(v0, v2);
+                r[12 + c] = _mm512_shuffle_i32x4::<0xDD>(v1, v3);
+            }
+        }
+    }
+
     /// Panels when the depths of one lane are contiguous (`A` by rows, `B` transposed): 32
-    /// depths of a lane become its 16 words, one per pair, `W` words apart.
+    /// depths of each of 16 lanes become 16 words per lane, and the 16 × 16 block is
+    /// transposed in registers so that each depth pair's words are stored as one vector (a
+    /// scalar store per word was most of this packing's time).
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn pack_depth_rows<const W: usize>(
         x: &[f32],
@@ -217,28 +265,43 @@ mod simd {
         out: &mut [u32],
     ) {
         let pairs = kc.div_ceil(2);
-        let mut words = [0u32; 16];
-        for l in 0..lanes.div_ceil(W) * W {
-            let base = (l / W) * pairs * W + l % W;
-            if l >= lanes {
-                for p in 0..pairs {
-                    out[base + p * W] = 0;
-                }
-                continue;
-            }
-            let row = &x[(l0 + l) * ls + k0..(l0 + l) * ls + k0 + kc];
-            for p0 in (0..pairs).step_by(16) {
-                let d = 2 * p0;
-                let n = (kc - d).min(32);
-                // SAFETY: the masks keep the loads inside `row`; `words` holds 16 words.
-                unsafe {
-                    let src = row.as_ptr().add(d);
-                    let lo = _mm512_maskz_loadu_ps(mask(n), src);
-                    let hi = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), src.add(16));
-                    _mm512_storeu_si512(words.as_mut_ptr() as *mut _, to_bf16x32(lo, hi));
-                }
-                for (q, &w) in words.iter().enumerate().take((pairs - p0).min(16)) {
-                    out[base + (p0 + q) * W] = w;
+        for panel in 0..lanes.div_ceil(W) {
+            let base = panel * pairs * W;
+            for g0 in (0..W).step_by(16) {
+                let width = (W - g0).min(16);
+                for p0 in (0..pairs).step_by(16) {
+                    let d = 2 * p0;
+                    let n = (kc - d).min(32);
+                    // Lanes past the operand's end (and past the panel's width) stay zero.
+                    let mut r = [_mm512_setzero_si512(); 16];
+                    for (i, ri) in r.iter_mut().enumerate().take(width) {
+                        let l = panel * W + g0 + i;
+                        if l >= lanes {
+                            break;
+                        }
+                        // SAFETY: the masks keep the loads inside lane l's row of depths
+                        // k0..k0 + kc.
+                        unsafe {
+                            let src = x.as_ptr().add((l0 + l) * ls + k0 + d);
+                            let lo = _mm512_maskz_loadu_ps(mask(n), src);
+                            let hi = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), src.add(16));
+                            *ri = to_bf16x32(lo, hi);
+                        }
+                    }
+                    // SAFETY: AVX-512F is enabled here.
+                    unsafe { transpose16(&mut r) };
+                    for (j, rj) in r.iter().enumerate().take((pairs - p0).min(16)) {
+                        let at = base + (p0 + j) * W + g0;
+                        assert!(at + width <= out.len(), "bf16 pack: panel out of range");
+                        // SAFETY: the assert keeps the `width` masked words inside `out`.
+                        unsafe {
+                            _mm512_mask_storeu_epi32(
+                                out.as_mut_ptr().add(at) as *mut _,
+                                mask(width),
+                                *rj,
+                            )
+                        };
+                    }
                 }
             }
         }
@@ -462,6 +525,8 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
+        // Every packed panel must be stored before it is read: poisoned scratch shows a miss.
+        crate::kernels::storage::poison_outputs(true);
         // Edges in every dimension: one tile, partial tiles, odd depths, several depth blocks,
         // several row blocks and threads, transposed operands.
         for &(m, n, k) in &[

@@ -8,7 +8,9 @@ use rayon::prelude::*;
 pub(crate) const CHUNK: usize = 1 << 14;
 
 /// `Σ` over the groups of `group` images out of `n` of what `f(state, acc, images, first)`
-/// adds into `acc` (`len` floats; `first`: `acc` still holds the zeros it started with).
+/// adds into `acc` (`len` floats). With `first`, `acc` holds no values yet (it is not zeroed:
+/// a zero fill of every partial was a serial memset of up to 10 MB per weight gradient) and
+/// `f` must store all `len` of them rather than add.
 /// The groups are split into one contiguous range per thread, each summed in order into its
 /// own partial, and the partials summed in order: the result is the same in every run with the
 /// same thread count (rayon's `fold` splits where work-stealing happens to, which moved
@@ -21,28 +23,41 @@ pub(crate) fn sum_over_groups<S>(
     f: impl Fn(&mut S, &mut [f32], std::ops::Range<usize>, bool) + Sync,
 ) -> Vec<f32> {
     let groups = n.div_ceil(group.max(1));
-    let parts = rayon::current_num_threads().clamp(1, groups.max(1));
-    let per = groups.div_ceil(parts);
+    if groups == 0 {
+        return vec![0f32; len];
+    }
+    let per = groups.div_ceil(rayon::current_num_threads().clamp(1, groups));
+    // Every range holds at least one group, so that each partial is written.
+    let parts = groups.div_ceil(per);
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
         .map(|p| {
-            let (mut acc, mut state) = (vec![0f32; len], init());
-            for (i, gi) in ((p * per).min(groups)..((p + 1) * per).min(groups)).enumerate() {
-                let images = gi * group..((gi + 1) * group).min(n);
-                f(&mut state, &mut acc, images, i == 0);
-            }
-            acc
+            let mut state = init();
+            written(len, |acc| {
+                for (i, gi) in (p * per..((p + 1) * per).min(groups)).enumerate() {
+                    let images = gi * group..((gi + 1) * group).min(n);
+                    f(&mut state, acc, images, i == 0);
+                }
+            })
         })
         .collect();
     sum_partials(partials, len)
 }
 
-/// The element-wise sum of per-thread partial results of length `len`.
+/// The element-wise sum of per-thread partial results of length `len`, added in the order
+/// given (so the result does not depend on scheduling), in parallel chunks.
 pub(crate) fn sum_partials(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
-    let mut out = vec![0f32; len];
-    for p in parts {
-        out.iter_mut().zip(p).for_each(|(a, v)| *a += v);
-    }
+    let mut parts = parts.into_iter();
+    // The first partial is the start of the sum: `0 + p` is `p` in floats.
+    let Some(mut out) = parts.next() else {
+        return vec![0f32; len];
+    };
+    let rest: Vec<Vec<f32>> = parts.collect();
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+        for p in &rest {
+            o.iter_mut().zip(&p[i * CHUNK..]).for_each(|(a, v)| *a += v);
+        }
+    });
     out
 }
 

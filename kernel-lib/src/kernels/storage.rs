@@ -55,20 +55,35 @@ pub fn poison_outputs(on: bool) {
     POISON_OUTPUTS.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// A plain value type that [`written`] may hand out uninitialised: every bit pattern is a
+/// valid value, and `POISON` is the one a test fills new buffers with.
+pub(crate) trait Plain: Copy {
+    const POISON: Self;
+}
+
+impl Plain for f32 {
+    const POISON: Self = f32::NAN;
+}
+
+/// Packed pairs of bf16 (the bf16 matrix product's panels); all ones is a pair of NaNs.
+impl Plain for u32 {
+    const POISON: Self = u32::MAX;
+}
+
 /// A vector of `len` values filled by `write`, which must write every element and read none
 /// before writing it. The buffer is not zeroed first: a kernel's output filled with zeros
 /// and then overwritten costs a second pass over memory (3-7% of a ViT or ResNet training
 /// step on the CPU went to `memset`, measured with `perf`).
-pub(crate) fn written(len: usize, write: impl FnOnce(&mut [f32])) -> Vec<f32> {
-    let mut v = Vec::<f32>::with_capacity(len);
+pub(crate) fn written<T: Plain>(len: usize, write: impl FnOnce(&mut [T])) -> Vec<T> {
+    let mut v = Vec::<T>::with_capacity(len);
     let spare = &mut v.spare_capacity_mut()[..len];
     if POISON_OUTPUTS.load(std::sync::atomic::Ordering::Relaxed) {
-        spare.fill(std::mem::MaybeUninit::new(f32::NAN));
+        spare.fill(std::mem::MaybeUninit::new(T::POISON));
     }
-    // SAFETY: `spare` is `len` allocated `MaybeUninit<f32>`, which has the layout of `f32`;
-    // every bit pattern is a valid `f32`, and `write`'s contract is to store to each element
-    // before any load of it, so no uninitialised value is ever read.
-    let out = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+    // SAFETY: `spare` is `len` allocated `MaybeUninit<T>`, which has the layout of `T`;
+    // every bit pattern is a valid `T` (`Plain`), and `write`'s contract is to store to each
+    // element before any load of it, so no uninitialised value is ever read.
+    let out = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
     write(out);
     // SAFETY: all `len` elements were written by `write` above (its contract).
     unsafe { v.set_len(len) };

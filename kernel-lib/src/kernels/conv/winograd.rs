@@ -233,18 +233,20 @@ fn transform_kernel<T: Tile>(w: &[f32], o: usize, c: usize, input_grad: bool) ->
     let (rows, cols) = if input_grad { (c, o) } else { (o, c) };
     // Where row r's taps start, and the distance between consecutive columns' taps.
     let (row_stride, col_stride) = if input_grad { (9, c * 9) } else { (c * 9, 9) };
-    let mut u = vec![0f32; rows * a2 * cols];
     let fast = avx2();
-    u.par_chunks_mut(a2 * cols)
-        .enumerate()
-        .for_each(|(r, dst)| {
-            let taps = KernelTaps {
-                w: &w[r * row_stride..],
-                col_stride,
-                flip: input_grad,
-            };
-            transform_kernel_row::<T>(taps, dst, cols, fast)
-        });
+    // Each row's transform stores all its `a2·cols` values ([`kernel_row`]).
+    let u = written(rows * a2 * cols, |u| {
+        u.par_chunks_mut(a2 * cols)
+            .enumerate()
+            .for_each(|(r, dst)| {
+                let taps = KernelTaps {
+                    w: &w[r * row_stride..],
+                    col_stride,
+                    flip: input_grad,
+                };
+                transform_kernel_row::<T>(taps, dst, cols, fast)
+            })
+    });
     KernelTransform { u, rows, cols }
 }
 
@@ -461,7 +463,7 @@ fn weight_grad_tiles<T: Tile>(
         (n, gsz),
         a2 * o * c,
         || (),
-        |_, du, imgs, _| {
+        |_, du, imgs, first| {
             let xg = &x[imgs.start * c * h * w..imgs.end * c * h * w];
             let dyg = &dy[imgs.start * o * ho * wo..imgs.end * o * ho * wo];
             with_scratch(|v, dm| {
@@ -475,7 +477,7 @@ fn weight_grad_tiles<T: Tile>(
                         bf16,
                         (o, c, t),
                         (&mut du[xi * o * c..], c),
-                        true,
+                        !first,
                         (&dm[xi * t..], (row, 1)),
                         (&v[xi * t..], (1, row)),
                     );
@@ -483,11 +485,12 @@ fn weight_grad_tiles<T: Tile>(
             });
         },
     );
-    let mut dw = vec![0f32; o * c * 9];
-    dw.par_chunks_mut(c * 9)
-        .enumerate()
-        .for_each(|(oi, dst)| transform_kernel_grad::<T>(&du[oi * c..], (o * c, c), dst, fast));
-    dw
+    // Each output channel's row stores all its `c·9` taps ([`kernel_grad_row`]).
+    written(o * c * 9, |dw| {
+        dw.par_chunks_mut(c * 9)
+            .enumerate()
+            .for_each(|(oi, dst)| transform_kernel_grad::<T>(&du[oi * c..], (o * c, c), dst, fast))
+    })
 }
 
 /// `dM[ξ][o][t] = (A dY_tile Aᵀ)[ξ]`, the output gradient's tiles zero-padded past the edge.
@@ -1196,14 +1199,15 @@ fn input_grad_strided<T: Tile>(
 ) -> Vec<f32> {
     let k = transform_kernel::<T>(w, o, c, false);
     let fast = avx2();
-    let mut dx = vec![0f32; n * c * h * wd];
     let sizes = (o * ho * wo, c * h * wd);
-    over_groups::<T>((dy, &mut dx), sizes, (n, ho, wo), (o, c), |dyg, dxg, g| {
-        transform_grad_out::<T>(dyg, g.first, (g.imgs, o, ho, wo), fast);
-        position_products::<T>(&k, true, (g.first, g.second), (g.tiles, g.row), bf16);
-        transform_in_adjoint::<T>(g.second, dxg, (g.imgs, c, h, wd), fast);
-    });
-    dx
+    // The adjoint transform stores every pixel of its images' planes.
+    written(n * c * h * wd, |dx| {
+        over_groups::<T>((dy, dx), sizes, (n, ho, wo), (o, c), |dyg, dxg, g| {
+            transform_grad_out::<T>(dyg, g.first, (g.imgs, o, ho, wo), fast);
+            position_products::<T>(&k, true, (g.first, g.second), (g.tiles, g.row), bf16);
+            transform_in_adjoint::<T>(g.second, dxg, (g.imgs, c, h, wd), fast);
+        })
+    })
 }
 
 /// Weight gradient of `y = x ⋆ w` (x n×c×h×w, dy n×o×ho×wo) at `stride` 1 or 2, shaped
