@@ -147,6 +147,52 @@ fn grad_stats_match_a_host_computation() {
     assert!((norms[2] - 20.0).abs() < 1e-5 && (max_abs[2] - 20.0).abs() < 1e-6);
 }
 
+#[test]
+fn grad_stats_of_large_gradients_sum_every_chunk_and_show_a_nan() {
+    // Gradients long enough to be cut into several parallel chunks: the norm and the largest
+    // value must cover all of them, wherever the largest value lies.
+    let dev = Device::Cpu;
+    let len = 100_003;
+    let w: Vec<f32> = (0..len).map(|i| ((i % 97) as f32 - 48.0) / 16.0).collect();
+    let mk = |name: &str, v: Vec<f32>| sslab::models::Param {
+        name: name.into(),
+        var: Var::from_tensor(&Tensor::new(v, &dev).unwrap()).unwrap(),
+        kind: ParamKind::Weight,
+    };
+    let store = ParamStore {
+        params: vec![mk("backbone.conv1.weight", w.clone())],
+    };
+    let groups = LayerGroups::new(&store);
+    // loss = Σ p²/2 → grad = p, plus 7 at the very last element.
+    let p = store.params[0].var.as_tensor();
+    let bump = Tensor::from_vec(
+        (0..len)
+            .map(|i| if i == len - 1 { 7f32 } else { 0.0 })
+            .collect(),
+        len,
+        &dev,
+    )
+    .unwrap();
+    let loss = ((p.sqr().unwrap() * 0.5).unwrap().sum_all().unwrap()
+        + (p * &bump).unwrap().sum_all().unwrap())
+    .unwrap();
+    let grads = loss.backward().unwrap();
+    let (norms, max_abs) = groups.grad_stats(&store, &grads).unwrap();
+    let g: Vec<f64> = (0..len)
+        .map(|i| w[i] as f64 + if i == len - 1 { 7.0 } else { 0.0 })
+        .collect();
+    let want_norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let want_max = g.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert!(((norms[0] as f64) - want_norm).abs() < 1e-4 * want_norm);
+    assert_eq!(max_abs[0] as f64, want_max);
+    // A NaN in any chunk makes the layer's statistics NaN (the run refuses such a step).
+    let nan_loss = (loss + (p.get(len / 2).unwrap() * f64::NAN).unwrap()).unwrap();
+    let (norms, max_abs) = groups
+        .grad_stats(&store, &nan_loss.backward().unwrap())
+        .unwrap();
+    assert!(norms[0].is_nan() && max_abs[0].is_nan());
+}
+
 fn tensor(rows: &[Vec<f64>]) -> Tensor {
     let d = rows[0].len();
     let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();

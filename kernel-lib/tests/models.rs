@@ -120,6 +120,26 @@ fn conv_kernel_matches_candle_values_and_gradients() {
     }
 }
 
+/// A convolution of an input that needs no gradient (the images fed to a network's stem)
+/// computes the kernel's gradient alone, the same as when the input is tracked.
+#[test]
+fn conv_of_an_untracked_input_gives_the_kernel_gradient_only() {
+    let dev = Device::Cpu;
+    let mut pb = ParamBuilder::new(1, &dev);
+    let conv = Conv2d::new(&mut pb, "c", 3, 16, 3, 1, 1).unwrap();
+    let images = Tensor::randn(0f32, 1.0, (2, 3, 8, 8), &dev).unwrap();
+    let tracked = Var::from_tensor(&images).unwrap();
+    let (plain, traced) = grads_through(
+        &conv.forward(&images).unwrap(),
+        &conv.forward(tracked.as_tensor()).unwrap(),
+    );
+    assert!(plain.get(&images).is_none());
+    assert!(traced.get(tracked.as_tensor()).is_some());
+    let w = conv.weight.as_tensor();
+    let (a, b) = (plain.get(w).unwrap(), traced.get(w).unwrap());
+    assert_eq!(max_abs_diff(a, b), 0.0);
+}
+
 /// The off-CPU convolution (explicit im2col + matrix product) against candle's conv2d: values
 /// and both gradients, on every geometry a ResNet uses (7×7 stem, stride 2, 1×1 shortcuts).
 #[test]

@@ -9,7 +9,8 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::rel_err;
 use sslab::kernels::{
-    autocast, autocast_matmul, autocast_precision, batched_matmul, conv2d, cpu_has_bf16, Precision,
+    attention, autocast, autocast_matmul, autocast_precision, batched_matmul, conv2d, cpu_has_bf16,
+    Precision,
 };
 use sslab::models::{Depth, Stem};
 use sslab::train::{Run, RunConfig};
@@ -202,6 +203,39 @@ fn cpu_bf16_products_multiply_the_rounded_operands_in_both_passes() {
     // ... and differ from the f32 product by bf16's rounding, not more.
     let f32_y = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
     let e32 = rel_err(&y, &f32_y);
+    assert!(e32 > 1e-4 && e32 < 2e-2, "bf16 against f32: {e32:.2e}");
+}
+
+/// The CPU's fused attention under bf16 autocast: `Q·Kᵀ` and `P·V` on bf16-rounded operands
+/// (the probabilities rounded too, as PyTorch's autocast matmul casts them) with f32 sums and
+/// an f32 softmax in between. 64 tokens of width 64: wide enough for the bf16 kernel.
+#[test]
+fn cpu_bf16_attention_multiplies_rounded_operands() {
+    let dev = Device::Cpu;
+    let (t, w) = (64, 64);
+    let qkv = Tensor::randn(0f32, 1.0, (1, t, 3 * w), &dev).unwrap();
+    let got = {
+        let _bf16 = autocast(Precision::Bf16);
+        attention(&qkv, 1, true).unwrap()
+    };
+    let r = |t: &Tensor| common::bf16_rounded(t, DType::F64);
+    let part = |i: usize| qkv.narrow(2, i * w, w).unwrap().squeeze(0).unwrap();
+    let (q, k, v) = (part(0), part(1), part(2));
+    let s = (r(&q).matmul(&r(&k).t().unwrap()).unwrap() / (w as f64).sqrt()).unwrap();
+    let e = s
+        .broadcast_sub(&s.max_keepdim(1).unwrap())
+        .unwrap()
+        .exp()
+        .unwrap();
+    let p = e.broadcast_div(&e.sum_keepdim(1).unwrap()).unwrap();
+    let want = r(&p).matmul(&r(&v)).unwrap();
+    let got = got.squeeze(0).unwrap();
+    // A probability next to a bf16 rounding boundary may round the other way from f32 than
+    // from f64 scores: a few values off by one bf16 step.
+    let err = rel_err(&got, &want);
+    assert!(err < 1e-3, "against f64 on rounded operands: {err:.2e}");
+    let f32_out = attention(&qkv, 1, true).unwrap().squeeze(0).unwrap();
+    let e32 = rel_err(&got, &f32_out);
     assert!(e32 > 1e-4 && e32 < 2e-2, "bf16 against f32: {e32:.2e}");
 }
 

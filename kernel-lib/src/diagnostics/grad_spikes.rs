@@ -78,6 +78,9 @@ impl LayerGroups {
         grads: &GradStore,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let n = self.names.len();
+        if let Some(host) = self.grad_stats_on_host(store, grads)? {
+            return Ok(host);
+        }
         let mut sq: Vec<Option<Tensor>> = vec![None; n];
         let mut mx: Vec<Option<Tensor>> = vec![None; n];
         for &(pi, li) in &self.members {
@@ -111,6 +114,28 @@ impl LayerGroups {
             .to_dtype(candle_core::DType::F32)?
             .to_vec2::<f32>()?;
         Ok((both[0].clone(), both[1].clone()))
+    }
+
+    /// [`grad_stats`](Self::grad_stats) in one parallel pass per gradient, when every gradient
+    /// is a contiguous f32 CPU tensor (`None` otherwise: the tensor ops above take the rest).
+    fn grad_stats_on_host(
+        &self,
+        store: &ParamStore,
+        grads: &GradStore,
+    ) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        let n = self.names.len();
+        let (mut sq, mut mx) = (vec![0f64; n], vec![0f32; n]);
+        for &(pi, li) in &self.members {
+            let Some(g) = grads.get(store.params[pi].var.as_tensor()) else {
+                continue;
+            };
+            let Some((s, m)) = crate::kernels::square_sum_and_max_abs(g)? else {
+                return Ok(None);
+            };
+            sq[li] += s;
+            mx[li] = if m.is_nan() || m > mx[li] { m } else { mx[li] };
+        }
+        Ok(Some((sq.iter().map(|s| s.sqrt() as f32).collect(), mx)))
     }
 }
 

@@ -16,7 +16,8 @@
 //! `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = s·P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = dS·K`, `dK = dSᵀ·Q`.
 //!
 //! CPU: one task per image, its heads in turn, each product one single-threaded GEMM on
-//! strided operands. CUDA: per head, one strided-batched cuBLAS GEMM over the images (heads
+//! strided operands (under a bf16 autocast on operands rounded to bf16 with f32 sums, as
+//! PyTorch's autocast matmuls; the softmax stays f32). CUDA: per head, one strided-batched cuBLAS GEMM over the images (heads
 //! are few, images many) and sslab's warp-per-row softmax kernels over all rows at once; TF32
 //! tensor cores under a bf16 [`autocast`](crate::kernels::autocast), full f32 otherwise (as
 //! PyTorch's default for matrix products). Under a bf16 autocast on CUDA the qkv activation is
@@ -24,7 +25,7 @@
 //! the scores and `dP` stay f32, the softmax kernels write the probabilities and `dS` in bf16
 //! for the products that read them, and the output and `dqkv` are bf16.
 
-use super::matmul::matmul_ld;
+use super::matmul::product_ld;
 use super::softmax::{softmax_grad_row_wide, softmax_row_wide};
 use super::storage::{own_kernel_data, slice, written, CResult};
 use crate::error::Result;
@@ -77,21 +78,23 @@ impl Geometry {
 /// Attention's forward: `(batch, tokens, 3·dim)` qkv → `(batch, tokens, dim)`.
 struct AttentionOp {
     heads: usize,
-    /// Whether the CUDA products may use TF32 tensor cores (a bf16 autocast was on).
-    tf32: bool,
+    /// Whether a bf16 autocast was on: the CPU's products then round their operands to bf16
+    /// (f32 sums, as PyTorch's autocast matmuls), and CUDA's may use TF32 tensor cores.
+    bf16: bool,
 }
 
 /// Attention's backward: `(qkv, dO)` → `dqkv`.
 struct AttentionGrad {
     heads: usize,
-    tf32: bool,
+    bf16: bool,
 }
 
-/// `s ← Q·Kᵀ` and `p ← softmax(scale·s)` for head `h` of one image's qkv rows `x`.
-fn probabilities(x: &[f32], h: usize, g: Geometry, s: &mut [f32], p: &mut [f32]) {
+/// `s ← Q·Kᵀ` and `p ← softmax(scale·s)` for head `h` of one image's qkv rows `x` (the
+/// product on bf16-rounded operands when `bf16`).
+fn probabilities(x: &[f32], (h, bf16): (usize, bool), g: Geometry, s: &mut [f32], p: &mut [f32]) {
     let (t, w, r, dim) = (g.tokens, g.width, g.row(), g.dim());
     let (q, k) = (&x[h * w..], &x[dim + h * w..]);
-    matmul_ld((t, t, w), (s, t), false, (q, (r, 1)), (k, (1, r)));
+    product_ld(bf16, (t, t, w), (s, t), false, (q, (r, 1)), (k, (1, r)));
     for (si, pi) in s.chunks(t).zip(p.chunks_mut(t)) {
         softmax_row_wide(si, pi, g.scale());
     }
@@ -117,9 +120,10 @@ impl CustomOp1 for AttentionOp {
                 .for_each(|(o, x)| {
                     let (mut s, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
                     for h in 0..g.heads {
-                        probabilities(x, h, g, &mut s, &mut p);
+                        probabilities(x, (h, self.bf16), g, &mut s, &mut p);
                         let v = &x[2 * dim + h * w..];
-                        matmul_ld(
+                        product_ld(
+                            self.bf16,
                             (t, w, t),
                             (&mut o[h * w..], dim),
                             false,
@@ -133,13 +137,13 @@ impl CustomOp1 for AttentionOp {
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
-        on_cuda::forward(s, l, Geometry::of(l.dims(), self.heads)?, self.tf32)
+        on_cuda::forward(s, l, Geometry::of(l.dims(), self.heads)?, self.bf16)
     }
 
     fn bwd(&self, qkv: &Tensor, _out: &Tensor, d_out: &Tensor) -> CResult<Option<Tensor>> {
         let grad = AttentionGrad {
             heads: self.heads,
-            tf32: self.tf32,
+            bf16: self.bf16,
         };
         Ok(Some(qkv.apply_op2(&d_out.contiguous()?, grad)?))
     }
@@ -181,20 +185,48 @@ impl CustomOp2 for AttentionGrad {
                     for h in 0..g.heads {
                         let (q, k, v) = (&x[h * w..], &x[dim + h * w..], &x[2 * dim + h * w..]);
                         let d_oh = &d_o[h * w..];
-                        probabilities(x, h, g, &mut s, &mut p);
+                        probabilities(x, (h, self.bf16), g, &mut s, &mut p);
                         // dV = Pᵀ·dO
                         let dv = &mut dx[2 * dim + h * w..];
-                        matmul_ld((t, w, t), (dv, r), false, (&p, (1, t)), (d_oh, (dim, 1)));
+                        product_ld(
+                            self.bf16,
+                            (t, w, t),
+                            (dv, r),
+                            false,
+                            (&p, (1, t)),
+                            (d_oh, (dim, 1)),
+                        );
                         // dP = dO·Vᵀ, then dS in its place.
-                        matmul_ld((t, t, w), (&mut s, t), false, (d_oh, (dim, 1)), (v, (1, r)));
+                        product_ld(
+                            self.bf16,
+                            (t, t, w),
+                            (&mut s, t),
+                            false,
+                            (d_oh, (dim, 1)),
+                            (v, (1, r)),
+                        );
                         for (pi, si) in p.chunks(t).zip(s.chunks_mut(t)) {
                             softmax_grad_row_wide(pi, si, g.scale());
                         }
                         // dQ = dS·K, dK = dSᵀ·Q
                         let dq = &mut dx[h * w..];
-                        matmul_ld((t, w, t), (dq, r), false, (&s, (t, 1)), (k, (r, 1)));
+                        product_ld(
+                            self.bf16,
+                            (t, w, t),
+                            (dq, r),
+                            false,
+                            (&s, (t, 1)),
+                            (k, (r, 1)),
+                        );
                         let dk = &mut dx[dim + h * w..];
-                        matmul_ld((t, w, t), (dk, r), false, (&s, (1, t)), (q, (r, 1)));
+                        product_ld(
+                            self.bf16,
+                            (t, w, t),
+                            (dk, r),
+                            false,
+                            (&s, (1, t)),
+                            (q, (r, 1)),
+                        );
                     }
                 });
         });
@@ -209,7 +241,7 @@ impl CustomOp2 for AttentionGrad {
         l2: &Layout,
     ) -> CResult<(CudaStorage, Shape)> {
         let g = Geometry::of(l1.dims(), self.heads)?;
-        on_cuda::backward((s1, l1), (s2, l2), g, self.tf32)
+        on_cuda::backward((s1, l1), (s2, l2), g, self.bf16)
     }
 }
 
@@ -236,8 +268,8 @@ pub fn attention(qkv: &Tensor, heads: usize, fused: bool) -> Result<Tensor> {
     if fused && own_kernel_data(qkv) {
         // f32 on the CPU and CUDA; on CUDA also a bf16 qkv activation (bf16 autocast), whose
         // products take bf16 tensor cores and whose output is a bf16 activation.
-        let tf32 = super::autocast_precision() == super::Precision::Bf16;
-        return Ok(qkv.contiguous()?.apply_op1(AttentionOp { heads, tf32 })?);
+        let bf16 = super::autocast_precision() == super::Precision::Bf16;
+        return Ok(qkv.contiguous()?.apply_op1(AttentionOp { heads, bf16 })?);
     }
     if qkv.dtype() == candle_core::DType::BF16 {
         // A bf16 qkv activation elsewhere (the CPU under `bf16_activations_on_cpu`): the f32

@@ -224,9 +224,17 @@ impl CustomOp2 for Conv2dOp {
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         let g = self.geom(x.dims(), w.dims())?;
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2(w, Conv2dInputGrad(g))?;
-        let dw = x.apply_op2(&dy, Conv2dWeightGrad(g))?;
-        Ok((Some(dx), Some(dw)))
+        // An input that no gradient flows to (a network's images) needs none: the stem's
+        // input gradient was a whole pass over the batch thrown away.
+        let dx = match x.track_op() {
+            true => Some(dy.apply_op2(w, Conv2dInputGrad(g))?),
+            false => None,
+        };
+        let dw = match w.track_op() {
+            true => Some(x.apply_op2(&dy, Conv2dWeightGrad(g))?),
+            false => None,
+        };
+        Ok((dx, dw))
     }
 }
 
