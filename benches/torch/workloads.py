@@ -348,6 +348,10 @@ def conv(batch, reps, net="resnet18", only=""):
         pad = k // 2
         x = torch.randn(batch, c, h, h, device=DEV)
         w = torch.randn(o, c, k, k, device=DEV) * 0.1
+        if AMP:
+            # What autocast hands the convolution (bf16 operands): the layer tables of
+            # `compare.sh --precision bf16 conv` then time PyTorch's bf16 kernels, not its f32 ones.
+            x, w = x.bfloat16(), w.bfloat16()
         y = F.conv2d(x, w, None, s, pad)
         dy = torch.randn_like(y)
         macs = batch * o * y.shape[2] * y.shape[3] * c * k * k
