@@ -26,6 +26,7 @@
 //! for the products that read them, and the output and `dqkv` are bf16.
 
 use super::matmul::product_ld;
+use super::matmul_bf16::Operand;
 use super::softmax::{softmax_grad_row_wide, softmax_row_wide};
 use super::storage::{own_kernel_data, slice, written, CResult};
 use crate::error::Result;
@@ -181,6 +182,10 @@ impl CustomOp2 for AttentionGrad {
             dqkv.par_chunks_mut(t * r)
                 .zip(qkv.par_chunks(t * r).zip(d_out.par_chunks(t * dim)))
                 .for_each(|(dx, (x, d_o))| {
+                    // Each product overwrites its destination.
+                    let mm = |dims, dst: (&mut [f32], usize), lhs: Operand, rhs: Operand| {
+                        product_ld(self.bf16, dims, dst, false, lhs, rhs)
+                    };
                     let (mut s, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
                     for h in 0..g.heads {
                         let (q, k, v) = (&x[h * w..], &x[dim + h * w..], &x[2 * dim + h * w..]);
@@ -188,42 +193,17 @@ impl CustomOp2 for AttentionGrad {
                         probabilities(x, (h, self.bf16), g, &mut s, &mut p);
                         // dV = Pᵀ·dO
                         let dv = &mut dx[2 * dim + h * w..];
-                        product_ld(
-                            self.bf16,
-                            (t, w, t),
-                            (dv, r),
-                            false,
-                            (&p, (1, t)),
-                            (d_oh, (dim, 1)),
-                        );
+                        mm((t, w, t), (dv, r), (&p, (1, t)), (d_oh, (dim, 1)));
                         // dP = dO·Vᵀ, then dS in its place.
-                        product_ld(
-                            self.bf16,
-                            (t, t, w),
-                            (&mut s, t),
-                            false,
-                            (d_oh, (dim, 1)),
-                            (v, (1, r)),
-                        );
+                        mm((t, t, w), (&mut s, t), (d_oh, (dim, 1)), (v, (1, r)));
                         for (pi, si) in p.chunks(t).zip(s.chunks_mut(t)) {
                             softmax_grad_row_wide(pi, si, g.scale());
                         }
                         // dQ = dS·K, dK = dSᵀ·Q
-                        let dq = &mut dx[h * w..];
-                        product_ld(
-                            self.bf16,
+                        mm((t, w, t), (&mut dx[h * w..], r), (&s, (t, 1)), (k, (r, 1)));
+                        mm(
                             (t, w, t),
-                            (dq, r),
-                            false,
-                            (&s, (t, 1)),
-                            (k, (r, 1)),
-                        );
-                        let dk = &mut dx[dim + h * w..];
-                        product_ld(
-                            self.bf16,
-                            (t, w, t),
-                            (dk, r),
-                            false,
+                            (&mut dx[dim + h * w..], r),
                             (&s, (1, t)),
                             (q, (r, 1)),
                         );
