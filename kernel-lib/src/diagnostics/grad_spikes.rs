@@ -133,7 +133,7 @@ impl LayerGroups {
                 return Ok(None);
             };
             sq[li] += s;
-            mx[li] = if m.is_nan() || m > mx[li] { m } else { mx[li] };
+            mx[li] = crate::kernels::nan_max(m, mx[li]);
         }
         Ok(Some((sq.iter().map(|s| s.sqrt() as f32).collect(), mx)))
     }

@@ -76,11 +76,12 @@ pub(crate) fn matmul_bf16(
     // B packed whole first, block of KC depths after block (threads packing blocks side by
     // side), so that each row block then runs through every depth with its tile of dst in
     // cache, instead of dst streaming through once per depth block.
-    let per_block = KC / 2 * n.div_ceil(NR) * NR;
+    let panel_cols = n.div_ceil(NR) * NR;
+    let per_block = KC / 2 * panel_cols;
     let depth_blocks = k.div_ceil(KC);
     // Every depth block's panels are stored whole by `pack` (the last block's are shorter), so
     // the buffer needs no zero fill.
-    let last = (k - (depth_blocks - 1) * KC).div_ceil(2) * n.div_ceil(NR) * NR;
+    let last = (k - (depth_blocks - 1) * KC).div_ceil(2) * panel_cols;
     let packed_b = written(
         per_block * (depth_blocks - 1) + last,
         |packed_b: &mut [u32]| {
@@ -265,6 +266,16 @@ mod simd {
         out: &mut [u32],
     ) {
         let pairs = kc.div_ceil(2);
+        // Once for all the raw loads and stores below: the last lane's depths lie inside `x`,
+        // and every panel's words inside `out`.
+        assert!(
+            lanes == 0 || (l0 + lanes - 1) * ls + k0 + kc <= x.len(),
+            "bf16 pack: operand too short"
+        );
+        assert!(
+            lanes.div_ceil(W) * pairs * W <= out.len(),
+            "bf16 pack: panels out of range"
+        );
         for panel in 0..lanes.div_ceil(W) {
             let base = panel * pairs * W;
             for g0 in (0..W).step_by(16) {
@@ -280,7 +291,7 @@ mod simd {
                             break;
                         }
                         // SAFETY: the masks keep the loads inside lane l's row of depths
-                        // k0..k0 + kc.
+                        // k0..k0 + kc, which the first assert keeps inside `x`.
                         unsafe {
                             let src = x.as_ptr().add((l0 + l) * ls + k0 + d);
                             let lo = _mm512_maskz_loadu_ps(mask(n), src);
@@ -292,8 +303,8 @@ mod simd {
                     unsafe { transpose16(&mut r) };
                     for (j, rj) in r.iter().enumerate().take((pairs - p0).min(16)) {
                         let at = base + (p0 + j) * W + g0;
-                        assert!(at + width <= out.len(), "bf16 pack: panel out of range");
-                        // SAFETY: the assert keeps the `width` masked words inside `out`.
+                        // SAFETY: the `width` masked words end within this panel, which the
+                        // second assert keeps inside `out`.
                         unsafe {
                             _mm512_mask_storeu_epi32(
                                 out.as_mut_ptr().add(at) as *mut _,

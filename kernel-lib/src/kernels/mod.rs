@@ -60,8 +60,8 @@ pub use layout::{channels_last, set_channels_last};
 #[doc(hidden)]
 pub use layout::{channels_last_here, ChannelsLastHere};
 pub use matmul::{autocast_matmul, batched_matmul, linear};
-pub(crate) use optim_update::square_sum_and_max_abs;
 pub use optim_update::{ema, GroupSettings, OptimKind};
+pub(crate) use optim_update::{nan_max, square_sum_and_max_abs};
 pub(crate) use precision::via_f32;
 pub use precision::{autocast, autocast_precision, cpu_has_bf16, Autocast, Precision};
 #[doc(hidden)]

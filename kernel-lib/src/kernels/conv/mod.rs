@@ -226,13 +226,15 @@ impl CustomOp2 for Conv2dOp {
         let dy = dy.contiguous()?;
         // An input that no gradient flows to (a network's images) needs none: the stem's
         // input gradient was a whole pass over the batch thrown away.
-        let dx = match x.track_op() {
-            true => Some(dy.apply_op2(w, Conv2dInputGrad(g))?),
-            false => None,
+        let dx = if x.track_op() {
+            Some(dy.apply_op2(w, Conv2dInputGrad(g))?)
+        } else {
+            None
         };
-        let dw = match w.track_op() {
-            true => Some(x.apply_op2(&dy, Conv2dWeightGrad(g))?),
-            false => None,
+        let dw = if w.track_op() {
+            Some(x.apply_op2(&dy, Conv2dWeightGrad(g))?)
+        } else {
+            None
         };
         Ok((dx, dw))
     }

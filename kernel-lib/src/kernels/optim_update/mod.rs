@@ -183,6 +183,15 @@ fn reduce_chunks<const N: usize, T: Send>(
     Ok(parts.into_iter().fold(start, combine))
 }
 
+/// The larger of `a` and `b`, NaN if either is (`f32::max` drops a NaN).
+pub(crate) fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || a > b {
+        a
+    } else {
+        b
+    }
+}
+
 /// `(Σ x², max |x|)` of a contiguous f32 CPU tensor in one parallel pass (the sum in f64), or
 /// `None` for any other tensor. A NaN anywhere makes both NaN. The gradient-spike tracker's
 /// per-layer statistics: as tensor ops they were four passes and two copies per parameter,
@@ -191,8 +200,7 @@ pub(crate) fn square_sum_and_max_abs(t: &Tensor) -> Result<Option<(f64, f32)>> {
     if !(t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()) {
         return Ok(None);
     }
-    let nan_max = |a: f32, b: f32| if a.is_nan() || a > b { a } else { b };
-    let (sq, max) = reduce_chunks(
+    let stats = reduce_chunks(
         [t],
         |[x]| {
             x.iter().fold((0f64, 0f32), |(sq, m), &v| {
@@ -202,7 +210,7 @@ pub(crate) fn square_sum_and_max_abs(t: &Tensor) -> Result<Option<(f64, f32)>> {
         (0f64, 0f32),
         |(s1, m1), (s2, m2)| (s1 + s2, nan_max(m1, m2)),
     )?;
-    Ok(Some((sq, if sq.is_nan() { f32::NAN } else { max })))
+    Ok(Some(stats))
 }
 
 /// Adam's coefficients in f32 for step `t`: the moment decays `b1`, `b2`, their complements
