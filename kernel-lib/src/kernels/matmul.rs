@@ -98,6 +98,12 @@ pub(crate) fn product(
 const BF16_MIN_COLS: usize = 32;
 const BF16_MIN_DEPTH: usize = 64;
 
+/// Whether a bf16 product of `cols` columns and `depth` depths takes the bf16 kernel (see
+/// [`product`]).
+pub(crate) fn bf16_product(cols: usize, depth: usize) -> bool {
+    cols >= BF16_MIN_COLS && depth >= BF16_MIN_DEPTH
+}
+
 /// [`product`] into a `dst` whose rows lie `ld` apart.
 pub(crate) fn product_ld(
     bf16: bool,
@@ -107,7 +113,7 @@ pub(crate) fn product_ld(
     lhs: (&[f32], (usize, usize)),
     rhs: (&[f32], (usize, usize)),
 ) {
-    if bf16 && dims.1 >= BF16_MIN_COLS && dims.2 >= BF16_MIN_DEPTH {
+    if bf16 && bf16_product(dims.1, dims.2) {
         matmul_bf16(dims, dst, accumulate, lhs, rhs, false);
     } else {
         matmul_ld(dims, dst, accumulate, lhs, rhs);

@@ -43,19 +43,16 @@ pub(crate) fn matmul_bf16(
     rhs: Operand,
     parallel: bool,
 ) {
-    assert!(
-        m == 0 || n == 0 || dst.len() >= (m - 1) * ld + n,
-        "bf16 matmul: destination too short"
-    );
     let extent = |(s, (rs, cs)): Operand, r: usize, c: usize| {
         r == 0 || c == 0 || s.len() > (r - 1) * rs + (c - 1) * cs
     };
     assert!(extent(lhs, m, k), "bf16 matmul: left operand too short");
-    assert!(extent(rhs, k, n), "bf16 matmul: right operand too short");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 || !available() {
+    if m > 0 && n > 0 && (k == 0 || !available()) {
+        assert!(
+            dst.len() >= (m - 1) * ld + n,
+            "bf16 matmul: destination too short"
+        );
+        assert!(extent(rhs, k, n), "bf16 matmul: right operand too short");
         if !accumulate {
             for r in 0..m {
                 dst[r * ld..r * ld + n].fill(0.0);
@@ -64,6 +61,116 @@ pub(crate) fn matmul_bf16(
         if k > 0 {
             reference(m, n, k, dst, ld, lhs, rhs);
         }
+        return;
+    }
+    product(
+        (m, n, k),
+        (dst, ld),
+        accumulate,
+        Lhs::Raw(lhs),
+        rhs,
+        parallel,
+    );
+}
+
+/// [`matmul_bf16`] with its left operand packed beforehand ([`PackedLhs`]), for a left
+/// operand that several products share: a Winograd layer's transformed kernel meets every
+/// group of images, and packing it again for each group cost as much as a fifth of the
+/// layer's products at 4×4 and 8×8 pixels.
+pub(crate) fn matmul_bf16_packed(
+    n: usize,
+    (dst, ld): (&mut [f32], usize),
+    accumulate: bool,
+    lhs: &PackedLhs,
+    rhs: Operand,
+    parallel: bool,
+) {
+    let (m, k) = (lhs.m, lhs.k);
+    product(
+        (m, n, k),
+        (dst, ld),
+        accumulate,
+        Lhs::Packed(lhs),
+        rhs,
+        parallel,
+    );
+}
+
+/// Where a product's left operand comes from.
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    /// f32 values, packed block by block as the product runs.
+    Raw(Operand<'a>),
+    /// Packed once beforehand.
+    Packed(&'a PackedLhs),
+}
+
+/// The left operand of [`matmul_bf16`] packed whole: for each block of `KC` depths, every row
+/// in panels of `MR`, as the product packs each row block of it. Only built where the bf16
+/// kernel runs ([`PackedLhs::new`] is `None` elsewhere).
+pub(crate) struct PackedLhs {
+    words: Vec<u32>,
+    m: usize,
+    k: usize,
+}
+
+impl PackedLhs {
+    /// `lhs` (m×k) rounded to bf16 and packed; `None` on a CPU without AVX512-BF16 or for an
+    /// empty operand.
+    pub(crate) fn new((m, k): (usize, usize), lhs: Operand) -> Option<Self> {
+        if m == 0 || k == 0 || !available() {
+            return None;
+        }
+        let (s, (rs, cs)) = lhs;
+        assert!(
+            s.len() > (m - 1) * rs + (k - 1) * cs,
+            "bf16 matmul: left operand too short"
+        );
+        let rows = m.div_ceil(MR) * MR;
+        let per_block = KC / 2 * rows;
+        let depth_blocks = k.div_ceil(KC);
+        let last = (k - (depth_blocks - 1) * KC).div_ceil(2) * rows;
+        // Every depth block's panels are stored whole by `pack`.
+        let words = written(
+            per_block * (depth_blocks - 1) + last,
+            |words: &mut [u32]| {
+                for (i, chunk) in words.chunks_mut(per_block).enumerate() {
+                    let (k0, kc) = (i * KC, KC.min(k - i * KC));
+                    pack::<MR>(s, (rs, cs), (0, m), (k0, kc), chunk);
+                }
+            },
+        );
+        Some(PackedLhs { words, m, k })
+    }
+
+    /// The panels of rows `r0..r0 + rows` (`r0` a multiple of `MR`) in depth block `i`: what
+    /// `pack` gives for those rows and depths.
+    fn block(&self, i: usize, (r0, rows): (usize, usize)) -> &[u32] {
+        let pairs = KC.min(self.k - i * KC).div_ceil(2);
+        let start = i * KC / 2 * self.m.div_ceil(MR) * MR + r0 / MR * pairs * MR;
+        &self.words[start..start + rows.div_ceil(MR) * pairs * MR]
+    }
+}
+
+/// The packed product behind [`matmul_bf16`] and [`matmul_bf16_packed`] (AVX512-BF16 present,
+/// or nothing to compute).
+fn product(
+    (m, n, k): (usize, usize, usize),
+    (dst, ld): (&mut [f32], usize),
+    accumulate: bool,
+    lhs: Lhs,
+    rhs: Operand,
+    parallel: bool,
+) {
+    assert!(
+        m == 0 || n == 0 || dst.len() >= (m - 1) * ld + n,
+        "bf16 matmul: destination too short"
+    );
+    let extent = |(s, (rs, cs)): Operand, r: usize, c: usize| {
+        r == 0 || c == 0 || s.len() > (r - 1) * rs + (c - 1) * cs
+    };
+    assert!(extent(rhs, k, n), "bf16 matmul: right operand too short");
+    if m == 0 || n == 0 {
         return;
     }
     let workers = if parallel {
@@ -104,24 +211,48 @@ pub(crate) fn matmul_bf16(
     );
     let packed_b = &packed_b[..];
     let dst_ptr = DstPtr(dst.as_mut_ptr());
+    // The first depth block stores its sums (dst is not read, so it need not be zeroed:
+    // [`written`] buffers), later ones add.
+    let overwrite = |i: usize| !accumulate && i == 0;
     let run = |block: usize| {
         let r0 = block * mc;
         let rows = mc.min(m - r0);
         let panel_rows = rows.div_ceil(MR) * MR;
-        // The first depth block (the longest) stores the whole buffer; later ones its front.
-        let _: Vec<u32> = written(KC.min(k).div_ceil(2) * panel_rows, |packed_a| {
-            for (i, b) in packed_b.chunks(per_block).enumerate() {
-                let (k0, kc) = (i * KC, KC.min(k - i * KC));
-                let a = &mut packed_a[..kc.div_ceil(2) * panel_rows];
-                pack::<MR>(lhs.0, lhs.1, (r0, rows), (k0, kc), a);
-                // The first depth block stores its sums (dst is not read, so it need not be
-                // zeroed: [`written`] buffers), later ones add.
-                let overwrite = !accumulate && i == 0;
-                // SAFETY: each block writes only its own rows r0..r0 + rows of dst, whose
-                // extent the assert above checked.
-                unsafe { block_product(a, b, (rows, n, kc), dst_ptr.at(r0 * ld), ld, overwrite) };
+        match lhs {
+            // The first depth block (the longest) stores the whole buffer; later ones its
+            // front.
+            Lhs::Raw(lhs) => {
+                let _: Vec<u32> = written(KC.min(k).div_ceil(2) * panel_rows, |packed_a| {
+                    for (i, b) in packed_b.chunks(per_block).enumerate() {
+                        let (k0, kc) = (i * KC, KC.min(k - i * KC));
+                        let a = &mut packed_a[..kc.div_ceil(2) * panel_rows];
+                        pack::<MR>(lhs.0, lhs.1, (r0, rows), (k0, kc), a);
+                        // SAFETY: each block writes only its own rows r0..r0 + rows of dst,
+                        // whose extent the assert above checked.
+                        unsafe {
+                            block_product(
+                                a,
+                                b,
+                                (rows, n, kc),
+                                dst_ptr.at(r0 * ld),
+                                ld,
+                                overwrite(i),
+                            )
+                        };
+                    }
+                });
             }
-        });
+            Lhs::Packed(packed) => {
+                for (i, b) in packed_b.chunks(per_block).enumerate() {
+                    let kc = KC.min(k - i * KC);
+                    let a = packed.block(i, (r0, rows));
+                    // SAFETY: as above.
+                    unsafe {
+                        block_product(a, b, (rows, n, kc), dst_ptr.at(r0 * ld), ld, overwrite(i))
+                    };
+                }
+            }
+        }
     };
     let blocks = m.div_ceil(mc);
     if workers > 1 && blocks > 1 {
@@ -574,6 +705,50 @@ mod tests {
                             "{m}×{n}×{k} ta {ta} tb {tb} acc {accumulate}: [{idx}] {g} vs {w}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_packed_left_operand_gives_the_same_bits() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        crate::kernels::storage::poison_outputs(true);
+        // Partial tiles, several depth and row blocks, both layouts of the left operand.
+        for &(m, n, k) in &[(1, 1, 1), (15, 33, 3), (130, 45, 600), (300, 64, 257)] {
+            for ta in [false, true] {
+                let a = values(m * k, (m + 3 * k) as u32);
+                let b = values(k * n, (n + 11 * k) as u32);
+                let sa = if ta { (1, m) } else { (k, 1) };
+                let packed = PackedLhs::new((m, k), (&a, sa)).expect("AVX512-BF16 is present");
+                for (accumulate, parallel) in [(false, false), (true, true)] {
+                    let start = values(m * n, 5);
+                    let (mut want, mut got) = (start.clone(), start);
+                    matmul_bf16(
+                        (m, n, k),
+                        (&mut want, n),
+                        accumulate,
+                        (&a, sa),
+                        (&b, (n, 1)),
+                        parallel,
+                    );
+                    matmul_bf16_packed(
+                        n,
+                        (&mut got, n),
+                        accumulate,
+                        &packed,
+                        (&b, (n, 1)),
+                        parallel,
+                    );
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{m}×{n}×{k} ta {ta} acc {accumulate}"
+                    );
                 }
             }
         }

@@ -5,7 +5,6 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use super::activation::ReluGrad;
 use super::collective::World;
 use super::storage::{on_cpu_f32, slice, written, CResult};
 use crate::error::{Error, Result};
@@ -117,15 +116,45 @@ fn moments(x: &[f32], at: Rows, k: f32, out: &mut (f64, f64)) {
 }
 
 /// `out.0 += Σ g`, `out.1 += Σ g·(x − mean)·inv_std` over the rows `at`: dβ and dγ of
-/// BatchNorm's backward (inlined into [`grad_sums_wide`]).
+/// BatchNorm's backward (inlined into [`grad_sums_wide`]). With `relu = Some((a, b))` the
+/// forward applied a ReLU to `(x − mean)·a + b`, and `g` counts only where that is positive
+/// (see [`relu_passes`]).
 #[inline(always)]
-fn grad_sums(g: &[f32], x: &[f32], at: Rows, k: (f32, f32), out: &mut (f64, f64)) {
+fn grad_sums(
+    g: &[f32],
+    x: &[f32],
+    at: Rows,
+    (k, relu): ((f32, f32), Option<(f32, f32)>),
+    out: &mut (f64, f64),
+) {
     let (mean, inv_std) = k;
-    lane_sums2((g, x), at, out, |gv, xv| (gv, gv * ((xv - mean) * inv_std)));
+    match relu {
+        Some(ab) => lane_sums2((g, x), at, out, |gv, xv| {
+            let gv = if relu_passes(xv, mean, ab) { gv } else { 0.0 };
+            (gv, gv * ((xv - mean) * inv_std))
+        }),
+        None => lane_sums2((g, x), at, out, |gv, xv| (gv, gv * ((xv - mean) * inv_std))),
+    }
+}
+
+/// Whether the fused ReLU of [`affine_row`] let `x` through: its pre-activation
+/// `(x − mean)·a + b`, computed as the forward computed it (same operations, same order, so
+/// the same bits), is positive. The backward recomputes the mask from x, which it reads
+/// anyway, instead of reading the output in a separate ReLU-gradient pass (three streams of
+/// activations fewer per BatchNorm + ReLU).
+#[inline(always)]
+fn relu_passes(x: f32, mean: f32, (a, b): (f32, f32)) -> bool {
+    pre_activation(x, mean, (a, b)) > 0.0
+}
+
+/// `(x − mean)·a + b`: the BatchNorm output before its fused ReLU.
+#[inline(always)]
+fn pre_activation(x: f32, mean: f32, (a, b): (f32, f32)) -> f32 {
+    (x - mean) * a + b
 }
 
 wide!(moments_wide = moments(x: &[f32], at: Rows, k: f32, out: &mut (f64, f64)));
-wide!(grad_sums_wide = grad_sums(g: &[f32], x: &[f32], at: Rows, k: (f32, f32), out: &mut (f64, f64)));
+wide!(grad_sums_wide = grad_sums(g: &[f32], x: &[f32], at: Rows, k: ((f32, f32), Option<(f32, f32)>), out: &mut (f64, f64)));
 
 /// Per-channel (per group and channel, under a [`Split`]) batch mean, biased variance and
 /// `1/√(var + eps)` of `(n, c, inner)` data, accumulated in f64.
@@ -227,23 +256,35 @@ fn rows_per_task(inner: usize) -> usize {
 fn affine_row(y: &mut [f32], x: &[f32], (mean, a, b): (f32, f32, f32), relu: bool) {
     let pairs = y.iter_mut().zip(x);
     if relu {
-        pairs.for_each(|(o, &v)| *o = ((v - mean) * a + b).max(0.0));
+        pairs.for_each(|(o, &v)| *o = pre_activation(v, mean, (a, b)).max(0.0));
     } else {
-        pairs.for_each(|(o, &v)| *o = (v - mean) * a + b);
+        pairs.for_each(|(o, &v)| *o = pre_activation(v, mean, (a, b)));
     }
 }
 
-/// `dx = k·(g − mg − x̂·mgx)` with `x̂ = (x − mean)·inv_std`: one row of the input gradient.
+/// `dx = k·(g − mg − x̂·mgx)` with `x̂ = (x − mean)·inv_std`: one row of the input gradient;
+/// `g` masked by the forward's ReLU with `relu` (as in [`grad_sums`]).
 #[inline(always)]
-fn grad_row(d: &mut [f32], g: &[f32], x: &[f32], (k, mg, mgx): (f32, f32, f32), at: (f32, f32)) {
+fn grad_row(
+    d: &mut [f32],
+    g: &[f32],
+    x: &[f32],
+    (k, mg, mgx): (f32, f32, f32),
+    (at, relu): ((f32, f32), Option<(f32, f32)>),
+) {
     let (mean, inv_std) = at;
-    for ((o, &gv), &xv) in d.iter_mut().zip(g).zip(x) {
-        *o = k * (gv - mg - (xv - mean) * inv_std * mgx);
+    let rows = d.iter_mut().zip(g).zip(x);
+    match relu {
+        Some(ab) => rows.for_each(|((o, &gv), &xv)| {
+            let gv = if relu_passes(xv, mean, ab) { gv } else { 0.0 };
+            *o = k * (gv - mg - (xv - mean) * inv_std * mgx);
+        }),
+        None => rows.for_each(|((o, &gv), &xv)| *o = k * (gv - mg - (xv - mean) * inv_std * mgx)),
     }
 }
 
 wide!(affine_row_wide = affine_row(y: &mut [f32], x: &[f32], k: (f32, f32, f32), relu: bool));
-wide!(grad_row_wide = grad_row(d: &mut [f32], g: &[f32], x: &[f32], k: (f32, f32, f32), at: (f32, f32)));
+wide!(grad_row_wide = grad_row(d: &mut [f32], g: &[f32], x: &[f32], k: (f32, f32, f32), at: ((f32, f32), Option<(f32, f32)>)));
 
 fn store_stats(slot: &Mutex<BnStats>, st: BnStats) {
     if let Ok(mut s) = slot.lock() {
@@ -295,6 +336,7 @@ impl CustomOp1 for BatchNormOp {
             mean: None,
             inv_std: st.inv_std,
             gamma: None,
+            relu_shift: None,
             sums: Arc::default(),
             ranks: self.ranks.clone(),
             groups: self.groups,
@@ -355,22 +397,22 @@ impl CustomOp3 for BatchNormAffineOp {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
-        res: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
         g: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let st = saved_stats(&self.stats)?;
-        // The ReLU's mask comes from the output: y > 0 exactly where the pre-ReLU value was.
-        let g = if self.relu {
-            res.apply_op2(&g.contiguous()?, ReluGrad)?
-        } else {
-            g.clone()
-        };
         let sums = Arc::new(Mutex::new(Vec::new()));
         let grad = BatchNormGrad {
             mean: Some(st.mean),
             inv_std: st.inv_std,
             gamma: Some(gamma.to_vec1::<f32>()?),
+            // The ReLU's mask is recomputed from x inside the gradient's passes.
+            relu_shift: if self.relu {
+                Some(beta.to_vec1::<f32>()?)
+            } else {
+                None
+            },
             sums: sums.clone(),
             ranks: self.ranks.clone(),
             groups: self.groups,
@@ -408,6 +450,9 @@ struct BatchNormGrad {
     mean: Option<Vec<f32>>,
     inv_std: Vec<f32>,
     gamma: Option<Vec<f32>>,
+    /// β of a forward that ended in a ReLU (with `mean` and `gamma`): the incoming gradient
+    /// then counts only where `(x − mean)·inv_std·γ + β > 0`.
+    relu_shift: Option<Vec<f32>>,
     sums: Arc<Mutex<Vec<(f64, f64)>>>,
     ranks: Option<World>,
     /// As the forward op's: `mean`, `inv_std` and `sums` are per group and channel.
@@ -436,12 +481,19 @@ impl CustomOp2 for BatchNormGrad {
             Some(mean) => (mean[s], self.inv_std[s]),
             None => (0.0, 1.0),
         };
+        // The scale and shift of the forward's fused ReLU, if any, for statistic s of channel
+        // ch: `inv_std·γ` and β, as `bn_apply` formed them.
+        let relu = |s: usize, ch: usize| {
+            let (gamma, beta) = (self.gamma.as_ref()?, self.relu_shift.as_ref()?);
+            Some((self.inv_std[s] * gamma[ch], beta[ch]))
+        };
         let sums: Vec<(f64, f64)> = (0..split.groups * c)
             .into_par_iter()
             .with_min_len(rows_per_task(split.per * inner))
             .map(|s| {
                 let mut acc = (0f64, 0f64);
-                grad_sums_wide(g, xin, split.rows_of(s, (c, inner)), at(s), &mut acc);
+                let k = (at(s), relu(s, s % c));
+                grad_sums_wide(g, xin, split.rows_of(s, (c, inner)), k, &mut acc);
                 acc
             })
             .collect();
@@ -460,7 +512,7 @@ impl CustomOp2 for BatchNormGrad {
                     let (ch, s) = (i % c, split.stat(i, c));
                     let (mg, mgx) = means[s];
                     let k = self.inv_std[s] * self.gamma.as_ref().map_or(1.0, |gm| gm[ch]);
-                    grad_row_wide(d, gr, xr, (k, mg, mgx), at(s));
+                    grad_row_wide(d, gr, xr, (k, mg, mgx), (at(s), relu(s, ch)));
                 });
         });
         if let Ok(mut slot) = self.sums.lock() {

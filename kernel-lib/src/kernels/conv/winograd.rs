@@ -18,7 +18,8 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::matmul::product_ld;
+use crate::kernels::matmul::{bf16_product, product_ld};
+use crate::kernels::matmul_bf16::{matmul_bf16_packed, PackedLhs};
 use crate::kernels::par::{images_per_group, sum_over_groups};
 use crate::kernels::simd::avx2;
 use crate::kernels::storage::written;
@@ -224,6 +225,32 @@ struct KernelTransform {
     rows: usize,
     /// Its input channels (columns of each `U[ξ]`).
     cols: usize,
+    /// Each distinct `U[ξu]` packed for the bf16 products (see [`KernelTransform::packed`]).
+    packed: Option<Vec<PackedLhs>>,
+}
+
+impl KernelTransform {
+    /// Packs each distinct position's `U` (`Uᵀ` when `transposed`) once for the bf16
+    /// products of every group of images, when `bf16` and the products are deep enough to
+    /// take the bf16 kernel ([`bf16_product`]; how many tiles a group has is checked per
+    /// group).
+    fn packed<T: Tile>(mut self, bf16: bool, transposed: bool) -> Self {
+        let q = self.cols;
+        let plane = T::NU * T::NU * q;
+        let (m, inner, strides) = if transposed {
+            (self.cols, self.rows, (1, plane))
+        } else {
+            (self.rows, self.cols, (plane, 1))
+        };
+        if bf16 && bf16_product(usize::MAX, inner) {
+            // In parallel: the groups' products wait for all of it.
+            self.packed = (0..T::NU * T::NU)
+                .into_par_iter()
+                .map(|xu| PackedLhs::new((m, inner), (&self.u[xu * q..], strides)))
+                .collect();
+        }
+        self
+    }
 }
 
 /// `U = G g Gᵀ` for a kernel `w` (o×c×3×3); with `input_grad`, for the kernel of the input
@@ -247,7 +274,12 @@ fn transform_kernel<T: Tile>(w: &[f32], o: usize, c: usize, input_grad: bool) ->
                 transform_kernel_row::<T>(taps, dst, cols, fast)
             })
     });
-    KernelTransform { u, rows, cols }
+    KernelTransform {
+        u,
+        rows,
+        cols,
+        packed: None,
+    }
 }
 
 /// One row of a kernel: the 3×3 taps of column q start at `w[q·col_stride]`, read in reverse
@@ -321,8 +353,24 @@ fn position_products<T: Tile>(
     } else {
         (k.rows, k.cols, (plane, 1))
     };
+    let packed = k
+        .packed
+        .as_ref()
+        .filter(|_| bf16 && bf16_product(tiles, inner));
     for xi in 0..a * a {
         let xu = T::U_OF[xi / a] * nu + T::U_OF[xi % a];
+        if let Some(packed) = packed {
+            let rhs = (&src[xi * tiles..], (row, 1));
+            matmul_bf16_packed(
+                tiles,
+                (&mut dst[xi * tiles..], row),
+                false,
+                &packed[xu],
+                rhs,
+                false,
+            );
+            continue;
+        }
         product_ld(
             bf16,
             (m, tiles, inner),
@@ -1165,7 +1213,8 @@ fn conv_with<T: Tile>(
     input_grad: bool,
     bf16: bool,
 ) -> Vec<f32> {
-    conv_tiled::<T>(x, &transform_kernel::<T>(w, o, c, input_grad), dims, bf16)
+    let k = transform_kernel::<T>(w, o, c, input_grad).packed::<T>(bf16, false);
+    conv_tiled::<T>(x, &k, dims, bf16)
 }
 
 /// Input gradient: `dx (n×c×h×w)` of `y = x ⋆ w` from `dy (n×o×ho×wo)`, w o×c×3×3. At stride
@@ -1197,7 +1246,7 @@ fn input_grad_strided<T: Tile>(
     (c, h, wd): (usize, usize, usize),
     bf16: bool,
 ) -> Vec<f32> {
-    let k = transform_kernel::<T>(w, o, c, false);
+    let k = transform_kernel::<T>(w, o, c, false).packed::<T>(bf16, true);
     let fast = avx2();
     let sizes = (o * ho * wo, c * h * wd);
     // The adjoint transform stores every pixel of its images' planes.
