@@ -73,15 +73,15 @@ pub(crate) fn matmul_bf16(
     );
 }
 
-/// [`matmul_bf16`] with its left operand packed beforehand ([`PackedLhs`]), for a left
-/// operand that several products share: a Winograd layer's transformed kernel meets every
-/// group of images, and packing it again for each group cost as much as a fifth of the
+/// [`matmul_bf16`] with its left operand packed beforehand (one of a [`PackedLhs`] set), for
+/// a left operand that several products share: a Winograd layer's transformed kernel meets
+/// every group of images, and packing it again for each group cost as much as a fifth of the
 /// layer's products at 4×4 and 8×8 pixels.
 pub(crate) fn matmul_bf16_packed(
     n: usize,
     (dst, ld): (&mut [f32], usize),
     accumulate: bool,
-    lhs: &PackedLhs,
+    lhs: PackedRef,
     rhs: Operand,
     parallel: bool,
 ) {
@@ -102,52 +102,107 @@ enum Lhs<'a> {
     /// f32 values, packed block by block as the product runs.
     Raw(Operand<'a>),
     /// Packed once beforehand.
-    Packed(&'a PackedLhs),
+    Packed(PackedRef<'a>),
 }
 
-/// The left operand of [`matmul_bf16`] packed whole: for each block of `KC` depths, every row
-/// in panels of `MR`, as the product packs each row block of it. Only built where the bf16
-/// kernel runs ([`PackedLhs::new`] is `None` elsewhere).
+/// `count` left operands of one shape (m×k), each packed whole as the product packs its row
+/// blocks: for each block of `KC` depths, every row in panels of `MR`. Built panel by panel
+/// from f32 rows that a caller computes on the fly ([`PackedLhs::by_panels`]), so that an
+/// operand derived from something else (a transformed kernel) never exists in f32 whole:
+/// at 512 channels a Winograd kernel transform was 16 MB of f32 written, read back and
+/// packed per call, for 8 MB of packed words.
 pub(crate) struct PackedLhs {
     words: Vec<u32>,
     m: usize,
     k: usize,
 }
 
+/// One operand of a [`PackedLhs`].
+#[derive(Clone, Copy)]
+pub(crate) struct PackedRef<'a> {
+    words: &'a [u32],
+    m: usize,
+    k: usize,
+}
+
 impl PackedLhs {
-    /// `lhs` (m×k) rounded to bf16 and packed; `None` on a CPU without AVX512-BF16 or for an
-    /// empty operand.
-    pub(crate) fn new((m, k): (usize, usize), lhs: Operand) -> Option<Self> {
-        if m == 0 || k == 0 || !available() {
+    /// Packs `count` m×k operands, panels of `MR` rows in parallel: `fill(r0, rows, f)`
+    /// writes rows `r0..r0 + rows` of every operand into `f`, row i of operand j at
+    /// `f[(i·count + j)·k..][..k]`. `None` on a CPU without AVX512-BF16 or for an empty shape.
+    pub(crate) fn by_panels(
+        count: usize,
+        (m, k): (usize, usize),
+        fill: impl Fn(usize, usize, &mut [f32]) + Sync,
+    ) -> Option<Self> {
+        if m == 0 || k == 0 || count == 0 || !available() {
             return None;
         }
-        let (s, (rs, cs)) = lhs;
-        assert!(
-            s.len() > (m - 1) * rs + (k - 1) * cs,
-            "bf16 matmul: left operand too short"
-        );
-        let rows = m.div_ceil(MR) * MR;
-        let per_block = KC / 2 * rows;
-        let depth_blocks = k.div_ceil(KC);
-        let last = (k - (depth_blocks - 1) * KC).div_ceil(2) * rows;
-        // Every depth block's panels are stored whole by `pack`.
-        let words = written(
-            per_block * (depth_blocks - 1) + last,
-            |words: &mut [u32]| {
-                for (i, chunk) in words.chunks_mut(per_block).enumerate() {
-                    let (k0, kc) = (i * KC, KC.min(k - i * KC));
-                    pack::<MR>(s, (rs, cs), (0, m), (k0, kc), chunk);
+        let panels = m.div_ceil(MR);
+        let per_operand = Self::operand_len(m, k);
+        // Each panel task stores its own ranges, together every word (`block_start` and the
+        // panel lengths add up to `operand_len`).
+        let words = written(count * per_operand, |words: &mut [u32]| {
+            let out = DstPtr(words.as_mut_ptr());
+            (0..panels).into_par_iter().for_each(|p| {
+                let (r0, rows) = (p * MR, MR.min(m - p * MR));
+                let f32_rows = written(rows * count * k, |f: &mut [f32]| fill(r0, rows, f));
+                for j in 0..count {
+                    for i in 0..k.div_ceil(KC) {
+                        let (k0, kc) = (i * KC, KC.min(k - i * KC));
+                        let len = kc.div_ceil(2) * MR;
+                        let at = j * per_operand + Self::block_start(m, i) + p * len;
+                        // SAFETY: `at..at + len` is panel p's range of depth block i of
+                        // operand j (see `PackedRef::block`): inside `words`, and no other
+                        // task's. `pack` stores every word of it.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), len) };
+                        pack::<MR>(&f32_rows[j * k..], (count * k, 1), (0, rows), (k0, kc), dst);
+                    }
                 }
-            },
-        );
+            });
+        });
         Some(PackedLhs { words, m, k })
     }
 
+    /// `lhs` (m×k) packed alone (the tests' way in).
+    #[cfg(test)]
+    fn new((m, k): (usize, usize), (s, (rs, cs)): Operand) -> Option<Self> {
+        Self::by_panels(1, (m, k), |r0, rows, f| {
+            for i in 0..rows {
+                for d in 0..k {
+                    f[i * k + d] = s[(r0 + i) * rs + d * cs];
+                }
+            }
+        })
+    }
+
+    /// Words of one operand: each depth block's panels for all rows.
+    fn operand_len(m: usize, k: usize) -> usize {
+        Self::block_start(m, k.div_ceil(KC) - 1)
+            + (k - (k.div_ceil(KC) - 1) * KC).div_ceil(2) * m.div_ceil(MR) * MR
+    }
+
+    /// Where depth block i starts in an operand (every earlier block is `KC` deep).
+    fn block_start(m: usize, i: usize) -> usize {
+        i * KC / 2 * m.div_ceil(MR) * MR
+    }
+
+    /// Operand j.
+    pub(crate) fn operand(&self, j: usize) -> PackedRef<'_> {
+        let len = Self::operand_len(self.m, self.k);
+        PackedRef {
+            words: &self.words[j * len..(j + 1) * len],
+            m: self.m,
+            k: self.k,
+        }
+    }
+}
+
+impl PackedRef<'_> {
     /// The panels of rows `r0..r0 + rows` (`r0` a multiple of `MR`) in depth block `i`: what
     /// `pack` gives for those rows and depths.
     fn block(&self, i: usize, (r0, rows): (usize, usize)) -> &[u32] {
         let pairs = KC.min(self.k - i * KC).div_ceil(2);
-        let start = i * KC / 2 * self.m.div_ceil(MR) * MR + r0 / MR * pairs * MR;
+        let start = PackedLhs::block_start(self.m, i) + r0 / MR * pairs * MR;
         &self.words[start..start + rows.div_ceil(MR) * pairs * MR]
     }
 }
@@ -262,15 +317,16 @@ fn product(
     }
 }
 
-/// The destination shared by the row blocks (each writes only its own rows).
+/// An output shared by parallel tasks that each write their own part of it: the row blocks of
+/// a product's destination, the panels of a [`PackedLhs`].
 #[derive(Clone, Copy)]
-struct DstPtr(*mut f32);
-// SAFETY: the blocks write disjoint rows (see `matmul_bf16`).
-unsafe impl Send for DstPtr {}
-unsafe impl Sync for DstPtr {}
-impl DstPtr {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the destination checked by `matmul_bf16`.
+struct DstPtr<T>(*mut T);
+// SAFETY: the tasks write disjoint ranges (see `product` and `PackedLhs::by_panels`).
+unsafe impl<T> Send for DstPtr<T> {}
+unsafe impl<T> Sync for DstPtr<T> {}
+impl<T> DstPtr<T> {
+    fn at(self, offset: usize) -> *mut T {
+        // SAFETY: callers stay inside the output they were given.
         unsafe { self.0.add(offset) }
     }
 }
@@ -711,44 +767,53 @@ mod tests {
     }
 
     #[test]
-    fn a_packed_left_operand_gives_the_same_bits() {
+    fn packed_left_operands_give_the_same_bits() {
         if !available() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
+        // Every packed word must be stored: poisoned scratch shows a miss.
         crate::kernels::storage::poison_outputs(true);
-        // Partial tiles, several depth and row blocks, both layouts of the left operand.
+        // Partial tiles, several depth and row blocks (several panels per task's rows), both
+        // layouts of the left operand, and a set of three operands packed together.
         for &(m, n, k) in &[(1, 1, 1), (15, 33, 3), (130, 45, 600), (300, 64, 257)] {
             for ta in [false, true] {
-                let a = values(m * k, (m + 3 * k) as u32);
-                let b = values(k * n, (n + 11 * k) as u32);
                 let sa = if ta { (1, m) } else { (k, 1) };
-                let packed = PackedLhs::new((m, k), (&a, sa)).expect("AVX512-BF16 is present");
-                for (accumulate, parallel) in [(false, false), (true, true)] {
-                    let start = values(m * n, 5);
-                    let (mut want, mut got) = (start.clone(), start);
-                    matmul_bf16(
-                        (m, n, k),
-                        (&mut want, n),
-                        accumulate,
-                        (&a, sa),
-                        (&b, (n, 1)),
-                        parallel,
-                    );
-                    matmul_bf16_packed(
-                        n,
-                        (&mut got, n),
-                        accumulate,
-                        &packed,
-                        (&b, (n, 1)),
-                        parallel,
-                    );
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(
-                        bits(&got),
-                        bits(&want),
-                        "{m}×{n}×{k} ta {ta} acc {accumulate}"
-                    );
+                let ops: Vec<Vec<f32>> = (0..3)
+                    .map(|j| values(m * k, (m + 3 * k + 17 * j) as u32))
+                    .collect();
+                let single = PackedLhs::new((m, k), (&ops[0], sa)).expect("AVX512-BF16 is present");
+                let set = PackedLhs::by_panels(3, (m, k), |r0, rows, f| {
+                    for i in 0..rows {
+                        for (j, op) in ops.iter().enumerate() {
+                            for d in 0..k {
+                                f[(i * 3 + j) * k + d] = op[(r0 + i) * sa.0 + d * sa.1];
+                            }
+                        }
+                    }
+                })
+                .expect("AVX512-BF16 is present");
+                let b = values(k * n, (n + 11 * k) as u32);
+                let cases = [
+                    (0, single.operand(0)),
+                    (0, set.operand(0)),
+                    (1, set.operand(1)),
+                    (2, set.operand(2)),
+                ];
+                for (j, packed) in cases {
+                    for (accumulate, parallel) in [(false, false), (true, true)] {
+                        let start = values(m * n, 5);
+                        let (mut want, mut got) = (start.clone(), start);
+                        let (a, b) = ((&ops[j][..], sa), (&b[..], (n, 1)));
+                        matmul_bf16((m, n, k), (&mut want, n), accumulate, a, b, parallel);
+                        matmul_bf16_packed(n, (&mut got, n), accumulate, packed, b, parallel);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{m}×{n}×{k} ta {ta} operand {j} acc {accumulate}"
+                        );
+                    }
                 }
             }
         }

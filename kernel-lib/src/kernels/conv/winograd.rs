@@ -218,67 +218,98 @@ const TARGET_TILES: usize = 128;
 
 /// The transformed kernel `U`, laid out `[r][ξu][q]` for output channel r, distinct position
 /// ξu (`NU²` of them, see [`Tile::GU`]) and input channel q, so that each task owns whole rows;
-/// the GEMM for position ξ reads `U[·][ξu][·]` with row stride `NU²·q`.
-struct KernelTransform {
-    u: Vec<f32>,
+/// the GEMM for position ξ reads `U[·][ξu][·]` with row stride `NU²·q`. For bf16 products it
+/// is packed straight from the kernel instead ([`PackedLhs::by_panels`]), and the f32 `U` is
+/// only computed if some group of images is too small for the bf16 kernel.
+struct KernelTransform<'a> {
+    w: &'a [f32],
+    input_grad: bool,
     /// Output channels of the convolution computed (rows of each `U[ξ]`).
     rows: usize,
     /// Its input channels (columns of each `U[ξ]`).
     cols: usize,
-    /// Each distinct `U[ξu]` packed for the bf16 products (see [`KernelTransform::packed`]).
-    packed: Option<Vec<PackedLhs>>,
+    u: std::sync::OnceLock<Vec<f32>>,
+    /// Each distinct `U[ξu]` (`Uᵀ` for a transposed product) packed for the bf16 products.
+    packed: Option<PackedLhs>,
 }
 
-impl KernelTransform {
-    /// Packs each distinct position's `U` (`Uᵀ` when `transposed`) once for the bf16
-    /// products of every group of images, when `bf16` and the products are deep enough to
-    /// take the bf16 kernel ([`bf16_product`]; how many tiles a group has is checked per
-    /// group).
-    fn packed<T: Tile>(mut self, bf16: bool, transposed: bool) -> Self {
-        let q = self.cols;
-        let plane = T::NU * T::NU * q;
-        let (m, inner, strides) = if transposed {
-            (self.cols, self.rows, (1, plane))
+impl<'a> KernelTransform<'a> {
+    /// `U = G g Gᵀ` for a kernel `w` (o×c×3×3); with `input_grad`, for the kernel of the
+    /// input gradient instead, `g'[c][o] = rot180(w[o][c])` (so rows are c and columns o).
+    /// With `bf16` (and products deep enough for the bf16 kernel, [`bf16_product`]) packed
+    /// for products by `U`, or by `Uᵀ` when `transposed`.
+    fn new<T: Tile>(
+        w: &'a [f32],
+        (o, c): (usize, usize),
+        input_grad: bool,
+        (bf16, transposed): (bool, bool),
+    ) -> Self {
+        let (rows, cols) = if input_grad { (c, o) } else { (o, c) };
+        let mut k = KernelTransform {
+            w,
+            input_grad,
+            rows,
+            cols,
+            u: std::sync::OnceLock::new(),
+            packed: None,
+        };
+        let (m, inner) = if transposed {
+            (cols, rows)
         } else {
-            (self.rows, self.cols, (plane, 1))
+            (rows, cols)
         };
         if bf16 && bf16_product(usize::MAX, inner) {
-            // In parallel: the groups' products wait for all of it.
-            self.packed = (0..T::NU * T::NU)
-                .into_par_iter()
-                .map(|xu| PackedLhs::new((m, inner), (&self.u[xu * q..], strides)))
-                .collect();
+            let (rs, cs) = k.taps_strides();
+            let (rs, cs) = if transposed { (cs, rs) } else { (rs, cs) };
+            let (a2, fast) = (T::NU * T::NU, avx2());
+            // Row i of every position's operand lies together, `[ξu][q]`: one kernel row.
+            k.packed = PackedLhs::by_panels(a2, (m, inner), |r0, n, f| {
+                for (i, dst) in f.chunks_exact_mut(a2 * inner).take(n).enumerate() {
+                    let taps = KernelTaps {
+                        w: &w[(r0 + i) * rs..],
+                        col_stride: cs,
+                        flip: input_grad,
+                    };
+                    transform_kernel_row::<T>(taps, dst, inner, fast);
+                }
+            });
         }
-        self
+        if k.packed.is_none() {
+            let _ = k.u::<T>();
+        }
+        k
     }
-}
 
-/// `U = G g Gᵀ` for a kernel `w` (o×c×3×3); with `input_grad`, for the kernel of the input
-/// gradient instead, `g'[c][o] = rot180(w[o][c])` (so rows are c and columns o).
-fn transform_kernel<T: Tile>(w: &[f32], o: usize, c: usize, input_grad: bool) -> KernelTransform {
-    let a2 = T::NU * T::NU;
-    let (rows, cols) = if input_grad { (c, o) } else { (o, c) };
-    // Where row r's taps start, and the distance between consecutive columns' taps.
-    let (row_stride, col_stride) = if input_grad { (9, c * 9) } else { (c * 9, 9) };
-    let fast = avx2();
-    // Each row's transform stores all its `a2·cols` values ([`kernel_row`]).
-    let u = written(rows * a2 * cols, |u| {
-        u.par_chunks_mut(a2 * cols)
-            .enumerate()
-            .for_each(|(r, dst)| {
-                let taps = KernelTaps {
-                    w: &w[r * row_stride..],
-                    col_stride,
-                    flip: input_grad,
-                };
-                transform_kernel_row::<T>(taps, dst, cols, fast)
+    /// Where row r's taps start (`r·row_stride`), and the distance between consecutive
+    /// columns' taps.
+    fn taps_strides(&self) -> (usize, usize) {
+        if self.input_grad {
+            (9, self.rows * 9)
+        } else {
+            (self.cols * 9, 9)
+        }
+    }
+
+    /// The f32 `U`, computed on first use.
+    fn u<T: Tile>(&self) -> &[f32] {
+        self.u.get_or_init(|| {
+            let (a2, cols) = (T::NU * T::NU, self.cols);
+            let (row_stride, col_stride) = self.taps_strides();
+            let fast = avx2();
+            // Each row's transform stores all its `a2·cols` values ([`kernel_row`]).
+            written(self.rows * a2 * cols, |u| {
+                u.par_chunks_mut(a2 * cols)
+                    .enumerate()
+                    .for_each(|(r, dst)| {
+                        let taps = KernelTaps {
+                            w: &self.w[r * row_stride..],
+                            col_stride,
+                            flip: self.input_grad,
+                        };
+                        transform_kernel_row::<T>(taps, dst, cols, fast)
+                    })
             })
-    });
-    KernelTransform {
-        u,
-        rows,
-        cols,
-        packed: None,
+        })
     }
 }
 
@@ -315,7 +346,7 @@ fn kernel_row<T: Tile>(taps: KernelTaps, dst: &mut [f32], cols: usize) {
 }
 
 /// `y (n×o×ho×wo) = x (n×c×h×w) ⋆ kernel`, 3×3, stride `T::STRIDE`, padding 1, where the
-/// kernel is given already transformed by [`transform_kernel`].
+/// kernel is given already transformed ([`KernelTransform`]).
 fn conv_tiled<T: Tile>(
     x: &[f32],
     k: &KernelTransform,
@@ -357,6 +388,11 @@ fn position_products<T: Tile>(
         .packed
         .as_ref()
         .filter(|_| bf16 && bf16_product(tiles, inner));
+    let u = if packed.is_some() {
+        &[][..]
+    } else {
+        k.u::<T>()
+    };
     for xi in 0..a * a {
         let xu = T::U_OF[xi / a] * nu + T::U_OF[xi % a];
         if let Some(packed) = packed {
@@ -365,7 +401,7 @@ fn position_products<T: Tile>(
                 tiles,
                 (&mut dst[xi * tiles..], row),
                 false,
-                &packed[xu],
+                packed.operand(xu),
                 rhs,
                 false,
             );
@@ -376,7 +412,7 @@ fn position_products<T: Tile>(
             (m, tiles, inner),
             (&mut dst[xi * tiles..], row),
             false,
-            (&k.u[xu * q..], strides),
+            (&u[xu * q..], strides),
             (&src[xi * tiles..], (row, 1)),
         );
     }
@@ -1204,7 +1240,7 @@ pub(crate) fn forward(
 }
 
 /// [`conv_tiled`] with `w` transformed for `T` (for the stride-1 input gradient when
-/// `input_grad`, see [`transform_kernel`]).
+/// `input_grad`, see [`KernelTransform::new`]).
 fn conv_with<T: Tile>(
     x: &[f32],
     w: &[f32],
@@ -1213,7 +1249,7 @@ fn conv_with<T: Tile>(
     input_grad: bool,
     bf16: bool,
 ) -> Vec<f32> {
-    let k = transform_kernel::<T>(w, o, c, input_grad).packed::<T>(bf16, false);
+    let k = KernelTransform::new::<T>(w, (o, c), input_grad, (bf16, false));
     conv_tiled::<T>(x, &k, dims, bf16)
 }
 
@@ -1246,7 +1282,7 @@ fn input_grad_strided<T: Tile>(
     (c, h, wd): (usize, usize, usize),
     bf16: bool,
 ) -> Vec<f32> {
-    let k = transform_kernel::<T>(w, o, c, false).packed::<T>(bf16, true);
+    let k = KernelTransform::new::<T>(w, (o, c), false, (bf16, true));
     let fast = avx2();
     let sizes = (o * ho * wo, c * h * wd);
     // The adjoint transform stores every pixel of its images' planes.
