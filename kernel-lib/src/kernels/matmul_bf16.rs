@@ -32,6 +32,11 @@ pub(crate) fn available() -> bool {
 /// An f32 operand: its values and (row stride, column stride).
 pub(crate) type Operand<'a> = (&'a [f32], (usize, usize));
 
+/// Whether `op`'s values hold an r×c matrix at its strides.
+fn covers((s, (rs, cs)): Operand, r: usize, c: usize) -> bool {
+    r == 0 || c == 0 || s.len() > (r - 1) * rs + (c - 1) * cs
+}
+
 /// `dst (m×n, rows ld apart) = [dst +] bf16(lhs) (m×k) · bf16(rhs) (k×n)` with f32 sums,
 /// threads splitting the rows when `parallel`. Falls back to plain f32 loops over the rounded
 /// values on a CPU without AVX512-BF16 (the tests' reference; a run refuses such a CPU first).
@@ -43,16 +48,13 @@ pub(crate) fn matmul_bf16(
     rhs: Operand,
     parallel: bool,
 ) {
-    let extent = |(s, (rs, cs)): Operand, r: usize, c: usize| {
-        r == 0 || c == 0 || s.len() > (r - 1) * rs + (c - 1) * cs
-    };
-    assert!(extent(lhs, m, k), "bf16 matmul: left operand too short");
+    assert!(covers(lhs, m, k), "bf16 matmul: left operand too short");
     if m > 0 && n > 0 && (k == 0 || !available()) {
         assert!(
             dst.len() >= (m - 1) * ld + n,
             "bf16 matmul: destination too short"
         );
-        assert!(extent(rhs, k, n), "bf16 matmul: right operand too short");
+        assert!(covers(rhs, k, n), "bf16 matmul: right operand too short");
         if !accumulate {
             for r in 0..m {
                 dst[r * ld..r * ld + n].fill(0.0);
@@ -221,10 +223,7 @@ fn product(
         m == 0 || n == 0 || dst.len() >= (m - 1) * ld + n,
         "bf16 matmul: destination too short"
     );
-    let extent = |(s, (rs, cs)): Operand, r: usize, c: usize| {
-        r == 0 || c == 0 || s.len() > (r - 1) * rs + (c - 1) * cs
-    };
-    assert!(extent(rhs, k, n), "bf16 matmul: right operand too short");
+    assert!(covers(rhs, k, n), "bf16 matmul: right operand too short");
     if m == 0 || n == 0 {
         return;
     }
@@ -717,14 +716,23 @@ mod tests {
         out
     }
 
-    #[test]
-    fn products_match_the_rounded_operands_in_every_shape_and_layout() {
+    /// Whether the kernel's tests can run here (a CPU with AVX512-BF16; they say so if not),
+    /// with new buffers poisoned: every packed word must be stored before it is read, and
+    /// poisoned scratch shows a miss.
+    fn kernel_runs() -> bool {
         if !available() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
+            return false;
+        }
+        crate::kernels::storage::poison_outputs(true);
+        true
+    }
+
+    #[test]
+    fn products_match_the_rounded_operands_in_every_shape_and_layout() {
+        if !kernel_runs() {
             return;
         }
-        // Every packed panel must be stored before it is read: poisoned scratch shows a miss.
-        crate::kernels::storage::poison_outputs(true);
         // Edges in every dimension: one tile, partial tiles, odd depths, several depth blocks,
         // several row blocks and threads, transposed operands.
         for &(m, n, k) in &[
@@ -768,12 +776,9 @@ mod tests {
 
     #[test]
     fn packed_left_operands_give_the_same_bits() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
+        if !kernel_runs() {
             return;
         }
-        // Every packed word must be stored: poisoned scratch shows a miss.
-        crate::kernels::storage::poison_outputs(true);
         // Partial tiles, several depth and row blocks (several panels per task's rows), both
         // layouts of the left operand, and a set of three operands packed together.
         for &(m, n, k) in &[(1, 1, 1), (15, 33, 3), (130, 45, 600), (300, 64, 257)] {
