@@ -118,6 +118,42 @@ fn every_cpu_convolution_pass_follows_f32_in_bf16() {
     }
 }
 
+/// A Winograd layer whose groups of images differ in width: with two threads, 7 images of
+/// 6×6 (F(2,3), 9 tiles each) are dealt as 4 + 3, so the first group's products (36 tiles)
+/// take the bf16 kernel with the kernel transform packed once, and the second's (27 tiles,
+/// too narrow) stay f32 with the f32 transform, which is computed before the groups run.
+#[test]
+fn a_winograd_layer_mixes_bf16_and_f32_groups_by_width() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (7, 64, 6, 6), &dev).unwrap();
+    let w = Tensor::randn(0f32, 0.2, (64, 64, 3, 3), &dev).unwrap();
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    // The autocast setting belongs to the thread that runs the layer.
+    let run = |p: Precision| {
+        two.install(|| {
+            let _g = autocast(p);
+            conv2d(&x, &w, 1, 1).unwrap()
+        })
+    };
+    let (full, half) = (run(Precision::F32), run(Precision::Bf16));
+    let wide = rel_err(
+        &half.narrow(0, 0, 4).unwrap(),
+        &full.narrow(0, 0, 4).unwrap(),
+    );
+    let narrow = rel_err(
+        &half.narrow(0, 4, 3).unwrap(),
+        &full.narrow(0, 4, 3).unwrap(),
+    );
+    assert!(wide < 2e-2, "bf16 group: {wide:.2e}");
+    if cpu_has_bf16() {
+        assert!(wide > 0.0, "the 36-tile group's products are bf16");
+    }
+    assert_eq!(narrow, 0.0, "the 27-tile group's products stay f32");
+}
+
 #[test]
 fn a_resnet_step_in_bf16_gives_the_f32_loss_and_every_gradient() {
     let dev = Device::Cpu;

@@ -228,7 +228,8 @@ struct KernelTransform<'a> {
     rows: usize,
     /// Its input channels (columns of each `U[ξ]`).
     cols: usize,
-    u: std::sync::OnceLock<Vec<f32>>,
+    /// The f32 `U`: empty where every group's products take `packed`.
+    u: Vec<f32>,
     /// Each distinct `U[ξu]` (`Uᵀ` for a transposed product) packed for the bf16 products.
     packed: Option<PackedLhs>,
 }
@@ -237,12 +238,15 @@ impl<'a> KernelTransform<'a> {
     /// `U = G g Gᵀ` for a kernel `w` (o×c×3×3); with `input_grad`, for the kernel of the
     /// input gradient instead, `g'[c][o] = rot180(w[o][c])` (so rows are c and columns o).
     /// With `bf16` (and products deep enough for the bf16 kernel, [`bf16_product`]) packed
-    /// for products by `U`, or by `Uᵀ` when `transposed`.
+    /// for products by `U`, or by `Uᵀ` when `transposed`; the f32 `U` as well if the
+    /// smallest group of the `(n, ho, wo)` outputs is too narrow for the bf16 kernel. Both are
+    /// built here, before the groups run in parallel: nothing is computed lazily inside them.
     fn new<T: Tile>(
         w: &'a [f32],
         (o, c): (usize, usize),
         input_grad: bool,
         (bf16, transposed): (bool, bool),
+        out: (usize, usize, usize),
     ) -> Self {
         let (rows, cols) = if input_grad { (c, o) } else { (o, c) };
         let mut k = KernelTransform {
@@ -250,7 +254,7 @@ impl<'a> KernelTransform<'a> {
             input_grad,
             rows,
             cols,
-            u: std::sync::OnceLock::new(),
+            u: Vec::new(),
             packed: None,
         };
         let (m, inner) = if transposed {
@@ -274,8 +278,8 @@ impl<'a> KernelTransform<'a> {
                 }
             });
         }
-        if k.packed.is_none() {
-            let _ = k.u::<T>();
+        if k.packed.is_none() || !bf16_product(smallest_group::<T>(out), inner) {
+            k.u = k.transform_f32::<T>();
         }
         k
     }
@@ -290,27 +294,36 @@ impl<'a> KernelTransform<'a> {
         }
     }
 
-    /// The f32 `U`, computed on first use.
-    fn u<T: Tile>(&self) -> &[f32] {
-        self.u.get_or_init(|| {
-            let (a2, cols) = (T::NU * T::NU, self.cols);
-            let (row_stride, col_stride) = self.taps_strides();
-            let fast = avx2();
-            // Each row's transform stores all its `a2·cols` values ([`kernel_row`]).
-            written(self.rows * a2 * cols, |u| {
-                u.par_chunks_mut(a2 * cols)
-                    .enumerate()
-                    .for_each(|(r, dst)| {
-                        let taps = KernelTaps {
-                            w: &self.w[r * row_stride..],
-                            col_stride,
-                            flip: self.input_grad,
-                        };
-                        transform_kernel_row::<T>(taps, dst, cols, fast)
-                    })
-            })
+    /// The f32 `U`.
+    fn transform_f32<T: Tile>(&self) -> Vec<f32> {
+        let (a2, cols) = (T::NU * T::NU, self.cols);
+        let (row_stride, col_stride) = self.taps_strides();
+        let fast = avx2();
+        // Each row's transform stores all its `a2·cols` values ([`kernel_row`]).
+        written(self.rows * a2 * cols, |u| {
+            u.par_chunks_mut(a2 * cols)
+                .enumerate()
+                .for_each(|(r, dst)| {
+                    let taps = KernelTaps {
+                        w: &self.w[r * row_stride..],
+                        col_stride,
+                        flip: self.input_grad,
+                    };
+                    transform_kernel_row::<T>(taps, dst, cols, fast)
+                })
         })
     }
+}
+
+/// Tiles in the smallest group [`over_groups`] makes of `n` images of ho×wo outputs.
+fn smallest_group<T: Tile>((n, ho, wo): (usize, usize, usize)) -> usize {
+    if n == 0 {
+        return usize::MAX;
+    }
+    let per_image = Tiles::new(T::M, 1, ho, wo).per_image;
+    let gsz = images_per_group(n, per_image, TARGET_TILES);
+    let last = n - (n.div_ceil(gsz) - 1) * gsz;
+    gsz.min(last) * per_image
 }
 
 /// One row of a kernel: the 3×3 taps of column q start at `w[q·col_stride]`, read in reverse
@@ -388,11 +401,9 @@ fn position_products<T: Tile>(
         .packed
         .as_ref()
         .filter(|_| bf16 && bf16_product(tiles, inner));
-    let u = if packed.is_some() {
-        &[][..]
-    } else {
-        k.u::<T>()
-    };
+    // `new` computed the f32 U wherever a group is too narrow for `packed`.
+    let u = &k.u[..];
+    debug_assert!(packed.is_some() || !u.is_empty());
     for xi in 0..a * a {
         let xu = T::U_OF[xi / a] * nu + T::U_OF[xi % a];
         if let Some(packed) = packed {
@@ -1249,7 +1260,8 @@ fn conv_with<T: Tile>(
     input_grad: bool,
     bf16: bool,
 ) -> Vec<f32> {
-    let k = KernelTransform::new::<T>(w, (o, c), input_grad, (bf16, false));
+    let out = (dims.0, out_side::<T>(dims.1), out_side::<T>(dims.2));
+    let k = KernelTransform::new::<T>(w, (o, c), input_grad, (bf16, false), out);
     conv_tiled::<T>(x, &k, dims, bf16)
 }
 
@@ -1282,7 +1294,7 @@ fn input_grad_strided<T: Tile>(
     (c, h, wd): (usize, usize, usize),
     bf16: bool,
 ) -> Vec<f32> {
-    let k = KernelTransform::new::<T>(w, (o, c), false, (bf16, true));
+    let k = KernelTransform::new::<T>(w, (o, c), false, (bf16, true), (n, ho, wo));
     let fast = avx2();
     let sizes = (o * ho * wo, c * h * wd);
     // The adjoint transform stores every pixel of its images' planes.
