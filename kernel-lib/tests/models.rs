@@ -120,6 +120,26 @@ fn conv_kernel_matches_candle_values_and_gradients() {
     }
 }
 
+/// An empty batch convolves to an empty output, with an empty input gradient and a zero
+/// kernel gradient, on every CPU path (Winograd at stride 1 and 2, im2col, 1×1), instead of
+/// panicking where the kernels split the batch into groups of images.
+#[test]
+fn an_empty_batch_convolves_to_nothing() {
+    let dev = Device::Cpu;
+    for (c, side, k, stride) in [(64, 8, 3, 1), (64, 8, 3, 2), (3, 8, 3, 1), (64, 8, 1, 1)] {
+        let x = Var::from_tensor(&Tensor::zeros((0, c, side, side), DType::F32, &dev).unwrap())
+            .unwrap();
+        let w = Var::from_tensor(&Tensor::ones((16, c, k, k), DType::F32, &dev).unwrap()).unwrap();
+        let y = sslab::kernels::conv2d(x.as_tensor(), w.as_tensor(), stride, k / 2).unwrap();
+        let out = (side + 2 * (k / 2) - k) / stride + 1;
+        assert_eq!(y.dims(), &[0, 16, out, out], "c {c} k {k} s {stride}");
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(x.as_tensor()).unwrap().dims(), &[0, c, side, side]);
+        let dw = g.get(w.as_tensor()).unwrap();
+        assert_eq!(max_abs(dw), 0.0, "c {c} k {k} s {stride}");
+    }
+}
+
 /// A convolution of an input that needs no gradient (the images fed to a network's stem)
 /// computes the kernel's gradient alone, the same as when the input is tracked.
 #[test]

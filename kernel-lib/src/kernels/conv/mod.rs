@@ -182,6 +182,11 @@ impl CustomOp2 for Conv2dOp {
         let x = slice(s1, l1, "conv2d input")?;
         let w = slice(s2, l2, "conv2d kernel")?;
         let shape = Shape::from((g.n, g.o, g.ho, g.wo));
+        // An empty batch (a notebook's empty slice): the kernels below split the batch into
+        // groups of images, and an empty one has none.
+        if g.n == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), shape));
+        }
         if g.winograd() {
             let y = winograd::forward(x, w, (g.n, g.c, g.h, g.w), g.o, g.stride, g.bf16);
             return Ok((CpuStorage::F32(y), shape));
@@ -286,6 +291,9 @@ impl CustomOp2 for Conv2dInputGrad {
         let dy = slice(s1, l1, "conv2d output gradient")?;
         let w = slice(s2, l2, "conv2d kernel")?;
         let shape = Shape::from((g.n, g.c, g.h, g.w));
+        if g.n == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), shape));
+        }
         if g.winograd_input_grad() {
             let (dims, x_dims) = ((g.n, g.o, g.ho, g.wo), (g.c, g.h, g.w));
             let dx = winograd::input_grad(dy, w, dims, x_dims, g.stride, g.bf16);
@@ -341,6 +349,10 @@ impl CustomOp2 for Conv2dWeightGrad {
         let x = slice(s1, l1, "conv2d input")?;
         let dy = slice(s2, l2, "conv2d output gradient")?;
         let shape = Shape::from((g.o, g.c, g.k, g.k));
+        if g.n == 0 {
+            // No images, no contribution.
+            return Ok((CpuStorage::F32(vec![0.0; g.o * g.ckk()]), shape));
+        }
         if g.winograd_weight_grad() {
             let dw = winograd::weight_grad(x, dy, (g.n, g.c, g.h, g.w), g.o, g.stride, g.bf16);
             return Ok((CpuStorage::F32(dw), shape));
