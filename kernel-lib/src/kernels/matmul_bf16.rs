@@ -11,6 +11,7 @@
 
 use half::bf16;
 use rayon::prelude::*;
+use std::ops::Range;
 
 use super::storage::written;
 
@@ -37,6 +38,15 @@ fn covers((s, (rs, cs)): Operand, r: usize, c: usize) -> bool {
     r == 0 || c == 0 || s.len() > (r - 1) * rs + (c - 1) * cs
 }
 
+/// Panics unless `dst` (rows `ld` apart) holds an m×n result and `rhs` a k×n operand.
+fn check_dst_rhs((m, n, k): (usize, usize, usize), (dst, ld): (&[f32], usize), rhs: Operand) {
+    assert!(
+        m == 0 || n == 0 || dst.len() >= (m - 1) * ld + n,
+        "bf16 matmul: destination too short"
+    );
+    assert!(covers(rhs, k, n), "bf16 matmul: right operand too short");
+}
+
 /// `dst (m×n, rows ld apart) = [dst +] bf16(lhs) (m×k) · bf16(rhs) (k×n)` with f32 sums,
 /// threads splitting the rows when `parallel`. Falls back to plain f32 loops over the rounded
 /// values on a CPU without AVX512-BF16 (the tests' reference; a run refuses such a CPU first).
@@ -50,11 +60,7 @@ pub(crate) fn matmul_bf16(
 ) {
     assert!(covers(lhs, m, k), "bf16 matmul: left operand too short");
     if m > 0 && n > 0 && (k == 0 || !available()) {
-        assert!(
-            dst.len() >= (m - 1) * ld + n,
-            "bf16 matmul: destination too short"
-        );
-        assert!(covers(rhs, k, n), "bf16 matmul: right operand too short");
+        check_dst_rhs((m, n, k), (dst, ld), rhs);
         if !accumulate {
             for r in 0..m {
                 dst[r * ld..r * ld + n].fill(0.0);
@@ -151,12 +157,14 @@ impl PackedLhs {
                 for j in 0..count {
                     for i in 0..k.div_ceil(KC) {
                         let (k0, kc) = (i * KC, KC.min(k - i * KC));
-                        let len = kc.div_ceil(2) * MR;
-                        let at = j * per_operand + Self::block_start(m, i) + p * len;
-                        // SAFETY: `at..at + len` is panel p's range of depth block i of
-                        // operand j (see `PackedRef::block`): inside `words`, and no other
-                        // task's. `pack` stores every word of it.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(at), len) };
+                        let at = Self::block_range((m, k), i, (r0, rows));
+                        let len = at.len();
+                        // SAFETY: `at` (shifted to operand j) is panel p's range of depth
+                        // block i: inside `words`, and no other task's. `pack` stores every
+                        // word of it.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(out.at(j * per_operand + at.start), len)
+                        };
                         pack::<MR>(&f32_rows[j * k..], (count * k, 1), (0, rows), (k0, kc), dst);
                     }
                 }
@@ -188,6 +196,14 @@ impl PackedLhs {
         i * KC / 2 * m.div_ceil(MR) * MR
     }
 
+    /// The words of rows `r0..r0 + rows` (`r0` a multiple of `MR`) in depth block `i` of an
+    /// m×k operand: where `by_panels` stores them and `PackedRef::block` finds them.
+    fn block_range((m, k): (usize, usize), i: usize, (r0, rows): (usize, usize)) -> Range<usize> {
+        let pairs = KC.min(k - i * KC).div_ceil(2);
+        let start = Self::block_start(m, i) + r0 / MR * pairs * MR;
+        start..start + rows.div_ceil(MR) * pairs * MR
+    }
+
     /// Operand j.
     pub(crate) fn operand(&self, j: usize) -> PackedRef<'_> {
         let len = Self::operand_len(self.m, self.k);
@@ -202,10 +218,8 @@ impl PackedLhs {
 impl PackedRef<'_> {
     /// The panels of rows `r0..r0 + rows` (`r0` a multiple of `MR`) in depth block `i`: what
     /// `pack` gives for those rows and depths.
-    fn block(&self, i: usize, (r0, rows): (usize, usize)) -> &[u32] {
-        let pairs = KC.min(self.k - i * KC).div_ceil(2);
-        let start = PackedLhs::block_start(self.m, i) + r0 / MR * pairs * MR;
-        &self.words[start..start + rows.div_ceil(MR) * pairs * MR]
+    fn block(&self, i: usize, rows: (usize, usize)) -> &[u32] {
+        &self.words[PackedLhs::block_range((self.m, self.k), i, rows)]
     }
 }
 
@@ -219,11 +233,7 @@ fn product(
     rhs: Operand,
     parallel: bool,
 ) {
-    assert!(
-        m == 0 || n == 0 || dst.len() >= (m - 1) * ld + n,
-        "bf16 matmul: destination too short"
-    );
-    assert!(covers(rhs, k, n), "bf16 matmul: right operand too short");
+    check_dst_rhs((m, n, k), (dst, ld), rhs);
     if m == 0 || n == 0 {
         return;
     }

@@ -221,9 +221,7 @@ const TARGET_TILES: usize = 128;
 /// the GEMM for position ξ reads `U[·][ξu][·]` with row stride `NU²·q`. For bf16 products it
 /// is packed straight from the kernel instead ([`PackedLhs::by_panels`]), and the f32 `U` is
 /// only computed if some group of images is too small for the bf16 kernel.
-struct KernelTransform<'a> {
-    w: &'a [f32],
-    input_grad: bool,
+struct KernelTransform {
     /// Output channels of the convolution computed (rows of each `U[ξ]`).
     rows: usize,
     /// Its input channels (columns of each `U[ξ]`).
@@ -234,7 +232,7 @@ struct KernelTransform<'a> {
     packed: Option<PackedLhs>,
 }
 
-impl<'a> KernelTransform<'a> {
+impl KernelTransform {
     /// `U = G g Gᵀ` for a kernel `w` (o×c×3×3); with `input_grad`, for the kernel of the
     /// input gradient instead, `g'[c][o] = rot180(w[o][c])` (so rows are c and columns o).
     /// With `bf16` (and products deep enough for the bf16 kernel, [`bf16_product`]) packed
@@ -242,76 +240,56 @@ impl<'a> KernelTransform<'a> {
     /// smallest group of the `(n, ho, wo)` outputs is too narrow for the bf16 kernel. Both are
     /// built here, before the groups run in parallel: nothing is computed lazily inside them.
     fn new<T: Tile>(
-        w: &'a [f32],
+        w: &[f32],
         (o, c): (usize, usize),
         input_grad: bool,
         (bf16, transposed): (bool, bool),
         out: (usize, usize, usize),
     ) -> Self {
+        let (a2, fast) = (T::NU * T::NU, avx2());
         let (rows, cols) = if input_grad { (c, o) } else { (o, c) };
-        let mut k = KernelTransform {
-            w,
-            input_grad,
+        // Where row r's taps start, and the distance between consecutive columns' taps.
+        let strides = if input_grad { (9, c * 9) } else { (c * 9, 9) };
+        // Row r of U (or of Uᵀ, with the strides swapped): `[ξu][q]` over `len` columns.
+        let row = |r: usize, (rs, cs): (usize, usize), dst: &mut [f32], len: usize| {
+            let taps = KernelTaps {
+                w: &w[r * rs..],
+                col_stride: cs,
+                flip: input_grad,
+            };
+            transform_kernel_row::<T>(taps, dst, len, fast)
+        };
+        let (m, inner, packed_strides) = if transposed {
+            (cols, rows, (strides.1, strides.0))
+        } else {
+            (rows, cols, strides)
+        };
+        let packed = (bf16 && bf16_product(usize::MAX, inner))
+            .then(|| {
+                // Row i of every position's operand lies together: one kernel row.
+                PackedLhs::by_panels(a2, (m, inner), |r0, n, f| {
+                    for (i, dst) in f.chunks_exact_mut(a2 * inner).take(n).enumerate() {
+                        row(r0 + i, packed_strides, dst, inner);
+                    }
+                })
+            })
+            .flatten();
+        let u = if packed.is_none() || !bf16_product(smallest_group::<T>(out), inner) {
+            // Each row's transform stores all its `a2·cols` values ([`kernel_row`]).
+            written(rows * a2 * cols, |u| {
+                u.par_chunks_mut(a2 * cols)
+                    .enumerate()
+                    .for_each(|(r, dst)| row(r, strides, dst, cols))
+            })
+        } else {
+            Vec::new()
+        };
+        KernelTransform {
             rows,
             cols,
-            u: Vec::new(),
-            packed: None,
-        };
-        let (m, inner) = if transposed {
-            (cols, rows)
-        } else {
-            (rows, cols)
-        };
-        if bf16 && bf16_product(usize::MAX, inner) {
-            let (rs, cs) = k.taps_strides();
-            let (rs, cs) = if transposed { (cs, rs) } else { (rs, cs) };
-            let (a2, fast) = (T::NU * T::NU, avx2());
-            // Row i of every position's operand lies together, `[ξu][q]`: one kernel row.
-            k.packed = PackedLhs::by_panels(a2, (m, inner), |r0, n, f| {
-                for (i, dst) in f.chunks_exact_mut(a2 * inner).take(n).enumerate() {
-                    let taps = KernelTaps {
-                        w: &w[(r0 + i) * rs..],
-                        col_stride: cs,
-                        flip: input_grad,
-                    };
-                    transform_kernel_row::<T>(taps, dst, inner, fast);
-                }
-            });
+            u,
+            packed,
         }
-        if k.packed.is_none() || !bf16_product(smallest_group::<T>(out), inner) {
-            k.u = k.transform_f32::<T>();
-        }
-        k
-    }
-
-    /// Where row r's taps start (`r·row_stride`), and the distance between consecutive
-    /// columns' taps.
-    fn taps_strides(&self) -> (usize, usize) {
-        if self.input_grad {
-            (9, self.rows * 9)
-        } else {
-            (self.cols * 9, 9)
-        }
-    }
-
-    /// The f32 `U`.
-    fn transform_f32<T: Tile>(&self) -> Vec<f32> {
-        let (a2, cols) = (T::NU * T::NU, self.cols);
-        let (row_stride, col_stride) = self.taps_strides();
-        let fast = avx2();
-        // Each row's transform stores all its `a2·cols` values ([`kernel_row`]).
-        written(self.rows * a2 * cols, |u| {
-            u.par_chunks_mut(a2 * cols)
-                .enumerate()
-                .for_each(|(r, dst)| {
-                    let taps = KernelTaps {
-                        w: &self.w[r * row_stride..],
-                        col_stride,
-                        flip: self.input_grad,
-                    };
-                    transform_kernel_row::<T>(taps, dst, cols, fast)
-                })
-        })
     }
 }
 
