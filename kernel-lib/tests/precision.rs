@@ -9,8 +9,8 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::rel_err;
 use sslab::kernels::{
-    attention, autocast, autocast_matmul, autocast_precision, batched_matmul, conv2d, cpu_has_bf16,
-    Precision,
+    add_bias, attention, autocast, autocast_matmul, autocast_precision, batched_matmul, conv2d,
+    cpu_has_bf16, linear, linear_bias, Precision,
 };
 use sslab::models::{Depth, Stem};
 use sslab::train::{Run, RunConfig};
@@ -240,6 +240,69 @@ fn cpu_bf16_products_multiply_the_rounded_operands_in_both_passes() {
     let f32_y = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
     let e32 = rel_err(&y, &f32_y);
     assert!(e32 > 1e-4 && e32 < 2e-2, "bf16 against f32: {e32:.2e}");
+}
+
+/// A linear layer with its bias in one op (the bias added as the bf16 product stores its
+/// tiles) gives the bits of the product followed by the bias add, forward and every gradient:
+/// rows, columns and depths that fill no whole tile, panel or depth block included.
+#[test]
+fn a_bf16_linear_adds_its_bias_with_the_bits_of_a_separate_add() {
+    if !cpu_has_bf16() {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let dev = Device::Cpu;
+    let var = |shape: (usize, usize), seed: u64| {
+        let t = Tensor::from_vec(common::splitmix(shape.0 * shape.1, seed), shape, &dev).unwrap();
+        Var::from_tensor(&t).unwrap()
+    };
+    // (rows, in, out): 300 deep is two depth blocks of the kernel, 45 wide a partial panel.
+    for (rows, inp, out) in [(31, 300, 45), (64, 192, 576), (5, 7, 3)] {
+        let (x, w) = (var((rows, inp), 1), var((out, inp), 2));
+        let b = Var::from_tensor(
+            &Tensor::from_vec(common::splitmix(out, 3), out, &dev)
+                .unwrap()
+                .affine(10.0, 0.0)
+                .unwrap(),
+        )
+        .unwrap();
+        let g = Tensor::from_vec(common::splitmix(rows * out, 4), (rows, out), &dev).unwrap();
+        let _bf16 = autocast(Precision::Bf16);
+        let run = |fused: bool| {
+            let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+            let y = if fused {
+                linear_bias(xt, wt, bt).unwrap()
+            } else {
+                add_bias(&linear(xt, wt).unwrap(), bt).unwrap()
+            };
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            [
+                y,
+                grads.get(&x).unwrap().clone(),
+                grads.get(&w).unwrap().clone(),
+                grads.get(&b).unwrap().clone(),
+            ]
+            .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        };
+        let (fused, separate) = (run(true), run(false));
+        for (name, (f, s)) in ["y", "dx", "dw", "db"]
+            .iter()
+            .zip(fused.iter().zip(&separate))
+        {
+            let same = f.iter().zip(s).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{name} of {rows}x{inp}x{out}: the fused bias changed bits"
+            );
+        }
+        // The bias is there (10× the product's scale): the test would see it missing.
+        let no_bias = linear(x.as_tensor(), w.as_tensor()).unwrap();
+        let no_bias = no_bias.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(fused[0]
+            .iter()
+            .zip(&no_bias)
+            .any(|(a, b)| (a - b).abs() > 0.1));
+    }
 }
 
 /// The CPU's fused attention under bf16 autocast: `Q·Kᵀ` and `P·V` on bf16-rounded operands

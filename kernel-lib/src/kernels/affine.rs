@@ -267,7 +267,7 @@ impl CustomOp2 for ScaleShiftSums {
 }
 
 /// Sums a `(rows, d)` input over its rows.
-struct ColumnSums(usize);
+pub(crate) struct ColumnSums(pub(crate) usize);
 
 impl CustomOp1 for ColumnSums {
     fn name(&self) -> &'static str {

@@ -59,7 +59,7 @@ pub(crate) use layout::channels_last_on;
 pub use layout::{channels_last, set_channels_last};
 #[doc(hidden)]
 pub use layout::{channels_last_here, ChannelsLastHere};
-pub use matmul::{autocast_matmul, batched_matmul, linear};
+pub use matmul::{autocast_matmul, batched_matmul, linear, linear_bias};
 pub use optim_update::{ema, GroupSettings, OptimKind};
 pub(crate) use optim_update::{nan_max, square_sum_and_max_abs};
 pub(crate) use precision::via_f32;

@@ -62,10 +62,10 @@ impl Linear {
             x.reshape((rows, inp))?
         };
         // bf16 operands under a bf16 autocast (`kernels::precision`), f32 otherwise.
-        let y = kernels::linear(&flat, self.weight.as_tensor())?;
+        let w = self.weight.as_tensor();
         let y = match &self.bias {
-            Some(b) => kernels::add_bias(&y, b.as_tensor())?,
-            None => y,
+            Some(b) => kernels::linear_bias(&flat, w, b.as_tensor())?,
+            None => kernels::linear(&flat, w)?,
         };
         let mut out = dims;
         let last = out.len() - 1;

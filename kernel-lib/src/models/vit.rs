@@ -330,11 +330,9 @@ impl Vit {
         let wt = w.reshape((self.cfg.dim, c * p * p))?;
         // f32 tokens: the residual stream starts here (the product is bf16 under a bf16
         // autocast on CUDA).
-        Ok(
-            crate::kernels::add_bias(&crate::kernels::linear(&patches, &wt)?, &b)?
-                .to_dtype(candle_core::DType::F32)?
-                .reshape((n, gh * gw, self.cfg.dim))?,
-        )
+        Ok(crate::kernels::linear_bias(&patches, &wt, &b)?
+            .to_dtype(candle_core::DType::F32)?
+            .reshape((n, gh * gw, self.cfg.dim))?)
     }
 
     /// The [CLS] token after the final LayerNorm, `(n, dim)`.
