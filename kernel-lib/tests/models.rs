@@ -752,6 +752,89 @@ fn fused_scale_shift_matches_broadcast_ops_in_values_and_all_three_gradients() {
     assert!(scale_shift_rows(x.as_tensor(), &bad, &bad, true).is_err());
 }
 
+/// LayerNorm as one op on the CPU (`kernels::layer_norm`) against the same LayerNorm written
+/// as candle's tensor ops: values within f32 rounding of an f64 LayerNorm, and the gradients
+/// of the input, the scale and the shift. Rows of 7 (narrower than the kernel's lanes) and of
+/// 37 (two lanes and a tail), enough rows for several parallel blocks, rows with a mean far
+/// from their spread.
+#[test]
+fn layer_norm_in_one_op_matches_tensor_ops_in_values_and_all_three_gradients() {
+    use sslab::kernels::layer_norm;
+    let dev = Device::Cpu;
+    let var = |shape: &[usize], mean: f32| {
+        Var::from_tensor(&Tensor::randn(mean, 1.5, shape, &dev).unwrap()).unwrap()
+    };
+    for (shape, mean) in [
+        (vec![4, 50, 7], 0.2f32),
+        (vec![700, 37], 30.0),
+        (vec![2, 37], -1.0),
+    ] {
+        let d = shape[shape.len() - 1];
+        let (x, w, b) = (var(&shape, mean), var(&[d], 1.0), var(&[d], 0.0));
+        let eps = 1e-6;
+        let fused = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), eps).unwrap();
+        // The reference: candle's tensor ops, with autograd's own backward.
+        let reference = {
+            let xt = x.as_tensor();
+            let mean = xt.mean_keepdim(candle_core::D::Minus1).unwrap();
+            let xc = xt.broadcast_sub(&mean).unwrap();
+            let var = xc
+                .sqr()
+                .unwrap()
+                .mean_keepdim(candle_core::D::Minus1)
+                .unwrap();
+            let xhat = xc
+                .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+                .unwrap();
+            xhat.broadcast_mul(w.as_tensor())
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap()
+        };
+        // Values: against the same LayerNorm in f64.
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let x64 = f64s(x.as_tensor());
+        let mean64 = x64.mean_keepdim(candle_core::D::Minus1).unwrap();
+        let xc64 = x64.broadcast_sub(&mean64).unwrap();
+        let var64 = xc64
+            .sqr()
+            .unwrap()
+            .mean_keepdim(candle_core::D::Minus1)
+            .unwrap();
+        let want = xc64
+            .broadcast_div(&(var64 + eps).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&f64s(w.as_tensor()))
+            .unwrap()
+            .broadcast_add(&f64s(b.as_tensor()))
+            .unwrap();
+        let e = max_abs_diff(&fused, &want.to_dtype(DType::F32).unwrap());
+        assert!(e < 2e-5, "{shape:?}: LayerNorm off f64 by {e}");
+        let (gf, gr) = grads_through(&fused, &reference);
+        for (name, t) in [
+            ("x", x.as_tensor()),
+            ("w", w.as_tensor()),
+            ("b", b.as_tensor()),
+        ] {
+            let (f, r) = (gf.get(t).unwrap(), gr.get(t).unwrap());
+            let scale = max_abs(r).max(1.0);
+            let diff = max_abs_diff(f, r) / scale;
+            assert!(
+                diff < 1e-4,
+                "{shape:?}: d{name} differs by {diff} (relative)"
+            );
+        }
+    }
+    // A scale or shift that does not fit the rows is an error, not a panic.
+    let x = Tensor::randn(0f32, 1.0, (3, 5), &dev).unwrap();
+    let (ok, bad) = (
+        Tensor::ones(5, DType::F32, &dev).unwrap(),
+        Tensor::ones(4, DType::F32, &dev).unwrap(),
+    );
+    assert!(layer_norm(&x, &bad, &ok, 1e-6).is_err());
+    assert!(layer_norm(&x, &ok, &bad, 1e-6).is_err());
+}
+
 /// `kernels::linear` (the linear layers' product, one op reading the weight transposed in
 /// place) against `x · wᵀ` in f64: values, and the gradients of x and w for a weighted sum of
 /// the output (`dx = g·w`, `dw = gᵀ·x`), with few rows (one thread's product) and with enough

@@ -37,6 +37,7 @@ mod batch_norm;
 pub mod bench;
 mod collective;
 mod conv;
+mod layer_norm;
 mod layout;
 mod matmul;
 mod matmul_bf16;
@@ -55,6 +56,7 @@ pub use collective::{all_gather, all_reduce, Collective, World};
 pub use conv::plan::{conv_tf32, set_conv_tf32};
 pub use conv::winograd::{set_winograd, winograd};
 pub use conv::{cached_conv_algorithms, conv2d, conv2d_channels_last};
+pub use layer_norm::layer_norm;
 pub(crate) use layout::channels_last_on;
 pub use layout::{channels_last, set_channels_last};
 #[doc(hidden)]

@@ -10,7 +10,7 @@
 use super::layers::Linear;
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
-use crate::kernels::{attention, attention_probabilities, gelu, normalize_rows, scale_shift_rows};
+use crate::kernels::{attention, attention_probabilities, gelu, layer_norm};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -116,12 +116,7 @@ impl LayerNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        scale_shift_rows(
-            &normalize_rows(x, self.eps, true)?,
-            self.weight.as_tensor(),
-            self.bias.as_tensor(),
-            true,
-        )
+        layer_norm(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
     }
 }
 
