@@ -73,11 +73,16 @@ pub(crate) fn avx512_bf16() -> bool {
 /// float accumulator is a serial chain the compiler must keep in order (float addition does
 /// not reassociate), which kept whole loops scalar; sixteen independent partial results
 /// vectorise.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// `Σ f(aᵢ, bᵢ)` over equally long slices, in [`LANES`] partial sums.
 #[inline(always)]
-fn lane_fold(a: &[f32], b: &[f32], init: f32, f: impl Fn(f32, f32, f32) -> f32) -> [f32; LANES] {
+pub(crate) fn lane_fold(
+    a: &[f32],
+    b: &[f32],
+    init: f32,
+    f: impl Fn(f32, f32, f32) -> f32,
+) -> [f32; LANES] {
     let mut acc = [init; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ta, tb) = (ca.remainder(), cb.remainder());
@@ -96,20 +101,6 @@ fn lane_fold(a: &[f32], b: &[f32], init: f32, f: impl Fn(f32, f32, f32) -> f32) 
 #[inline(always)]
 pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
     lane_fold(a, b, 0.0, |s, x, y| s + x * y).iter().sum()
-}
-
-/// `Σ aᵢ`, vectorised (see [`LANES`]).
-#[inline(always)]
-pub(crate) fn lane_sum(a: &[f32]) -> f32 {
-    lane_fold(a, a, 0.0, |s, x, _| s + x).iter().sum()
-}
-
-/// `max aᵢ` (NaNs ignored, −∞ for an empty slice), vectorised (see [`LANES`]).
-#[inline(always)]
-pub(crate) fn lane_max(a: &[f32]) -> f32 {
-    lane_fold(a, a, f32::NEG_INFINITY, |m, x, _| m.max(x))
-        .into_iter()
-        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// The processor's model name as the OS reports it (`/proc/cpuinfo`), or `unknown`.

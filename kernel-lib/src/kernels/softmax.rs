@@ -1,7 +1,7 @@
 //! Softmax over the last axis with an explicit backward (attention's scale folded in).
 
 use super::activation::exp_nonpositive;
-use super::simd::{lane_dot, lane_max, lane_sum};
+use super::simd::{lane_dot, lane_fold, LANES};
 use super::storage::{own_kernel, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
@@ -60,18 +60,31 @@ impl CustomOp1 for SoftmaxOp {
 }
 
 /// One row of `softmax(scale · x)`; every exponent is ≤ 0 after subtracting the row maximum.
-/// Three vectorised passes (scale, exponentials, normalisation) around [`lane_max`] and
-/// [`lane_sum`]: one pass with a running sum kept the whole row scalar.
+/// Three vectorised passes: the maximum of `scale · x`, the exponentials with their sum, the
+/// normalisation. The exponentials and their sum share one loop over fixed-size chunks
+/// (each lane's sum in its own slot: a single running sum kept the whole row scalar); the
+/// scaled row is not stored first. On attention's rows of 65 values this was 5 passes and
+/// 3.6% of a ViT-tiny bf16 step. The values and the order of every sum are those of the
+/// five-pass version, so the results keep their bits.
 #[inline(always)]
 fn softmax_row(x: &[f32], y: &mut [f32], scale: f32) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = v * scale;
+    let m = lane_fold(x, x, f32::NEG_INFINITY, |m, v, _| m.max(v * scale))
+        .into_iter()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sums = [0f32; LANES];
+    let ((cx, tx), (cy, ty)) = (x.as_chunks::<LANES>(), y.as_chunks_mut::<LANES>());
+    for (vx, vy) in cx.iter().zip(cy.iter_mut()) {
+        for i in 0..LANES {
+            let e = exp_nonpositive(vx[i] * scale - m);
+            vy[i] = e;
+            sums[i] += e;
+        }
     }
-    let m = lane_max(y);
-    for o in y.iter_mut() {
-        *o = exp_nonpositive(*o - m);
+    for (&v, o) in tx.iter().zip(ty.iter_mut()) {
+        *o = exp_nonpositive(v * scale - m);
+        sums[0] += *o;
     }
-    let inv = 1.0 / lane_sum(y);
+    let inv = 1.0 / sums.iter().sum::<f32>();
     y.iter_mut().for_each(|o| *o *= inv);
 }
 
