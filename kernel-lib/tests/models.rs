@@ -773,11 +773,11 @@ fn layer_norm_in_one_op_matches_tensor_ops_in_values_and_all_three_gradients() {
         let (x, w, b) = (var(&shape, mean), var(&[d], 1.0), var(&[d], 0.0));
         let eps = 1e-6;
         let fused = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), eps).unwrap();
-        // The reference: candle's tensor ops, with autograd's own backward.
-        let reference = {
-            let xt = x.as_tensor();
-            let mean = xt.mean_keepdim(candle_core::D::Minus1).unwrap();
-            let xc = xt.broadcast_sub(&mean).unwrap();
+        // The reference: candle's tensor ops (with autograd's own backward), in f32 for the
+        // gradients and in f64 for the values.
+        let by_ops = |x: &Tensor, w: &Tensor, b: &Tensor| {
+            let mean = x.mean_keepdim(candle_core::D::Minus1).unwrap();
+            let xc = x.broadcast_sub(&mean).unwrap();
             let var = xc
                 .sqr()
                 .unwrap()
@@ -786,28 +786,15 @@ fn layer_norm_in_one_op_matches_tensor_ops_in_values_and_all_three_gradients() {
             let xhat = xc
                 .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
                 .unwrap();
-            xhat.broadcast_mul(w.as_tensor())
-                .unwrap()
-                .broadcast_add(b.as_tensor())
-                .unwrap()
+            xhat.broadcast_mul(w).unwrap().broadcast_add(b).unwrap()
         };
-        // Values: against the same LayerNorm in f64.
+        let reference = by_ops(x.as_tensor(), w.as_tensor(), b.as_tensor());
         let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-        let x64 = f64s(x.as_tensor());
-        let mean64 = x64.mean_keepdim(candle_core::D::Minus1).unwrap();
-        let xc64 = x64.broadcast_sub(&mean64).unwrap();
-        let var64 = xc64
-            .sqr()
-            .unwrap()
-            .mean_keepdim(candle_core::D::Minus1)
-            .unwrap();
-        let want = xc64
-            .broadcast_div(&(var64 + eps).unwrap().sqrt().unwrap())
-            .unwrap()
-            .broadcast_mul(&f64s(w.as_tensor()))
-            .unwrap()
-            .broadcast_add(&f64s(b.as_tensor()))
-            .unwrap();
+        let want = by_ops(
+            &f64s(x.as_tensor()),
+            &f64s(w.as_tensor()),
+            &f64s(b.as_tensor()),
+        );
         let e = max_abs_diff(&fused, &want.to_dtype(DType::F32).unwrap());
         assert!(e < 2e-5, "{shape:?}: LayerNorm off f64 by {e}");
         let (gf, gr) = grads_through(&fused, &reference);
