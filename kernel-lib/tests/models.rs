@@ -812,8 +812,15 @@ fn layer_norm_in_one_op_matches_tensor_ops_in_values_and_all_three_gradients() {
             );
         }
     }
-    // A scale or shift that does not fit the rows is an error, not a panic.
+    // A strided scale (a column of a matrix) is read as its values.
     let x = Tensor::randn(0f32, 1.0, (3, 5), &dev).unwrap();
+    let cols = Tensor::randn(0f32, 1.0, (5, 2), &dev).unwrap();
+    let strided = cols.narrow(1, 1, 1).unwrap().squeeze(1).unwrap();
+    let shift = Tensor::zeros(5, DType::F32, &dev).unwrap();
+    let got = layer_norm(&x, &strided, &shift, 1e-6).unwrap();
+    let want = layer_norm(&x, &strided.contiguous().unwrap(), &shift, 1e-6).unwrap();
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
+    // A scale or shift that does not fit the rows is an error, not a panic.
     let (ok, bad) = (
         Tensor::ones(5, DType::F32, &dev).unwrap(),
         Tensor::ones(4, DType::F32, &dev).unwrap(),

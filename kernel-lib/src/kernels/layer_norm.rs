@@ -119,7 +119,8 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
         && b.dims() == [d];
     if fused {
         let eps = eps as f32;
-        return Ok(x.contiguous()?.apply_op3(w, b, LayerNormOp { eps })?);
+        let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+        return Ok(x.apply_op3(&w, &b, LayerNormOp { eps })?);
     }
     super::affine::scale_shift_rows(&super::normalize_rows(x, eps, true)?, w, b, true)
 }
