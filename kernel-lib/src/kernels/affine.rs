@@ -97,8 +97,7 @@ impl CustomOp2 for AddBiasOp {
         _res: &Tensor,
         g: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let db = g.contiguous()?.apply_op1(ColumnSums(b.elem_count()))?;
-        Ok((Some(g.clone()), Some(db.reshape(b.shape())?)))
+        Ok((Some(g.clone()), Some(bias_grad(g, b)?)))
     }
 }
 
@@ -109,7 +108,7 @@ impl CustomOp2 for AddBiasOp {
 pub(crate) struct ScaleShiftOp;
 
 /// The row width `d` of a `(rows, d)` input with a length-`d` scale and shift.
-fn row_width(x: &Layout, w: usize, b: usize) -> CResult<usize> {
+pub(crate) fn row_width(x: &Layout, w: usize, b: usize) -> CResult<usize> {
     if w == 0 || w != b || x.dims().last() != Some(&w) {
         candle_core::bail!("scale {w} and shift {b} applied to rows of {:?}", x.dims());
     }
@@ -266,8 +265,16 @@ impl CustomOp2 for ScaleShiftSums {
     }
 }
 
+/// The gradient of a bias `b` added to every row of an output whose gradient is `g`: the
+/// column sums of `g`, from row blocks in parallel, shaped as `b`.
+pub(crate) fn bias_grad(g: &Tensor, b: &Tensor) -> CResult<Tensor> {
+    g.contiguous()?
+        .apply_op1(ColumnSums(b.elem_count()))?
+        .reshape(b.shape())
+}
+
 /// Sums a `(rows, d)` input over its rows.
-pub(crate) struct ColumnSums(pub(crate) usize);
+struct ColumnSums(usize);
 
 impl CustomOp1 for ColumnSums {
     fn name(&self) -> &'static str {

@@ -1,7 +1,7 @@
 //! Matrix products on the CPU: gemm's packed kernels for large operands, direct dot products
 //! for narrow weight gradients, and a batched product with the batch spread over threads.
 
-use super::affine::ColumnSums;
+use super::affine::bias_grad;
 use super::matmul_bf16::{matmul_bf16, matmul_bf16_bias};
 use super::simd::avx2;
 use super::storage::{slice, written, CResult};
@@ -306,6 +306,14 @@ impl CustomOp2 for BatchedMatmulOp {
         _res: &Tensor,
         dc: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let (da, db) = self.grads(a, b, dc)?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
+impl BatchedMatmulOp {
+    /// The gradients of both operands from the output's gradient `dc`.
+    fn grads(&self, a: &Tensor, b: &Tensor, dc: &Tensor) -> CResult<(Tensor, Tensor)> {
         let dc = dc.contiguous()?;
         let bf16 = self.bf16;
         let op = |ta, tb| BatchedMatmulOp { ta, tb, bf16 };
@@ -323,7 +331,7 @@ impl CustomOp2 for BatchedMatmulOp {
             (false, true) => dc.apply_op2(a, op(true, false))?,
             (true, true) => dc.apply_op2(a, op(true, true))?,
         };
-        Ok((Some(da), Some(db)))
+        Ok((da, db))
     }
 }
 
@@ -464,19 +472,15 @@ impl CustomOp3 for LinearBiasOp {
         _res: &Tensor,
         g: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        let g3 = g.unsqueeze(0)?;
-        let op = |ta, tb| BatchedMatmulOp { ta, tb, bf16: true };
-        let dx = g3
-            .apply_op2(&w.unsqueeze(0)?, op(false, false))?
-            .squeeze(0)?;
-        let dw = g3
-            .apply_op2(&x.unsqueeze(0)?, op(true, false))?
-            .squeeze(0)?;
-        let db = g
-            .apply_op1(ColumnSums(b.elem_count()))?
-            .reshape(b.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        // The product's gradients as `linear`'s op takes them (x · wᵀ, over a batch of one).
+        let product = BatchedMatmulOp {
+            ta: false,
+            tb: true,
+            bf16: true,
+        };
+        let (dx, dw) = product.grads(&x.unsqueeze(0)?, &w.unsqueeze(0)?, &g.unsqueeze(0)?)?;
+        let db = bias_grad(g, b)?;
+        Ok((Some(dx.squeeze(0)?), Some(dw.squeeze(0)?), Some(db)))
     }
 }
 
