@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::kernels::matmul::{bf16_product, product_ld};
 use crate::kernels::matmul_bf16::{matmul_bf16_packed, PackedLhs};
 use crate::kernels::par::{images_per_group, sum_over_groups};
-use crate::kernels::simd::avx2;
+use crate::kernels::simd::{avx2, prefetch};
 use crate::kernels::storage::written;
 
 /// Output tile side `m`, the convolution's stride, and the transform matrices of F(m×m, 3×3),
@@ -581,8 +581,13 @@ fn grad_out_transform<T: Tile>(
     let mut d = [[0f32; L]; 16];
     let mut tmp = [[0f32; L]; 24];
     let mut out = [[0f32; L]; 36];
+    let fast = avx2();
+    let next = NextPlanes::new((imgs, o, h * w), t_all.div_ceil(L));
     for oi in 0..o {
-        for t0 in (0..t_all).step_by(L) {
+        for (step, t0) in (0..t_all).step_by(L).enumerate() {
+            if oi + 1 < o {
+                next.fetch(dy.as_ptr(), oi + 1, step);
+            }
             let lanes = L.min(t_all - t0);
             for l in 0..lanes {
                 let (img, y0, x0) = tiles.origin(t0 + l);
@@ -597,6 +602,13 @@ fn grad_out_transform<T: Tile>(
                         };
                     }
                 }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if fast && is_f4::<T>() {
+                let dst = &mut dm[oi * row + t0..];
+                // SAFETY: `fast` is `avx2()`, checked on this CPU.
+                unsafe { simd::f4::grad_out_tiles(&d, dst, t_all, lanes) };
+                continue;
             }
             lanes_mm(T::A, &d, &mut tmp, (a, m, m));
             lanes_mm_t(&tmp, T::A, &mut out, (a, m, a));
@@ -731,7 +743,7 @@ fn lanes_mc(
 /// Where a group's tiles read their input: a zero-bordered copy of one channel's planes
 /// (`ph`×`pw` per image, one pixel of padding on top and left) that holds every tile's whole
 /// α×α patch, so that patches are read and written without bounds checks, a row of eight tiles
-/// at a time (see [`gather_patches`]).
+/// at a time (see [`gather_row`]).
 struct PatchGrid {
     ph: usize,
     pw: usize,
@@ -782,7 +794,13 @@ fn input_transform<T: Tile>(
 ) {
     let a = T::ALPHA;
     let (t_all, row, grid, mut pad) = PatchGrid::for_group::<T>(imgs, h, w);
-    let ([mut d, mut tmp, mut vv], fast) = ([[[0f32; L]; 36]; 3], avx2());
+    let fast = avx2();
+    // One patch row's α values per tile, then `(d B)` row by row; the second half of the
+    // transform, `Bᵀ (d B)`, runs column by column and stores straight into `V`: the 36-entry
+    // intermediates went through the stack three times (the transform's main cost).
+    let (mut drow, mut col, mut out) = ([[0f32; L]; 8], [[0f32; L]; 6], [[0f32; L]; 6]);
+    let mut db = [[0f32; L]; 36];
+    let next = NextPlanes::new((imgs, c, h * w), t_all.div_ceil(L));
     for ci in 0..c {
         for img in 0..imgs {
             let plane = &x[(img * c + ci) * h * w..][..h * w];
@@ -790,14 +808,71 @@ fn input_transform<T: Tile>(
                 copy_short(&mut pad[grid.at(img, iy, 0)..][..w], src);
             }
         }
-        for t0 in (0..t_all).step_by(L) {
-            let lanes = L.min(t_all - t0);
-            gather_patches::<T>(&pad, &grid.starts[t0..t0 + lanes], grid.pw, &mut d, fast);
-            lanes_mm(T::BT, &d, &mut tmp, (a, a, a));
-            lanes_mm_t(&tmp, T::BT, &mut vv, (a, a, a));
-            for (xi, val) in vv[..a * a].iter().enumerate() {
-                store(&mut v[ci * row + xi * t_all + t0..], val, lanes);
+        for (step, t0) in (0..t_all).step_by(L).enumerate() {
+            if ci + 1 < c {
+                next.fetch(x.as_ptr(), ci + 1, step);
             }
+            let lanes = L.min(t_all - t0);
+            let starts = &grid.starts[t0..t0 + lanes];
+            #[cfg(target_arch = "x86_64")]
+            if fast && is_f4::<T>() {
+                let dst = &mut v[ci * row + t0..];
+                // SAFETY: `fast` is `avx2()`, checked on this CPU.
+                unsafe { simd::f4::input_tiles(&pad, starts, grid.pw, dst, t_all) };
+                continue;
+            }
+            for r in 0..a {
+                gather_row::<T>(&pad, starts, (grid.pw, r), &mut drow, fast);
+                // (d B)[r][j] = Σ_q Bᵀ[j][q]·d[r][q].
+                lanes_cm(T::BT, (a, 1), &drow, &mut db[r * a..], (a, a, 1));
+            }
+            for j in 0..a {
+                for (k, x) in col[..a].iter_mut().enumerate() {
+                    *x = db[k * a + j];
+                }
+                lanes_cm(T::BT, (a, 1), &col, &mut out, (a, a, 1));
+                for (i, val) in out[..a].iter().enumerate() {
+                    store(&mut v[ci * row + (i * a + j) * t_all + t0..], val, lanes);
+                }
+            }
+        }
+    }
+}
+
+/// The planes of one channel of a group's images (`imgs` of them, `c` channels of `hw` floats),
+/// fetched into the cache a share at a time while the channel before is transformed: the
+/// transform reads a channel's planes, 4 KB each at 32×32 and `c·hw` floats apart, only after
+/// the previous channel's tiles are done, too late for the hardware prefetchers, which stop at
+/// page boundaries (the plane copy was a third of the forward's transform time at 64 channels).
+struct NextPlanes {
+    imgs: usize,
+    c: usize,
+    hw: usize,
+    /// Cache lines of one plane, and how many to ask for per step of the tile loop.
+    lines: usize,
+    per_step: usize,
+}
+
+impl NextPlanes {
+    fn new((imgs, c, hw): (usize, usize, usize), steps: usize) -> Self {
+        let lines = hw.div_ceil(16);
+        let per_step = (imgs * lines).div_ceil(steps.max(1));
+        NextPlanes {
+            imgs,
+            c,
+            hw,
+            lines,
+            per_step,
+        }
+    }
+
+    /// Step `step`'s share of channel `ci`'s lines in `x` (read, or about to be written).
+    #[inline(always)]
+    fn fetch(&self, x: *const f32, ci: usize, step: usize) {
+        let end = ((step + 1) * self.per_step).min(self.imgs * self.lines);
+        for j in step * self.per_step..end {
+            let (img, line) = (j / self.lines, j % self.lines);
+            prefetch(x.wrapping_add((img * self.c + ci) * self.hw + line * 16));
         }
     }
 }
@@ -815,9 +890,12 @@ fn input_transform_adjoint<T: Tile>(
     let a = T::ALPHA;
     let (t_all, row, grid, mut pad) = PatchGrid::for_group::<T>(imgs, h, w);
     let ([mut vv, mut tmp, mut d], fast) = ([[[0f32; L]; 36]; 3], avx2());
+    let next = NextPlanes::new((imgs, c, h * w), t_all.div_ceil(L));
     for ci in 0..c {
         pad.fill(0.0);
-        for t0 in (0..t_all).step_by(L) {
+        for (step, t0) in (0..t_all).step_by(L).enumerate() {
+            // This channel's planes of dx are written after its tiles.
+            next.fetch(dx.as_ptr(), ci, step);
             let lanes = L.min(t_all - t0);
             for (xi, val) in vv[..a * a].iter_mut().enumerate() {
                 load(val, &dv[ci * row + xi * t_all + t0..], lanes);
@@ -852,29 +930,26 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// `d[r·α + q][l] = pad[starts[l] + r·pw + q]`: the α×α patch of each lane's tile, lanes past
-/// `starts.len()` left as they are (their results are never stored).
+/// `d[q][l] = pad[starts[l] + r·pw + q]` for q < α: row r of each lane's tile's patch, lanes
+/// past `starts.len()` left as they are (their results are never stored).
 #[inline(always)]
-fn gather_patches<T: Tile>(
+fn gather_row<T: Tile>(
     pad: &[f32],
     starts: &[usize],
-    pw: usize,
-    d: &mut [[f32; L]; 36],
+    (pw, r): (usize, usize),
+    d: &mut [[f32; L]; 8],
     fast: bool,
 ) {
     let a = T::ALPHA;
     #[cfg(target_arch = "x86_64")]
     if fast {
         // SAFETY: `fast` is `avx2()`, checked on this CPU.
-        return unsafe { simd::gather_patches(a, pad, starts, pw, d) };
+        return unsafe { simd::gather_row(pad, starts, r * pw, d) };
     }
     let _ = fast;
     for (l, &st) in starts.iter().enumerate() {
-        for r in 0..a {
-            let row = &pad[st + r * pw..][..a];
-            for q in 0..a {
-                d[r * a + q][l] = row[q];
-            }
+        for (q, x) in pad[st + r * pw..][..a].iter().enumerate() {
+            d[q][l] = *x;
         }
     }
 }
@@ -933,6 +1008,12 @@ fn scatter_tiles<T: Tile>(
     }
 }
 
+/// Whether the tile is F(4×4, 3×3), whose transforms have hand-written AVX2 + FMA forms
+/// ([`simd::f4`]); a constant once `T` is known.
+fn is_f4<T: Tile>() -> bool {
+    T::ALPHA == 6 && T::STRIDE == 1
+}
+
 /// The AVX2 forms of the lane gathers and scatters: eight registers (one per tile) transposed
 /// into eight lanes, instead of a scalar move per value (the transforms' main cost).
 #[cfg(target_arch = "x86_64")]
@@ -940,6 +1021,177 @@ mod simd {
     use std::arch::x86_64::*;
 
     use super::L;
+
+    /// F(4×4, 3×3)'s transforms with their constants folded by hand into FMAs over eight tiles
+    /// a register. The generic lane loops (`lanes_cm`) kept every 36-entry intermediate on the
+    /// stack, split each 8-lane step into two 4-lane halves and added `0·x` terms; these keep
+    /// one row or column of a tile in registers at a time.
+    pub(super) mod f4 {
+        use std::arch::x86_64::*;
+
+        use super::super::L;
+        use super::transpose8;
+
+        /// `Bᵀ x` for F(4,3)'s Bᵀ (rows `[4 0 −5 0 1 0]`, `[0 −4 −4 1 1 0]`, `[0 4 −4 −1 1 0]`,
+        /// `[0 −2 −1 2 1 0]`, `[0 2 −1 −2 1 0]`, `[0 4 0 −5 0 1]`).
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        fn bt(x: [__m256; 6]) -> [__m256; 6] {
+            let (c4, c5, c2) = (
+                _mm256_set1_ps(4.0),
+                _mm256_set1_ps(5.0),
+                _mm256_set1_ps(2.0),
+            );
+            let s12 = _mm256_add_ps(x[1], x[2]);
+            let s34 = _mm256_add_ps(x[3], x[4]);
+            let d12 = _mm256_sub_ps(x[1], x[2]);
+            let d43 = _mm256_sub_ps(x[4], x[3]);
+            let d13 = _mm256_sub_ps(x[1], x[3]);
+            let d42 = _mm256_sub_ps(x[4], x[2]);
+            [
+                _mm256_fmadd_ps(c4, x[0], _mm256_fnmadd_ps(c5, x[2], x[4])),
+                _mm256_fnmadd_ps(c4, s12, s34),
+                _mm256_fmadd_ps(c4, d12, d43),
+                _mm256_fnmadd_ps(c2, d13, d42),
+                _mm256_fmadd_ps(c2, d13, d42),
+                _mm256_fmadd_ps(c4, x[1], _mm256_fnmadd_ps(c5, x[3], x[5])),
+            ]
+        }
+
+        /// `Aᵀ x` for F(4,3)'s Aᵀ (rows `[1 1 1 1 1 0]`, `[0 1 −1 2 −2 0]`, `[0 1 1 4 4 0]`,
+        /// `[0 1 −1 8 −8 1]`).
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        fn at(x: [__m256; 6]) -> [__m256; 4] {
+            let s12 = _mm256_add_ps(x[1], x[2]);
+            let s34 = _mm256_add_ps(x[3], x[4]);
+            let d12 = _mm256_sub_ps(x[1], x[2]);
+            let d34 = _mm256_sub_ps(x[3], x[4]);
+            [
+                _mm256_add_ps(_mm256_add_ps(x[0], s12), s34),
+                _mm256_fmadd_ps(_mm256_set1_ps(2.0), d34, d12),
+                _mm256_fmadd_ps(_mm256_set1_ps(4.0), s34, s12),
+                _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0), d34, d12), x[5]),
+            ]
+        }
+
+        /// `A x` (A = (Aᵀ)ᵀ, 6×4): the output gradient's transform.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        fn a(x: [__m256; 4]) -> [__m256; 6] {
+            let s02 = _mm256_add_ps(x[0], x[2]);
+            let s13 = _mm256_add_ps(x[1], x[3]);
+            let q0 = _mm256_fmadd_ps(_mm256_set1_ps(4.0), x[2], x[0]);
+            let q1 = _mm256_fmadd_ps(_mm256_set1_ps(8.0), x[3], _mm256_add_ps(x[1], x[1]));
+            [
+                x[0],
+                _mm256_add_ps(s02, s13),
+                _mm256_sub_ps(s02, s13),
+                _mm256_add_ps(q0, q1),
+                _mm256_sub_ps(q0, q1),
+                x[3],
+            ]
+        }
+
+        /// Writes the first `lanes` lanes of `val` to the front of `dst`.
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        fn store(dst: &mut [f32], val: __m256, lanes: usize) {
+            if lanes == L {
+                let dst = &mut dst[..L];
+                // SAFETY: `dst` holds L = 8 floats.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), val) };
+            } else {
+                let mut all = [0f32; L];
+                // SAFETY: `all` holds L = 8 floats.
+                unsafe { _mm256_storeu_ps(all.as_mut_ptr(), val) };
+                dst[..lanes].copy_from_slice(&all[..lanes]);
+            }
+        }
+
+        /// `V[ξ][t] = (Bᵀ d B)[ξ]` for the tiles whose 6×6 patches start at `starts` in `pad`
+        /// (rows `pw` apart, `L` floats of slack past the last), stored at `v[ξ·t_all..]`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        pub(in super::super) fn input_tiles(
+            pad: &[f32],
+            starts: &[usize],
+            pw: usize,
+            v: &mut [f32],
+            t_all: usize,
+        ) {
+            let lanes = starts.len();
+            // Row r of `d B`, for each of the six patch rows.
+            let mut db = [[_mm256_setzero_ps(); 6]; 6];
+            for (r, dbr) in db.iter_mut().enumerate() {
+                let mut rows = [_mm256_setzero_ps(); L];
+                for (row, &st) in rows.iter_mut().zip(starts) {
+                    let src = &pad[st + r * pw..][..L];
+                    // SAFETY: `src` holds L = 8 floats.
+                    *row = unsafe { _mm256_loadu_ps(src.as_ptr()) };
+                }
+                let c = transpose8(rows);
+                *dbr = bt([c[0], c[1], c[2], c[3], c[4], c[5]]);
+            }
+            for j in 0..6 {
+                let col = bt([db[0][j], db[1][j], db[2][j], db[3][j], db[4][j], db[5][j]]);
+                for (i, val) in col.into_iter().enumerate() {
+                    store(&mut v[(i * 6 + j) * t_all..], val, lanes);
+                }
+            }
+        }
+
+        /// `out[r·4 + q] = (Aᵀ M A)[r][q]` for the eight tiles whose products start at `mm`
+        /// (position ξ's at `ξ·t_all`; lanes past the group's last tile read values that are
+        /// never stored, inside the channel's row and its slack).
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        pub(in super::super) fn output_tiles(mm: &[f32], t_all: usize, out: &mut [[f32; L]; 16]) {
+            // Column j of `Aᵀ M`, for each of the six columns.
+            let mut am = [[_mm256_setzero_ps(); 4]; 6];
+            for (j, amj) in am.iter_mut().enumerate() {
+                let mut col = [_mm256_setzero_ps(); 6];
+                for (k, x) in col.iter_mut().enumerate() {
+                    let src = &mm[(k * 6 + j) * t_all..][..L];
+                    // SAFETY: `src` holds L = 8 floats.
+                    *x = unsafe { _mm256_loadu_ps(src.as_ptr()) };
+                }
+                *amj = at(col);
+            }
+            for r in 0..4 {
+                let row = at([am[0][r], am[1][r], am[2][r], am[3][r], am[4][r], am[5][r]]);
+                for (q, val) in row.into_iter().enumerate() {
+                    // SAFETY: each entry of `out` holds L = 8 floats.
+                    unsafe { _mm256_storeu_ps(out[r * 4 + q].as_mut_ptr(), val) };
+                }
+            }
+        }
+
+        /// `dM[ξ][t] = (A d Aᵀ)[ξ]` for eight 4×4 tiles of the output gradient (`d[r·4 + q]`, one
+        /// tile a lane), the first `lanes` stored at `dm[ξ·t_all..]`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        pub(in super::super) fn grad_out_tiles(
+            d: &[[f32; L]; 16],
+            dm: &mut [f32],
+            t_all: usize,
+            lanes: usize,
+        ) {
+            // SAFETY: each entry of `d` holds L = 8 floats.
+            let ld = |i: usize| unsafe { _mm256_loadu_ps(d[i].as_ptr()) };
+            // Column q of `A d`, for each of the four columns.
+            let mut ad = [[_mm256_setzero_ps(); 6]; 4];
+            for (q, adq) in ad.iter_mut().enumerate() {
+                *adq = a([ld(q), ld(4 + q), ld(8 + q), ld(12 + q)]);
+            }
+            for i in 0..6 {
+                let row = a([ad[0][i], ad[1][i], ad[2][i], ad[3][i]]);
+                for (j, val) in row.into_iter().enumerate() {
+                    store(&mut dm[(i * 6 + j) * t_all..], val, lanes);
+                }
+            }
+        }
+    }
 
     /// `out[j][i] = r[i][j]`.
     #[inline]
@@ -973,28 +1225,20 @@ mod simd {
         ]
     }
 
-    /// See `super::gather_patches`; `pad` holds `L` floats of slack past the last patch.
+    /// See `super::gather_row`; `pad` holds `L` floats of slack past the last patch, so each
+    /// tile's row is read as a whole register and all eight columns come back.
     #[inline]
     #[target_feature(enable = "avx2")]
-    pub(super) fn gather_patches(
-        a: usize,
-        pad: &[f32],
-        starts: &[usize],
-        pw: usize,
-        d: &mut [[f32; L]; 36],
-    ) {
-        for r in 0..a {
-            let mut rows = [_mm256_setzero_ps(); L];
-            for (row, &st) in rows.iter_mut().zip(starts) {
-                let src = &pad[st + r * pw..][..L];
-                // SAFETY: `src` holds L = 8 floats.
-                *row = unsafe { _mm256_loadu_ps(src.as_ptr()) };
-            }
-            let cols = transpose8(rows);
-            for (q, col) in cols[..a].iter().enumerate() {
-                // SAFETY: each entry of `d` holds L = 8 floats.
-                unsafe { _mm256_storeu_ps(d[r * a + q].as_mut_ptr(), *col) };
-            }
+    pub(super) fn gather_row(pad: &[f32], starts: &[usize], off: usize, d: &mut [[f32; L]; 8]) {
+        let mut rows = [_mm256_setzero_ps(); L];
+        for (row, &st) in rows.iter_mut().zip(starts) {
+            let src = &pad[st + off..][..L];
+            // SAFETY: `src` holds L = 8 floats.
+            *row = unsafe { _mm256_loadu_ps(src.as_ptr()) };
+        }
+        for (dst, col) in d.iter_mut().zip(transpose8(rows)) {
+            // SAFETY: each entry of `d` holds L = 8 floats.
+            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), col) };
         }
     }
 
@@ -1088,15 +1332,29 @@ fn output_transform<T: Tile>(
     let mut tmp = [[0f32; L]; 24];
     let mut out = [[0f32; L]; 16];
     let mut lane_offs = [None; L];
+    let next = NextPlanes::new((imgs, o, h * w), t_all.div_ceil(L));
     for oi in 0..o {
         let plane0 = oi * h * w;
-        for t0 in (0..t_all).step_by(L) {
-            let lanes = L.min(t_all - t0);
-            for (xi, val) in mt[..a * a].iter_mut().enumerate() {
-                load(val, &mm[oi * row + xi * t_all + t0..], lanes);
+        for (step, t0) in (0..t_all).step_by(L).enumerate() {
+            if oi + 1 < o {
+                next.fetch(y.as_ptr(), oi + 1, step);
             }
-            lanes_mm(T::AT, &mt, &mut tmp, (m, a, a));
-            lanes_mm_t(&tmp, T::AT, &mut out, (m, a, m));
+            let lanes = L.min(t_all - t0);
+            #[cfg(target_arch = "x86_64")]
+            let done = fast && is_f4::<T>() && {
+                // SAFETY: `fast` is `avx2()`, checked on this CPU.
+                unsafe { simd::f4::output_tiles(&mm[oi * row + t0..], t_all, &mut out) };
+                true
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let done = false;
+            if !done {
+                for (xi, val) in mt[..a * a].iter_mut().enumerate() {
+                    load(val, &mm[oi * row + xi * t_all + t0..], lanes);
+                }
+                lanes_mm(T::AT, &mt, &mut tmp, (m, a, a));
+                lanes_mm_t(&tmp, T::AT, &mut out, (m, a, m));
+            }
             for (dst, off) in lane_offs[..lanes].iter_mut().zip(&offs[t0..]) {
                 *dst = off.map(|off| off + plane0);
             }
