@@ -604,10 +604,10 @@ fn grad_out_transform<T: Tile>(
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            if fast && is_f4::<T>() {
+            if fast {
                 let dst = &mut dm[oi * row + t0..];
                 // SAFETY: `fast` is `avx2()`, checked on this CPU.
-                unsafe { simd::f4::grad_out_tiles(&d, dst, t_all, lanes) };
+                unsafe { simd::tiles::grad_out_tiles::<T>(&d, dst, t_all, lanes) };
                 continue;
             }
             lanes_mm(T::A, &d, &mut tmp, (a, m, m));
@@ -815,10 +815,10 @@ fn input_transform<T: Tile>(
             let lanes = L.min(t_all - t0);
             let starts = &grid.starts[t0..t0 + lanes];
             #[cfg(target_arch = "x86_64")]
-            if fast && is_f4::<T>() {
+            if fast {
                 let dst = &mut v[ci * row + t0..];
                 // SAFETY: `fast` is `avx2()`, checked on this CPU.
-                unsafe { simd::f4::input_tiles(&pad, starts, grid.pw, dst, t_all) };
+                unsafe { simd::tiles::input_tiles::<T>(&pad, starts, grid.pw, dst, t_all) };
                 continue;
             }
             for r in 0..a {
@@ -1008,12 +1008,6 @@ fn scatter_tiles<T: Tile>(
     }
 }
 
-/// Whether the tile is F(4×4, 3×3), whose transforms have hand-written AVX2 + FMA forms
-/// ([`simd::f4`]); a constant once `T` is known.
-fn is_f4<T: Tile>() -> bool {
-    T::ALPHA == 6 && T::STRIDE == 1
-}
-
 /// The AVX2 forms of the lane gathers and scatters: eight registers (one per tile) transposed
 /// into eight lanes, instead of a scalar move per value (the transforms' main cost).
 #[cfg(target_arch = "x86_64")]
@@ -1022,75 +1016,152 @@ mod simd {
 
     use super::L;
 
-    /// F(4×4, 3×3)'s transforms with their constants folded by hand into FMAs over eight tiles
-    /// a register. The generic lane loops (`lanes_cm`) kept every 36-entry intermediate on the
-    /// stack, split each 8-lane step into two 4-lane halves and added `0·x` terms; these keep
-    /// one row or column of a tile in registers at a time.
-    pub(super) mod f4 {
+    /// The tiles' transforms over eight tiles a register, their constant matrices written out
+    /// by hand as additions and FMAs ([`bt`], [`at`], [`a`]). The generic lane loops
+    /// (`lanes_cm`) kept every 36-entry intermediate on the stack, split each 8-lane step into
+    /// two 4-lane halves and added `0·x` terms (F(4,3)'s transforms were 40% of a 64-channel
+    /// layer); these keep one row or column of a tile in registers at a time.
+    pub(super) mod tiles {
         use std::arch::x86_64::*;
 
-        use super::super::L;
+        use super::super::{Tile, L};
         use super::transpose8;
 
-        /// `Bᵀ x` for F(4,3)'s Bᵀ (rows `[4 0 −5 0 1 0]`, `[0 −4 −4 1 1 0]`, `[0 4 −4 −1 1 0]`,
-        /// `[0 −2 −1 2 1 0]`, `[0 2 −1 −2 1 0]`, `[0 4 0 −5 0 1]`).
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        fn bt(x: [__m256; 6]) -> [__m256; 6] {
-            let (c4, c5, c2) = (
-                _mm256_set1_ps(4.0),
-                _mm256_set1_ps(5.0),
-                _mm256_set1_ps(2.0),
-            );
-            let s12 = _mm256_add_ps(x[1], x[2]);
-            let s34 = _mm256_add_ps(x[3], x[4]);
-            let d12 = _mm256_sub_ps(x[1], x[2]);
-            let d43 = _mm256_sub_ps(x[4], x[3]);
-            let d13 = _mm256_sub_ps(x[1], x[3]);
-            let d42 = _mm256_sub_ps(x[4], x[2]);
-            [
-                _mm256_fmadd_ps(c4, x[0], _mm256_fnmadd_ps(c5, x[2], x[4])),
-                _mm256_fnmadd_ps(c4, s12, s34),
-                _mm256_fmadd_ps(c4, d12, d43),
-                _mm256_fnmadd_ps(c2, d13, d42),
-                _mm256_fmadd_ps(c2, d13, d42),
-                _mm256_fmadd_ps(c4, x[1], _mm256_fnmadd_ps(c5, x[3], x[5])),
-            ]
+        /// Which tile `T` is: F(4,3), F(2,3) or the stride-2 tile (constant once `T` is known).
+        #[derive(PartialEq)]
+        enum Kind {
+            F4,
+            F2,
+            S2,
         }
 
-        /// `Aᵀ x` for F(4,3)'s Aᵀ (rows `[1 1 1 1 1 0]`, `[0 1 −1 2 −2 0]`, `[0 1 1 4 4 0]`,
-        /// `[0 1 −1 8 −8 1]`).
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        fn at(x: [__m256; 6]) -> [__m256; 4] {
-            let s12 = _mm256_add_ps(x[1], x[2]);
-            let s34 = _mm256_add_ps(x[3], x[4]);
-            let d12 = _mm256_sub_ps(x[1], x[2]);
-            let d34 = _mm256_sub_ps(x[3], x[4]);
-            [
-                _mm256_add_ps(_mm256_add_ps(x[0], s12), s34),
-                _mm256_fmadd_ps(_mm256_set1_ps(2.0), d34, d12),
-                _mm256_fmadd_ps(_mm256_set1_ps(4.0), s34, s12),
-                _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0), d34, d12), x[5]),
-            ]
+        fn kind<T: Tile>() -> Kind {
+            match (T::ALPHA, T::STRIDE) {
+                (6, 1) => Kind::F4,
+                (4, 1) => Kind::F2,
+                _ => Kind::S2,
+            }
         }
 
-        /// `A x` (A = (Aᵀ)ᵀ, 6×4): the output gradient's transform.
+        /// `Bᵀ x` (the first α registers of `x` and of the result).
         #[inline]
         #[target_feature(enable = "avx2,fma")]
-        fn a(x: [__m256; 4]) -> [__m256; 6] {
-            let s02 = _mm256_add_ps(x[0], x[2]);
-            let s13 = _mm256_add_ps(x[1], x[3]);
-            let q0 = _mm256_fmadd_ps(_mm256_set1_ps(4.0), x[2], x[0]);
-            let q1 = _mm256_fmadd_ps(_mm256_set1_ps(8.0), x[3], _mm256_add_ps(x[1], x[1]));
-            [
-                x[0],
-                _mm256_add_ps(s02, s13),
-                _mm256_sub_ps(s02, s13),
-                _mm256_add_ps(q0, q1),
-                _mm256_sub_ps(q0, q1),
-                x[3],
-            ]
+        fn bt<T: Tile>(x: [__m256; 6]) -> [__m256; 6] {
+            let z = _mm256_setzero_ps();
+            match kind::<T>() {
+                // Rows [4 0 −5 0 1 0], [0 −4 −4 1 1 0], [0 4 −4 −1 1 0], [0 −2 −1 2 1 0],
+                // [0 2 −1 −2 1 0], [0 4 0 −5 0 1].
+                Kind::F4 => {
+                    let (c4, c5, c2) = (
+                        _mm256_set1_ps(4.0),
+                        _mm256_set1_ps(5.0),
+                        _mm256_set1_ps(2.0),
+                    );
+                    let s12 = _mm256_add_ps(x[1], x[2]);
+                    let s34 = _mm256_add_ps(x[3], x[4]);
+                    let d12 = _mm256_sub_ps(x[1], x[2]);
+                    let d43 = _mm256_sub_ps(x[4], x[3]);
+                    let d13 = _mm256_sub_ps(x[1], x[3]);
+                    let d42 = _mm256_sub_ps(x[4], x[2]);
+                    [
+                        _mm256_fmadd_ps(c4, x[0], _mm256_fnmadd_ps(c5, x[2], x[4])),
+                        _mm256_fnmadd_ps(c4, s12, s34),
+                        _mm256_fmadd_ps(c4, d12, d43),
+                        _mm256_fnmadd_ps(c2, d13, d42),
+                        _mm256_fmadd_ps(c2, d13, d42),
+                        _mm256_fmadd_ps(c4, x[1], _mm256_fnmadd_ps(c5, x[3], x[5])),
+                    ]
+                }
+                // Rows [1 0 −1 0], [0 1 1 0], [0 −1 1 0], [0 1 0 −1].
+                Kind::F2 => [
+                    _mm256_sub_ps(x[0], x[2]),
+                    _mm256_add_ps(x[1], x[2]),
+                    _mm256_sub_ps(x[2], x[1]),
+                    _mm256_sub_ps(x[1], x[3]),
+                    z,
+                    z,
+                ],
+                // Rows [1 0 −1 0 0], [0 0 1 0 0], [0 0 −1 0 1], [0 1 0 0 0], [0 0 0 1 0].
+                Kind::S2 => [
+                    _mm256_sub_ps(x[0], x[2]),
+                    x[2],
+                    _mm256_sub_ps(x[4], x[2]),
+                    x[1],
+                    x[3],
+                    z,
+                ],
+            }
+        }
+
+        /// `Aᵀ x` (α registers in, m out).
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        fn at<T: Tile>(x: [__m256; 6]) -> [__m256; 4] {
+            let z = _mm256_setzero_ps();
+            match kind::<T>() {
+                // Rows [1 1 1 1 1 0], [0 1 −1 2 −2 0], [0 1 1 4 4 0], [0 1 −1 8 −8 1].
+                Kind::F4 => {
+                    let s12 = _mm256_add_ps(x[1], x[2]);
+                    let s34 = _mm256_add_ps(x[3], x[4]);
+                    let d12 = _mm256_sub_ps(x[1], x[2]);
+                    let d34 = _mm256_sub_ps(x[3], x[4]);
+                    [
+                        _mm256_add_ps(_mm256_add_ps(x[0], s12), s34),
+                        _mm256_fmadd_ps(_mm256_set1_ps(2.0), d34, d12),
+                        _mm256_fmadd_ps(_mm256_set1_ps(4.0), s34, s12),
+                        _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0), d34, d12), x[5]),
+                    ]
+                }
+                // Rows [1 1 1 0], [0 1 −1 −1].
+                Kind::F2 => [
+                    _mm256_add_ps(_mm256_add_ps(x[0], x[1]), x[2]),
+                    _mm256_sub_ps(_mm256_sub_ps(x[1], x[2]), x[3]),
+                    z,
+                    z,
+                ],
+                // Rows [1 1 0 1 0], [0 1 1 0 1].
+                Kind::S2 => [
+                    _mm256_add_ps(_mm256_add_ps(x[0], x[1]), x[3]),
+                    _mm256_add_ps(_mm256_add_ps(x[1], x[2]), x[4]),
+                    z,
+                    z,
+                ],
+            }
+        }
+
+        /// `A x` (A = (Aᵀ)ᵀ: m registers in, α out), the output gradient's transform.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        fn a<T: Tile>(x: [__m256; 4]) -> [__m256; 6] {
+            let z = _mm256_setzero_ps();
+            match kind::<T>() {
+                // Rows [1 0 0 0], [1 1 1 1], [1 −1 1 −1], [1 2 4 8], [1 −2 4 −8], [0 0 0 1].
+                Kind::F4 => {
+                    let s02 = _mm256_add_ps(x[0], x[2]);
+                    let s13 = _mm256_add_ps(x[1], x[3]);
+                    let q0 = _mm256_fmadd_ps(_mm256_set1_ps(4.0), x[2], x[0]);
+                    let q1 = _mm256_fmadd_ps(_mm256_set1_ps(8.0), x[3], _mm256_add_ps(x[1], x[1]));
+                    [
+                        x[0],
+                        _mm256_add_ps(s02, s13),
+                        _mm256_sub_ps(s02, s13),
+                        _mm256_add_ps(q0, q1),
+                        _mm256_sub_ps(q0, q1),
+                        x[3],
+                    ]
+                }
+                // Rows [1 0], [1 1], [1 −1], [0 −1].
+                Kind::F2 => [
+                    x[0],
+                    _mm256_add_ps(x[0], x[1]),
+                    _mm256_sub_ps(x[0], x[1]),
+                    _mm256_sub_ps(z, x[1]),
+                    z,
+                    z,
+                ],
+                // Rows [1 0], [1 1], [0 1], [1 0], [0 1].
+                Kind::S2 => [x[0], _mm256_add_ps(x[0], x[1]), x[1], x[0], x[1], z],
+            }
         }
 
         /// Writes the first `lanes` lanes of `val` to the front of `dst`.
@@ -1109,21 +1180,21 @@ mod simd {
             }
         }
 
-        /// `V[ξ][t] = (Bᵀ d B)[ξ]` for the tiles whose 6×6 patches start at `starts` in `pad`
+        /// `V[ξ][t] = (Bᵀ d B)[ξ]` for the tiles whose α×α patches start at `starts` in `pad`
         /// (rows `pw` apart, `L` floats of slack past the last), stored at `v[ξ·t_all..]`.
         #[inline]
         #[target_feature(enable = "avx2,fma")]
-        pub(in super::super) fn input_tiles(
+        pub(in super::super) fn input_tiles<T: Tile>(
             pad: &[f32],
             starts: &[usize],
             pw: usize,
             v: &mut [f32],
             t_all: usize,
         ) {
-            let lanes = starts.len();
-            // Row r of `d B`, for each of the six patch rows.
+            let (al, lanes) = (T::ALPHA, starts.len());
+            // Row r of `d B`, for each of the α patch rows.
             let mut db = [[_mm256_setzero_ps(); 6]; 6];
-            for (r, dbr) in db.iter_mut().enumerate() {
+            for (r, dbr) in db[..al].iter_mut().enumerate() {
                 let mut rows = [_mm256_setzero_ps(); L];
                 for (row, &st) in rows.iter_mut().zip(starts) {
                     let src = &pad[st + r * pw..][..L];
@@ -1131,63 +1202,74 @@ mod simd {
                     *row = unsafe { _mm256_loadu_ps(src.as_ptr()) };
                 }
                 let c = transpose8(rows);
-                *dbr = bt([c[0], c[1], c[2], c[3], c[4], c[5]]);
+                *dbr = bt::<T>([c[0], c[1], c[2], c[3], c[4], c[5]]);
             }
-            for j in 0..6 {
-                let col = bt([db[0][j], db[1][j], db[2][j], db[3][j], db[4][j], db[5][j]]);
-                for (i, val) in col.into_iter().enumerate() {
-                    store(&mut v[(i * 6 + j) * t_all..], val, lanes);
+            for j in 0..al {
+                let col = bt::<T>([db[0][j], db[1][j], db[2][j], db[3][j], db[4][j], db[5][j]]);
+                for (i, &val) in col[..al].iter().enumerate() {
+                    store(&mut v[(i * al + j) * t_all..], val, lanes);
                 }
             }
         }
 
-        /// `out[r·4 + q] = (Aᵀ M A)[r][q]` for the eight tiles whose products start at `mm`
+        /// `out[r·m + q] = (Aᵀ M A)[r][q]` for the eight tiles whose products start at `mm`
         /// (position ξ's at `ξ·t_all`; lanes past the group's last tile read values that are
         /// never stored, inside the channel's row and its slack).
         #[inline]
         #[target_feature(enable = "avx2,fma")]
-        pub(in super::super) fn output_tiles(mm: &[f32], t_all: usize, out: &mut [[f32; L]; 16]) {
-            // Column j of `Aᵀ M`, for each of the six columns.
+        pub(in super::super) fn output_tiles<T: Tile>(
+            mm: &[f32],
+            t_all: usize,
+            out: &mut [[f32; L]; 16],
+        ) {
+            let (al, m) = (T::ALPHA, T::M);
+            // Column j of `Aᵀ M`, for each of the α columns.
             let mut am = [[_mm256_setzero_ps(); 4]; 6];
-            for (j, amj) in am.iter_mut().enumerate() {
+            for (j, amj) in am[..al].iter_mut().enumerate() {
                 let mut col = [_mm256_setzero_ps(); 6];
-                for (k, x) in col.iter_mut().enumerate() {
-                    let src = &mm[(k * 6 + j) * t_all..][..L];
+                for (k, x) in col[..al].iter_mut().enumerate() {
+                    let src = &mm[(k * al + j) * t_all..][..L];
                     // SAFETY: `src` holds L = 8 floats.
                     *x = unsafe { _mm256_loadu_ps(src.as_ptr()) };
                 }
-                *amj = at(col);
+                *amj = at::<T>(col);
             }
-            for r in 0..4 {
-                let row = at([am[0][r], am[1][r], am[2][r], am[3][r], am[4][r], am[5][r]]);
-                for (q, val) in row.into_iter().enumerate() {
+            for r in 0..m {
+                let row = at::<T>([am[0][r], am[1][r], am[2][r], am[3][r], am[4][r], am[5][r]]);
+                for (q, val) in row[..m].iter().enumerate() {
                     // SAFETY: each entry of `out` holds L = 8 floats.
-                    unsafe { _mm256_storeu_ps(out[r * 4 + q].as_mut_ptr(), val) };
+                    unsafe { _mm256_storeu_ps(out[r * m + q].as_mut_ptr(), *val) };
                 }
             }
         }
 
-        /// `dM[ξ][t] = (A d Aᵀ)[ξ]` for eight 4×4 tiles of the output gradient (`d[r·4 + q]`, one
-        /// tile a lane), the first `lanes` stored at `dm[ξ·t_all..]`.
+        /// `dM[ξ][t] = (A d Aᵀ)[ξ]` for eight m×m tiles of the output gradient (`d[r·m + q]`,
+        /// one tile a lane), the first `lanes` stored at `dm[ξ·t_all..]`.
         #[inline]
         #[target_feature(enable = "avx2,fma")]
-        pub(in super::super) fn grad_out_tiles(
+        pub(in super::super) fn grad_out_tiles<T: Tile>(
             d: &[[f32; L]; 16],
             dm: &mut [f32],
             t_all: usize,
             lanes: usize,
         ) {
+            let (al, m) = (T::ALPHA, T::M);
+            let z = _mm256_setzero_ps();
             // SAFETY: each entry of `d` holds L = 8 floats.
             let ld = |i: usize| unsafe { _mm256_loadu_ps(d[i].as_ptr()) };
-            // Column q of `A d`, for each of the four columns.
-            let mut ad = [[_mm256_setzero_ps(); 6]; 4];
-            for (q, adq) in ad.iter_mut().enumerate() {
-                *adq = a([ld(q), ld(4 + q), ld(8 + q), ld(12 + q)]);
+            // Column q of `A d`, for each of the m columns.
+            let mut ad = [[z; 6]; 4];
+            for (q, adq) in ad[..m].iter_mut().enumerate() {
+                let mut col = [z; 4];
+                for (r, x) in col[..m].iter_mut().enumerate() {
+                    *x = ld(r * m + q);
+                }
+                *adq = a::<T>(col);
             }
-            for i in 0..6 {
-                let row = a([ad[0][i], ad[1][i], ad[2][i], ad[3][i]]);
-                for (j, val) in row.into_iter().enumerate() {
-                    store(&mut dm[(i * 6 + j) * t_all..], val, lanes);
+            for i in 0..al {
+                let row = a::<T>([ad[0][i], ad[1][i], ad[2][i], ad[3][i]]);
+                for (j, &val) in row[..al].iter().enumerate() {
+                    store(&mut dm[(i * al + j) * t_all..], val, lanes);
                 }
             }
         }
@@ -1341,9 +1423,10 @@ fn output_transform<T: Tile>(
             }
             let lanes = L.min(t_all - t0);
             #[cfg(target_arch = "x86_64")]
-            let done = fast && is_f4::<T>() && {
+            let done = fast && {
+                let src = &mm[oi * row + t0..];
                 // SAFETY: `fast` is `avx2()`, checked on this CPU.
-                unsafe { simd::f4::output_tiles(&mm[oi * row + t0..], t_all, &mut out) };
+                unsafe { simd::tiles::output_tiles::<T>(src, t_all, &mut out) };
                 true
             };
             #[cfg(not(target_arch = "x86_64"))]
