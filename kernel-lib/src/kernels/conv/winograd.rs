@@ -582,6 +582,13 @@ fn grad_out_transform<T: Tile>(
     let mut tmp = [[0f32; L]; 24];
     let mut out = [[0f32; L]; 36];
     let fast = avx2();
+    // Where each tile starts in its image's first channel, if the whole tile is inside.
+    let offs: Vec<Option<usize>> = (0..t_all)
+        .map(|t| {
+            let (img, y0, x0) = tiles.origin(t);
+            (y0 + m <= h && x0 + m <= w).then_some(img * o * h * w + y0 * w + x0)
+        })
+        .collect();
     let next = NextPlanes::new((imgs, o, h * w), t_all.div_ceil(L));
     for oi in 0..o {
         for (step, t0) in (0..t_all).step_by(L).enumerate() {
@@ -589,6 +596,22 @@ fn grad_out_transform<T: Tile>(
                 next.fetch(dy.as_ptr(), oi + 1, step);
             }
             let lanes = L.min(t_all - t0);
+            #[cfg(target_arch = "x86_64")]
+            if fast && lanes == L && (m == 2 || m == 4) {
+                let mut at = [0usize; L];
+                let inside = offs[t0..t0 + L]
+                    .iter()
+                    .zip(&mut at)
+                    .all(|(off, at)| off.map(|off| *at = off + oi * h * w).is_some());
+                if inside {
+                    // SAFETY: `fast` is `avx2()`, checked on this CPU.
+                    unsafe { simd::gather_tiles(m, dy, &at, w, &mut d) };
+                    let dst = &mut dm[oi * row + t0..];
+                    // SAFETY: as above.
+                    unsafe { simd::tiles::grad_out_tiles::<T>(&d, dst, t_all, lanes) };
+                    continue;
+                }
+            }
             for l in 0..lanes {
                 let (img, y0, x0) = tiles.origin(t0 + l);
                 let plane = &dy[(img * o + oi) * h * w..][..h * w];
@@ -1349,6 +1372,39 @@ mod simd {
                     let sum = _mm256_add_ps(_mm256_loadu_ps(dst.as_ptr()), *col);
                     _mm256_storeu_ps(dst.as_mut_ptr(), sum);
                 }
+            }
+        }
+    }
+
+    /// `d[r·m + q][l] = dy[at[l] + r·w + q]`: eight whole m×m tiles (m = 2 or 4), their rows
+    /// loaded as 2 or 4 floats and transposed into lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn gather_tiles(
+        m: usize,
+        dy: &[f32],
+        at: &[usize; L],
+        w: usize,
+        d: &mut [[f32; L]; 16],
+    ) {
+        for r in 0..m {
+            let mut rows = [_mm256_setzero_ps(); L];
+            for (row, &off) in rows.iter_mut().zip(at) {
+                let src = &dy[off + r * w..][..m];
+                // SAFETY: `src` holds m floats: 4 for the 128-bit load, else 2 (one f64 lane).
+                let lo = unsafe {
+                    if m == 4 {
+                        _mm_loadu_ps(src.as_ptr())
+                    } else {
+                        _mm_castpd_ps(_mm_load_sd(src.as_ptr() as *const f64))
+                    }
+                };
+                *row = _mm256_castps128_ps256(lo);
+            }
+            let cols = transpose8(rows);
+            for (q, col) in cols[..m].iter().enumerate() {
+                // SAFETY: each entry of `d` holds L = 8 floats.
+                unsafe { _mm256_storeu_ps(d[r * m + q].as_mut_ptr(), *col) };
             }
         }
     }
