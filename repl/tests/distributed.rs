@@ -224,16 +224,19 @@ fn two_ranks_take_the_steps_of_one_process_with_the_global_batch() {
         };
         let (la, wa, ka) = run(1, "1", "one");
         let one_d = trainable_1d(&dir.path().join("one/checkpoints/step-00000003"));
-        let (_, wt, _) = run(1, "2", "one-2t");
+        let (_, wt, kt) = run(1, "2", "one-2t");
         let (lb, wb, kb) = run(2, "1", "two");
         // The kNN of two ranks (each extracting half of the features) is one process's: the
-        // weights agree to rounding, so at most one of the 64 test images may change class.
-        // The check is that sensitive to rounding: after these 3 MoCo v2 steps one process
-        // at 1 and at 2 threads differed by 3 images (14.06% and 9.38%) while split BN summed
-        // γ's gradient over its groups in f64 instead of in f32 (2026-12-07, docs/kernels.md).
+        // weights agree to rounding, so it may move by one of the 64 test images, or by as
+        // much as one process moves between one and two threads. After 3 steps the network
+        // is near chance and its kNN that sensitive to rounding: one process at 1 and at 2
+        // threads differed by 3 images while split BN summed γ's gradient in f64 instead of
+        // f32, and by 5 (17.19% and 9.38%, two ranks 9.38%) once Winograd's transforms took
+        // FMAs (2026-12-07, docs/kernels.md), with losses within 4e-5.
+        let spread = (ka - kt).abs().max(100.0 / 64.0);
         assert!(
-            (ka - kb).abs() <= 100.0 / 64.0 + 1e-9,
-            "{m:?}: kNN top-1 {kb}% on two ranks, {ka}% on one process"
+            (ka - kb).abs() <= spread + 1e-9,
+            "{m:?}: kNN top-1 {kb}% on two ranks, {ka}% on one process ({kt}% on two threads)"
         );
         for (s, (x, y)) in la.iter().zip(&lb).enumerate() {
             assert!(
