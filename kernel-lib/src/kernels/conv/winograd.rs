@@ -508,6 +508,17 @@ impl Tiles {
         }
     }
 
+    /// Where each tile starts in its image's first channel (of `c` channels of h×w), if the
+    /// whole tile lies inside the image.
+    fn whole_starts(&self, c: usize, h: usize, w: usize) -> Vec<Option<usize>> {
+        (0..self.all)
+            .map(|t| {
+                let (img, y0, x0) = self.origin(t);
+                (y0 + self.m <= h && x0 + self.m <= w).then_some(img * c * h * w + y0 * w + x0)
+            })
+            .collect()
+    }
+
     /// Image, and top-left output pixel (row, column), of tile `t`.
     #[inline(always)]
     fn origin(&self, t: usize) -> (usize, usize, usize) {
@@ -574,21 +585,13 @@ fn grad_out_transform<T: Tile>(
     dm: &mut [f32],
     (imgs, o, h, w): (usize, usize, usize, usize),
 ) {
-    let (m, a) = (T::M, T::ALPHA);
+    let m = T::M;
     let tiles = Tiles::new(m, imgs, h, w);
     let t_all = tiles.all;
     let row = channel_row::<T>(t_all);
     let mut d = [[0f32; L]; 16];
-    let mut tmp = [[0f32; L]; 24];
-    let mut out = [[0f32; L]; 36];
     let fast = avx2();
-    // Where each tile starts in its image's first channel, if the whole tile is inside.
-    let offs: Vec<Option<usize>> = (0..t_all)
-        .map(|t| {
-            let (img, y0, x0) = tiles.origin(t);
-            (y0 + m <= h && x0 + m <= w).then_some(img * o * h * w + y0 * w + x0)
-        })
-        .collect();
+    let offs = tiles.whole_starts(o, h, w);
     let next = NextPlanes::new((imgs, o, h * w), t_all.div_ceil(L));
     for oi in 0..o {
         for (step, t0) in (0..t_all).step_by(L).enumerate() {
@@ -606,9 +609,7 @@ fn grad_out_transform<T: Tile>(
                 if inside {
                     // SAFETY: `fast` is `avx2()`, checked on this CPU.
                     unsafe { simd::gather_tiles(m, dy, &at, w, &mut d) };
-                    let dst = &mut dm[oi * row + t0..];
-                    // SAFETY: as above.
-                    unsafe { simd::tiles::grad_out_tiles::<T>(&d, dst, t_all, lanes) };
+                    grad_out_tiles::<T>(&d, &mut dm[oi * row + t0..], (t_all, lanes), fast);
                     continue;
                 }
             }
@@ -626,19 +627,32 @@ fn grad_out_transform<T: Tile>(
                     }
                 }
             }
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                let dst = &mut dm[oi * row + t0..];
-                // SAFETY: `fast` is `avx2()`, checked on this CPU.
-                unsafe { simd::tiles::grad_out_tiles::<T>(&d, dst, t_all, lanes) };
-                continue;
-            }
-            lanes_mm(T::A, &d, &mut tmp, (a, m, m));
-            lanes_mm_t(&tmp, T::A, &mut out, (a, m, a));
-            for (xi, val) in out[..a * a].iter().enumerate() {
-                store(&mut dm[oi * row + xi * t_all + t0..], val, lanes);
-            }
+            grad_out_tiles::<T>(&d, &mut dm[oi * row + t0..], (t_all, lanes), fast);
         }
+    }
+}
+
+/// `dM[ξ][t] = (A d Aᵀ)[ξ]` for a step's tiles of the output gradient (`d[r·m + q]`, one tile
+/// a lane), the first `lanes` stored at `dm[ξ·t_all..]`.
+#[inline(always)]
+fn grad_out_tiles<T: Tile>(
+    d: &[[f32; L]; 16],
+    dm: &mut [f32],
+    (t_all, lanes): (usize, usize),
+    fast: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is `avx2()`, checked on this CPU.
+        return unsafe { simd::tiles::grad_out_tiles::<T>(d, dm, t_all, lanes) };
+    }
+    let _ = fast;
+    let (m, a) = (T::M, T::ALPHA);
+    let (mut tmp, mut out) = ([[0f32; L]; 24], [[0f32; L]; 36]);
+    lanes_mm(T::A, d, &mut tmp, (a, m, m));
+    lanes_mm_t(&tmp, T::A, &mut out, (a, m, a));
+    for (xi, val) in out[..a * a].iter().enumerate() {
+        store(&mut dm[xi * t_all..], val, lanes);
     }
 }
 
@@ -766,7 +780,7 @@ fn lanes_mc(
 /// Where a group's tiles read their input: a zero-bordered copy of one channel's planes
 /// (`ph`×`pw` per image, one pixel of padding on top and left) that holds every tile's whole
 /// α×α patch, so that patches are read and written without bounds checks, a row of eight tiles
-/// at a time (see [`gather_row`]).
+/// at a time (see [`simd::tiles`]).
 struct PatchGrid {
     ph: usize,
     pw: usize,
@@ -807,22 +821,14 @@ impl PatchGrid {
 }
 
 /// `V[c][ξ][t] = (Bᵀ d B)[ξ]` for every channel and tile of `imgs` images (h×w), zero outside.
-// The lane index addresses the tile-major scratch arrays at computed positions.
-#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn input_transform<T: Tile>(
     x: &[f32],
     v: &mut [f32],
     (imgs, c, h, w): (usize, usize, usize, usize),
 ) {
-    let a = T::ALPHA;
     let (t_all, row, grid, mut pad) = PatchGrid::for_group::<T>(imgs, h, w);
     let fast = avx2();
-    // One patch row's α values per tile, then `(d B)` row by row; the second half of the
-    // transform, `Bᵀ (d B)`, runs column by column and stores straight into `V`: the 36-entry
-    // intermediates went through the stack three times (the transform's main cost).
-    let (mut drow, mut col, mut out) = ([[0f32; L]; 8], [[0f32; L]; 6], [[0f32; L]; 6]);
-    let mut db = [[0f32; L]; 36];
     let next = NextPlanes::new((imgs, c, h * w), t_all.div_ceil(L));
     for ci in 0..c {
         for img in 0..imgs {
@@ -835,30 +841,45 @@ fn input_transform<T: Tile>(
             if ci + 1 < c {
                 next.fetch(x.as_ptr(), ci + 1, step);
             }
-            let lanes = L.min(t_all - t0);
-            let starts = &grid.starts[t0..t0 + lanes];
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                let dst = &mut v[ci * row + t0..];
-                // SAFETY: `fast` is `avx2()`, checked on this CPU.
-                unsafe { simd::tiles::input_tiles::<T>(&pad, starts, grid.pw, dst, t_all) };
-                continue;
-            }
-            for r in 0..a {
-                gather_row::<T>(&pad, starts, (grid.pw, r), &mut drow, fast);
-                // (d B)[r][j] = Σ_q Bᵀ[j][q]·d[r][q].
-                lanes_cm(T::BT, (a, 1), &drow, &mut db[r * a..], (a, a, 1));
-            }
-            for j in 0..a {
-                for (k, x) in col[..a].iter_mut().enumerate() {
-                    *x = db[k * a + j];
-                }
-                lanes_cm(T::BT, (a, 1), &col, &mut out, (a, a, 1));
-                for (i, val) in out[..a].iter().enumerate() {
-                    store(&mut v[ci * row + (i * a + j) * t_all + t0..], val, lanes);
-                }
+            let starts = &grid.starts[t0..t0 + L.min(t_all - t0)];
+            input_tiles::<T>(
+                (&pad, grid.pw),
+                starts,
+                (&mut v[ci * row + t0..], t_all),
+                fast,
+            );
+        }
+    }
+}
+
+/// `V[ξ][t] = (Bᵀ d B)[ξ]` for a step's tiles, whose α×α patches start at `starts` in `pad`
+/// (rows `pw` apart), stored at `v[ξ·t_all..]`.
+#[inline(always)]
+fn input_tiles<T: Tile>(
+    (pad, pw): (&[f32], usize),
+    starts: &[usize],
+    (v, t_all): (&mut [f32], usize),
+    fast: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is `avx2()`, checked on this CPU.
+        return unsafe { simd::tiles::input_tiles::<T>(pad, starts, pw, v, t_all) };
+    }
+    let _ = fast;
+    let a = T::ALPHA;
+    let [mut d, mut tmp, mut vv] = [[[0f32; L]; 36]; 3];
+    for (l, &st) in starts.iter().enumerate() {
+        for r in 0..a {
+            for (q, x) in pad[st + r * pw..][..a].iter().enumerate() {
+                d[r * a + q][l] = *x;
             }
         }
+    }
+    lanes_mm(T::BT, &d, &mut tmp, (a, a, a));
+    lanes_mm_t(&tmp, T::BT, &mut vv, (a, a, a));
+    for (xi, val) in vv[..a * a].iter().enumerate() {
+        store(&mut v[xi * t_all..], val, starts.len());
     }
 }
 
@@ -953,30 +974,6 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// `d[q][l] = pad[starts[l] + r·pw + q]` for q < α: row r of each lane's tile's patch, lanes
-/// past `starts.len()` left as they are (their results are never stored).
-#[inline(always)]
-fn gather_row<T: Tile>(
-    pad: &[f32],
-    starts: &[usize],
-    (pw, r): (usize, usize),
-    d: &mut [[f32; L]; 8],
-    fast: bool,
-) {
-    let a = T::ALPHA;
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` is `avx2()`, checked on this CPU.
-        return unsafe { simd::gather_row(pad, starts, r * pw, d) };
-    }
-    let _ = fast;
-    for (l, &st) in starts.iter().enumerate() {
-        for (q, x) in pad[st + r * pw..][..a].iter().enumerate() {
-            d[q][l] = *x;
-        }
-    }
-}
-
 /// `pad[starts[l] + r·pw + q] += d[r·α + q][l]`, lane after lane (neighbouring patches overlap).
 #[inline(always)]
 fn scatter_add_patches<T: Tile>(
@@ -1051,7 +1048,6 @@ mod simd {
         use super::transpose8;
 
         /// Which tile `T` is: F(4,3), F(2,3) or the stride-2 tile (constant once `T` is known).
-        #[derive(PartialEq)]
         enum Kind {
             F4,
             F2,
@@ -1330,23 +1326,6 @@ mod simd {
         ]
     }
 
-    /// See `super::gather_row`; `pad` holds `L` floats of slack past the last patch, so each
-    /// tile's row is read as a whole register and all eight columns come back.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    pub(super) fn gather_row(pad: &[f32], starts: &[usize], off: usize, d: &mut [[f32; L]; 8]) {
-        let mut rows = [_mm256_setzero_ps(); L];
-        for (row, &st) in rows.iter_mut().zip(starts) {
-            let src = &pad[st + off..][..L];
-            // SAFETY: `src` holds L = 8 floats.
-            *row = unsafe { _mm256_loadu_ps(src.as_ptr()) };
-        }
-        for (dst, col) in d.iter_mut().zip(transpose8(rows)) {
-            // SAFETY: each entry of `d` holds L = 8 floats.
-            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), col) };
-        }
-    }
-
     /// See `super::scatter_add_patches`; `pad` holds `L` floats of slack past the last patch
     /// (the registers' lanes past α add zeros there).
     #[inline]
@@ -1454,20 +1433,12 @@ fn output_transform<T: Tile>(
     y: &mut [f32],
     (imgs, o, h, w): (usize, usize, usize, usize),
 ) {
-    let (m, a) = (T::M, T::ALPHA);
+    let m = T::M;
     let tiles = Tiles::new(m, imgs, h, w);
     let t_all = tiles.all;
     let row = channel_row::<T>(t_all);
-    // Where each tile starts in its image's first channel, if the whole tile is inside.
-    let offs: Vec<Option<usize>> = (0..t_all)
-        .map(|t| {
-            let (img, oy, ox) = tiles.origin(t);
-            (oy + m <= h && ox + m <= w).then_some(img * o * h * w + oy * w + ox)
-        })
-        .collect();
+    let offs = tiles.whole_starts(o, h, w);
     let fast = avx2();
-    let mut mt = [[0f32; L]; 36];
-    let mut tmp = [[0f32; L]; 24];
     let mut out = [[0f32; L]; 16];
     let mut lane_offs = [None; L];
     let next = NextPlanes::new((imgs, o, h * w), t_all.div_ceil(L));
@@ -1478,22 +1449,7 @@ fn output_transform<T: Tile>(
                 next.fetch(y.as_ptr(), oi + 1, step);
             }
             let lanes = L.min(t_all - t0);
-            #[cfg(target_arch = "x86_64")]
-            let done = fast && {
-                let src = &mm[oi * row + t0..];
-                // SAFETY: `fast` is `avx2()`, checked on this CPU.
-                unsafe { simd::tiles::output_tiles::<T>(src, t_all, &mut out) };
-                true
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let done = false;
-            if !done {
-                for (xi, val) in mt[..a * a].iter_mut().enumerate() {
-                    load(val, &mm[oi * row + xi * t_all + t0..], lanes);
-                }
-                lanes_mm(T::AT, &mt, &mut tmp, (m, a, a));
-                lanes_mm_t(&tmp, T::AT, &mut out, (m, a, m));
-            }
+            output_tiles::<T>(&mm[oi * row + t0..], (t_all, lanes), &mut out, fast);
             for (dst, off) in lane_offs[..lanes].iter_mut().zip(&offs[t0..]) {
                 *dst = off.map(|off| off + plane0);
             }
@@ -1513,6 +1469,30 @@ fn output_transform<T: Tile>(
             }
         }
     }
+}
+
+/// `out[r·m + q] = (Aᵀ M A)[r][q]` for a step's tiles, whose products start at `mm` (position
+/// ξ's at `ξ·t_all`), `lanes` of them.
+#[inline(always)]
+fn output_tiles<T: Tile>(
+    mm: &[f32],
+    (t_all, lanes): (usize, usize),
+    out: &mut [[f32; L]; 16],
+    fast: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is `avx2()`, checked on this CPU.
+        return unsafe { simd::tiles::output_tiles::<T>(mm, t_all, out) };
+    }
+    let _ = fast;
+    let (m, a) = (T::M, T::ALPHA);
+    let (mut mt, mut tmp) = ([[0f32; L]; 36], [[0f32; L]; 24]);
+    for (xi, val) in mt[..a * a].iter_mut().enumerate() {
+        load(val, &mm[xi * t_all..], lanes);
+    }
+    lanes_mm(T::AT, &mt, &mut tmp, (m, a, a));
+    lanes_mm_t(&tmp, T::AT, out, (m, a, m));
 }
 
 /// Defines `$name(args…, fast)`: `$kernel` compiled for AVX2 + FMA when `fast` (checked on
