@@ -148,3 +148,52 @@ fn bad_sweeps_are_refused_up_front() {
     let e = Sweep::new(base, "x").vary("optim.lr", &[]).unwrap_err();
     assert!(e.to_string().contains("at least one value"), "{e}");
 }
+
+#[test]
+fn combinations_are_compared_with_the_first_paired_by_seed() {
+    use sslab::train::{SweepCell, SweepResults};
+    let cell = |lr: &str, seed: u64, knn: f64| {
+        let cell = SweepCell {
+            values: vec![("optim.lr".into(), lr.into())],
+            seed,
+            dir: "x".into(),
+            config: RunConfig::preset("barlow-twins/tiny").unwrap(),
+        };
+        let summary = RunSummary {
+            knn_top1: knn,
+            ..RunSummary::default()
+        };
+        (cell, summary)
+    };
+    // Seed 3 ran only at 0.3: it has no partner and stays out of the paired table.
+    let rows = vec![
+        cell("0.1", 0, 20.0),
+        cell("0.1", 1, 25.0),
+        cell("0.1", 2, 30.0),
+        cell("0.3", 0, 21.0),
+        cell("0.3", 1, 27.0),
+        cell("0.3", 2, 30.0),
+        cell("0.3", 3, 90.0),
+    ];
+    let results = SweepResults {
+        axes: vec!["optim.lr".into()],
+        rows,
+    };
+    let md = results.markdown();
+    // Differences 1, 2, 0: mean 1, sd 1, standard error 1/√3.
+    let (head, paired) = md.split_once("paired by seed").expect(&md);
+    assert!(head.contains("Against optim.lr = `0.1`"), "{md}");
+    let row = paired
+        .lines()
+        .find(|l| l.starts_with("| `0.3`"))
+        .expect(&md);
+    assert!(row.starts_with("| `0.3` | 3 | +1.00 ± 0.58 |"), "{row}");
+    assert!(!paired.contains("| `0.1`"), "{md}");
+
+    // One seed each: the first table says it all, no paired one.
+    let one = SweepResults {
+        axes: vec!["optim.lr".into()],
+        rows: vec![cell("0.1", 0, 20.0), cell("0.3", 0, 21.0)],
+    };
+    assert!(!one.markdown().contains("paired"), "{}", one.markdown());
+}

@@ -283,6 +283,32 @@ pub struct SweepResults {
     pub rows: Vec<(SweepCell, RunSummary)>,
 }
 
+/// A cell's varied values, the key of its combination.
+fn key_of(cell: &SweepCell) -> Vec<String> {
+    cell.values.iter().map(|(_, v)| v.clone()).collect()
+}
+
+/// `(combination, metric values)` items gathered per combination, in order of first
+/// appearance, each metric's values in item order.
+fn collect_groups(
+    items: impl Iterator<Item = (Vec<String>, Vec<(&'static str, f64)>)>,
+) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
+    for (key, values) in items {
+        let idx = match out.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                out.push((key, BTreeMap::new()));
+                out.len() - 1
+            }
+        };
+        for (name, v) in values {
+            out[idx].1.entry(name).or_default().push(v);
+        }
+    }
+    out
+}
+
 /// Mean and sample standard deviation (0 for one value).
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
@@ -335,49 +361,81 @@ impl SweepResults {
 
     /// Cells grouped over seeds, in grid order.
     fn groups(&self) -> Vec<Group> {
-        let mut out: Vec<Group> = Vec::new();
-        for (cell, s) in &self.rows {
-            let key: Vec<String> = cell.values.iter().map(|(_, v)| v.clone()).collect();
-            let idx = match out.iter().position(|(k, _)| *k == key) {
-                Some(i) => i,
-                None => {
-                    out.push((key, BTreeMap::new()));
-                    out.len() - 1
-                }
-            };
-            // A metric no cell reports yields nothing here, so every metric can be asked.
-            for m in METRICS {
-                if let Some(v) = (m.get)(s) {
-                    out[idx].1.entry(m.name).or_default().push(v);
-                }
-            }
-        }
-        out
+        collect_groups(self.rows.iter().map(|(cell, s)| {
+            let values = METRICS.iter().filter_map(|m| Some((m.name, (m.get)(s)?)));
+            (key_of(cell), values.collect())
+        }))
+    }
+
+    /// Every combination after the first against the first, paired by seed: per metric, the
+    /// differences `value − first combination's value` over the seeds both ran. Two
+    /// configurations that share a seed share its initialisation and data order, so the
+    /// spread of these differences is what tells them apart, not the spread of each over seeds
+    /// (a 100-step kNN moves by about 2 points from seed to seed, benches/RESULTS.md).
+    fn paired(&self) -> Vec<Group> {
+        let Some((first, _)) = self.rows.first() else {
+            return Vec::new();
+        };
+        let base_key = key_of(first);
+        let base: BTreeMap<u64, &RunSummary> = self
+            .rows
+            .iter()
+            .filter(|(cell, _)| key_of(cell) == base_key)
+            .map(|(cell, s)| (cell.seed, s))
+            .collect();
+        collect_groups(self.rows.iter().filter_map(|(cell, s)| {
+            let b = base.get(&cell.seed).filter(|_| key_of(cell) != base_key)?;
+            let diffs = METRICS
+                .iter()
+                .filter_map(|m| Some((m.name, (m.get)(s)? - (m.get)(b)?)));
+            Some((key_of(cell), diffs.collect()))
+        }))
     }
 
     /// A Markdown table: one row per combination, each metric as mean ± standard deviation
-    /// over seeds (with the number of seeds).
+    /// over seeds (with the number of seeds). With more than one seed, a second table gives
+    /// every other combination against the first, paired by seed (the mean difference ± its
+    /// standard error), which is how two settings are told apart within the seeds' noise.
     pub fn markdown(&self) -> String {
         let metrics = self.metrics();
-        let mut out = String::new();
         let head = self.header("seeds", &metrics);
-        let _ = writeln!(out, "| {} |", head.join(" | "));
-        let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
-        for (values, per_metric) in self.groups() {
-            let seeds = per_metric.values().map(Vec::len).max().unwrap_or(0);
-            let mut f: Vec<String> = values.iter().map(|v| format!("`{v}`")).collect();
-            f.push(seeds.to_string());
-            for m in &metrics {
-                f.push(match per_metric.get(m.name) {
-                    Some(v) if v.len() > 1 => {
-                        let (mean, sd) = mean_std(v);
-                        format!("{mean:.2} ± {sd:.2}")
-                    }
-                    Some(v) if v.len() == 1 => format!("{:.2}", v[0]),
-                    _ => String::new(),
-                });
+        let table = |groups: Vec<Group>, cell: &dyn Fn(&[f64]) -> String| {
+            let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+            for (values, per_metric) in groups {
+                let seeds = per_metric.values().map(Vec::len).max().unwrap_or(0);
+                let mut f: Vec<String> = values.iter().map(|v| format!("`{v}`")).collect();
+                f.push(seeds.to_string());
+                for m in &metrics {
+                    f.push(per_metric.get(m.name).map(|v| cell(v)).unwrap_or_default());
+                }
+                let _ = writeln!(out, "| {} |", f.join(" | "));
             }
-            let _ = writeln!(out, "| {} |", f.join(" | "));
+            out
+        };
+        let mut out = table(self.groups(), &|v| match v {
+            [one] => format!("{one:.2}"),
+            _ => {
+                let (mean, sd) = mean_std(v);
+                format!("{mean:.2} ± {sd:.2}")
+            }
+        });
+        let paired = self.paired();
+        if paired.iter().any(|(_, d)| d.values().any(|v| v.len() > 1)) {
+            let first = self.rows[0].0.values.iter();
+            let first: Vec<String> = first.map(|(k, v)| format!("{k} = `{v}`")).collect();
+            let _ = writeln!(
+                out,
+                "\nAgainst {}, paired by seed: the mean difference over the seeds both ran \
+                 ± its standard error.\n",
+                first.join(", ")
+            );
+            out += &table(paired, &|v| match v {
+                [one] => format!("{one:+.2}"),
+                _ => {
+                    let (mean, sd) = mean_std(v);
+                    format!("{mean:+.2} ± {:.2}", sd / (v.len() as f64).sqrt())
+                }
+            });
         }
         out
     }
