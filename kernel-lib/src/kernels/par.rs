@@ -1,6 +1,8 @@
 //! Thread helpers shared by the CPU kernels: element-wise maps in parallel chunks, and sums over
-//! groups of images whose rounding does not depend on scheduling.
+//! groups of images whose rounding does not depend on scheduling. Their element loops run at
+//! the CPU's vector width ([`widest`]).
 
+use super::simd::widest;
 use super::storage::written;
 use rayon::prelude::*;
 
@@ -54,9 +56,11 @@ pub(crate) fn sum_partials(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     };
     let rest: Vec<Vec<f32>> = parts.collect();
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
-        for p in &rest {
-            o.iter_mut().zip(&p[i * CHUNK..]).for_each(|(a, v)| *a += v);
-        }
+        widest(o, |o| {
+            for p in &rest {
+                o.iter_mut().zip(&p[i * CHUNK..]).for_each(|(a, v)| *a += v);
+            }
+        })
     });
     out
 }
@@ -82,7 +86,11 @@ pub(crate) fn par_map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     written(x.len(), |y| {
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
+            .for_each(|(o, i)| {
+                widest((o, i), |(o, i)| {
+                    o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v))
+                })
+            });
     })
 }
 
@@ -98,9 +106,11 @@ pub(crate) fn par_zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sy
         y.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
             .for_each(|(o, (a, b))| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = f(a, b);
-                }
+                widest((o, a, b), |(o, a, b)| {
+                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                        *o = f(a, b);
+                    }
+                })
             });
     })
 }

@@ -29,6 +29,36 @@ macro_rules! wide {
     };
 }
 
+/// `f(args)` compiled, as [`wide!`] does for a named loop, for the widest vectors this CPU has
+/// (AVX-512, else AVX2 + FMA, else the baseline): for element loops that arrive as closures
+/// (the optimizer's passes), which `wide!` cannot name. The closure is inlined into the
+/// function that enables the features, so its loops vectorise at that width. The results are
+/// the same bits at every width: Rust never fuses a multiply and an add into an FMA, so the
+/// wider code performs the same IEEE operations.
+#[inline(always)]
+pub(crate) fn widest<A, R>(args: A, f: impl FnOnce(A) -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn wide512<A, R>(args: A, f: impl FnOnce(A) -> R) -> R {
+            f(args)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn wide<A, R>(args: A, f: impl FnOnce(A) -> R) -> R {
+            f(args)
+        }
+        if avx512() {
+            // SAFETY: AVX-512F, AVX2 and FMA were detected on this CPU.
+            return unsafe { wide512(args, f) };
+        }
+        if avx2() {
+            // SAFETY: AVX2 and FMA were detected on this CPU.
+            return unsafe { wide(args, f) };
+        }
+    }
+    f(args)
+}
+
 /// Asks the cache for the line holding `p` ahead of its use. It never faults, so `p` may lie
 /// past the end of its buffer. The hardware prefetchers stop at 4 KB page boundaries, which is
 /// exactly one channel's plane of a 32×32 feature map: a kernel that reads plane after plane,

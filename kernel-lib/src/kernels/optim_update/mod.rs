@@ -87,7 +87,10 @@ fn chunked<const N: usize>(
     }
     d.par_chunks_mut(CHUNK).enumerate().for_each(|(i, dc)| {
         let lo = i * CHUNK;
-        f(dc, s.map(|x| &x[lo..lo + dc.len()]));
+        // The pass's loop at this CPU's vector width (the same bits at any width).
+        let len = dc.len();
+        let chunks = (dc, s.map(|x| &x[lo..lo + len]));
+        super::simd::widest(chunks, |(dc, src)| f(dc, src));
     });
     Ok(())
 }
