@@ -9,8 +9,9 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::rel_err;
 use sslab::kernels::{
-    add_bias, attention, autocast, autocast_matmul, autocast_precision, batched_matmul, conv2d,
-    cpu_has_bf16, linear, linear_bias, Precision,
+    add_bias, attention, attention_for_product, autocast, autocast_matmul, autocast_precision,
+    batched_matmul, conv2d, cpu_has_bf16, gelu, gelu_for_product, layer_norm,
+    layer_norm_for_product, linear, linear_bias, Precision,
 };
 use sslab::models::{Depth, Stem};
 use sslab::train::{Run, RunConfig};
@@ -302,6 +303,105 @@ fn a_bf16_linear_adds_its_bias_with_the_bits_of_a_separate_add() {
             .iter()
             .zip(&no_bias)
             .any(|(a, b)| (a - b).abs() > 0.1));
+    }
+}
+
+/// A LayerNorm or GELU that stores its result in bf16 for the linear layer after it (a ViT
+/// block's four products under bf16 on the CPU) gives the bits of the f32 op: the product,
+/// and the gradients of the input, of the LayerNorm's scale and shift and of the layer's
+/// weight and bias. The weight gradient packs the bf16 input the other way (its rows along
+/// the depth), so both packings of a bf16 operand are checked.
+#[test]
+fn ops_that_store_a_products_input_in_bf16_change_no_bit() {
+    if !cpu_has_bf16() {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let dev = Device::Cpu;
+    let var = |shape: &[usize], seed: u64, scale: f64| {
+        let n = shape.iter().product();
+        let t = Tensor::from_vec(common::splitmix(n, seed), shape, &dev).unwrap();
+        Var::from_tensor(&t.affine(scale, 0.0).unwrap()).unwrap()
+    };
+    // (rows, in, out): partial tiles and panels, an odd width, two depth blocks of 300.
+    for (rows, inp, out) in [(31, 300, 45), (130, 192, 64), (5, 7, 3), (70, 33, 96)] {
+        let x = var(&[rows, inp], 1, 3.0);
+        let (lw, lb) = (var(&[inp], 2, 1.0), var(&[inp], 3, 1.0));
+        let (w, b) = (var(&[out, inp], 4, 1.0), var(&[out], 5, 1.0));
+        let g = Tensor::from_vec(common::splitmix(rows * out, 6), (rows, out), &dev).unwrap();
+        let _bf16 = autocast(Precision::Bf16);
+        let run = |op: &str, stored: bool| {
+            let xt = x.as_tensor();
+            let h = match (op, stored) {
+                ("layer_norm", false) => layer_norm(xt, lw.as_tensor(), lb.as_tensor(), 1e-6),
+                ("layer_norm", true) => {
+                    layer_norm_for_product(xt, lw.as_tensor(), lb.as_tensor(), 1e-6)
+                }
+                (_, false) => gelu(xt),
+                (_, true) => gelu_for_product(xt),
+            }
+            .unwrap();
+            let want = if stored { DType::BF16 } else { DType::F32 };
+            assert_eq!(h.dtype(), want, "{op}: the stored result's dtype");
+            let y = linear_bias(&h, w.as_tensor(), b.as_tensor()).unwrap();
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![y, grads.get(&x).unwrap().clone()];
+            out.extend([&w, &b].map(|v| grads.get(v).unwrap().clone()));
+            if op == "layer_norm" {
+                out.extend([&lw, &lb].map(|v| grads.get(v).unwrap().clone()));
+            }
+            out.iter()
+                .map(|t| {
+                    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    v.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        };
+        for op in ["layer_norm", "gelu"] {
+            let (stored, f32_out) = (run(op, true), run(op, false));
+            let names = ["y", "dx", "dw", "db", "d scale", "d shift"];
+            for (name, (a, b)) in names.iter().zip(stored.iter().zip(&f32_out)) {
+                assert!(
+                    a == b,
+                    "{op} then linear {rows}x{inp}x{out}: {name} changed bits"
+                );
+            }
+        }
+    }
+    // Attention into its output projection: 3 images of 65 tokens, 2 heads of width 32.
+    let (batch, tokens, dim, out) = (3, 65, 64, 45);
+    let qkv = var(&[batch, tokens, 3 * dim], 7, 1.0);
+    let (w, b) = (var(&[out, dim], 8, 1.0), var(&[out], 9, 1.0));
+    let g = Tensor::from_vec(
+        common::splitmix(batch * tokens * out, 10),
+        (batch * tokens, out),
+        &dev,
+    )
+    .unwrap();
+    let _bf16 = autocast(Precision::Bf16);
+    let run = |stored: bool| {
+        let a = if stored {
+            attention_for_product(qkv.as_tensor(), 2).unwrap()
+        } else {
+            attention(qkv.as_tensor(), 2, true).unwrap()
+        };
+        assert_eq!(a.dtype(), if stored { DType::BF16 } else { DType::F32 });
+        let a = a.reshape((batch * tokens, dim)).unwrap();
+        let y = linear_bias(&a, w.as_tensor(), b.as_tensor()).unwrap();
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        [
+            y,
+            grads.get(&qkv).unwrap().clone(),
+            grads.get(&w).unwrap().clone(),
+        ]
+        .map(|t| {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+        })
+    };
+    let (stored, f32_out) = (run(true), run(false));
+    for (name, (a, b)) in ["y", "dqkv", "dw"].iter().zip(stored.iter().zip(&f32_out)) {
+        assert!(a == b, "attention then linear: {name} changed bits");
     }
 }
 

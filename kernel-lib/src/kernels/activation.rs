@@ -2,7 +2,7 @@
 //! chunks with one-pass backward kernels.
 
 use super::par::{par_map, par_zip_map, CHUNK};
-use super::storage::{own_kernel_data, slice, written, CResult};
+use super::storage::{f32_or_bf16, own_kernel_data, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
@@ -133,7 +133,10 @@ impl CustomOp2 for ReluGrad {
 /// Exact (erf) GELU in parallel chunks, with erf and exp as branch-free polynomials (AVX2 where
 /// the CPU has it) instead of libm's scalar `erff`, which took 6% of a ViT step. Values agree
 /// with candle's `gelu_erf` to a few float ulps; the backward `g·(Φ(x) + x·φ(x))` is one pass.
-pub(crate) struct GeluOp;
+/// With `bf16` the CPU result is stored in bf16 ([`gelu_for_product`]).
+pub(crate) struct GeluOp {
+    pub(crate) bf16: bool,
+}
 
 /// erf(x) as the odd rational minimax fit that XLA and Eigen use for f32 (error a few ulps),
 /// clamped at ±4 where erf is 1 in f32; no branches, so the element loops vectorise.
@@ -212,12 +215,10 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = slice(s, l, "gelu input")?;
-        let y = written(x.len(), |y| {
-            y.par_chunks_mut(CHUNK)
-                .zip(x.par_chunks(CHUNK))
-                .for_each(|(y, x)| gelu_wide(x, y));
+        let y = f32_or_bf16(x.len(), (CHUNK, 1), self.bf16, |start, y| {
+            gelu_wide(&x[start..start + y.len()], y)
         });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((y, l.shape().clone()))
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
@@ -292,11 +293,35 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// its CUDA kernels (f32 or bf16), elsewhere candle's `gelu_erf` (a bf16 input through f32).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if own_kernel_data(x) {
-        return Ok(x.contiguous()?.apply_op1(GeluOp)?);
+        return Ok(x.contiguous()?.apply_op1(GeluOp { bf16: false })?);
     }
     if x.dtype() == candle_core::DType::BF16 {
         // As the CUDA kernel: f32 arithmetic, one rounding each way.
         return super::precision::via_f32(x, gelu);
     }
     Ok(x.gelu_erf()?)
+}
+
+/// [`gelu`] for a result that only a linear layer ([`linear_bias`](super::linear_bias))
+/// reads, as a ViT's MLP: under a bf16 [`autocast`](super::autocast) on a CPU with the bf16
+/// kernels it is stored in bf16, the values the product's packing would round it to (the
+/// same bits everywhere after), for half the bytes. The backward reads the f32 input, not
+/// this result. Otherwise it is [`gelu`].
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sslab::kernels::{autocast, cpu_has_bf16, gelu_for_product, Precision};
+/// let x = Tensor::new(&[0f32, 100.0], &Device::Cpu)?;
+/// let _bf16 = autocast(Precision::Bf16);
+/// let y = gelu_for_product(&x)?;
+/// assert_eq!(y.dtype(), if cpu_has_bf16() { DType::BF16 } else { DType::F32 });
+/// // 100 is exact in bf16 (7 significant bits).
+/// assert_eq!(y.to_dtype(DType::F32)?.to_vec1::<f32>()?, [0.0, 100.0]);
+/// # Ok::<(), sslab::Error>(())
+/// ```
+pub fn gelu_for_product(x: &Tensor) -> Result<Tensor> {
+    if super::storage::on_cpu_f32(x) && super::precision::cpu_bf16_operands(x.device()) {
+        return Ok(x.contiguous()?.apply_op1(GeluOp { bf16: true })?);
+    }
+    gelu(x)
 }

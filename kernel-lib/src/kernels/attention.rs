@@ -28,7 +28,7 @@
 use super::matmul::product_ld;
 use super::matmul_bf16::Operand;
 use super::softmax::{softmax_grad_row_wide, softmax_row_wide};
-use super::storage::{own_kernel_data, slice, written, CResult};
+use super::storage::{f32_or_bf16, own_kernel_data, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -82,6 +82,9 @@ struct AttentionOp {
     /// Whether a bf16 autocast was on: the CPU's products then round their operands to bf16
     /// (f32 sums, as PyTorch's autocast matmuls), and CUDA's may use TF32 tensor cores.
     bf16: bool,
+    /// Whether the CPU result is stored in bf16 for the output projection
+    /// ([`attention_for_product`]).
+    out_bf16: bool,
 }
 
 /// Attention's backward: `(qkv, dO)` → `dqkv`.
@@ -110,31 +113,28 @@ impl CustomOp1 for AttentionOp {
         let g = Geometry::of(l.dims(), self.heads)?;
         let qkv = slice(s, l, "attention qkv")?;
         let (t, w, r, dim) = (g.tokens, g.width, g.row(), g.dim());
-        // Every head writes its columns of every token's row.
-        let out = written(g.batch * t * dim, |out| {
-            if t * w == 0 {
-                out.fill(0.0);
-                return;
+        // One image per task; every head writes its columns of every token's row.
+        let image = (t * dim).max(1);
+        let out = f32_or_bf16(g.batch * t * dim, (image, image), self.out_bf16, |at, o| {
+            if w == 0 {
+                return o.fill(0.0);
             }
-            out.par_chunks_mut(t * dim)
-                .zip(qkv.par_chunks(t * r))
-                .for_each(|(o, x)| {
-                    let (mut s, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
-                    for h in 0..g.heads {
-                        probabilities(x, (h, self.bf16), g, &mut s, &mut p);
-                        let v = &x[2 * dim + h * w..];
-                        product_ld(
-                            self.bf16,
-                            (t, w, t),
-                            (&mut o[h * w..], dim),
-                            false,
-                            (&p, (t, 1)),
-                            (v, (r, 1)),
-                        );
-                    }
-                });
+            let x = &qkv[at / image * t * r..][..t * r];
+            let (mut s, mut p) = (vec![0f32; t * t], vec![0f32; t * t]);
+            for h in 0..g.heads {
+                probabilities(x, (h, self.bf16), g, &mut s, &mut p);
+                let v = &x[2 * dim + h * w..];
+                product_ld(
+                    self.bf16,
+                    (t, w, t),
+                    (&mut o[h * w..], dim),
+                    false,
+                    (&p, (t, 1)),
+                    (v, (r, 1)),
+                );
+            }
         });
-        Ok((CpuStorage::F32(out), Shape::from((g.batch, t, dim))))
+        Ok((out, Shape::from((g.batch, t, dim))))
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> CResult<(CudaStorage, Shape)> {
@@ -244,12 +244,44 @@ impl CustomOp2 for AttentionGrad {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn attention(qkv: &Tensor, heads: usize, fused: bool) -> Result<Tensor> {
+    attention_to(qkv, heads, fused, false)
+}
+
+/// [`attention`] (fused) for a result that only the output projection reads, as in a ViT
+/// block: under a bf16 [`autocast`](super::autocast) on a CPU with the bf16 kernels it is
+/// stored in bf16, the values the projection's packing would round it to (the same bits
+/// everywhere after) for half the bytes; the backward recomputes from `qkv` and does not read
+/// it. Otherwise it is [`attention`].
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sslab::kernels::{attention, attention_for_product, autocast, Precision};
+/// let qkv = Tensor::randn(0f32, 1.0, (2, 5, 24), &Device::Cpu)?;
+/// let _bf16 = autocast(Precision::Bf16);
+/// let stored = attention_for_product(&qkv, 2)?.to_dtype(DType::F32)?;
+/// let rounded = attention(&qkv, 2, true)?.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+/// let diff = (stored - rounded)?.abs()?.max_all()?.to_scalar::<f32>()?;
+/// assert_eq!(diff, 0.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn attention_for_product(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let out_bf16 =
+        super::storage::on_cpu_f32(qkv) && super::precision::cpu_bf16_operands(qkv.device());
+    attention_to(qkv, heads, true, out_bf16)
+}
+
+fn attention_to(qkv: &Tensor, heads: usize, fused: bool, out_bf16: bool) -> Result<Tensor> {
     let g = Geometry::of(qkv.dims(), heads)?;
     if fused && own_kernel_data(qkv) {
         // f32 on the CPU and CUDA; on CUDA also a bf16 qkv activation (bf16 autocast), whose
         // products take bf16 tensor cores and whose output is a bf16 activation.
         let bf16 = super::autocast_precision() == super::Precision::Bf16;
-        return Ok(qkv.contiguous()?.apply_op1(AttentionOp { heads, bf16 })?);
+        let op = AttentionOp {
+            heads,
+            bf16,
+            out_bf16,
+        };
+        return Ok(qkv.contiguous()?.apply_op1(op)?);
     }
     if qkv.dtype() == candle_core::DType::BF16 {
         // A bf16 qkv activation elsewhere (the CPU under `bf16_activations_on_cpu`): the f32

@@ -11,7 +11,7 @@
 
 use super::affine::row_width;
 use super::par::sum_partials;
-use super::storage::{on_cpu_f32, slice, written, CResult};
+use super::storage::{f32_or_bf16, on_cpu_f32, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -111,6 +111,34 @@ wide!(backward_row_wide = backward_row(dx: &mut [f32], gx: (&[f32], &[f32]), w: 
 /// # Ok::<(), sslab::Error>(())
 /// ```
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    layer_norm_to(x, w, b, eps, false)
+}
+
+/// [`layer_norm`] for a result that only a linear layer ([`linear_bias`](super::linear_bias))
+/// reads, as in a ViT block: under a bf16 [`autocast`](super::autocast) on a CPU with the
+/// bf16 kernels it is stored in bf16, the values the product's packing would round it to, so
+/// the product and every gradient are the same bits, for half the bytes written, read and
+/// kept for the backward. Otherwise it is [`layer_norm`].
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use sslab::kernels::{autocast, cpu_has_bf16, layer_norm_for_product, Precision};
+/// let x = Tensor::new(&[[1f32, 3.0], [0.0, 4.0]], &Device::Cpu)?;
+/// let w = Tensor::new(&[2f32, 1.0], &Device::Cpu)?;
+/// let b = Tensor::new(&[0f32, 1.0], &Device::Cpu)?;
+/// assert_eq!(layer_norm_for_product(&x, &w, &b, 0.0)?.dtype(), DType::F32);
+/// let _bf16 = autocast(Precision::Bf16);
+/// let y = layer_norm_for_product(&x, &w, &b, 0.0)?;
+/// assert_eq!(y.dtype(), if cpu_has_bf16() { DType::BF16 } else { DType::F32 });
+/// assert_eq!(y.to_dtype(DType::F32)?.to_vec2::<f32>()?, [[-2.0, 2.0], [-2.0, 2.0]]);
+/// # Ok::<(), sslab::Error>(())
+/// ```
+pub fn layer_norm_for_product(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let bf16 = super::precision::cpu_bf16_operands(x.device());
+    layer_norm_to(x, w, b, eps, bf16)
+}
+
+fn layer_norm_to(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, bf16: bool) -> Result<Tensor> {
     let d = x.dims().last().copied().unwrap_or(0);
     let fused = on_cpu_f32(x)
         && on_cpu_f32(w)
@@ -121,14 +149,15 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     if fused {
         let eps = eps as f32;
         let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
-        return Ok(x.apply_op3(&w, &b, LayerNormOp { eps })?);
+        return Ok(x.apply_op3(&w, &b, LayerNormOp { eps, bf16 })?);
     }
     super::affine::scale_shift_rows(&super::normalize_rows(x, eps, true)?, w, b, true)
 }
 
-/// [`layer_norm`]'s op on the CPU: `(x, w, b) → y`.
+/// [`layer_norm`]'s op on the CPU: `(x, w, b) → y`, `y` in bf16 when `bf16`.
 struct LayerNormOp {
     eps: f32,
+    bf16: bool,
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -152,16 +181,13 @@ impl CustomOp3 for LayerNormOp {
             slice(s3, l3, "LayerNorm shift")?,
         );
         let block = d * rows_per_task(d);
-        let y = written(x.len(), |y| {
-            y.par_chunks_mut(block)
-                .zip(x.par_chunks(block))
-                .for_each(|(yb, xb)| {
-                    for (yr, xr) in yb.chunks_mut(d).zip(xb.chunks(d)) {
-                        forward_row_wide(yr, xr, (w, b), self.eps);
-                    }
-                });
+        let y = f32_or_bf16(x.len(), (block, d), self.bf16, |start, yb| {
+            let xb = &x[start..start + yb.len()];
+            for (yr, xr) in yb.chunks_mut(d).zip(xb.chunks(d)) {
+                forward_row_wide(yr, xr, (w, b), self.eps);
+            }
         });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(

@@ -4,7 +4,7 @@
 use super::affine::bias_grad;
 use super::matmul_bf16::{matmul_bf16, matmul_bf16_bias};
 use super::simd::avx2;
-use super::storage::{slice, written, CResult};
+use super::storage::{slice, values, written, CResult, Values};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -217,6 +217,25 @@ mod narrow_simd {
     }
 }
 
+/// `dst = bf16(lhs) · bf16(rhs) [+ bias]` ([`matmul_bf16_bias`]) for operands of either
+/// storage type, f32 or bf16 (`precision::cpu_bf16_operands`).
+fn bf16_values(
+    dims: (usize, usize, usize),
+    dst: (&mut [f32], usize),
+    (a, sa): (Values, (usize, usize)),
+    (b, sb): (Values, (usize, usize)),
+    bias: Option<&[f32]>,
+    parallel: bool,
+) {
+    use Values::{Bf16, F32};
+    match (a, b) {
+        (F32(a), F32(b)) => matmul_bf16_bias(dims, dst, false, (a, sa), (b, sb), bias, parallel),
+        (F32(a), Bf16(b)) => matmul_bf16_bias(dims, dst, false, (a, sa), (b, sb), bias, parallel),
+        (Bf16(a), F32(b)) => matmul_bf16_bias(dims, dst, false, (a, sa), (b, sb), bias, parallel),
+        (Bf16(a), Bf16(b)) => matmul_bf16_bias(dims, dst, false, (a, sa), (b, sb), bias, parallel),
+    }
+}
+
 /// Batched matrix product `C[b] = op(A[b]) · op(B[b])` (`op` = transpose where flagged) with
 /// the batch spread over threads. candle's CPU matmul loops over the batch on one thread, so a
 /// ViT's per-head attention products (hundreds of 65×64 matrices) used one core; here each
@@ -263,8 +282,11 @@ impl CustomOp2 for BatchedMatmulOp {
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
         let (batch, m, k, n) = self.dims(l1.dims(), l2.dims())?;
-        let a = slice(s1, l1, "batched matmul lhs")?;
-        let b = slice(s2, l2, "batched matmul rhs")?;
+        let a = values(s1, l1, "batched matmul lhs")?;
+        let b = values(s2, l2, "batched matmul rhs")?;
+        if !self.bf16 && !matches!((a, b), (Values::F32(_), Values::F32(_))) {
+            candle_core::bail!("batched matmul in f32: expected two f32 tensors");
+        }
         let a_strides = if self.ta { (1, m) } else { (k, 1) };
         let b_strides = if self.tb { (1, k) } else { (n, 1) };
         // One product per thread over the batch; a single product (a linear layer) splits
@@ -277,8 +299,13 @@ impl CustomOp2 for BatchedMatmulOp {
                 return;
             }
             c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
-                let ai = &a[i * m * k..(i + 1) * m * k];
-                let bi = &b[i * k * n..(i + 1) * k * n];
+                let ai = a.range(i * m * k..(i + 1) * m * k);
+                let bi = b.range(i * k * n..(i + 1) * k * n);
+                let (Values::F32(ai), Values::F32(bi)) = (ai, bi) else {
+                    // bf16 operands (checked above): the bf16 kernel.
+                    let (l, r) = ((ai, a_strides), (bi, b_strides));
+                    return bf16_values((m, n, k), (ci, n), l, r, None, split_rows);
+                };
                 if self.bf16 {
                     let (l, r) = ((ai, a_strides), (bi, b_strides));
                     matmul_bf16((m, n, k), (ci, n), false, l, r, split_rows);
@@ -406,7 +433,9 @@ pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let fused = x.rank() == 2
         && w.rank() == 2
         && b.rank() == 1
-        && super::precision::cpu_bf16(x, w)
+        && super::precision::autocast_precision() == super::Precision::Bf16
+        && super::precision::cpu_operand(x)
+        && super::storage::on_cpu_f32(w)
         && super::storage::on_cpu_f32(b)
         && !super::precision::bf16_activations(x.device());
     if fused {
@@ -452,13 +481,13 @@ impl CustomOp3 for LinearBiasOp {
                 l3.dims()
             );
         }
-        let x = slice(s1, l1, "linear input")?;
-        let w = slice(s2, l2, "linear weight")?;
+        let x = values(s1, l1, "linear input")?;
+        let w = values(s2, l2, "linear weight")?;
         let b = slice(s3, l3, "linear bias")?;
         let y = written(rows * out, |y| {
             if rows * out > 0 {
                 let (x, w) = ((x, (inp, 1)), (w, (1, inp)));
-                matmul_bf16_bias((rows, out, inp), (y, out), false, x, w, Some(b), true);
+                bf16_values((rows, out, inp), (y, out), x, w, Some(b), true);
             }
         });
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))

@@ -30,16 +30,113 @@ pub(crate) fn available() -> bool {
     super::simd::avx512_bf16()
 }
 
-/// An f32 operand: its values and (row stride, column stride).
-pub(crate) type Operand<'a> = (&'a [f32], (usize, usize));
+/// An operand: its values (f32 by default, or [`bf16`] already rounded) and (row stride,
+/// column stride).
+pub(crate) type Operand<'a, T = f32> = (&'a [T], (usize, usize));
+
+/// What an operand's values may be: f32, rounded to bf16 as they are packed, or bf16 that an
+/// op stored for a product to read (`kernels::precision::cpu_bf16_operands`), packed as they
+/// are. Both give the same packed words for the same values: rounding is to nearest even
+/// either way.
+pub(crate) trait Elem: Copy + Send + Sync + 'static {
+    /// The bf16 bits of the value, rounded to nearest even.
+    fn bf16_bits(self) -> u32;
+    /// Depths `0..n` (`n` ≤ 32) from `src` as 16 words of bf16 pairs, zero past `n`.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX512-BW and AVX512-BF16 are present; `src..src + n` is readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn depth_words(src: *const Self, n: usize) -> std::arch::x86_64::__m512i;
+    /// The lanes of `keep` from `lo` and from `hi` (zeros without it) as 32 bf16: `lo`'s
+    /// 16, then `hi`'s.
+    ///
+    /// # Safety
+    /// As [`Elem::depth_words`], for the kept lanes of both rows.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn lane_halves(
+        lo: *const Self,
+        hi: Option<*const Self>,
+        keep: u16,
+    ) -> std::arch::x86_64::__m512i;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn bf16_bits(self) -> u32 {
+        to_bf16(self)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn depth_words(src: *const f32, n: usize) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: the masks keep both loads inside src..src + n (the caller's contract).
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(simd::mask(n), src);
+            let hi = _mm512_maskz_loadu_ps(simd::mask(n.saturating_sub(16)), src.wrapping_add(16));
+            simd::to_bf16x32(lo, hi)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn lane_halves(
+        lo: *const f32,
+        hi: Option<*const f32>,
+        keep: u16,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: masked loads of the kept lanes (the caller's contract).
+        unsafe {
+            let l = _mm512_maskz_loadu_ps(keep, lo);
+            let h = hi.map_or(_mm512_setzero_ps(), |h| _mm512_maskz_loadu_ps(keep, h));
+            simd::to_bf16x32(l, h)
+        }
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    fn bf16_bits(self) -> u32 {
+        self.to_bits() as u32
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn depth_words(src: *const bf16, n: usize) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        let keep = if n >= 32 { u32::MAX } else { (1u32 << n) - 1 };
+        // SAFETY: the mask keeps the load inside src..src + n; a pair of depths is already
+        // one 32-bit word in memory.
+        unsafe { _mm512_maskz_loadu_epi16(keep, src as *const i16) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn lane_halves(
+        lo: *const bf16,
+        hi: Option<*const bf16>,
+        keep: u16,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        // SAFETY: masked loads of the kept lanes (the caller's contract).
+        unsafe {
+            let l = _mm256_maskz_loadu_epi16(keep, lo as *const i16);
+            let h = hi.map_or(_mm256_setzero_si256(), |h| {
+                _mm256_maskz_loadu_epi16(keep, h as *const i16)
+            });
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l), h)
+        }
+    }
+}
 
 /// Whether `op`'s values hold an r×c matrix at its strides.
-fn covers((s, (rs, cs)): Operand, r: usize, c: usize) -> bool {
+fn covers<T>((s, (rs, cs)): Operand<T>, r: usize, c: usize) -> bool {
     r == 0 || c == 0 || s.len() > (r - 1) * rs + (c - 1) * cs
 }
 
 /// Panics unless `dst` (rows `ld` apart) holds an m×n result and `rhs` a k×n operand.
-fn check_dst_rhs((m, n, k): (usize, usize, usize), (dst, ld): (&[f32], usize), rhs: Operand) {
+fn check_dst_rhs<R>((m, n, k): (usize, usize, usize), (dst, ld): (&[f32], usize), rhs: Operand<R>) {
     assert!(
         m == 0 || n == 0 || dst.len() >= (m - 1) * ld + n,
         "bf16 matmul: destination too short"
@@ -50,12 +147,12 @@ fn check_dst_rhs((m, n, k): (usize, usize, usize), (dst, ld): (&[f32], usize), r
 /// `dst (m×n, rows ld apart) = [dst +] bf16(lhs) (m×k) · bf16(rhs) (k×n)` with f32 sums,
 /// threads splitting the rows when `parallel`. Falls back to plain f32 loops over the rounded
 /// values on a CPU without AVX512-BF16 (the tests' reference; a run refuses such a CPU first).
-pub(crate) fn matmul_bf16(
+pub(crate) fn matmul_bf16<L: Elem, R: Elem>(
     dims: (usize, usize, usize),
     dst: (&mut [f32], usize),
     accumulate: bool,
-    lhs: Operand,
-    rhs: Operand,
+    lhs: Operand<L>,
+    rhs: Operand<R>,
     parallel: bool,
 ) {
     matmul_bf16_bias(dims, dst, accumulate, lhs, rhs, None, parallel);
@@ -65,12 +162,12 @@ pub(crate) fn matmul_bf16(
 /// block's tiles are stored: a linear layer's bias without a pass of its own over the output
 /// (that pass was 3-4% of a ViT step). Each value is `(sums + bias)`, the same f32 additions
 /// in the same order as adding the bias to the finished product.
-pub(crate) fn matmul_bf16_bias(
+pub(crate) fn matmul_bf16_bias<L: Elem, R: Elem>(
     (m, n, k): (usize, usize, usize),
     (dst, ld): (&mut [f32], usize),
     accumulate: bool,
-    lhs: Operand,
-    rhs: Operand,
+    lhs: Operand<L>,
+    rhs: Operand<R>,
     bias: Option<&[f32]>,
     parallel: bool,
 ) {
@@ -122,7 +219,7 @@ pub(crate) fn matmul_bf16_packed(
     parallel: bool,
 ) {
     let (m, k) = (lhs.m, lhs.k);
-    product(
+    product::<f32, f32>(
         (m, n, k),
         (dst, ld),
         accumulate,
@@ -135,9 +232,9 @@ pub(crate) fn matmul_bf16_packed(
 
 /// Where a product's left operand comes from.
 #[derive(Clone, Copy)]
-enum Lhs<'a> {
-    /// f32 values, packed block by block as the product runs.
-    Raw(Operand<'a>),
+enum Lhs<'a, L> {
+    /// Values, packed block by block as the product runs.
+    Raw(Operand<'a, L>),
     /// Packed once beforehand.
     Packed(PackedRef<'a>),
 }
@@ -194,7 +291,7 @@ impl PackedLhs {
                         let dst = unsafe {
                             std::slice::from_raw_parts_mut(out.at(j * per_operand + at.start), len)
                         };
-                        pack::<MR>(&f32_rows[j * k..], (count * k, 1), (0, rows), (k0, kc), dst);
+                        pack::<MR, _>(&f32_rows[j * k..], (count * k, 1), (0, rows), (k0, kc), dst);
                     }
                 }
             });
@@ -254,12 +351,12 @@ impl PackedRef<'_> {
 
 /// The packed product behind [`matmul_bf16`] and [`matmul_bf16_packed`] (AVX512-BF16 present,
 /// or nothing to compute).
-fn product(
+fn product<L: Elem, R: Elem>(
     (m, n, k): (usize, usize, usize),
     (dst, ld): (&mut [f32], usize),
     accumulate: bool,
-    lhs: Lhs,
-    rhs: Operand,
+    lhs: Lhs<L>,
+    rhs: Operand<R>,
     bias: Option<&[f32]>,
     parallel: bool,
 ) {
@@ -288,7 +385,7 @@ fn product(
         |packed_b: &mut [u32]| {
             let pack_block = |(i, chunk): (usize, &mut [u32])| {
                 let (k0, kc) = (i * KC, KC.min(k - i * KC));
-                pack::<NR>(rhs.0, (rhs.1 .1, rhs.1 .0), (0, n), (k0, kc), chunk);
+                pack::<NR, _>(rhs.0, (rhs.1 .1, rhs.1 .0), (0, n), (k0, kc), chunk);
             };
             if parallel && depth_blocks > 1 {
                 packed_b
@@ -322,7 +419,7 @@ fn product(
                     for (i, b) in packed_b.chunks(per_block).enumerate() {
                         let (k0, kc) = (i * KC, KC.min(k - i * KC));
                         let a = &mut packed_a[..kc.div_ceil(2) * panel_rows];
-                        pack::<MR>(lhs.0, lhs.1, (r0, rows), (k0, kc), a);
+                        pack::<MR, _>(lhs.0, lhs.1, (r0, rows), (k0, kc), a);
                         // SAFETY: each block writes only its own rows r0..r0 + rows of dst,
                         // whose extent the assert above checked.
                         unsafe {
@@ -378,13 +475,28 @@ fn to_bf16(x: f32) -> u32 {
     bf16::from_f32(x).to_bits() as u32
 }
 
+/// `dst = bf16(src)`, rounded to nearest even as [`pack`] rounds f32 operands: an op that
+/// stores a product's operand in bf16 gives it the words packing its f32 values would.
+pub(crate) fn round_into(src: &[f32], dst: &mut [bf16]) {
+    assert_eq!(src.len(), dst.len(), "bf16 rounding: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX512-BF16 is present; the lengths are equal.
+        unsafe { simd::round_into(src, dst) };
+        return;
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16::from_bits(to_bf16(s) as u16);
+    }
+}
+
 /// Packs lanes `l0..l0 + lanes` (rows of `A`, columns of `B`), depths `k0..k0 + kc` of an
 /// operand given by (lane stride, depth stride) into panels of `W` lanes: for each depth pair
 /// `p`, `W` words `lo = X[l, 2p], hi = X[l, 2p + 1]`. Lanes past the end and an odd last depth
 /// are 0. Vectorised where the depths or the lanes lie next to each other in memory (every
 /// layout sslab's products take), element by element otherwise.
-fn pack<const W: usize>(
-    x: &[f32],
+fn pack<const W: usize, T: Elem>(
+    x: &[T],
     (ls, ds): (usize, usize),
     (l0, lanes): (usize, usize),
     (k0, kc): (usize, usize),
@@ -399,9 +511,9 @@ fn pack<const W: usize>(
         // `matmul_bf16` checked (masked loads for the partial vectors).
         unsafe {
             if ds == 1 {
-                simd::pack_depth_rows::<W>(x, ls, (l0, lanes), (k0, kc), out);
+                simd::pack_depth_rows::<W, _>(x, ls, (l0, lanes), (k0, kc), out);
             } else {
-                simd::pack_lane_rows::<W>(x, ds, (l0, lanes), (k0, kc), out);
+                simd::pack_lane_rows::<W, _>(x, ds, (l0, lanes), (k0, kc), out);
             }
         }
         return;
@@ -413,11 +525,11 @@ fn pack<const W: usize>(
                 *word = if l < lanes {
                     let at = |d: usize| x[(l0 + l) * ls + (k0 + d) * ds];
                     let hi = if 2 * p + 1 < kc {
-                        to_bf16(at(2 * p + 1))
+                        at(2 * p + 1).bf16_bits()
                     } else {
                         0
                     };
-                    to_bf16(at(2 * p)) | hi << 16
+                    at(2 * p).bf16_bits() | hi << 16
                 } else {
                     0
                 };
@@ -432,9 +544,23 @@ mod simd {
 
     /// 32 floats as 32 bf16 (rounded to nearest even) in their order: `lo`'s 16, then `hi`'s.
     #[inline(always)]
-    unsafe fn to_bf16x32(lo: __m512, hi: __m512) -> __m512i {
+    pub(super) unsafe fn to_bf16x32(lo: __m512, hi: __m512) -> __m512i {
         // SAFETY: the caller enabled AVX512-BF16; the two types are the same 512 bits.
         unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) }
+    }
+
+    /// [`super::round_into`]'s vector loop, 16 values per instruction, the tail masked.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn round_into(src: &[f32], dst: &mut [super::bf16]) {
+        for (s, d) in src.chunks(16).zip(dst.chunks_mut(16)) {
+            let keep = mask(s.len());
+            // SAFETY: the mask keeps the load and the store inside this chunk of both.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(keep, s.as_ptr());
+                let r: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                _mm256_mask_storeu_epi16(d.as_mut_ptr() as *mut i16, keep, r);
+            }
+        }
     }
 
     /// The first `n` (at most 16) lanes.
@@ -485,9 +611,9 @@ mod simd {
     /// depths of each of 16 lanes become 16 words per lane, and the 16 × 16 block is
     /// transposed in registers so that each depth pair's words are stored as one vector (a
     /// scalar store per word was most of this packing's time).
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn pack_depth_rows<const W: usize>(
-        x: &[f32],
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn pack_depth_rows<const W: usize, T: super::Elem>(
+        x: &[T],
         ls: usize,
         (l0, lanes): (usize, usize),
         (k0, kc): (usize, usize),
@@ -524,9 +650,7 @@ mod simd {
                             let src = x.as_ptr().add((l0 + l) * ls + k0 + d);
                             _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(64) as *const i8);
                             _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(80) as *const i8);
-                            let lo = _mm512_maskz_loadu_ps(mask(n), src);
-                            let hi = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), src.add(16));
-                            *ri = to_bf16x32(lo, hi);
+                            *ri = T::depth_words(src, n);
                         }
                     }
                     // SAFETY: AVX-512F is enabled here.
@@ -550,9 +674,9 @@ mod simd {
 
     /// Panels when the lanes of one depth are contiguous (`B` by rows, `A` transposed): the
     /// rows of depths 2p and 2p + 1 are rounded 16 lanes at a time and interleaved into words.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn pack_lane_rows<const W: usize>(
-        x: &[f32],
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn pack_lane_rows<const W: usize, T: super::Elem>(
+        x: &[T],
         ds: usize,
         (l0, lanes): (usize, usize),
         (k0, kc): (usize, usize),
@@ -583,13 +707,8 @@ mod simd {
                     // d0 + 1 (when it exists); the store writes this chunk's words of the panel.
                     unsafe {
                         let src = x.as_ptr().add(d0 * ds + l0 + first.min(lanes));
-                        let lo = _mm512_maskz_loadu_ps(keep, src);
-                        let hi = if odd {
-                            _mm512_maskz_loadu_ps(keep, src.add(ds))
-                        } else {
-                            _mm512_setzero_ps()
-                        };
-                        let words = _mm512_permutexvar_epi16(zip, to_bf16x32(lo, hi));
+                        let halves = T::lane_halves(src, odd.then(|| src.add(ds)), keep);
+                        let words = _mm512_permutexvar_epi16(zip, halves);
                         let dst = out.as_mut_ptr().add(panel * pairs * W + p * W + c);
                         _mm512_mask_storeu_epi32(dst as *mut _, mask(W - c), words);
                     }
@@ -734,21 +853,22 @@ unsafe fn tile(
 }
 
 /// The same numbers in plain loops: operands rounded to bf16, f32 sums in depth order.
-fn reference(
+fn reference<L: Elem, R: Elem>(
     m: usize,
     n: usize,
     k: usize,
     dst: &mut [f32],
     ld: usize,
-    (a, (ars, acs)): Operand,
-    (b, (brs, bcs)): Operand,
+    (a, (ars, acs)): Operand<L>,
+    (b, (brs, bcs)): Operand<R>,
 ) {
-    let round = |x: f32| bf16::from_f32(x).to_f32();
+    let round = |x: u32| bf16::from_bits(x as u16).to_f32();
     for i in 0..m {
         for j in 0..n {
             let mut s = 0f32;
             for d in 0..k {
-                s += round(a[i * ars + d * acs]) * round(b[d * brs + j * bcs]);
+                let (x, y) = (a[i * ars + d * acs], b[d * brs + j * bcs]);
+                s += round(x.bf16_bits()) * round(y.bf16_bits());
             }
             dst[i * ld + j] += s;
         }
@@ -837,6 +957,44 @@ mod tests {
                             (g as f64 - w).abs() <= tol,
                             "{m}×{n}×{k} ta {ta} tb {tb} acc {accumulate}: [{idx}] {g} vs {w}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_operands_give_the_bits_of_their_f32_values() {
+        if !kernel_runs() {
+            return;
+        }
+        // An operand stored as bf16 packs to the words its f32 values round to, in both
+        // layouts, at partial tiles, odd depths and several depth blocks.
+        for &(m, n, k) in &[(1, 1, 1), (15, 33, 3), (29, 70, 257), (130, 45, 600)] {
+            for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
+                let a = values(m * k, (m * 3 + k) as u32);
+                let b = values(k * n, (n * 13 + k) as u32);
+                let round = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
+                let (ah, bh) = (round(&a), round(&b));
+                let sa = if ta { (1, m) } else { (k, 1) };
+                let sb = if tb { (1, k) } else { (n, 1) };
+                let run = |f: &dyn Fn(&mut [f32])| {
+                    let mut c = values(m * n, 7);
+                    f(&mut c);
+                    c.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                };
+                for parallel in [false, true] {
+                    let dims = (m, n, k);
+                    let want =
+                        run(&|c| matmul_bf16(dims, (c, n), true, (&a, sa), (&b, sb), parallel));
+                    let lhs =
+                        run(&|c| matmul_bf16(dims, (c, n), true, (&ah, sa), (&b, sb), parallel));
+                    let rhs =
+                        run(&|c| matmul_bf16(dims, (c, n), true, (&a, sa), (&bh, sb), parallel));
+                    let both =
+                        run(&|c| matmul_bf16(dims, (c, n), true, (&ah, sa), (&bh, sb), parallel));
+                    for (what, got) in [("lhs", lhs), ("rhs", rhs), ("both", both)] {
+                        assert_eq!(got, want, "{m}×{n}×{k} ta {ta} tb {tb}: bf16 {what}");
                     }
                 }
             }

@@ -47,16 +47,16 @@ mod precision;
 mod softmax;
 mod storage;
 
-pub use activation::{add_relu, gelu, relu};
+pub use activation::{add_relu, gelu, gelu_for_product, relu};
 pub use affine::{add_bias, scale_shift_rows};
-pub use attention::{attention, attention_probabilities};
+pub use attention::{attention, attention_for_product, attention_probabilities};
 pub(crate) use batch_norm::split_batch_norm_train_cpu;
 pub use batch_norm::{batch_norm_affine_train, batch_norm_train, normalize_rows};
 pub use collective::{all_gather, all_reduce, Collective, World};
 pub use conv::plan::{conv_tf32, set_conv_tf32};
 pub use conv::winograd::{set_winograd, winograd};
 pub use conv::{cached_conv_algorithms, conv2d, conv2d_channels_last};
-pub use layer_norm::layer_norm;
+pub use layer_norm::{layer_norm, layer_norm_for_product};
 pub(crate) use layout::channels_last_on;
 pub use layout::{channels_last, set_channels_last};
 #[doc(hidden)]

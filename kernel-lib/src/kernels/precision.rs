@@ -139,6 +139,25 @@ pub(crate) fn autocast_pair(
     Ok(if keep { y } else { y.to_dtype(DType::F32)? })
 }
 
+/// Whether an activation on `device` that only a product reads (a ViT block's LayerNorm and
+/// GELU outputs, the inputs of its linear layers) is stored in bf16: under a bf16 autocast on
+/// a CPU with the bf16 kernels, where the tensors are otherwise f32. The product would round
+/// it to bf16 as it packs it anyway, so the numbers are the same bits; what changes is that
+/// the op writes, the product reads (forward, and again for the weight gradient) and the
+/// graph keeps half the bytes.
+pub(crate) fn cpu_bf16_operands(device: &Device) -> bool {
+    autocast_precision() == Precision::Bf16
+        && device.is_cpu()
+        && !bf16_activations(device)
+        && super::matmul_bf16::available()
+}
+
+/// Whether `x` may be the input of a CPU bf16 product: f32, or bf16 that an op stored for a
+/// product ([`cpu_bf16_operands`]).
+pub(crate) fn cpu_operand(x: &Tensor) -> bool {
+    super::storage::on_cpu_f32(x) || (x.dtype() == DType::BF16 && cpu_bf16_operands(x.device()))
+}
+
 /// Whether a product of `a` and `b` takes the CPU's bf16 kernel (`matmul_bf16.rs`): this
 /// thread autocasts to bf16 and both are f32 on the CPU.
 pub(crate) fn cpu_bf16(a: &Tensor, b: &Tensor) -> bool {

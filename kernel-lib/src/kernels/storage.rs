@@ -14,6 +14,35 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<&'
     }
 }
 
+/// The contents of a contiguous f32 or bf16 tensor's storage (`what` names it in the error):
+/// the operands a CPU product takes ([`matmul_bf16`](super::matmul_bf16)).
+#[derive(Clone, Copy)]
+pub(crate) enum Values<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+}
+
+impl<'a> Values<'a> {
+    /// The values in `r`.
+    pub(crate) fn range(self, r: std::ops::Range<usize>) -> Values<'a> {
+        match self {
+            Values::F32(v) => Values::F32(&v[r]),
+            Values::Bf16(v) => Values::Bf16(&v[r]),
+        }
+    }
+}
+
+/// [`slice`] for an operand that may also be bf16 (see [`Values`]).
+pub(crate) fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> CResult<Values<'a>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: expected a contiguous tensor")
+    };
+    match s {
+        CpuStorage::BF16(v) => Ok(Values::Bf16(&v[a..b])),
+        _ => Ok(Values::F32(&s.as_slice::<f32>()?[a..b])),
+    }
+}
+
 /// Whether sslab's CPU kernels apply to `x`: they take f32 tensors on the CPU; anything else
 /// goes through candle's own ops.
 pub(crate) fn on_cpu_f32(x: &Tensor) -> bool {
@@ -70,6 +99,11 @@ impl Plain for u32 {
     const POISON: Self = u32::MAX;
 }
 
+/// An activation stored in bf16 for a product to read; all ones is a NaN.
+impl Plain for half::bf16 {
+    const POISON: Self = half::bf16::NAN;
+}
+
 /// A vector of `len` values filled by `write`, which must write every element and read none
 /// before writing it. The buffer is not zeroed first: a kernel's output filled with zeros
 /// and then overwritten costs a second pass over memory (3-7% of a ViT or ResNet training
@@ -88,4 +122,40 @@ pub(crate) fn written<T: Plain>(len: usize, write: impl FnOnce(&mut [T])) -> Vec
     // SAFETY: all `len` elements were written by `write` above (its contract).
     unsafe { v.set_len(len) };
     v
+}
+
+/// Values per f32 scratch block of [`f32_or_bf16`]'s bf16 output: in L1 while it is rounded.
+const SCRATCH: usize = 2048;
+
+/// An op's output of `len` values, computed in f32 block by block in parallel: `f(start,
+/// out)` writes values `start..start + out.len()` (blocks of `block`, cut at multiples of
+/// `unit`, a row). With `bf16` the values are rounded to bf16 (to nearest even, as a bf16
+/// product packs f32) through a small f32 scratch and stored as bf16: the output of an op
+/// that only a bf16 product reads (`precision::cpu_bf16_operands`).
+pub(crate) fn f32_or_bf16(
+    len: usize,
+    (block, unit): (usize, usize),
+    bf16: bool,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> CpuStorage {
+    use rayon::prelude::*;
+    let block = block.max(1);
+    if !bf16 {
+        return CpuStorage::F32(written(len, |y: &mut [f32]| {
+            y.par_chunks_mut(block)
+                .enumerate()
+                .for_each(|(i, yb)| f(i * block, yb));
+        }));
+    }
+    let sub = (SCRATCH / unit.max(1)).max(1) * unit.max(1);
+    CpuStorage::BF16(written(len, |y: &mut [half::bf16]| {
+        y.par_chunks_mut(block).enumerate().for_each(|(i, yb)| {
+            let mut scratch = vec![0f32; sub.min(yb.len())];
+            for (j, ys) in yb.chunks_mut(sub).enumerate() {
+                let s = &mut scratch[..ys.len()];
+                f(i * block + j * sub, s);
+                super::matmul_bf16::round_into(s, ys);
+            }
+        });
+    }))
 }

@@ -10,7 +10,8 @@
 use super::layers::Linear;
 use super::params::{Init, ParamBuilder, ParamKind};
 use crate::error::{Error, Result};
-use crate::kernels::{attention, attention_probabilities, gelu, layer_norm};
+use crate::kernels::{attention_for_product, attention_probabilities, layer_norm};
+use crate::kernels::{gelu_for_product, layer_norm_for_product};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +119,13 @@ impl LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         layer_norm(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
     }
+
+    /// [`Self::forward`] for a linear layer to read: bf16 under a bf16 autocast on the CPU
+    /// (the same bits the product's packing would round it to; `kernels::precision`).
+    fn forward_for_product(&self, x: &Tensor) -> Result<Tensor> {
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        layer_norm_for_product(x, w, b, self.eps)
+    }
 }
 
 /// A linear layer with MoCo v3's ViT init: uniform weights within `bound`, zero bias.
@@ -175,7 +183,7 @@ impl Block {
 
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
         self.proj
-            .forward(&attention(&self.qkv.forward(x)?, self.heads, true)?)
+            .forward(&attention_for_product(&self.qkv.forward(x)?, self.heads)?)
     }
 
     /// The block's attention probabilities `(n, heads, tokens, tokens)`: row i is how token i
@@ -189,9 +197,12 @@ impl Block {
         // The residual stream stays in x's dtype (f32); under a bf16 autocast on CUDA the
         // branches' products come back bf16 and are widened as they are added, as PyTorch's
         // type promotion does.
-        let attn = self.attention(&self.norm1.forward(x)?)?;
+        // The two LayerNorms', the attention's and GELU's results are read by a linear layer
+        // alone: on the CPU under bf16 they are stored in bf16, as the products would round
+        // them.
+        let attn = self.attention(&self.norm1.forward_for_product(x)?)?;
         let x = (x + attn.to_dtype(x.dtype())?)?;
-        let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
+        let h = gelu_for_product(&self.fc1.forward(&self.norm2.forward_for_product(&x)?)?)?;
         let mlp = self.fc2.forward(&h)?;
         Ok((&x + mlp.to_dtype(x.dtype())?)?)
     }
