@@ -12,7 +12,9 @@
 //!   heads, tokens) are f32, so losses never see bf16.
 //! - On the CPU the tensors stay f32 and each product rounds its operands to bf16 while
 //!   packing them (`matmul_bf16.rs`): the CPU's kernels read f32, and its bf16 arithmetic is in
-//!   the products alone.
+//!   the products alone. The exception is an activation that only a product reads (a ViT
+//!   block's LayerNorm, attention and GELU results, [`cpu_bf16_operands`]): the op before the
+//!   product rounds it as packing would and stores bf16, the same bits for half the bytes.
 //!
 //! The setting is per thread and scoped, like `torch.autocast`: a `Run` holds an [`Autocast`]
 //! guard for the forward and backward pass of each step, so two runs in one notebook do not
