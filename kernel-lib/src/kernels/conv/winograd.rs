@@ -466,7 +466,7 @@ thread_local! {
 }
 
 /// Runs `f` with this thread's two scratch buffers (fresh ones if they are in use).
-fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bufs) => {
             let (a, b) = &mut *bufs;
@@ -478,7 +478,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
 
 /// The first `len` floats of `buf`, grown if needed; the contents are stale, to be
 /// overwritten.
-fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(super) fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
