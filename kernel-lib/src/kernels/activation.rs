@@ -2,7 +2,8 @@
 //! chunks with one-pass backward kernels.
 
 use super::par::{par_map, par_zip_map, CHUNK};
-use super::storage::{f32_or_bf16, own_kernel_data, slice, written, CResult};
+use super::precision::f32_or_bf16;
+use super::storage::{own_kernel_data, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 

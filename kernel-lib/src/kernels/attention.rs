@@ -27,8 +27,9 @@
 
 use super::matmul::product_ld;
 use super::matmul_bf16::Operand;
+use super::precision::f32_or_bf16;
 use super::softmax::{softmax_grad_row_wide, softmax_row_wide};
-use super::storage::{f32_or_bf16, own_kernel_data, slice, written, CResult};
+use super::storage::{own_kernel_data, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;

@@ -11,7 +11,8 @@
 
 use super::affine::row_width;
 use super::par::sum_partials;
-use super::storage::{f32_or_bf16, on_cpu_f32, slice, written, CResult};
+use super::precision::f32_or_bf16;
+use super::storage::{on_cpu_f32, slice, written, CResult};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;

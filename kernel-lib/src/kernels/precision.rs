@@ -173,3 +173,39 @@ pub(crate) fn cpu_bf16(a: &Tensor, b: &Tensor) -> bool {
 pub fn cpu_has_bf16() -> bool {
     super::matmul_bf16::available()
 }
+
+/// Values per f32 scratch block of [`f32_or_bf16`]'s bf16 output: in L1 while it is rounded.
+const SCRATCH: usize = 2048;
+
+/// An op's output of `len` values, computed in f32 block by block in parallel: `f(start,
+/// out)` writes values `start..start + out.len()` (blocks of `block`, cut at multiples of
+/// `unit`, a row). With `bf16` the values are rounded to bf16 (to nearest even, as a bf16
+/// product packs f32) through a small f32 scratch and stored as bf16: the output of an op
+/// that only a bf16 product reads (`precision::cpu_bf16_operands`).
+pub(crate) fn f32_or_bf16(
+    len: usize,
+    (block, unit): (usize, usize),
+    bf16: bool,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> candle_core::CpuStorage {
+    use rayon::prelude::*;
+    let block = block.max(1);
+    if !bf16 {
+        return candle_core::CpuStorage::F32(super::storage::written(len, |y: &mut [f32]| {
+            y.par_chunks_mut(block)
+                .enumerate()
+                .for_each(|(i, yb)| f(i * block, yb));
+        }));
+    }
+    let sub = (SCRATCH / unit.max(1)).max(1) * unit.max(1);
+    candle_core::CpuStorage::BF16(super::storage::written(len, |y: &mut [half::bf16]| {
+        y.par_chunks_mut(block).enumerate().for_each(|(i, yb)| {
+            let mut scratch = vec![0f32; sub.min(yb.len())];
+            for (j, ys) in yb.chunks_mut(sub).enumerate() {
+                let s = &mut scratch[..ys.len()];
+                f(i * block + j * sub, s);
+                super::matmul_bf16::round_into(s, ys);
+            }
+        });
+    }))
+}
