@@ -284,9 +284,12 @@ impl CustomOp2 for BatchedMatmulOp {
         let (batch, m, k, n) = self.dims(l1.dims(), l2.dims())?;
         let a = values(s1, l1, "batched matmul lhs")?;
         let b = values(s2, l2, "batched matmul rhs")?;
-        if !self.bf16 && !matches!((a, b), (Values::F32(_), Values::F32(_))) {
-            candle_core::bail!("batched matmul in f32: expected two f32 tensors");
-        }
+        // The f32 product's operands; the bf16 one takes f32 or bf16 values.
+        let f32_operands = match (self.bf16, a, b) {
+            (true, ..) => None,
+            (false, Values::F32(a), Values::F32(b)) => Some((a, b)),
+            (false, ..) => candle_core::bail!("batched matmul in f32: expected two f32 tensors"),
+        };
         let a_strides = if self.ta { (1, m) } else { (k, 1) };
         let b_strides = if self.tb { (1, k) } else { (n, 1) };
         // One product per thread over the batch; a single product (a linear layer) splits
@@ -299,17 +302,13 @@ impl CustomOp2 for BatchedMatmulOp {
                 return;
             }
             c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
-                let ai = a.range(i * m * k..(i + 1) * m * k);
-                let bi = b.range(i * k * n..(i + 1) * k * n);
-                let (Values::F32(ai), Values::F32(bi)) = (ai, bi) else {
-                    // bf16 operands (checked above): the bf16 kernel.
-                    let (l, r) = ((ai, a_strides), (bi, b_strides));
+                let (ar, br) = (i * m * k..(i + 1) * m * k, i * k * n..(i + 1) * k * n);
+                let Some((a, b)) = f32_operands else {
+                    let (l, r) = ((a.range(ar), a_strides), (b.range(br), b_strides));
                     return bf16_values((m, n, k), (ci, n), l, r, None, split_rows);
                 };
-                if self.bf16 {
-                    let (l, r) = ((ai, a_strides), (bi, b_strides));
-                    matmul_bf16((m, n, k), (ci, n), false, l, r, split_rows);
-                } else if split_rows && m >= 2 * ROW_SPLIT_MIN {
+                let (ai, bi) = (&a[ar], &b[br]);
+                if split_rows && m >= 2 * ROW_SPLIT_MIN {
                     // Blocks of whole rows, one or two per thread; row r0 of A starts at
                     // r0 · (A's row stride), whichever way A is laid out.
                     let rows = m.div_ceil(threads).max(ROW_SPLIT_MIN);
@@ -433,9 +432,7 @@ pub fn linear_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let fused = x.rank() == 2
         && w.rank() == 2
         && b.rank() == 1
-        && super::precision::autocast_precision() == super::Precision::Bf16
-        && super::precision::cpu_operand(x)
-        && super::storage::on_cpu_f32(w)
+        && super::precision::cpu_bf16(x, w)
         && super::storage::on_cpu_f32(b)
         && !super::precision::bf16_activations(x.device());
     if fused {

@@ -161,11 +161,10 @@ pub(crate) fn cpu_operand(x: &Tensor) -> bool {
 }
 
 /// Whether a product of `a` and `b` takes the CPU's bf16 kernel (`matmul_bf16.rs`): this
-/// thread autocasts to bf16 and both are f32 on the CPU.
+/// thread autocasts to bf16 and both are CPU operands ([`cpu_operand`]: f32, or bf16 stored
+/// for a product).
 pub(crate) fn cpu_bf16(a: &Tensor, b: &Tensor) -> bool {
-    autocast_precision() == Precision::Bf16
-        && super::storage::on_cpu_f32(a)
-        && super::storage::on_cpu_f32(b)
+    autocast_precision() == Precision::Bf16 && cpu_operand(a) && cpu_operand(b)
 }
 
 /// Whether this CPU has the bf16 kernels a `precision = "bf16"` run needs (AVX-512 with
